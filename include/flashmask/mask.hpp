@@ -1,0 +1,121 @@
+// The mask model on the host: validation, the catalogue of builders (SPEC §3), dense
+// converters and block summaries. Everything here costs O(B * Hm * Nk) except the explicit
+// dense converters.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "flashmask/tiles.hpp"
+#include "flashmask/types.hpp"
+
+namespace flashmask {
+
+// ---------------------------------------------------------------------------------------------
+// Views and validation
+// ---------------------------------------------------------------------------------------------
+
+// Checks the index tensor's dtype (int32), rank (4), shape [B, Hm, Nk, C] against the attention
+// problem (Hm in {1, Hk, Hq}, C allowed for `causal`) and strides. Throws Error naming
+// "startend_row_indices" otherwise. Does not read values.
+void check_mask_shape(const TensorView& startend_row_indices, bool causal, int64_t batch, int64_t nq,
+                      int64_t nk, int64_t q_heads, int64_t kv_heads);
+
+// Builds the MaskView for an attention problem. `startend_row_indices` may be absent.
+// The shape must already have been checked (check_mask_shape).
+MaskView make_mask_view(const std::optional<TensorView>& startend_row_indices, bool causal, int64_t nq,
+                        int64_t nk, int64_t q_heads);
+
+// The first index value outside [0, Nq], in (batch, head, column, slot) order.
+struct BadMaskValue {
+    int64_t batch, head, column, slot;
+    int32_t value;
+};
+// Reads a host index tensor of a checked shape; returns the first bad value, if any.
+std::optional<BadMaskValue> find_bad_mask_value(const TensorView& startend_row_indices, int64_t nq);
+// Shape check + value check; throws Error(BadMaskValue) naming (b, head, column, slot, value).
+void validate_mask(const TensorView& startend_row_indices, bool causal, int64_t nq);
+
+// ---------------------------------------------------------------------------------------------
+// An owning host mask for one sequence (B = 1, Hm = 1), as produced by the builders.
+// ---------------------------------------------------------------------------------------------
+struct MaskSpec {
+    bool causal = false;
+    int64_t nq = 0, nk = 0;
+    int32_t slots = 0;             // C; 0 when there is no index tensor (full or plain causal)
+    std::vector<int32_t> indices;  // [Nk, C], slot-minor; empty when slots == 0
+
+    bool has_indices() const { return slots != 0; }
+    // The slot vector `slot` (0..C-1), e.g. LTS for slot 0.
+    std::vector<int32_t> vector(int slot) const;
+    // A [1, 1, Nk, C] view (indices must outlive it); nullopt when there are no indices.
+    std::optional<TensorView> view() const;
+    MaskView mask_view() const;
+};
+
+// The catalogue (SPEC §3). N is the sequence length (Nq = Nk = N) unless stated.
+MaskSpec full_mask(int64_t n);
+MaskSpec causal_mask(int64_t n);
+MaskSpec sliding_window_mask(int64_t n, int64_t window);
+MaskSpec causal_document_mask(const std::vector<int64_t>& document_lengths);
+MaskSpec document_mask(const std::vector<int64_t>& document_lengths);
+// One document = a question followed by answers, each answer seeing the question but not the
+// other answers. Lengths: question_lengths[d], answer_lengths[d][a].
+MaskSpec share_question_mask(const std::vector<int64_t>& question_lengths,
+                             const std::vector<std::vector<int64_t>>& answer_lengths);
+MaskSpec global_sliding_window_mask(int64_t n, int64_t global_tokens, int64_t window);
+MaskSpec causal_blockwise_mask(const std::vector<int64_t>& document_lengths);
+MaskSpec prefix_lm_causal_mask(int64_t n, int64_t prefix_length);
+MaskSpec prefix_lm_document_mask(const std::vector<int64_t>& document_lengths,
+                                 const std::vector<int64_t>& prefix_lengths);
+// Each span [start, end) is a block of tokens that do not see one another (nor themselves)
+// but see everything causally before the span: key j in a span is hidden from rows [j, end).
+struct RowSpan { int64_t start, end; };
+MaskSpec qk_sparse_mask(int64_t n, const std::vector<RowSpan>& dropped_spans);
+// Key j is evicted from row eviction_rows[j] on (values in [j + 1, N]; N = never evicted).
+MaskSpec random_eviction_mask(const std::vector<int32_t>& eviction_rows);
+// Draws eviction_rows uniformly in [j + 1, N] from `seed`.
+MaskSpec random_eviction_mask(int64_t n, uint64_t seed);
+// FlashAttention's window_size: row i sees key j iff i + off - left <= j <= i + off + right,
+// off = Nk - Nq (bottom-right alignment). A negative left or right means unbounded. With
+// causal, right is forced to 0 and the index tensor is C = 1.
+MaskSpec window_mask(int64_t nq, int64_t nk, int64_t left, int64_t right, bool causal);
+
+// The catalogue by name, with the standard benchmark parameters of SPEC §6 derived from N
+// and a seed (documents of random lengths, window N/8, prefix N/4). Names: full, causal,
+// sliding_window, causal_document, document, share_question, global_sliding_window,
+// causal_blockwise, prefix_lm_causal, prefix_lm_document, qk_sparse, random_eviction.
+const std::vector<std::string>& catalogue_names();
+MaskSpec catalogue_mask(const std::string& name, int64_t n, uint64_t seed);
+
+// ---------------------------------------------------------------------------------------------
+// Dense converters (the only O(Nq * Nk) code besides the reference)
+// ---------------------------------------------------------------------------------------------
+
+// Row-major [Nq, Nk]; 1 = the query row may attend to the key (SDPA / FlexAttention convention).
+std::vector<uint8_t> to_dense(const MaskView& mask, int32_t batch, int32_t mask_head);
+std::vector<uint8_t> to_dense(const MaskSpec& mask);
+
+// The exact interval form of a dense [Nq, Nk] visibility mask for the requested (causal, C).
+// Throws Error(InvalidArgument, "dense_mask") naming the first column that has no such form.
+MaskSpec from_dense(const uint8_t* visible, int64_t nq, int64_t nk, bool causal, int32_t slots);
+
+// ---------------------------------------------------------------------------------------------
+// Block summaries and tile counts
+// ---------------------------------------------------------------------------------------------
+
+// Summaries [B, Hm, ceil(Nk / block_n)] for a host MaskView.
+std::vector<BlockSummary> block_summaries(const MaskView& mask, int32_t batch, int32_t mask_heads, int32_t block_n);
+
+struct TileCounts {
+    int64_t skipped = 0, partial = 0, full = 0;
+    int64_t total() const { return skipped + partial + full; }
+};
+// Counts over every (batch, query head, q block, kv block) tile.
+TileCounts count_tiles(const MaskView& mask, int32_t batch, int32_t q_heads, int32_t block_m, int32_t block_n);
+// Visible (query, key) pairs, summed over batch and query heads, in O(B * Hq * Nk).
+int64_t visible_pairs(const MaskView& mask, int32_t batch, int32_t q_heads);
+
+}  // namespace flashmask

@@ -1,0 +1,69 @@
+// The vocabulary of the public API: dtypes, devices, non-owning tensor views and the one
+// exception type through which every refused input and every runtime failure is reported.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace flashmask {
+
+enum class DType { Float32, Float16, BFloat16, Int32 };
+enum class Device { CPU, CUDA };
+
+const char* to_string(DType dtype);
+const char* to_string(Device device);
+std::size_t element_size(DType dtype);
+
+// What kind of failure an Error reports; bindings map these onto their own exception types
+// (InvalidArgument/BadMaskValue -> ValueError, WrongDType -> TypeError, ...).
+enum class ErrorCode {
+    InvalidArgument,  // a shape, stride, size or option that the contract does not allow
+    WrongDType,       // a tensor of a dtype the contract does not allow
+    BadMaskValue,     // validate_mask(): a row index outside [0, Nq]
+    Unsupported,      // allowed by the contract but not by this build or device
+    CudaError,        // a CUDA runtime call or kernel launch failed; message is CUDA's
+};
+
+class Error : public std::runtime_error {
+public:
+    Error(ErrorCode code, std::string argument, const std::string& message)
+        : std::runtime_error(message), code_(code), argument_(std::move(argument)) {}
+    ErrorCode code() const noexcept { return code_; }
+    // The argument the error is about ("q", "startend_row_indices", ...); empty when none.
+    const std::string& argument() const noexcept { return argument_; }
+
+private:
+    ErrorCode code_;
+    std::string argument_;
+};
+
+inline constexpr int kMaxRank = 4;
+
+// A non-owning, strided view of a tensor. Strides are in elements, not bytes.
+struct TensorView {
+    void* data = nullptr;
+    DType dtype = DType::Float32;
+    Device device = Device::CPU;
+    int device_index = 0;
+    int rank = 0;
+    std::array<int64_t, kMaxRank> shape{};
+    std::array<int64_t, kMaxRank> strides{};
+
+    int64_t numel() const {
+        int64_t n = 1;
+        for (int d = 0; d < rank; ++d) n *= shape[d];
+        return n;
+    }
+    bool last_dim_contiguous() const { return rank == 0 || strides[rank - 1] == 1 || shape[rank - 1] <= 1; }
+};
+
+// Builds a contiguous (row-major) view over `data`.
+TensorView make_contiguous_view(void* data, DType dtype, std::initializer_list<int64_t> shape,
+                                Device device = Device::CPU, int device_index = 0);
+
+// "[2, 8192, 32, 128]"
+std::string shape_string(const TensorView& t);
+
+}  // namespace flashmask
