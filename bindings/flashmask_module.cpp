@@ -1,0 +1,459 @@
+// flashmask._flashmask: the C++ library seen from Python. Thin by design: every function here
+// turns NumPy arrays into TensorViews (or MaskSpecs into NumPy arrays), calls the library and
+// maps flashmask::Error onto a Python exception. Decisions (defaults, dtype policy, output
+// allocation) live in python/flashmask; validation lives in the library.
+//
+// Arrays arrive as nanobind ndarrays on the CPU, any dtype, any strides (in elements).
+// bfloat16 cannot travel through NumPy's DLPack export, so the Python layer passes bfloat16
+// tensors as uint16 views of the same memory and sets `bfloat16_bits`; a framework that
+// exports real bfloat16 through DLPack (e.g. a CPU torch tensor) works without it.
+
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cpu/reference.hpp"
+#include "cpu/tiled.hpp"
+#include "flashmask/api.hpp"
+#include "flashmask/mask.hpp"
+
+namespace nb = nanobind;
+namespace fm = flashmask;
+
+namespace {
+
+using InputArray = nb::ndarray<nb::ro, nb::device::cpu>;   // read by the call; read-only arrays welcome
+using OutputArray = nb::ndarray<nb::device::cpu>;          // written by the call
+using Float64Array = nb::ndarray<const double, nb::c_contig, nb::device::cpu>;
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+PyObject* python_exception_type(fm::ErrorCode code) {
+    switch (code) {
+        case fm::ErrorCode::WrongDType: return PyExc_TypeError;
+        case fm::ErrorCode::InvalidArgument:
+        case fm::ErrorCode::BadMaskValue: return PyExc_ValueError;
+        case fm::ErrorCode::Unsupported: return PyExc_NotImplementedError;
+        case fm::ErrorCode::CudaError: return PyExc_RuntimeError;
+    }
+    return PyExc_RuntimeError;
+}
+
+// Raises the mapped exception with the library's message, and the argument it names as the
+// exception's `argument` attribute (empty when none) so callers can tell which input was refused.
+void raise_flashmask_error(const fm::Error& error) {
+    PyObject* type = python_exception_type(error.code());
+    PyObject* exception = PyObject_CallFunction(type, "s", error.what());
+    if (exception == nullptr) return;  // the failed call left its own exception set
+    PyObject* argument = PyUnicode_FromString(error.argument().c_str());
+    if (argument != nullptr) {
+        PyObject_SetAttrString(exception, "argument", argument);
+        Py_DECREF(argument);
+    }
+    PyErr_SetObject(type, exception);
+    Py_DECREF(exception);
+}
+
+// ---------------------------------------------------------------------------------------------
+// NumPy arrays -> TensorViews
+// ---------------------------------------------------------------------------------------------
+
+std::string dlpack_dtype_name(nb::dlpack::dtype dtype) {
+    const char* kind = "unknown";
+    switch (nb::dlpack::dtype_code(dtype.code)) {
+        case nb::dlpack::dtype_code::Int: kind = "int"; break;
+        case nb::dlpack::dtype_code::UInt: kind = "uint"; break;
+        case nb::dlpack::dtype_code::Float: kind = "float"; break;
+        case nb::dlpack::dtype_code::Bfloat: kind = "bfloat"; break;
+        case nb::dlpack::dtype_code::Complex: kind = "complex"; break;
+        case nb::dlpack::dtype_code::Bool: return "bool";
+        default: break;
+    }
+    return kind + std::to_string(int(dtype.bits));
+}
+
+// The library dtype of an array, or an Error(WrongDType) naming the argument when the library
+// has no such dtype (float64, int64, ...). Whether the dtype suits the argument is the
+// library's call, not this function's.
+fm::DType library_dtype(nb::dlpack::dtype dtype, const char* argument, const char* expected, bool bfloat16_bits) {
+    using Code = nb::dlpack::dtype_code;
+    const Code code = Code(dtype.code);
+    if (dtype.lanes == 1) {
+        if (code == Code::Float && dtype.bits == 32) return fm::DType::Float32;
+        if (code == Code::Float && dtype.bits == 16) return fm::DType::Float16;
+        if (code == Code::Bfloat && dtype.bits == 16) return fm::DType::BFloat16;
+        if (code == Code::Int && dtype.bits == 32) return fm::DType::Int32;
+        if (code == Code::UInt && dtype.bits == 16 && bfloat16_bits) return fm::DType::BFloat16;
+    }
+    throw fm::Error(fm::ErrorCode::WrongDType, argument,
+                    std::string(argument) + " has dtype " + dlpack_dtype_name(dtype) + "; expected " + expected);
+}
+
+template <typename Array>
+fm::TensorView tensor_view(const Array& array, const char* argument, const char* expected_dtype,
+                           bool bfloat16_bits = false) {
+    fm::TensorView view;
+    if (array.ndim() > std::size_t(fm::kMaxRank))
+        throw fm::Error(fm::ErrorCode::InvalidArgument, argument,
+                        std::string(argument) + " has rank " + std::to_string(array.ndim()) + "; expected 4");
+    view.dtype = library_dtype(array.dtype(), argument, expected_dtype, bfloat16_bits);
+    view.data = const_cast<void*>(static_cast<const void*>(array.data()));  // inputs are only read
+    view.device = fm::Device::CPU;
+    view.rank = int(array.ndim());
+    for (int d = 0; d < view.rank; ++d) {
+        view.shape[d] = int64_t(array.shape(d));
+        view.strides[d] = array.stride(d);
+    }
+    return view;
+}
+
+constexpr const char* kFloatDTypes = "float32, float16 or bfloat16";
+constexpr const char* kIndexDType = "int32";
+constexpr const char* kIndexArgument = "startend_row_indices";
+
+std::optional<fm::TensorView> index_view(const std::optional<InputArray>& indices) {
+    if (!indices) return std::nullopt;
+    return tensor_view(*indices, kIndexArgument, kIndexDType);
+}
+
+void require_in_range(int64_t value, int64_t lowest, int64_t end, const char* argument) {
+    if (value < lowest || value >= end)
+        throw fm::Error(fm::ErrorCode::InvalidArgument, argument,
+                        std::string(argument) + " = " + std::to_string(value) + "; expected a value in [" +
+                            std::to_string(lowest) + ", " + std::to_string(end) + ")");
+}
+
+// A checked mask for an attention problem of the given sizes (the index tensor, if any, must
+// outlive the returned view).
+fm::MaskView checked_mask_view(const std::optional<fm::TensorView>& indices, bool causal, int64_t batch, int64_t nq,
+                               int64_t nk, int64_t q_heads, int64_t kv_heads) {
+    // Sizes the library stores as int32 in MaskView; the upper bound keeps the cast exact.
+    constexpr int64_t kSizeEnd = int64_t(INT32_MAX) + 1;
+    require_in_range(batch, 1, kSizeEnd, "batch");
+    require_in_range(nq, 0, kSizeEnd, "nq");
+    require_in_range(nk, 0, kSizeEnd, "nk");
+    require_in_range(q_heads, 1, kSizeEnd, "q_heads");
+    require_in_range(kv_heads, 1, kSizeEnd, "kv_heads");
+    if (indices) fm::check_mask_shape(*indices, causal, batch, nq, nk, q_heads, kv_heads);
+    return fm::make_mask_view(indices, causal, nq, nk, q_heads);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Owned C++ buffers -> NumPy arrays
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+nb::object numpy_array(std::vector<T>&& values, std::vector<std::size_t> shape) {
+    auto* owned = new std::vector<T>(std::move(values));
+    nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+    return nb::cast(nb::ndarray<nb::numpy, T>(owned->data(), shape.size(), shape.data(), owner));
+}
+
+// A builder's result as (startend_row_indices [1, 1, Nk, C] int32 or None, causal).
+nb::tuple mask_result(fm::MaskSpec&& spec) {
+    nb::object indices = nb::none();
+    if (spec.has_indices())
+        indices = numpy_array(std::move(spec.indices),
+                              {1, 1, std::size_t(spec.nk), std::size_t(spec.slots)});
+    return nb::make_tuple(indices, spec.causal);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The float64 reference (for tests): C-contiguous BSHD float64 operands
+// ---------------------------------------------------------------------------------------------
+
+void require_rank4(const Float64Array& array, const char* argument) {
+    if (array.ndim() != 4)
+        throw fm::Error(fm::ErrorCode::InvalidArgument, argument,
+                        std::string(argument) + " has rank " + std::to_string(array.ndim()) + "; expected 4");
+}
+
+void require_extent(const Float64Array& array, int dim, int64_t expected, const char* argument, const char* what) {
+    if (int64_t(array.shape(dim)) != expected)
+        throw fm::Error(fm::ErrorCode::InvalidArgument, argument,
+                        std::string(argument) + " has " + what + " " + std::to_string(array.shape(dim)) +
+                            "; expected " + std::to_string(expected));
+}
+
+// Checks q [B, Nq, Hq, D], k [B, Nk, Hk, D], v [B, Nk, Hk, Dv] against one another.
+fm::cpu::ReferenceShape reference_shape(const Float64Array& q, const Float64Array& k, const Float64Array& v) {
+    require_rank4(q, "q");
+    require_rank4(k, "k");
+    require_rank4(v, "v");
+    const int64_t batch = int64_t(q.shape(0));
+    require_extent(k, 0, batch, "k", "batch size");
+    require_extent(v, 0, batch, "v", "batch size");
+    require_extent(v, 1, int64_t(k.shape(1)), "v", "key length");
+    require_extent(v, 2, int64_t(k.shape(2)), "v", "head count");
+    require_extent(k, 3, int64_t(q.shape(3)), "k", "head dim");
+    if (k.shape(2) == 0 || q.shape(2) % k.shape(2) != 0)
+        throw fm::Error(fm::ErrorCode::InvalidArgument, "k",
+                        "k has " + std::to_string(k.shape(2)) + " heads; expected a divisor of q's " +
+                            std::to_string(q.shape(2)));
+    return fm::cpu::ReferenceShape{int32_t(batch),        int32_t(q.shape(1)), int32_t(k.shape(1)),
+                                   int32_t(q.shape(2)),   int32_t(k.shape(2)), int32_t(q.shape(3)),
+                                   int32_t(v.shape(3))};
+}
+
+double scale_or_default(std::optional<double> scale, int32_t head_dim) {
+    return scale ? *scale : 1.0 / std::sqrt(double(head_dim));
+}
+
+}  // namespace
+
+NB_MODULE(_flashmask, m) {
+    m.doc() = "flashmask C++ library bindings (use the flashmask package, not this module)";
+    m.attr("__version__") = FLASHMASK_VERSION_STRING;
+    // The CPU path's tile, the default for tile counts from Python.
+    m.attr("cpu_block_m") = fm::cpu::kBlockM;
+    m.attr("cpu_block_n") = fm::cpu::kBlockN;
+
+    nb::register_exception_translator([](const std::exception_ptr& pending, void*) {
+        try {
+            std::rethrow_exception(pending);
+        } catch (const fm::Error& error) {
+            raise_flashmask_error(error);
+        }
+    });
+
+    // --- validation -----------------------------------------------------------------------------
+    m.def("validate_mask",
+          [](const InputArray& indices, bool causal, int64_t nq) {
+              fm::validate_mask(tensor_view(indices, kIndexArgument, kIndexDType), causal, nq);
+          },
+          nb::arg("startend_row_indices"), nb::arg("causal"), nb::arg("nq"));
+    m.def("check_mask_shape",
+          [](const InputArray& indices, bool causal, int64_t batch, int64_t nq, int64_t nk, int64_t q_heads,
+             int64_t kv_heads) {
+              fm::check_mask_shape(tensor_view(indices, kIndexArgument, kIndexDType), causal, batch, nq, nk, q_heads,
+                                   kv_heads);
+          },
+          nb::arg("startend_row_indices"), nb::arg("causal"), nb::arg("batch"), nb::arg("nq"), nb::arg("nk"),
+          nb::arg("q_heads"), nb::arg("kv_heads"));
+
+    // --- the catalogue (SPEC §3); each returns (startend_row_indices or None, causal) ----------
+    m.def("full", [](int64_t n) { return mask_result(fm::full_mask(n)); }, nb::arg("n"));
+    m.def("causal", [](int64_t n) { return mask_result(fm::causal_mask(n)); }, nb::arg("n"));
+    m.def("sliding_window", [](int64_t n, int64_t window) { return mask_result(fm::sliding_window_mask(n, window)); },
+          nb::arg("n"), nb::arg("window"));
+    m.def("causal_document",
+          [](const std::vector<int64_t>& lengths) { return mask_result(fm::causal_document_mask(lengths)); },
+          nb::arg("document_lengths"));
+    m.def("document", [](const std::vector<int64_t>& lengths) { return mask_result(fm::document_mask(lengths)); },
+          nb::arg("document_lengths"));
+    m.def("share_question",
+          [](const std::vector<int64_t>& questions, const std::vector<std::vector<int64_t>>& answers) {
+              return mask_result(fm::share_question_mask(questions, answers));
+          },
+          nb::arg("question_lengths"), nb::arg("answer_lengths"));
+    m.def("global_sliding_window",
+          [](int64_t n, int64_t global_tokens, int64_t window) {
+              return mask_result(fm::global_sliding_window_mask(n, global_tokens, window));
+          },
+          nb::arg("n"), nb::arg("global_tokens"), nb::arg("window"));
+    m.def("causal_blockwise",
+          [](const std::vector<int64_t>& lengths) { return mask_result(fm::causal_blockwise_mask(lengths)); },
+          nb::arg("document_lengths"));
+    m.def("prefix_lm_causal",
+          [](int64_t n, int64_t prefix) { return mask_result(fm::prefix_lm_causal_mask(n, prefix)); }, nb::arg("n"),
+          nb::arg("prefix_length"));
+    m.def("prefix_lm_document",
+          [](const std::vector<int64_t>& lengths, const std::vector<int64_t>& prefixes) {
+              return mask_result(fm::prefix_lm_document_mask(lengths, prefixes));
+          },
+          nb::arg("document_lengths"), nb::arg("prefix_lengths"));
+    m.def("qk_sparse",
+          [](int64_t n, const std::vector<std::pair<int64_t, int64_t>>& spans) {
+              std::vector<fm::RowSpan> row_spans;
+              row_spans.reserve(spans.size());
+              for (const auto& [start, end] : spans) row_spans.push_back(fm::RowSpan{start, end});
+              return mask_result(fm::qk_sparse_mask(n, row_spans));
+          },
+          nb::arg("n"), nb::arg("dropped_spans"));
+    m.def("random_eviction",
+          [](int64_t n, uint64_t seed) { return mask_result(fm::random_eviction_mask(n, seed)); }, nb::arg("n"),
+          nb::arg("seed"));
+    m.def("eviction",
+          [](const std::vector<int32_t>& rows) { return mask_result(fm::random_eviction_mask(rows)); },
+          nb::arg("eviction_rows"));
+    m.def("window",
+          [](int64_t nq, int64_t nk, int64_t left, int64_t right, bool causal) {
+              return mask_result(fm::window_mask(nq, nk, left, right, causal));
+          },
+          nb::arg("nq"), nb::arg("nk"), nb::arg("left"), nb::arg("right"), nb::arg("causal"));
+    m.def("catalogue_names", []() { return fm::catalogue_names(); });
+    m.def("catalogue_mask",
+          [](const std::string& name, int64_t n, uint64_t seed) { return mask_result(fm::catalogue_mask(name, n, seed)); },
+          nb::arg("name"), nb::arg("n"), nb::arg("seed"));
+
+    // --- dense converters -----------------------------------------------------------------------
+    m.def("to_dense",
+          [](const std::optional<InputArray>& indices, bool causal, int64_t batch, int64_t mask_heads, int64_t nq,
+             int64_t nk, int64_t batch_index, int64_t head_index) {
+              const auto view = index_view(indices);
+              const fm::MaskView mask = checked_mask_view(view, causal, batch, nq, nk, mask_heads, mask_heads);
+              require_in_range(batch_index, 0, batch, "batch_index");
+              require_in_range(head_index, 0, mask_heads, "head");
+              std::vector<uint8_t> dense = fm::to_dense(mask, int32_t(batch_index), int32_t(head_index));
+              return numpy_array(std::move(dense), {std::size_t(nq), std::size_t(nk)});
+          },
+          nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("batch"), nb::arg("mask_heads"),
+          nb::arg("nq"), nb::arg("nk"), nb::arg("batch_index"), nb::arg("head"));
+    m.def("from_dense",
+          [](const nb::ndarray<const uint8_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>& dense, bool causal,
+             int32_t slots) {
+              return mask_result(
+                  fm::from_dense(dense.data(), int64_t(dense.shape(0)), int64_t(dense.shape(1)), causal, slots));
+          },
+          nb::arg("dense_mask"), nb::arg("causal"), nb::arg("slots"));
+
+    // --- block summaries, tile counts, visible pairs ---------------------------------------------
+    m.def("block_summaries",
+          [](const std::optional<InputArray>& indices, bool causal, int64_t batch, int64_t mask_heads, int64_t nq,
+             int64_t nk, int32_t block_n) {
+              const auto view = index_view(indices);
+              const fm::MaskView mask = checked_mask_view(view, causal, batch, nq, nk, mask_heads, mask_heads);
+              std::vector<fm::BlockSummary> summaries =
+                  fm::block_summaries(mask, int32_t(batch), int32_t(mask_heads), block_n);
+              constexpr std::size_t kFields = sizeof(fm::BlockSummary) / sizeof(int32_t);
+              static_assert(kFields == 8, "BlockSummary is eight int32 bounds");
+              const std::size_t blocks = summaries.size() / std::size_t(batch * mask_heads);
+              std::vector<int32_t> flat(summaries.size() * kFields);
+              std::memcpy(flat.data(), summaries.data(), flat.size() * sizeof(int32_t));
+              return numpy_array(std::move(flat),
+                                 {std::size_t(batch), std::size_t(mask_heads), blocks, kFields});
+          },
+          nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("batch"), nb::arg("mask_heads"),
+          nb::arg("nq"), nb::arg("nk"), nb::arg("block_n"));
+    m.def("count_tiles",
+          [](const std::optional<InputArray>& indices, bool causal, int64_t batch, int64_t nq, int64_t nk,
+             int64_t q_heads, int64_t kv_heads, int32_t block_m, int32_t block_n) {
+              const auto view = index_view(indices);
+              const fm::MaskView mask = checked_mask_view(view, causal, batch, nq, nk, q_heads, kv_heads);
+              const fm::TileCounts counts = fm::count_tiles(mask, int32_t(batch), int32_t(q_heads), block_m, block_n);
+              return std::make_tuple(counts.skipped, counts.partial, counts.full);
+          },
+          nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("batch"), nb::arg("nq"), nb::arg("nk"),
+          nb::arg("q_heads"), nb::arg("kv_heads"), nb::arg("block_m"), nb::arg("block_n"));
+    m.def("visible_pairs",
+          [](const std::optional<InputArray>& indices, bool causal, int64_t batch, int64_t nq, int64_t nk,
+             int64_t q_heads, int64_t kv_heads) {
+              const auto view = index_view(indices);
+              const fm::MaskView mask = checked_mask_view(view, causal, batch, nq, nk, q_heads, kv_heads);
+              return fm::visible_pairs(mask, int32_t(batch), int32_t(q_heads));
+          },
+          nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("batch"), nb::arg("nq"), nb::arg("nk"),
+          nb::arg("q_heads"), nb::arg("kv_heads"));
+
+    // --- attention (outputs allocated by the caller, written in place) ---------------------------
+    m.def("forward",
+          [](const InputArray& q, const InputArray& k, const InputArray& v, const OutputArray& out,
+             const OutputArray& lse, const std::optional<InputArray>& indices, bool causal,
+             std::optional<float> scale, int num_threads, bool bfloat16_bits) {
+              fm::ForwardArgs args;
+              args.q = tensor_view(q, "q", kFloatDTypes, bfloat16_bits);
+              args.k = tensor_view(k, "k", kFloatDTypes, bfloat16_bits);
+              args.v = tensor_view(v, "v", kFloatDTypes, bfloat16_bits);
+              args.out = tensor_view(out, "out", kFloatDTypes, bfloat16_bits);
+              args.lse = tensor_view(lse, "lse", "float32");
+              args.startend_row_indices = index_view(indices);
+              args.causal = causal;
+              args.scale = scale;
+              args.num_threads = num_threads;
+              nb::gil_scoped_release unlocked;
+              fm::forward(args);
+          },
+          nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out").noconvert(), nb::arg("lse").noconvert(),
+          nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("scale").none(),
+          nb::arg("num_threads"), nb::arg("bfloat16_bits"));
+    m.def("backward",
+          [](const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& out,
+             const InputArray& lse, const InputArray& dout, const OutputArray& dq, const OutputArray& dk,
+             const OutputArray& dv, const std::optional<InputArray>& indices, bool causal,
+             std::optional<float> scale, bool deterministic, int num_threads, bool bfloat16_bits) {
+              fm::BackwardArgs args;
+              args.q = tensor_view(q, "q", kFloatDTypes, bfloat16_bits);
+              args.k = tensor_view(k, "k", kFloatDTypes, bfloat16_bits);
+              args.v = tensor_view(v, "v", kFloatDTypes, bfloat16_bits);
+              args.out = tensor_view(out, "out", kFloatDTypes, bfloat16_bits);
+              args.lse = tensor_view(lse, "lse", "float32");
+              args.dout = tensor_view(dout, "dout", kFloatDTypes, bfloat16_bits);
+              args.dq = tensor_view(dq, "dq", kFloatDTypes, bfloat16_bits);
+              args.dk = tensor_view(dk, "dk", kFloatDTypes, bfloat16_bits);
+              args.dv = tensor_view(dv, "dv", kFloatDTypes, bfloat16_bits);
+              args.startend_row_indices = index_view(indices);
+              args.causal = causal;
+              args.scale = scale;
+              args.deterministic = deterministic;
+              args.num_threads = num_threads;
+              nb::gil_scoped_release unlocked;
+              fm::backward(args);
+          },
+          nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("lse"), nb::arg("dout"),
+          nb::arg("dq").noconvert(), nb::arg("dk").noconvert(), nb::arg("dv").noconvert(),
+          nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("scale").none(),
+          nb::arg("deterministic"), nb::arg("num_threads"), nb::arg("bfloat16_bits"));
+    m.def("cuda_available", &fm::cuda_available);
+
+    // --- the float64 reference (tests): returns new float64 arrays -------------------------------
+    m.def("reference_forward",
+          [](const Float64Array& q, const Float64Array& k, const Float64Array& v,
+             const std::optional<InputArray>& indices, bool causal, std::optional<double> scale) {
+              const fm::cpu::ReferenceShape shape = reference_shape(q, k, v);
+              const auto view = index_view(indices);
+              const fm::MaskView mask =
+                  checked_mask_view(view, causal, shape.batch, shape.nq, shape.nk, shape.q_heads, shape.kv_heads);
+              fm::cpu::ReferenceForward result;
+              {
+                  nb::gil_scoped_release unlocked;
+                  result = fm::cpu::reference_forward(shape, mask, scale_or_default(scale, shape.head_dim), q.data(),
+                                                      k.data(), v.data());
+              }
+              const auto b = std::size_t(shape.batch), nq = std::size_t(shape.nq), hq = std::size_t(shape.q_heads);
+              return nb::make_tuple(numpy_array(std::move(result.out), {b, nq, hq, std::size_t(shape.value_dim)}),
+                                    numpy_array(std::move(result.lse), {b, hq, nq}));
+          },
+          nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("startend_row_indices").none(), nb::arg("causal"),
+          nb::arg("scale").none());
+    m.def("reference_backward",
+          [](const Float64Array& q, const Float64Array& k, const Float64Array& v, const Float64Array& dout,
+             const std::optional<InputArray>& indices, bool causal, std::optional<double> scale) {
+              const fm::cpu::ReferenceShape shape = reference_shape(q, k, v);
+              require_rank4(dout, "dout");
+              require_extent(dout, 0, shape.batch, "dout", "batch size");
+              require_extent(dout, 1, shape.nq, "dout", "query length");
+              require_extent(dout, 2, shape.q_heads, "dout", "head count");
+              require_extent(dout, 3, shape.value_dim, "dout", "value dim");
+              const auto view = index_view(indices);
+              const fm::MaskView mask =
+                  checked_mask_view(view, causal, shape.batch, shape.nq, shape.nk, shape.q_heads, shape.kv_heads);
+              fm::cpu::ReferenceBackward result;
+              {
+                  nb::gil_scoped_release unlocked;
+                  result = fm::cpu::reference_backward(shape, mask, scale_or_default(scale, shape.head_dim), q.data(),
+                                                       k.data(), v.data(), dout.data());
+              }
+              const auto b = std::size_t(shape.batch), nq = std::size_t(shape.nq), nk = std::size_t(shape.nk);
+              const auto hq = std::size_t(shape.q_heads), hk = std::size_t(shape.kv_heads);
+              return nb::make_tuple(
+                  numpy_array(std::move(result.dq), {b, nq, hq, std::size_t(shape.head_dim)}),
+                  numpy_array(std::move(result.dk), {b, nk, hk, std::size_t(shape.head_dim)}),
+                  numpy_array(std::move(result.dv), {b, nk, hk, std::size_t(shape.value_dim)}));
+          },
+          nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("dout"), nb::arg("startend_row_indices").none(),
+          nb::arg("causal"), nb::arg("scale").none());
+}

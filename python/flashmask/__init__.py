@@ -1,0 +1,45 @@
+"""flashmask: exact attention with FlashMask column-wise masks (Wang et al., ICLR 2025).
+
+    import numpy as np, flashmask
+    mask = flashmask.masks.causal_document([300, 200, 524])
+    out, lse = flashmask.attention_forward(q, k, v, mask)          # q [B, N, H, D] float32/16
+    dq, dk, dv = flashmask.attention_backward(dout, q, k, v, out, lse, mask)
+
+Needs only NumPy (no PyTorch, no GPU). Refused inputs raise TypeError (dtype), ValueError
+(shape, value, option) or NotImplementedError (not in this build), with a message naming the
+argument; the exception's `argument` attribute holds that name.
+"""
+
+from . import _flashmask, masks
+from .attention import attention_backward, attention_forward, reference_backward, reference_forward
+from .masks import (
+    BLOCK_SUMMARY_FIELDS,
+    CPU_BLOCK_M,
+    CPU_BLOCK_N,
+    Mask,
+    TileCounts,
+    block_summaries,
+    catalogue,
+    catalogue_names,
+    check_mask_shape,
+    from_dense,
+    tile_counts,
+    to_dense,
+    validate_mask,
+    visible_pairs,
+)
+
+__version__ = _flashmask.__version__
+
+
+def cuda_available() -> bool:
+    """Whether this build has CUDA kernels and a usable GPU (False for the CPU-only wheel)."""
+    return bool(_flashmask.cuda_available())
+
+
+__all__ = [
+    "BLOCK_SUMMARY_FIELDS", "CPU_BLOCK_M", "CPU_BLOCK_N", "Mask", "TileCounts", "__version__",
+    "attention_backward", "attention_forward", "block_summaries", "catalogue", "catalogue_names",
+    "check_mask_shape", "cuda_available", "from_dense", "masks", "reference_backward", "reference_forward",
+    "tile_counts", "to_dense", "validate_mask", "visible_pairs",
+]

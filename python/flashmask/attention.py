@@ -1,0 +1,97 @@
+"""Attention with FlashMask masks on NumPy arrays (the library's CPU path), and the float64
+reference it is tested against.
+
+Layouts (SPEC §1), BSHD: q [B, Nq, Hq, D], k [B, Nk, Hk, D], v [B, Nk, Hk, Dv],
+out [B, Nq, Hq, Dv], lse float32 [B, Hq, Nq]. Any strides with a contiguous last dimension
+(so a [B, H, N, D] array passed as ``x.transpose(0, 2, 1, 3)`` works unchanged).
+dtypes: float32, float16, bfloat16 (see flashmask._arrays for how bfloat16 is spelled).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from . import _flashmask
+from ._arrays import kernel_view, require_array, require_rank, to_float64, uses_bfloat16_bits
+from .masks import mask_arguments
+
+_Q_LAYOUT = "[B, Nq, Hq, D]"
+_V_LAYOUT = "[B, Nk, Hk, Dv]"
+
+
+def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, startend_row_indices=None, *,
+                      causal: bool = False, scale: Optional[float] = None, num_threads: int = 0,
+                      dtype: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Masked attention forward: returns (out [B, Nq, Hq, Dv] in q's dtype, lse float32 [B, Hq, Nq]).
+
+    startend_row_indices: int32 [B, Hm, Nk, C] (Hm in {1, Hk, Hq}), a Mask, or None.
+    scale defaults to 1/sqrt(D); num_threads 0 = all cores. Rows that see no key get out = 0
+    and lse = -inf. dtype="bfloat16" marks uint16 arrays as bfloat16 bits."""
+    q = require_array(q, "q")
+    k = require_array(k, "k")
+    v = require_array(v, "v")
+    indices, causal = mask_arguments(startend_row_indices, causal)
+    bfloat16_bits = uses_bfloat16_bits(q, dtype)
+    require_rank(q, 4, "q", _Q_LAYOUT)
+    require_rank(v, 4, "v", _V_LAYOUT)
+    batch, nq, q_heads, _ = q.shape
+    out = np.empty((batch, nq, q_heads, v.shape[3]), dtype=q.dtype)
+    lse = np.empty((batch, q_heads, nq), dtype=np.float32)
+    _flashmask.forward(kernel_view(q, bfloat16_bits), kernel_view(k, bfloat16_bits), kernel_view(v, bfloat16_bits),
+                       kernel_view(out, bfloat16_bits), lse, indices, causal,
+                       None if scale is None else float(scale), int(num_threads), bfloat16_bits)
+    return out, lse
+
+
+def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray,
+                       lse: np.ndarray, startend_row_indices=None, *, causal: bool = False,
+                       scale: Optional[float] = None, deterministic: bool = False, num_threads: int = 0,
+                       dtype: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masked attention backward: returns (dq, dk, dv) shaped and typed like (q, k, v).
+
+    out and lse are attention_forward's on the same inputs. With GQA, dk/dv sum over the query
+    heads sharing a KV head. The CPU path is deterministic whatever `deterministic` says."""
+    dout = require_array(dout, "dout")
+    q = require_array(q, "q")
+    k = require_array(k, "k")
+    v = require_array(v, "v")
+    out = require_array(out, "out")
+    lse = require_array(lse, "lse")
+    indices, causal = mask_arguments(startend_row_indices, causal)
+    bfloat16_bits = uses_bfloat16_bits(q, dtype)
+    dq = np.empty(q.shape, dtype=q.dtype)
+    dk = np.empty(k.shape, dtype=k.dtype)
+    dv = np.empty(v.shape, dtype=v.dtype)
+    views = [kernel_view(a, bfloat16_bits) for a in (q, k, v, out)]
+    grads = [kernel_view(a, bfloat16_bits) for a in (dq, dk, dv)]
+    _flashmask.backward(*views, lse, kernel_view(dout, bfloat16_bits), *grads, indices, causal,
+                        None if scale is None else float(scale), bool(deterministic), int(num_threads),
+                        bfloat16_bits)
+    return dq, dk, dv
+
+
+def reference_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, startend_row_indices=None, *,
+                      causal: bool = False, scale: Optional[float] = None,
+                      dtype: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """The float64 reference forward (dense, slow; for tests): (out, lse) as float64.
+
+    Inputs of any supported dtype are converted to float64 first."""
+    q, k, v = (require_array(a, name) for a, name in ((q, "q"), (k, "k"), (v, "v")))
+    indices, causal = mask_arguments(startend_row_indices, causal)
+    bfloat16_bits = uses_bfloat16_bits(q, dtype)
+    q64, k64, v64 = (to_float64(a, bfloat16_bits) for a in (q, k, v))
+    return _flashmask.reference_forward(q64, k64, v64, indices, causal, None if scale is None else float(scale))
+
+
+def reference_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, startend_row_indices=None,
+                       *, causal: bool = False, scale: Optional[float] = None,
+                       dtype: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The float64 reference backward (recomputes the forward): (dq, dk, dv) as float64."""
+    dout, q, k, v = (require_array(a, name) for a, name in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v")))
+    indices, causal = mask_arguments(startend_row_indices, causal)
+    bfloat16_bits = uses_bfloat16_bits(q, dtype)
+    q64, k64, v64, dout64 = (to_float64(a, bfloat16_bits) for a in (q, k, v, dout))
+    return _flashmask.reference_backward(q64, k64, v64, dout64, indices, causal,
+                                         None if scale is None else float(scale))
