@@ -90,6 +90,24 @@ MaskSpec window_mask(int64_t nq, int64_t nk, int64_t left, int64_t right, bool c
 const std::vector<std::string>& catalogue_names();
 MaskSpec catalogue_mask(const std::string& name, int64_t n, uint64_t seed);
 
+// The natural parameters catalogue_mask() draws for (n, seed), exposed so that tools can print
+// them and tests can check a catalogue mask against its natural definition. One draw serves
+// every mask, so e.g. causal_document and document share their documents.
+struct CatalogueParameters {
+    int64_t n = 0;
+    std::vector<int64_t> document_lengths;  // 3-10 documents (fewer when n < 3), each >= 1 token
+    std::vector<int64_t> prefix_lengths;    // prefix_lm_document: a quarter of each document
+    // share_question: each document split into a question and 2-4 answers (fewer when short).
+    std::vector<int64_t> question_lengths;
+    std::vector<std::vector<int64_t>> answer_lengths;
+    int64_t window = 1;         // sliding_window, global_sliding_window: max(1, N / 8)
+    int64_t global_tokens = 0;  // global_sliding_window: max(1, N / 64), at most N
+    int64_t prefix_length = 0;  // prefix_lm_causal: N / 4
+    std::vector<RowSpan> dropped_spans;  // qk_sparse: 1-3 random non-overlapping spans
+    uint64_t eviction_seed = 0;          // random_eviction
+};
+CatalogueParameters catalogue_parameters(int64_t n, uint64_t seed);
+
 // ---------------------------------------------------------------------------------------------
 // Dense converters (the only O(Nq * Nk) code besides the reference)
 // ---------------------------------------------------------------------------------------------

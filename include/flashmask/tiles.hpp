@@ -152,6 +152,7 @@ FM_HOST_DEVICE TileKind classify(const BlockSummary& s, int32_t row_begin, int32
     return lower_misses && upper_misses ? TileKind::Full : TileKind::Partial;
 }
 
-FM_HOST_DEVICE int32_t ceil_div(int32_t a, int32_t b) { return (a + b - 1) / b; }
+// Written without a + b - 1, which overflows for a near 2^31 (a >= 0, b > 0).
+FM_HOST_DEVICE int32_t ceil_div(int32_t a, int32_t b) { return a / b + (a % b != 0); }
 
 }  // namespace flashmask
