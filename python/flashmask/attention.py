@@ -21,6 +21,11 @@ _Q_LAYOUT = "[B, Nq, Hq, D]"
 _V_LAYOUT = "[B, Nk, Hk, Dv]"
 
 
+def _attention_mask(startend_row_indices, causal: bool, q: np.ndarray):
+    """(indices, causal) for an attention call: a builder's Mask is broadcast over q's batch."""
+    return mask_arguments(startend_row_indices, causal, q.shape[0] if q.ndim == 4 else None)
+
+
 def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, startend_row_indices=None, *,
                       causal: bool = False, scale: Optional[float] = None, num_threads: int = 0,
                       dtype: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -32,9 +37,9 @@ def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, startend_row_
     q = require_array(q, "q")
     k = require_array(k, "k")
     v = require_array(v, "v")
-    indices, causal = mask_arguments(startend_row_indices, causal)
-    bfloat16_bits = uses_bfloat16_bits(q, dtype)
     require_rank(q, 4, "q", _Q_LAYOUT)
+    indices, causal = _attention_mask(startend_row_indices, causal, q)
+    bfloat16_bits = uses_bfloat16_bits(q, dtype)
     require_rank(v, 4, "v", _V_LAYOUT)
     batch, nq, q_heads, _ = q.shape
     out = np.empty((batch, nq, q_heads, v.shape[3]), dtype=q.dtype)
@@ -59,7 +64,7 @@ def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.nda
     v = require_array(v, "v")
     out = require_array(out, "out")
     lse = require_array(lse, "lse")
-    indices, causal = mask_arguments(startend_row_indices, causal)
+    indices, causal = _attention_mask(startend_row_indices, causal, q)
     bfloat16_bits = uses_bfloat16_bits(q, dtype)
     dq = np.empty(q.shape, dtype=q.dtype)
     dk = np.empty(k.shape, dtype=k.dtype)
@@ -79,7 +84,7 @@ def reference_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, startend_row_
 
     Inputs of any supported dtype are converted to float64 first."""
     q, k, v = (require_array(a, name) for a, name in ((q, "q"), (k, "k"), (v, "v")))
-    indices, causal = mask_arguments(startend_row_indices, causal)
+    indices, causal = _attention_mask(startend_row_indices, causal, q)
     bfloat16_bits = uses_bfloat16_bits(q, dtype)
     q64, k64, v64 = (to_float64(a, bfloat16_bits) for a in (q, k, v))
     return _flashmask.reference_forward(q64, k64, v64, indices, causal, None if scale is None else float(scale))
@@ -90,7 +95,7 @@ def reference_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.nda
                        dtype: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The float64 reference backward (recomputes the forward): (dq, dk, dv) as float64."""
     dout, q, k, v = (require_array(a, name) for a, name in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v")))
-    indices, causal = mask_arguments(startend_row_indices, causal)
+    indices, causal = _attention_mask(startend_row_indices, causal, q)
     bfloat16_bits = uses_bfloat16_bits(q, dtype)
     q64, k64, v64, dout64 = (to_float64(a, bfloat16_bits) for a in (q, k, v, dout))
     return _flashmask.reference_backward(q64, k64, v64, dout64, indices, causal,

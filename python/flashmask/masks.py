@@ -31,13 +31,20 @@ def _mask(result: Tuple[Optional[np.ndarray], bool]) -> Mask:
     return Mask(*result)
 
 
-def mask_arguments(startend_row_indices, causal: bool) -> Tuple[Optional[np.ndarray], bool]:
-    """(index array or None, causal) from either spelling of a mask."""
+def mask_arguments(startend_row_indices, causal: bool, batch: Optional[int] = None
+                   ) -> Tuple[Optional[np.ndarray], bool]:
+    """(index array or None, causal) from either spelling of a mask.
+
+    A builder's Mask describes one sequence (B = 1); given a `batch`, it is broadcast over it
+    (a stride-0 view, no copy). Index arrays passed as such must have the problem's B (SPEC §2)."""
     if isinstance(startend_row_indices, Mask):
         if causal and not startend_row_indices.causal:
             raise refusal(ValueError, "causal",
                           "causal = True contradicts the Mask passed as startend_row_indices (causal = False)")
-        return startend_row_indices.startend_row_indices, startend_row_indices.causal
+        indices = startend_row_indices.startend_row_indices
+        if batch is not None and indices is not None and indices.ndim == 4 and indices.shape[0] == 1:
+            indices = np.broadcast_to(indices, (batch,) + indices.shape[1:])
+        return indices, startend_row_indices.causal
     if startend_row_indices is not None:
         require_array(startend_row_indices, "startend_row_indices")
     return startend_row_indices, bool(causal)
@@ -260,7 +267,7 @@ def tile_counts(startend_row_indices, causal: bool = False, *, nq: Optional[int]
     """Skipped / partial / full tiles over every (batch, query head, q block, kv block).
 
     batch and q_heads default to the index tensor's B and Hm (1 without one), kv_heads to q_heads."""
-    indices, causal = mask_arguments(startend_row_indices, causal)
+    indices, causal = mask_arguments(startend_row_indices, causal, batch)
     sizes = _sizes(indices, nq, nk)
     batch = sizes.batch if batch is None else batch
     q_heads = sizes.mask_heads if q_heads is None else q_heads
@@ -273,7 +280,7 @@ def visible_pairs(startend_row_indices, causal: bool = False, *, nq: Optional[in
                   batch: Optional[int] = None, q_heads: Optional[int] = None,
                   kv_heads: Optional[int] = None) -> int:
     """Visible (query, key) pairs summed over batch and query heads (SPEC §6's FLOP count)."""
-    indices, causal = mask_arguments(startend_row_indices, causal)
+    indices, causal = mask_arguments(startend_row_indices, causal, batch)
     sizes = _sizes(indices, nq, nk)
     batch = sizes.batch if batch is None else batch
     q_heads = sizes.mask_heads if q_heads is None else q_heads

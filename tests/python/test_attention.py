@@ -1,0 +1,182 @@
+"""attention_forward / attention_backward on NumPy arrays against the float64 reference
+(SPEC §5): relative error ||x - ref|| / ||ref|| under 1e-5 for float32 and 2e-2 for the
+16-bit dtypes, on fresh random masks and inputs."""
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+import pytest
+
+import flashmask
+from flashmask import masks
+
+try:
+    import ml_dtypes
+except ImportError:  # bfloat16 arrays need ml_dtypes; the uint16-bits spelling does not
+    ml_dtypes = None
+
+# SPEC §5 bounds.
+FLOAT32_TOLERANCE = 1e-5
+HALF_TOLERANCE = 2e-2
+THREADS = 2  # the test machine's cores
+
+
+class Case(NamedTuple):
+    name: str
+    batch: int
+    nq: int
+    nk: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    causal: bool
+    slots: int            # C of a random index tensor; 0 = no tensor (full / plain causal)
+    mask_heads: int = 1   # Hm of a random index tensor
+
+
+CASES = [
+    Case("full_nq_lt_nk", 1, 40, 100, 2, 2, 64, False, 0),
+    Case("causal_nq_gt_nk_gqa", 2, 100, 40, 4, 1, 64, True, 0),           # rows above the diagonal see nothing
+    Case("lower_c1_gqa", 1, 77, 77, 8, 2, 64, True, 1, 1),
+    Case("lower_bounded_c2_per_kv_head", 2, 90, 17, 4, 2, 128, True, 2, 2),
+    Case("lower_upper_c2_per_q_head", 1, 33, 70, 4, 4, 64, False, 2, 4),
+    Case("bounded_c4_gqa", 1, 65, 129, 8, 2, 64, False, 4, 8),
+    Case("single_row_d256", 2, 1, 50, 2, 1, 256, False, 4, 1),
+]
+
+
+def random_indices(rng, case: Case) -> Optional[np.ndarray]:
+    """Random int32 [B, Hm, Nk, C] in [0, Nq]; each interval's bounds are sorted in about half
+    of the columns so that both empty and non-empty intervals occur."""
+    if case.slots == 0:
+        return None
+    shape = (case.batch, case.mask_heads, case.nk, case.slots)
+    indices = rng.integers(0, case.nq + 1, size=shape).astype(np.int32)
+    if case.slots >= 2:
+        sort_pairs = rng.random(shape[:3]) < 0.5
+        pairs = indices.reshape(shape[:3] + (case.slots // 2, 2))
+        pairs[sort_pairs] = np.sort(pairs[sort_pairs], axis=-1)
+    return indices
+
+
+def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    bits = values.astype(np.float32).view(np.uint32)
+    rounded = bits + 0x7FFF + ((bits >> 16) & 1)  # round to nearest even
+    return (rounded >> 16).astype(np.uint16)
+
+
+DTYPES = ["float32", "float16", "bfloat16", "bfloat16_bits"]
+
+
+def make_tensor(rng, shape, dtype: str) -> np.ndarray:
+    values = rng.standard_normal(shape, dtype=np.float32)
+    if dtype == "bfloat16":
+        if ml_dtypes is None:
+            pytest.skip("ml_dtypes is not installed")
+        return values.astype(ml_dtypes.bfloat16)
+    if dtype == "bfloat16_bits":
+        return float32_to_bfloat16_bits(values)
+    return values.astype(dtype)
+
+
+def dtype_argument(dtype: str) -> Optional[str]:
+    return "bfloat16" if dtype == "bfloat16_bits" else None
+
+
+def as_float64(values: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16_bits":
+        return (values.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return values.astype(np.float64)
+
+
+def tolerance(dtype: str) -> float:
+    return FLOAT32_TOLERANCE if dtype == "float32" else HALF_TOLERANCE
+
+
+def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
+    reference_norm = np.linalg.norm(reference)
+    assert reference_norm > 0, "the reference is all zeros: the test's mask hides everything"
+    return float(np.linalg.norm(value - reference) / reference_norm)
+
+
+def operands(rng, case: Case, dtype: str):
+    q = make_tensor(rng, (case.batch, case.nq, case.q_heads, case.head_dim), dtype)
+    k = make_tensor(rng, (case.batch, case.nk, case.kv_heads, case.head_dim), dtype)
+    v = make_tensor(rng, (case.batch, case.nk, case.kv_heads, case.head_dim), dtype)
+    return q, k, v
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_forward_and_backward_match_the_reference(case: Case, dtype: str, rng):
+    q, k, v = operands(rng, case, dtype)
+    dout = make_tensor(rng, (case.batch, case.nq, case.q_heads, case.head_dim), dtype)
+    indices = random_indices(rng, case)
+    scale = float(rng.uniform(0.05, 0.3))
+    kwargs = dict(causal=case.causal, scale=scale, dtype=dtype_argument(dtype))
+
+    out, lse = flashmask.attention_forward(q, k, v, indices, num_threads=THREADS, **kwargs)
+    ref_out, ref_lse = flashmask.reference_forward(q, k, v, indices, **kwargs)
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert lse.dtype == np.float32 and lse.shape == (case.batch, case.q_heads, case.nq)
+    assert relative_error(as_float64(out, dtype), ref_out) < tolerance(dtype)
+    # Rows with no visible key: LSE = -inf and O = 0 (SPEC §1); the others agree.
+    unseen = np.isneginf(ref_lse)
+    np.testing.assert_array_equal(np.isneginf(lse), unseen)
+    np.testing.assert_allclose(lse[~unseen], ref_lse[~unseen], rtol=tolerance(dtype), atol=tolerance(dtype))
+    unseen_rows = unseen.transpose(0, 2, 1)  # [B, Nq, Hq]
+    assert not np.any(as_float64(out, dtype)[unseen_rows])
+
+    dq, dk, dv = flashmask.attention_backward(dout, q, k, v, out, lse, indices, num_threads=THREADS, **kwargs)
+    ref_dq, ref_dk, ref_dv = flashmask.reference_backward(dout, q, k, v, indices, **kwargs)
+    for name, grad, ref, like in (("dq", dq, ref_dq, q), ("dk", dk, ref_dk, k), ("dv", dv, ref_dv, v)):
+        assert grad.dtype == like.dtype and grad.shape == like.shape, name
+        assert relative_error(as_float64(grad, dtype), ref) < tolerance(dtype), name
+    assert not np.any(as_float64(dq, dtype)[unseen_rows])
+
+
+def test_rows_that_see_nothing_get_zero_output_and_gradient(rng):
+    batch, n, heads, dim = 1, int(rng.integers(20, 90)), 2, 64
+    first_hidden_row = int(rng.integers(1, n))
+    # Not causal, C = 2: LTS = first_hidden_row, UTE = 0 hides rows [first_hidden_row, N) from every key.
+    indices = np.zeros((batch, 1, n, 2), dtype=np.int32)
+    indices[..., 0] = first_hidden_row
+    q, k, v = operands(rng, Case("", batch, n, n, heads, heads, dim, False, 2), "float32")
+    out, lse = flashmask.attention_forward(q, k, v, indices)
+    assert np.all(out[:, first_hidden_row:] == 0)
+    assert np.all(np.isneginf(lse[:, :, first_hidden_row:])) and np.all(np.isfinite(lse[:, :, :first_hidden_row]))
+    dout = rng.standard_normal(out.shape, dtype=np.float32)
+    dq, dk, dv = flashmask.attention_backward(dout, q, k, v, out, lse, indices)
+    assert np.all(dq[:, first_hidden_row:] == 0)
+    assert all(np.all(np.isfinite(g)) for g in (dq, dk, dv))
+
+
+def test_transposed_bhsd_views_work_unchanged(rng):
+    batch, n, heads, dim = 2, int(rng.integers(10, 100)), 2, 64
+    mask = masks.causal_document([n // 2, n - n // 2])
+    # [B, H, N, D] storage seen as [B, N, H, D]: strided, last dimension contiguous.
+    q, k, v = (rng.standard_normal((batch, heads, n, dim), dtype=np.float32).transpose(0, 2, 1, 3)
+               for _ in range(3))
+    assert not q.flags.c_contiguous
+    out, lse = flashmask.attention_forward(q, k, v, mask)
+    ref_out, _ = flashmask.reference_forward(q, k, v, mask)
+    assert relative_error(out, ref_out) < FLOAT32_TOLERANCE
+    contiguous_out, _ = flashmask.attention_forward(*(np.ascontiguousarray(x) for x in (q, k, v)), mask)
+    np.testing.assert_allclose(out, contiguous_out, rtol=FLOAT32_TOLERANCE, atol=FLOAT32_TOLERANCE)
+
+
+def test_a_mask_and_its_arrays_give_the_same_result(rng):
+    n = int(rng.integers(2, 80))
+    mask = masks.sliding_window(n, int(rng.integers(1, n + 1)))
+    q, k, v = operands(rng, Case("", 1, n, n, 2, 2, 64, True, 1), "float32")
+    from_mask, _ = flashmask.attention_forward(q, k, v, mask)
+    from_arrays, _ = flashmask.attention_forward(q, k, v, mask.startend_row_indices, causal=mask.causal)
+    np.testing.assert_array_equal(from_mask, from_arrays)
+
+
+def test_import_needs_no_torch():
+    import sys
+
+    assert "torch" not in sys.modules
+    assert flashmask.__version__.count(".") == 2
+    assert flashmask.cuda_available() in (True, False)
