@@ -16,6 +16,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -117,6 +118,15 @@ fm::TensorView tensor_view(const Array& array, const char* argument, const char*
     for (int d = 0; d < view.rank; ++d) {
         view.shape[d] = int64_t(array.shape(d));
         view.strides[d] = array.stride(d);
+    }
+    // NumPy reports all-zero strides for an array with no elements. No element is ever
+    // addressed, so any strides are equivalent: use row-major ones, which every check accepts.
+    if (array.size() == 0) {
+        int64_t stride = 1;
+        for (int d = view.rank - 1; d >= 0; --d) {
+            view.strides[d] = stride;
+            stride *= std::max<int64_t>(view.shape[d], 1);
+        }
     }
     return view;
 }

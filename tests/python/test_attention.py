@@ -180,3 +180,15 @@ def test_import_needs_no_torch():
     assert "torch" not in sys.modules
     assert flashmask.__version__.count(".") == 2
     assert flashmask.cuda_available() in (True, False)
+
+
+def test_empty_sequences(rng):
+    """NumPy gives arrays with no elements all-zero strides; they still pass, and with no keys
+    every row sees nothing (O = 0, LSE = -inf)."""
+    n, heads, dim = int(rng.integers(1, 40)), 2, 64
+    q, k, v = operands(rng, Case("", 1, n, 0, heads, heads, dim, False, 0), "float32")
+    out, lse = flashmask.attention_forward(q, k, v)
+    assert np.all(out == 0) and np.all(np.isneginf(lse))
+    q, k, v = operands(rng, Case("", 1, 0, n, heads, heads, dim, True, 0), "float32")
+    out, lse = flashmask.attention_forward(q, k, v, causal=True)
+    assert out.shape == (1, 0, heads, dim) and lse.shape == (1, heads, 0)
