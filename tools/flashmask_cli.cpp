@@ -27,6 +27,7 @@
 
 #include "cli_args.hpp"
 #include "cli_check.hpp"
+#include "cli_npy.hpp"
 #include "cli_progress.hpp"
 #include "cli_tensors.hpp"
 #include "cpu/reference.hpp"
@@ -227,13 +228,57 @@ std::string describe_parameters(const std::string& name, int64_t n, uint64_t see
     return "";
 }
 
+// Density and tile counts of a mask, summed over `heads` (batch, query head) pairs.
+struct MaskStats {
+    int64_t heads = 1, nq = 0, nk = 0;
+    int64_t visible_pairs = 0;
+    double density = 0.0;
+    int32_t block_m = 0, block_n = 0;
+    fm::TileCounts tiles;
+};
+
+MaskStats mask_stats(const fm::MaskView& view, int32_t batch, int32_t q_heads, int32_t block_m, int32_t block_n) {
+    MaskStats st;
+    st.heads = int64_t(batch) * q_heads;
+    st.nq = view.nq;
+    st.nk = view.nk;
+    st.visible_pairs = fm::visible_pairs(view, batch, q_heads);
+    st.density = double(st.visible_pairs) / (double(st.heads) * double(view.nq) * double(view.nk));
+    st.block_m = block_m;
+    st.block_n = block_n;
+    st.tiles = fm::count_tiles(view, batch, q_heads, block_m, block_n);
+    return st;
+}
+
+double percent(int64_t part, int64_t total) { return total ? 100.0 * double(part) / double(total) : 0.0; }
+
+void print_stats(const MaskStats& st, const std::string& block_origin) {
+    const std::string scope = st.heads == 1 ? "per head" : "over " + with_commas(st.heads) + " (batch, query head) pairs";
+    std::printf("density      %.4f (%s of %s pairs visible %s)\n", st.density, with_commas(st.visible_pairs).c_str(),
+                with_commas(st.heads * st.nq * st.nk).c_str(), scope.c_str());
+    const int64_t total = st.tiles.total();
+    std::printf("tiles        %d x %d blocks (%s), %s tile%s %s\n", st.block_m, st.block_n, block_origin.c_str(),
+                with_commas(total).c_str(), total == 1 ? "" : "s", scope.c_str());
+    const std::string width = std::to_string(std::max<std::size_t>(1, with_commas(total).size()));
+    const std::string row = "               %-8s %" + width + "s  %5.1f %%\n";
+    std::printf(row.c_str(), "skipped", with_commas(st.tiles.skipped).c_str(), percent(st.tiles.skipped, total));
+    std::printf(row.c_str(), "partial", with_commas(st.tiles.partial).c_str(), percent(st.tiles.partial, total));
+    std::printf(row.c_str(), "full", with_commas(st.tiles.full).c_str(), percent(st.tiles.full, total));
+}
+
+void add_stats_json(JsonObject& j, const MaskStats& st) {
+    j.integer("heads_counted", st.heads).integer("visible_pairs", st.visible_pairs).number("density", st.density);
+    JsonObject tiles;
+    tiles.integer("block_m", st.block_m).integer("block_n", st.block_n).integer("total", st.tiles.total());
+    tiles.integer("skipped", st.tiles.skipped).integer("partial", st.tiles.partial).integer("full", st.tiles.full);
+    j.add("tiles", tiles.str());
+}
+
+// A catalogue mask and its statistics per (batch, head): the mask is the same for every one.
 struct MaskReport {
     std::string name, parameters, corner_note;
     fm::MaskSpec spec;
-    int64_t visible_pairs_per_head = 0;
-    double density = 0.0;
-    int32_t block_m = 0, block_n = 0;
-    fm::TileCounts tiles;  // per (batch, head): the catalogue mask is the same for every one
+    MaskStats stats;
 };
 
 MaskReport analyse_mask(const std::string& name, int64_t nq, int64_t nk, uint64_t seed, int32_t block_m,
@@ -245,16 +290,9 @@ MaskReport analyse_mask(const std::string& name, int64_t nq, int64_t nk, uint64_
     if (nq != nk)
         r.corner_note = format("bottom-right %lld x %lld corner of the %lld x %lld mask", (long long)nq, (long long)nk,
                                (long long)std::max(nq, nk), (long long)std::max(nq, nk));
-    const fm::MaskView view = r.spec.mask_view();
-    r.visible_pairs_per_head = fm::visible_pairs(view, 1, 1);
-    r.density = double(r.visible_pairs_per_head) / (double(nq) * double(nk));
-    r.block_m = block_m;
-    r.block_n = block_n;
-    r.tiles = fm::count_tiles(view, 1, 1, block_m, block_n);
+    r.stats = mask_stats(r.spec.mask_view(), 1, 1, block_m, block_n);
     return r;
 }
-
-double percent(int64_t part, int64_t total) { return total ? 100.0 * double(part) / double(total) : 0.0; }
 
 void print_mask_report(const MaskReport& r, const std::string& block_origin) {
     const fm::MaskSpec& m = r.spec;
@@ -263,16 +301,7 @@ void print_mask_report(const MaskReport& r, const std::string& block_origin) {
     std::printf("parameters   %s\n", r.parameters.c_str());
     if (!r.corner_note.empty()) std::printf("             %s\n", r.corner_note.c_str());
     std::printf("sizes        Nq = %lld, Nk = %lld\n", (long long)m.nq, (long long)m.nk);
-    std::printf("density      %.4f (%s of %s pairs visible per head)\n", r.density,
-                with_commas(r.visible_pairs_per_head).c_str(), with_commas(m.nq * m.nk).c_str());
-    const int64_t total = r.tiles.total();
-    std::printf("tiles        %d x %d blocks (%s), %s tile%s per head\n", r.block_m, r.block_n, block_origin.c_str(),
-                with_commas(total).c_str(), total == 1 ? "" : "s");
-    const std::string width = std::to_string(std::max<std::size_t>(1, with_commas(total).size()));
-    const std::string row = "               %-8s %" + width + "s  %5.1f %%\n";
-    std::printf(row.c_str(), "skipped", with_commas(r.tiles.skipped).c_str(), percent(r.tiles.skipped, total));
-    std::printf(row.c_str(), "partial", with_commas(r.tiles.partial).c_str(), percent(r.tiles.partial, total));
-    std::printf(row.c_str(), "full", with_commas(r.tiles.full).c_str(), percent(r.tiles.full, total));
+    print_stats(r.stats, block_origin);
 }
 
 JsonObject mask_json(const MaskReport& r) {
@@ -280,11 +309,7 @@ JsonObject mask_json(const MaskReport& r) {
     j.text("name", r.name).boolean("causal", r.spec.causal).integer("slots", r.spec.slots);
     j.text("parameters", r.parameters).integer("nq", r.spec.nq).integer("nk", r.spec.nk);
     if (!r.corner_note.empty()) j.text("corner", r.corner_note);
-    j.integer("visible_pairs_per_head", r.visible_pairs_per_head).number("density", r.density);
-    JsonObject tiles;
-    tiles.integer("block_m", r.block_m).integer("block_n", r.block_n).integer("total", r.tiles.total());
-    tiles.integer("skipped", r.tiles.skipped).integer("partial", r.tiles.partial).integer("full", r.tiles.full);
-    j.add("tiles_per_head", tiles.str());
+    add_stats_json(j, r.stats);
     return j;
 }
 
@@ -848,12 +873,30 @@ const std::vector<OptionSpec>& run_options() {
     return specs;
 }
 
+const std::vector<OptionSpec>& validate_options() {
+    static const std::vector<OptionSpec> specs = {
+        {"indices", "FILE", "startend_row_indices as a NumPy .npy file, int32 [B, Hm, Nk, C] (numpy.save)"},
+        {"seqlen", "N", "query sequence length Nq (row indices must lie in [0, Nq])"},
+        {"causal", "", "the mask is causal (C = 1 or 2); without it C = 2 or 4"},
+        {"seqlen-k", "NK", "key sequence length Nk (default: the file's dimension 2)"},
+        {"batch", "B", "batch size (default: the file's dimension 0)"},
+        {"heads", "H", "query heads Hq (default: the file's dimension 1)"},
+        {"kv-heads", "HK", "key/value heads Hk, dividing Hq (default: Hq)"},
+        {"block-m", "M", "query rows per tile for the tile counts (default: " + std::to_string(kDefaultBlockM) + ")"},
+        {"block-n", "N", "keys per tile for the tile counts (default: " + std::to_string(kDefaultBlockN) + ")"},
+        {"json", "", "print one JSON object instead of the table"},
+    };
+    return specs;
+}
+
 void print_main_help() {
     std::printf(
         "flashmask: exact attention with FlashMask column-interval masks.\n\n"
         "usage:\n"
         "  flashmask run   --mask NAME --seqlen N [options]   run attention, time it, optionally --check it\n"
         "  flashmask tiles --mask NAME --seqlen N [options]   print the mask's density and tile counts only\n"
+        "  flashmask validate --indices FILE --seqlen N [options]\n"
+        "                                                     check a startend_row_indices tensor (SPEC §2)\n"
         "  flashmask --help | flashmask COMMAND --help\n\n"
         "masks: %s\n\n"
         "exit status: 0 success, 1 a --check failed, 2 a bad argument or a refused input\n",
@@ -861,6 +904,15 @@ void print_main_help() {
 }
 
 void print_command_help(const std::string& command) {
+    if (command == "validate") {
+        std::printf("usage: flashmask validate --indices FILE --seqlen N [options]\n\n"
+                    "Checks a startend_row_indices tensor against an attention problem as forward() would\n"
+                    "(dtype, rank, C for --causal, B, Hm in {1, Hk, Hq}, Nk, then every value in [0, Nq]) and\n"
+                    "prints its density and tile counts. A refused tensor is one line on stderr, exit status 2.\n\n"
+                    "options:\n%s",
+                    options_help(validate_options()).c_str());
+        return;
+    }
     const bool run = command == "run";
     std::printf("usage: flashmask %s --mask NAME --seqlen N [options]\n\n", command.c_str());
     std::printf("%s\n\n", run ? "Builds the mask, prints its density and tile counts, runs attention forward (and "
@@ -1020,7 +1072,7 @@ int command_run(const std::vector<std::string>& argv) {
 
     Problem problem = make_problem(s, settings.dtype, report.spec, settings.backward, settings.seed, settings.threads);
     Executor executor(problem, settings.device, settings.threads);
-    const double pairs = double(report.visible_pairs_per_head) * double(s.batch) * double(s.q_heads);
+    const double pairs = double(report.stats.visible_pairs) * double(s.batch) * double(s.q_heads);
     const double forward_flops = kForwardFlopsPerPairPerDim * double(s.head_dim) * pairs;
     struct Pass { const char* name; Timing timing; double flops; };
     std::vector<Pass> passes;
@@ -1081,20 +1133,81 @@ int command_run(const std::vector<std::string>& argv) {
     return settings.check && !pass ? kExitCheckFailed : kExitSuccess;
 }
 
+int command_validate(const std::vector<std::string>& argv) {
+    const ParsedArgs args(validate_options(), argv);
+    const std::string path = args.required_text("indices");
+    if (!args.has("seqlen")) throw UsageError("option '--seqlen' is required (see --help)");
+    const int64_t nq = args.integer("seqlen", 0, 1, kMaxSequenceLength);
+    const bool causal = args.has("causal");
+    const int32_t block_m = int32_t(args.integer("block-m", kDefaultBlockM, 1, kMaxSequenceLength));
+    const int32_t block_n = int32_t(args.integer("block-n", kDefaultBlockN, 1, kMaxSequenceLength));
+
+    NpyArray array = read_npy(path, "--indices");
+    constexpr int kIndicesRank = 4;  // [B, Hm, Nk, C]
+    if (array.shape.size() > std::size_t(kIndicesRank))
+        throw UsageError(format("--indices %s: a rank-%zu array; startend_row_indices is [B, Hm, Nk, C]", path.c_str(),
+                                array.shape.size()));
+    const auto dtype = npy_dtype(array.descr);
+    if (!dtype)
+        throw UsageError("--indices " + path + ": dtype '" + array.descr +
+                         "' is not supported; startend_row_indices must be int32 ('<i4')");
+    fm::TensorView view;
+    view.data = array.data.data();
+    view.dtype = *dtype;
+    view.rank = int(array.shape.size());
+    int64_t stride = 1;
+    for (int d = view.rank - 1; d >= 0; --d) {
+        view.shape[d] = array.shape[std::size_t(d)];
+        view.strides[d] = stride;
+        stride *= view.shape[d];
+    }
+    // Defaults come from the file, so only what the user states can disagree with it.
+    auto file_dim = [&](int d) { return view.rank == kIndicesRank ? std::max<int64_t>(1, view.shape[d]) : 1; };
+    const int64_t nk = args.integer("seqlen-k", file_dim(2), 1, kMaxSequenceLength);
+    const int64_t batch = args.integer("batch", file_dim(0), 1, kMaxCount);
+    const int64_t q_heads = args.integer("heads", file_dim(1), 1, kMaxCount);
+    const int64_t kv_heads = args.integer("kv-heads", q_heads, 1, kMaxCount);
+    if (q_heads % kv_heads != 0)
+        throw UsageError(format("--heads %lld is not divisible by --kv-heads %lld (grouped-query attention needs Hq %% Hk == 0)",
+                                (long long)q_heads, (long long)kv_heads));
+
+    fm::check_mask_shape(view, causal, batch, nq, nk, q_heads, kv_heads);
+    fm::validate_mask(view, causal, nq);
+    const fm::MaskView mask = fm::make_mask_view(view, causal, nq, nk, q_heads);
+    const MaskStats stats = mask_stats(mask, int32_t(batch), int32_t(q_heads), block_m, block_n);
+    const std::string origin = block_m == kDefaultBlockM && block_n == kDefaultBlockN ? "the CPU path's blocks"
+                                                                                      : "--block-m x --block-n";
+    if (args.has("json")) {
+        JsonObject j;
+        j.text("command", "validate").boolean("valid", true).text("shape", fm::shape_string(view)).boolean("causal", causal);
+        j.integer("nq", nq).integer("nk", nk).integer("batch", batch).integer("q_heads", q_heads).integer("kv_heads", kv_heads);
+        add_stats_json(j, stats);
+        std::printf("%s\n", j.str().c_str());
+    } else {
+        std::printf("valid        startend_row_indices %s int32, causal = %s, C = %lld\n", fm::shape_string(view).c_str(),
+                    causal ? "true" : "false", (long long)view.shape[3]);
+        std::printf("problem      batch %lld, Nq = %lld, Nk = %lld, query heads %lld, kv heads %lld\n", (long long)batch,
+                    (long long)nq, (long long)nk, (long long)q_heads, (long long)kv_heads);
+        print_stats(stats, origin);
+    }
+    return kExitSuccess;
+}
+
 int dispatch(const std::vector<std::string>& argv) {
-    if (argv.empty()) throw UsageError("missing command (run or tiles; see --help)");
+    if (argv.empty()) throw UsageError("missing command (run, tiles or validate; see --help)");
     const std::string& command = argv[0];
     if (command == "--help" || command == "-h" || command == "help") {
         print_main_help();
         return kExitSuccess;
     }
-    if (command != "run" && command != "tiles")
-        throw UsageError("unknown command '" + command + "' (expected run or tiles; see --help)");
+    if (command != "run" && command != "tiles" && command != "validate")
+        throw UsageError("unknown command '" + command + "' (expected run, tiles or validate; see --help)");
     const std::vector<std::string> rest(argv.begin() + 1, argv.end());
     if (std::find(rest.begin(), rest.end(), "--help") != rest.end() || std::find(rest.begin(), rest.end(), "-h") != rest.end()) {
         print_command_help(command);
         return kExitSuccess;
     }
+    if (command == "validate") return command_validate(rest);
     return command == "run" ? command_run(rest) : command_tiles(rest);
 }
 
