@@ -1,0 +1,50 @@
+// The float64 oracle (SPEC §1, §2): dense attention in double precision, written to be obviously
+// right rather than fast. It reads the mask on its own, straight from the SPEC §2 table
+// (masked(i, j) from the raw index values and `causal`), and deliberately shares no code with
+// tiles.hpp's canonical intervals, so that the tiled CPU path, the CUDA kernels and the tile
+// classification are all checked against an independent reading.
+//
+// Every (query, key) pair is scored; the mask only decides which scores enter the softmax.
+// That makes its cost O(B * Hq * Nq * Nk * (D + Dv)) whatever the mask, which is what a dense
+// masked attention costs and what the tiled path's skipped tiles are measured against.
+//
+// Rows with no visible key: O = 0, LSE = -inf, and no gradient flows through them.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "flashmask/tiles.hpp"
+
+namespace flashmask::cpu {
+
+struct ReferenceShape {
+    int32_t batch, nq, nk, q_heads, kv_heads, head_dim, value_dim;
+};
+
+struct ReferenceForward {
+    std::vector<double> out;  // [B, Nq, Hq, Dv]
+    std::vector<double> lse;  // [B, Hq, Nq]
+};
+
+struct ReferenceBackward {
+    std::vector<double> dq, dk, dv;  // contiguous BSHD, shaped like q, k, v
+};
+
+// Is key `column` hidden from query row `row` for query head `query_head` of batch `batch`?
+// The SPEC §2 table read literally; values outside [0, Nq] need no clamping in this form.
+bool reference_masked(const MaskView& mask, int32_t batch, int32_t query_head, int32_t row, int32_t column);
+
+// q [B, Nq, Hq, D], k [B, Nk, Hk, D], v [B, Nk, Hk, Dv]: contiguous BSHD doubles.
+// `rows`: optional subset of query rows to compute (others are left at O = 0, LSE = -inf), so
+// that tests of long sequences can sample rows of the forward pass.
+ReferenceForward reference_forward(const ReferenceShape& shape, const MaskView& mask, double scale,
+                                   const double* q, const double* k, const double* v,
+                                   const std::vector<int32_t>* rows = nullptr);
+
+// dout [B, Nq, Hq, Dv]. Recomputes the forward pass itself (no O / LSE inputs). With GQA, dK
+// and dV sum over the query heads sharing a KV head.
+ReferenceBackward reference_backward(const ReferenceShape& shape, const MaskView& mask, double scale,
+                                     const double* q, const double* k, const double* v, const double* dout);
+
+}  // namespace flashmask::cpu

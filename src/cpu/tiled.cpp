@@ -1,0 +1,539 @@
+#include "cpu/tiled.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/parallel.hpp"
+#include "flashmask/float16.hpp"
+#include "flashmask/mask.hpp"
+
+// The hot loops below are plain loops over float arrays that the compiler vectorizes. On x86-64
+// Linux with GCC, each is also compiled for AVX2 + FMA (x86-64-v3) and the best clone is picked
+// at load time, so a portable build still runs at AVX2 speed where the CPU has it.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define FM_SIMD_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
+#else
+#define FM_SIMD_CLONES
+#endif
+
+namespace flashmask::cpu {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// ---------------------------------------------------------------------------------------------
+// Storage formats: loads and stores convert to and from float; all arithmetic is float.
+// ---------------------------------------------------------------------------------------------
+struct Float32Storage {
+    using type = float;
+    static float to_float(float x) { return x; }
+    static float from_float(float x) { return x; }
+};
+struct BFloat16Storage {
+    using type = uint16_t;
+    static float to_float(uint16_t x) { return bfloat16_to_float(x); }
+    static uint16_t from_float(float x) { return float_to_bfloat16(x); }
+};
+struct Float16Storage {
+    using type = uint16_t;
+    static float to_float(uint16_t x) { return float16_to_float(x); }
+    static uint16_t from_float(float x) { return float_to_float16(x); }
+};
+
+// Element [b, s, h, 0] of a BSHD operand (the last dimension is contiguous).
+template <class Storage>
+typename Storage::type* row_pointer(const Operand& operand, int64_t b, int64_t s, int64_t h) {
+    return static_cast<typename Storage::type*>(operand.data) + b * operand.stride[0] + s * operand.stride[1] +
+           h * operand.stride[2];
+}
+
+// dst[r * width + d] = multiplier * src[b, first + r, h, d] for r < count.
+template <class Storage>
+void load_rows(const Operand& src, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width,
+               float multiplier, float* dst) {
+    for (int32_t r = 0; r < count; ++r) {
+        const auto* row = row_pointer<Storage>(src, b, first + r, h);
+        for (int32_t d = 0; d < width; ++d) dst[r * width + d] = multiplier * Storage::to_float(row[d]);
+    }
+}
+
+// dst[d * kBlockN + c] = src[b, first + c, h, d]: a key block stored column-major, so products
+// with it vectorize over keys. Columns count..kBlockN-1 are zero.
+template <class Storage>
+void load_transposed(const Operand& src, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width,
+                     float* dst) {
+    for (int32_t c = 0; c < count; ++c) {
+        const auto* row = row_pointer<Storage>(src, b, first + c, h);
+        for (int32_t d = 0; d < width; ++d) dst[d * kBlockN + c] = Storage::to_float(row[d]);
+    }
+    for (int32_t d = 0; d < width; ++d)
+        for (int32_t c = count; c < kBlockN; ++c) dst[d * kBlockN + c] = 0.0f;
+}
+
+// dst[b, first + r, h, d] = multiplier * src[r * width + d] for r < count.
+template <class Storage>
+void store_rows(const Operand& dst, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width,
+                float multiplier, const float* src) {
+    for (int32_t r = 0; r < count; ++r) {
+        auto* row = row_pointer<Storage>(dst, b, first + r, h);
+        for (int32_t d = 0; d < width; ++d) row[d] = Storage::from_float(multiplier * src[r * width + d]);
+    }
+}
+
+float* lse_pointer(const AttentionProblem& p, int64_t b, int64_t h, int64_t row) {
+    return static_cast<float*>(p.lse.data) + b * p.lse.stride[0] + h * p.lse.stride[1] + row * p.lse.stride[2];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vectorizable float arithmetic
+// ---------------------------------------------------------------------------------------------
+
+// e^x in float to within a couple of ulp, as straight-line arithmetic the compiler vectorizes
+// (std::exp is a library call, which keeps the softmax loops scalar). Cody-Waite reduction
+// x = n ln2 + r, |r| <= ln2/2, and Cephes' degree-6 polynomial for e^r. Inputs below the
+// smallest normal float's log, -inf included, give exactly 0: a masked score's probability.
+[[gnu::always_inline]] inline float exp_float(float x) {
+    constexpr float kLog2e = 1.44269504088896341f;
+    constexpr float kLn2High = 0.693359375f;  // ln 2 = kLn2High + kLn2Low, kLn2High exact in few bits
+    constexpr float kLn2Low = -2.12194440e-4f;
+    constexpr float kMinArgument = -87.33654475f;  // ln(FLT_MIN): below it, return 0
+    constexpr float kMaxArgument = 88.0f;           // keeps 2^n finite (n <= 127)
+    constexpr float kRoundingShift = 12582912.0f;   // 1.5 * 2^23: (t + shift) - shift rounds t
+    const float clamped = x > kMaxArgument ? kMaxArgument : (x < kMinArgument ? kMinArgument : x);
+    const float n = (clamped * kLog2e + kRoundingShift) - kRoundingShift;
+    const float r = (clamped - n * kLn2High) - n * kLn2Low;
+    float poly = 1.9875691500e-4f;
+    poly = poly * r + 1.3981999507e-3f;
+    poly = poly * r + 8.3334519073e-3f;
+    poly = poly * r + 4.1665795894e-2f;
+    poly = poly * r + 1.6666665459e-1f;
+    poly = poly * r + 5.0000001201e-1f;
+    poly = poly * r * r + r + 1.0f;
+    const float two_to_n = std::bit_cast<float>((int32_t(n) + 127) << 23);
+    return x < kMinArgument ? 0.0f : poly * two_to_n;
+}
+
+// out[r][c] = sum_d a[r][d] * bt[d][c] for r < rows, c < kBlockN: scores Q K^T (bt = K^T) or
+// dO V^T (bt = V^T). a is [rows, depth], bt is [depth, kBlockN].
+FM_SIMD_CLONES void tile_products(const float* __restrict a, const float* __restrict bt, float* __restrict out,
+                                  int32_t rows, int32_t depth) {
+    for (int32_t r = 0; r < rows; ++r) {
+        float* __restrict o = out + r * kBlockN;
+        for (int32_t c = 0; c < kBlockN; ++c) o[c] = 0.0f;
+        for (int32_t d = 0; d < depth; ++d) {
+            const float ad = a[r * depth + d];
+            const float* __restrict b = bt + d * kBlockN;
+            for (int32_t c = 0; c < kBlockN; ++c) o[c] += ad * b[c];
+        }
+    }
+}
+
+// acc[r][d] += sum_{c < cols} w[r][c] * src[c][d]: O += P V and dQ += dS K.
+FM_SIMD_CLONES void accumulate_rows(float* __restrict acc, const float* __restrict w, const float* __restrict src,
+                                    int32_t rows, int32_t cols, int32_t width) {
+    for (int32_t r = 0; r < rows; ++r) {
+        float* __restrict a = acc + r * width;
+        for (int32_t c = 0; c < cols; ++c) {
+            const float wc = w[r * kBlockN + c];
+            if (wc == 0.0f) continue;  // masked: nothing to add
+            const float* __restrict s = src + c * width;
+            for (int32_t d = 0; d < width; ++d) a[d] += wc * s[d];
+        }
+    }
+}
+
+// acc[c][d] += sum_{r < rows} w[r][c] * src[r][d]: dV += P^T dO and dK += dS^T Q.
+FM_SIMD_CLONES void accumulate_columns(float* __restrict acc, const float* __restrict w,
+                                       const float* __restrict src, int32_t rows, int32_t cols, int32_t width) {
+    for (int32_t c = 0; c < cols; ++c) {
+        float* __restrict a = acc + c * width;
+        for (int32_t r = 0; r < rows; ++r) {
+            const float wc = w[r * kBlockN + c];
+            if (wc == 0.0f) continue;
+            const float* __restrict s = src + r * width;
+            for (int32_t d = 0; d < width; ++d) a[d] += wc * s[d];
+        }
+    }
+}
+
+// The canonical masked intervals of a tile's columns (tiles.hpp), laid out for the element-wise
+// test. Padding columns (past Nk) get an interval covering every row.
+struct TileColumns {
+    int32_t lower_start[kBlockN], lower_end[kBlockN], upper_start[kBlockN], upper_end[kBlockN];
+};
+
+void load_tile_columns(const MaskView& mask, int32_t b, int32_t mask_head, int32_t first_column, int32_t cols,
+                       TileColumns& t) {
+    for (int32_t c = 0; c < kBlockN; ++c) {
+        if (c < cols) {
+            const ColumnIntervals ci = column_intervals(mask, b, mask_head, first_column + c);
+            t.lower_start[c] = ci.lower_start;
+            t.lower_end[c] = ci.lower_end;
+            t.upper_start[c] = ci.upper_start;
+            t.upper_end[c] = ci.upper_end;
+        } else {
+            t.lower_start[c] = 0;
+            t.lower_end[c] = std::numeric_limits<int32_t>::max();
+            t.upper_start[c] = t.upper_end[c] = 0;
+        }
+    }
+}
+
+// Partial tiles: scores of masked (row, column) pairs become -inf.
+FM_SIMD_CLONES void mask_scores(float* __restrict scores, int32_t rows, int32_t first_row, const TileColumns& t) {
+    for (int32_t r = 0; r < rows; ++r) {
+        const int32_t i = first_row + r;
+        float* __restrict s = scores + r * kBlockN;
+        for (int32_t c = 0; c < kBlockN; ++c) {
+            const bool masked = (t.lower_start[c] <= i && i < t.lower_end[c]) ||
+                                (t.upper_start[c] <= i && i < t.upper_end[c]);
+            s[c] = masked ? kNegInf : s[c];
+        }
+    }
+}
+
+// Columns past Nk in the last key block (any tile kind) take no part in the softmax.
+void mask_padding_columns(float* scores, int32_t rows, int32_t cols) {
+    for (int32_t r = 0; r < rows; ++r)
+        for (int32_t c = cols; c < kBlockN; ++c) scores[r * kBlockN + c] = kNegInf;
+}
+
+// Lanes of the partial maxima / sums below: enough independent chains for the compiler to
+// turn each into one SIMD register (8 floats = one AVX register).
+constexpr int32_t kReductionLanes = 8;
+static_assert(kBlockN % kReductionLanes == 0);
+
+// One step of the online softmax over a tile of scores, in place: scores become
+// P = exp(s - new_max); row_max / row_sum are updated and rescale[r] = exp(old_max - new_max)
+// is the factor by which the row's output accumulator must shrink. Rows with nothing visible so
+// far keep max = -inf, sum = 0, and get P = 0.
+FM_SIMD_CLONES void online_softmax_step(float* __restrict scores, float* __restrict row_max,
+                                        float* __restrict row_sum, float* __restrict rescale, int32_t rows) {
+    for (int32_t r = 0; r < rows; ++r) {
+        float* __restrict s = scores + r * kBlockN;
+        float lane_max[kReductionLanes];
+        for (int32_t l = 0; l < kReductionLanes; ++l) lane_max[l] = kNegInf;
+        for (int32_t c = 0; c < kBlockN; c += kReductionLanes)
+            for (int32_t l = 0; l < kReductionLanes; ++l) lane_max[l] = s[c + l] > lane_max[l] ? s[c + l] : lane_max[l];
+        float new_max = row_max[r];
+        for (int32_t l = 0; l < kReductionLanes; ++l) new_max = lane_max[l] > new_max ? lane_max[l] : new_max;
+        if (new_max == kNegInf) {  // nothing visible in this row yet
+            for (int32_t c = 0; c < kBlockN; ++c) s[c] = 0.0f;
+            rescale[r] = 1.0f;
+            continue;
+        }
+        float lane_sum[kReductionLanes] = {};
+        for (int32_t c = 0; c < kBlockN; c += kReductionLanes)
+            for (int32_t l = 0; l < kReductionLanes; ++l) {
+                s[c + l] = exp_float(s[c + l] - new_max);
+                lane_sum[l] += s[c + l];
+            }
+        float sum = 0.0f;
+        for (int32_t l = 0; l < kReductionLanes; ++l) sum += lane_sum[l];
+        rescale[r] = exp_float(row_max[r] - new_max);  // 0 when the old max was -inf
+        row_sum[r] = row_sum[r] * rescale[r] + sum;
+        row_max[r] = new_max;
+    }
+}
+
+// Backward: scores become P = exp(s - lse) from the forward pass's LSE; rows with LSE = -inf
+// (nothing visible) get P = 0 rather than exp(-inf + inf).
+FM_SIMD_CLONES void probabilities_from_lse(float* __restrict scores, const float* __restrict lse, int32_t rows) {
+    for (int32_t r = 0; r < rows; ++r) {
+        float* __restrict s = scores + r * kBlockN;
+        const float l = lse[r];
+        if (l == kNegInf) {
+            for (int32_t c = 0; c < kBlockN; ++c) s[c] = 0.0f;
+            continue;
+        }
+        for (int32_t c = 0; c < kBlockN; ++c) s[c] = exp_float(s[c] - l);
+    }
+}
+
+// dS = P * (dP - delta), in place over dP. Where P = 0 (masked) dS is 0 outright, so that a
+// hidden key's V (even Inf or NaN) cannot leak into any gradient through 0 * dP.
+FM_SIMD_CLONES void score_gradients(float* __restrict dprob, const float* __restrict prob,
+                                    const float* __restrict delta, int32_t rows) {
+    for (int32_t r = 0; r < rows; ++r)
+        for (int32_t c = 0; c < kBlockN; ++c) {
+            const float p = prob[r * kBlockN + c];
+            dprob[r * kBlockN + c] = p == 0.0f ? 0.0f : p * (dprob[r * kBlockN + c] - delta[r]);
+        }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Work decomposition shared by the passes
+// ---------------------------------------------------------------------------------------------
+
+// Block summaries of the whole call, [B, Hm, kv_blocks], and their lookup per query head.
+struct MaskTiles {
+    const AttentionProblem& p;
+    int32_t kv_blocks, q_blocks, mask_heads;
+    std::vector<BlockSummary> summaries;
+
+    explicit MaskTiles(const AttentionProblem& problem)
+        : p(problem),
+          kv_blocks(ceil_div(problem.nk, kBlockN)),
+          q_blocks(ceil_div(problem.nq, kBlockM)),
+          mask_heads(problem.q_heads / problem.mask.query_heads_per_mask_head),
+          summaries(block_summaries(problem.mask, problem.batch, mask_heads, kBlockN)) {}
+
+    TileKind kind(int32_t b, int32_t q_head, int32_t q_block, int32_t kv_block) const {
+        const int32_t m = p.mask.mask_head(q_head);
+        const BlockSummary& s = summaries[(std::size_t(b) * mask_heads + m) * kv_blocks + kv_block];
+        return classify(s, q_block * kBlockM, std::min(p.nq, (q_block + 1) * kBlockM));
+    }
+    int32_t rows_in(int32_t q_block) const { return std::min(kBlockM, p.nq - q_block * kBlockM); }
+    int32_t cols_in(int32_t kv_block) const { return std::min(kBlockN, p.nk - kv_block * kBlockN); }
+};
+
+// Scores of one tile (already scaled, since the query tile is), masked as its kind requires.
+void tile_scores(const MaskTiles& tiles, TileKind kind, int32_t b, int32_t q_head, int32_t q_block, int32_t kv_block,
+                 const float* q_tile, const float* kt_tile, float* scores, TileColumns& columns) {
+    const int32_t rows = tiles.rows_in(q_block), cols = tiles.cols_in(kv_block);
+    tile_products(q_tile, kt_tile, scores, rows, tiles.p.head_dim);
+    if (kind == TileKind::Partial) {
+        load_tile_columns(tiles.p.mask, b, tiles.p.mask.mask_head(q_head), kv_block * kBlockN, cols, columns);
+        mask_scores(scores, rows, q_block * kBlockM, columns);
+    } else if (cols < kBlockN) {
+        mask_padding_columns(scores, rows, cols);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------
+struct ForwardScratch {
+    std::vector<float> q, kt, v, scores, acc, row_max, row_sum, rescale;
+    TileColumns columns;
+
+    void allocate(const AttentionProblem& p) {
+        if (!q.empty()) return;
+        q.resize(std::size_t(kBlockM) * p.head_dim);
+        kt.resize(std::size_t(p.head_dim) * kBlockN);
+        v.resize(std::size_t(kBlockN) * p.value_dim);
+        scores.resize(std::size_t(kBlockM) * kBlockN);
+        acc.resize(std::size_t(kBlockM) * p.value_dim);
+        row_max.resize(kBlockM);
+        row_sum.resize(kBlockM);
+        rescale.resize(kBlockM);
+    }
+};
+
+// Work item = (b, query head, query block): its rows of O and LSE.
+template <class Storage>
+void forward_item(const MaskTiles& tiles, int64_t item, ForwardScratch& w) {
+    const AttentionProblem& p = tiles.p;
+    const int32_t q_block = int32_t(item % tiles.q_blocks);
+    const int32_t h = int32_t((item / tiles.q_blocks) % p.q_heads);
+    const int32_t b = int32_t(item / (int64_t(tiles.q_blocks) * p.q_heads));
+    const int32_t kvh = p.kv_head(h), first_row = q_block * kBlockM, rows = tiles.rows_in(q_block);
+    const int32_t dv = p.value_dim;
+
+    load_rows<Storage>(p.q, b, first_row, h, rows, p.head_dim, p.scale, w.q.data());
+    std::fill(w.acc.begin(), w.acc.end(), 0.0f);
+    std::fill(w.row_max.begin(), w.row_max.end(), kNegInf);
+    std::fill(w.row_sum.begin(), w.row_sum.end(), 0.0f);
+
+    for (int32_t kv_block = 0; kv_block < tiles.kv_blocks; ++kv_block) {
+        const TileKind kind = tiles.kind(b, h, q_block, kv_block);
+        if (kind == TileKind::Skipped) continue;  // K/V of this block are never read
+        const int32_t first_col = kv_block * kBlockN, cols = tiles.cols_in(kv_block);
+        load_transposed<Storage>(p.k, b, first_col, kvh, cols, p.head_dim, w.kt.data());
+        load_rows<Storage>(p.v, b, first_col, kvh, cols, dv, 1.0f, w.v.data());
+        tile_scores(tiles, kind, b, h, q_block, kv_block, w.q.data(), w.kt.data(), w.scores.data(), w.columns);
+        online_softmax_step(w.scores.data(), w.row_max.data(), w.row_sum.data(), w.rescale.data(), rows);
+        for (int32_t r = 0; r < rows; ++r)
+            if (w.rescale[r] != 1.0f)
+                for (int32_t d = 0; d < dv; ++d) w.acc[r * dv + d] *= w.rescale[r];
+        accumulate_rows(w.acc.data(), w.scores.data(), w.v.data(), rows, cols, dv);
+    }
+
+    for (int32_t r = 0; r < rows; ++r) {
+        const bool visible = w.row_sum[r] > 0.0f;
+        const float inverse_sum = visible ? 1.0f / w.row_sum[r] : 0.0f;  // nothing visible: O = 0
+        store_rows<Storage>(p.out, b, first_row + r, h, 1, dv, inverse_sum, w.acc.data() + r * dv);
+        *lse_pointer(p, b, h, first_row + r) = visible ? w.row_max[r] + std::log(w.row_sum[r]) : kNegInf;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------------
+struct BackwardScratch {
+    std::vector<float> q, dout, lse, delta, k, kt, vt, prob, dprob, dq, dk, dv;
+    TileColumns columns;
+
+    void allocate(const AttentionProblem& p) {
+        if (!q.empty()) return;
+        q.resize(std::size_t(kBlockM) * p.head_dim);
+        dout.resize(std::size_t(kBlockM) * p.value_dim);
+        lse.resize(kBlockM);
+        delta.resize(kBlockM);
+        k.resize(std::size_t(kBlockN) * p.head_dim);
+        kt.resize(std::size_t(p.head_dim) * kBlockN);
+        vt.resize(std::size_t(p.value_dim) * kBlockN);
+        prob.resize(std::size_t(kBlockM) * kBlockN);
+        dprob.resize(std::size_t(kBlockM) * kBlockN);
+        dq.resize(std::size_t(kBlockM) * p.head_dim);
+        dk.resize(std::size_t(kBlockN) * p.head_dim);
+        dv.resize(std::size_t(kBlockN) * p.value_dim);
+    }
+};
+
+// delta[b, h, i] = rowsum(dO * O): the softmax-gradient term every pass needs, [B, Hq, Nq].
+template <class Storage>
+void row_delta_item(const AttentionProblem& p, int64_t item, std::vector<float>& delta) {
+    const int32_t h = int32_t(item % p.q_heads), b = int32_t(item / p.q_heads);
+    float* out = delta.data() + std::size_t(item) * p.nq;
+    for (int32_t i = 0; i < p.nq; ++i) {
+        const auto* o = row_pointer<Storage>(p.out, b, i, h);
+        const auto* d_o = row_pointer<Storage>(p.dout, b, i, h);
+        float sum = 0.0f;
+        for (int32_t d = 0; d < p.value_dim; ++d) sum += Storage::to_float(o[d]) * Storage::to_float(d_o[d]);
+        out[i] = sum;
+    }
+}
+
+// Loads a query block's Q (scaled), dO, LSE and delta.
+template <class Storage>
+void load_query_block(const MaskTiles& tiles, const std::vector<float>& delta, int32_t b, int32_t h,
+                      int32_t q_block, BackwardScratch& w) {
+    const AttentionProblem& p = tiles.p;
+    const int32_t first_row = q_block * kBlockM, rows = tiles.rows_in(q_block);
+    load_rows<Storage>(p.q, b, first_row, h, rows, p.head_dim, p.scale, w.q.data());
+    load_rows<Storage>(p.dout, b, first_row, h, rows, p.value_dim, 1.0f, w.dout.data());
+    const float* delta_row = delta.data() + (std::size_t(b) * p.q_heads + h) * p.nq + first_row;
+    for (int32_t r = 0; r < rows; ++r) {
+        w.lse[r] = *lse_pointer(p, b, h, first_row + r);
+        w.delta[r] = delta_row[r];
+    }
+}
+
+// P and dS of one non-skipped tile, from the loaded query block and key block (kt, vt).
+void tile_probabilities_and_gradients(const MaskTiles& tiles, TileKind kind, int32_t b, int32_t h, int32_t q_block,
+                                      int32_t kv_block, BackwardScratch& w) {
+    const int32_t rows = tiles.rows_in(q_block);
+    tile_scores(tiles, kind, b, h, q_block, kv_block, w.q.data(), w.kt.data(), w.prob.data(), w.columns);
+    probabilities_from_lse(w.prob.data(), w.lse.data(), rows);
+    tile_products(w.dout.data(), w.vt.data(), w.dprob.data(), rows, tiles.p.value_dim);
+    score_gradients(w.dprob.data(), w.prob.data(), w.delta.data(), rows);
+}
+
+// dQ work item = (b, query head, query block): dQ = scale * sum over key blocks of dS K.
+template <class Storage>
+void dq_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t item, BackwardScratch& w) {
+    const AttentionProblem& p = tiles.p;
+    const int32_t q_block = int32_t(item % tiles.q_blocks);
+    const int32_t h = int32_t((item / tiles.q_blocks) % p.q_heads);
+    const int32_t b = int32_t(item / (int64_t(tiles.q_blocks) * p.q_heads));
+    const int32_t kvh = p.kv_head(h), rows = tiles.rows_in(q_block);
+
+    load_query_block<Storage>(tiles, delta, b, h, q_block, w);
+    std::fill(w.dq.begin(), w.dq.end(), 0.0f);
+    for (int32_t kv_block = 0; kv_block < tiles.kv_blocks; ++kv_block) {
+        const TileKind kind = tiles.kind(b, h, q_block, kv_block);
+        if (kind == TileKind::Skipped) continue;
+        const int32_t first_col = kv_block * kBlockN, cols = tiles.cols_in(kv_block);
+        load_rows<Storage>(p.k, b, first_col, kvh, cols, p.head_dim, 1.0f, w.k.data());
+        load_transposed<Storage>(p.k, b, first_col, kvh, cols, p.head_dim, w.kt.data());
+        load_transposed<Storage>(p.v, b, first_col, kvh, cols, p.value_dim, w.vt.data());
+        tile_probabilities_and_gradients(tiles, kind, b, h, q_block, kv_block, w);
+        accumulate_rows(w.dq.data(), w.dprob.data(), w.k.data(), rows, cols, p.head_dim);
+    }
+    store_rows<Storage>(p.dq, b, q_block * kBlockM, h, rows, p.head_dim, p.scale, w.dq.data());
+}
+
+// dK/dV work item = (b, kv head, key block): sums over every query head of the group and
+// every non-skipped query block, dV = P^T dO and dK = dS^T (scale Q).
+template <class Storage>
+void dkdv_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t item, BackwardScratch& w) {
+    const AttentionProblem& p = tiles.p;
+    const int32_t kv_block = int32_t(item % tiles.kv_blocks);
+    const int32_t kvh = int32_t((item / tiles.kv_blocks) % p.kv_heads);
+    const int32_t b = int32_t(item / (int64_t(tiles.kv_blocks) * p.kv_heads));
+    const int32_t first_col = kv_block * kBlockN, cols = tiles.cols_in(kv_block);
+    const int32_t group = p.q_heads / p.kv_heads;
+
+    std::fill(w.dk.begin(), w.dk.end(), 0.0f);
+    std::fill(w.dv.begin(), w.dv.end(), 0.0f);
+    bool loaded = false;  // K/V are read only if some tile of the column block is not skipped
+    for (int32_t h = kvh * group; h < (kvh + 1) * group; ++h)
+        for (int32_t q_block = 0; q_block < tiles.q_blocks; ++q_block) {
+            const TileKind kind = tiles.kind(b, h, q_block, kv_block);
+            if (kind == TileKind::Skipped) continue;
+            if (!loaded) {
+                load_transposed<Storage>(p.k, b, first_col, kvh, cols, p.head_dim, w.kt.data());
+                load_transposed<Storage>(p.v, b, first_col, kvh, cols, p.value_dim, w.vt.data());
+                loaded = true;
+            }
+            load_query_block<Storage>(tiles, delta, b, h, q_block, w);
+            tile_probabilities_and_gradients(tiles, kind, b, h, q_block, kv_block, w);
+            const int32_t rows = tiles.rows_in(q_block);
+            accumulate_columns(w.dv.data(), w.prob.data(), w.dout.data(), rows, cols, p.value_dim);
+            accumulate_columns(w.dk.data(), w.dprob.data(), w.q.data(), rows, cols, p.head_dim);
+        }
+    store_rows<Storage>(p.dk, b, first_col, kvh, cols, p.head_dim, 1.0f, w.dk.data());
+    store_rows<Storage>(p.dv, b, first_col, kvh, cols, p.value_dim, 1.0f, w.dv.data());
+}
+
+template <class Storage>
+void run_forward(const AttentionProblem& p, int num_threads) {
+    const MaskTiles tiles(p);
+    const int64_t items = int64_t(p.batch) * p.q_heads * tiles.q_blocks;
+    const int workers = worker_count(num_threads, items);
+    std::vector<ForwardScratch> scratch(static_cast<std::size_t>(workers));
+    parallel_for(items, workers, [&](int worker, int64_t item) {
+        scratch[worker].allocate(p);
+        forward_item<Storage>(tiles, item, scratch[worker]);
+    });
+}
+
+template <class Storage>
+void run_backward(const AttentionProblem& p, int num_threads) {
+    const MaskTiles tiles(p);
+    std::vector<float> delta(std::size_t(p.batch) * p.q_heads * p.nq);
+    const int64_t row_items = int64_t(p.batch) * p.q_heads;
+    parallel_for(row_items, worker_count(num_threads, row_items),
+                 [&](int, int64_t item) { row_delta_item<Storage>(p, item, delta); });
+
+    const int64_t dq_items = int64_t(p.batch) * p.q_heads * tiles.q_blocks;
+    const int64_t dkdv_items = int64_t(p.batch) * p.kv_heads * tiles.kv_blocks;
+    const int workers = worker_count(num_threads, std::max(dq_items, dkdv_items));
+    std::vector<BackwardScratch> scratch(static_cast<std::size_t>(workers));
+    parallel_for(dq_items, worker_count(num_threads, dq_items), [&](int worker, int64_t item) {
+        scratch[worker].allocate(p);
+        dq_item<Storage>(tiles, delta, item, scratch[worker]);
+    });
+    parallel_for(dkdv_items, worker_count(num_threads, dkdv_items), [&](int worker, int64_t item) {
+        scratch[worker].allocate(p);
+        dkdv_item<Storage>(tiles, delta, item, scratch[worker]);
+    });
+}
+
+}  // namespace
+
+void tiled_forward(const AttentionProblem& problem, int num_threads) {
+    switch (problem.dtype) {
+        case DType::Float32: return run_forward<Float32Storage>(problem, num_threads);
+        case DType::BFloat16: return run_forward<BFloat16Storage>(problem, num_threads);
+        case DType::Float16: return run_forward<Float16Storage>(problem, num_threads);
+        case DType::Int32: break;
+    }
+    throw Error(ErrorCode::WrongDType, "q", std::string("tiled_forward: no CPU kernel for dtype ") + to_string(problem.dtype));
+}
+
+void tiled_backward(const AttentionProblem& problem, int num_threads) {
+    switch (problem.dtype) {
+        case DType::Float32: return run_backward<Float32Storage>(problem, num_threads);
+        case DType::BFloat16: return run_backward<BFloat16Storage>(problem, num_threads);
+        case DType::Float16: return run_backward<Float16Storage>(problem, num_threads);
+        case DType::Int32: break;
+    }
+    throw Error(ErrorCode::WrongDType, "q", std::string("tiled_backward: no CPU kernel for dtype ") + to_string(problem.dtype));
+}
+
+}  // namespace flashmask::cpu

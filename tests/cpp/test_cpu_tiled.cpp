@@ -1,0 +1,401 @@
+// The tiled CPU path (through forward()/backward()) against the float64 reference, SPEC §5:
+// every catalogue mask, random and hostile index tensors of every layout, Nq != Nk, GQA
+// (Hq / Hk = 4), mask heads 1, Hk and Hq, head dims 64 / 128 / 256, sizes 1, 17, 1000 and
+// 4099, float32 / bfloat16 / float16. Inputs are fresh normals every run; outputs are poisoned
+// with NaN first, so every element is checked to have been written.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cpu/reference.hpp"
+#include "cpu/tiled.hpp"
+#include "test_cpu_common.hpp"
+
+namespace flashmask::testing {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+// The LSE is float32 arithmetic on the same inputs as the reference: a few float32 ulps of its
+// magnitude (and of the scores it is made of).
+constexpr double kLseTolerance = 1e-5;
+
+struct CheckOptions {
+    bool backward = true;
+    const std::vector<int32_t>* rows = nullptr;  // forward only: compare these query rows
+    std::optional<float> scale;
+    int num_threads = 0;
+};
+
+// Elements of a [B, S, H, W] tensor in the listed rows (of dimension S).
+std::vector<double> select_rows(const std::vector<double>& x, const AttentionSizes& s, int32_t heads, int32_t width,
+                                const std::vector<int32_t>& rows) {
+    std::vector<double> out;
+    for (int32_t b = 0; b < s.batch; ++b)
+        for (int32_t i : rows)
+            for (int32_t h = 0; h < heads; ++h)
+                for (int32_t d = 0; d < width; ++d)
+                    out.push_back(x[((std::size_t(b) * s.nq + i) * heads + h) * width + d]);
+    return out;
+}
+
+// Rows of a [B, S, H, W] tensor that must be exactly zero: S-index rows `row` of (b, h) for
+// which `structurally_zero(b, h, row)` holds (a query row that sees no key, a key no query row
+// sees). No NaN, no garbage, no rounding residue there.
+template <class Predicate>
+void expect_zero_rows(const char* what, const std::vector<double>& got, int32_t batch, int32_t seq, int32_t heads,
+                      int32_t width, Predicate structurally_zero) {
+    int64_t nonzero = 0, zero_rows = 0;
+    for (int32_t b = 0; b < batch; ++b)
+        for (int32_t i = 0; i < seq; ++i)
+            for (int32_t h = 0; h < heads; ++h) {
+                if (!structurally_zero(b, h, i)) continue;
+                ++zero_rows;
+                for (int32_t d = 0; d < width; ++d)
+                    nonzero += got[((std::size_t(b) * seq + i) * heads + h) * width + d] != 0.0;
+            }
+    EXPECT_EQ(nonzero, 0) << what << ": " << nonzero << " elements of " << zero_rows
+                          << " rows that must be exactly 0 are not";
+}
+
+void expect_close(const char* what, DType dtype, const std::vector<double>& got, const std::vector<double>& ref,
+                  const std::vector<double>* naive) {
+    const double error = relative_error(got, ref);
+    const double naive_error = naive ? relative_error(*naive, ref) : 0.0;
+    const double bound = tolerance(dtype, naive_error);
+    EXPECT_LT(error, bound) << what << " relative error " << error << " (naive " << to_string(dtype) << " error "
+                            << naive_error << ")";
+}
+
+// Runs forward (and backward) of one case through the API and checks every output.
+void check_attention(const AttentionSizes& s, DType dtype, TestMask& mask, std::mt19937_64& rng,
+                     const CheckOptions& options = {}) {
+    SCOPED_TRACE(mask.name + (mask.causal ? " (causal)" : "") + " " + s.describe() + " " + to_string(dtype));
+    HostTensor q(dtype, {s.batch, s.nq, s.q_heads, s.head_dim}), k(dtype, {s.batch, s.nk, s.kv_heads, s.head_dim}),
+        v(dtype, {s.batch, s.nk, s.kv_heads, s.value_dim}), out(dtype, {s.batch, s.nq, s.q_heads, s.value_dim}),
+        lse(DType::Float32, {s.batch, s.q_heads, s.nq});
+    q.fill_normal(rng);
+    k.fill_normal(rng);
+    v.fill_normal(rng);
+    out.poison();
+    lse.poison();
+    ForwardArgs fa;
+    fa.q = q.view(), fa.k = k.view(), fa.v = v.view(), fa.out = out.view(), fa.lse = lse.view();
+    fa.startend_row_indices = mask.view();
+    fa.causal = mask.causal;
+    fa.scale = options.scale;
+    fa.num_threads = options.num_threads;
+    forward(fa);
+    ASSERT_EQ(out.count_nan(), 0) << "out not fully written";
+    ASSERT_EQ(lse.count_nan(), 0) << "lse not fully written";
+
+    const MaskView mask_view = mask.mask_view(s);
+    const double scale = options.scale ? *options.scale : double(float(1.0 / std::sqrt(double(s.head_dim))));
+    const std::vector<double> qd = q.values(), kd = k.values(), vd = v.values();
+    const cpu::ReferenceForward ref = cpu::reference_forward(s.reference_shape(), mask_view, scale, qd.data(),
+                                                             kd.data(), vd.data(), options.rows);
+    const bool low_precision = dtype != DType::Float32;
+    std::optional<NaiveResult> naive;
+    std::optional<HostTensor> dout;
+    if (options.backward) {
+        dout.emplace(dtype, std::vector<int64_t>{s.batch, s.nq, s.q_heads, s.value_dim});
+        dout->fill_normal(rng);
+    }
+    std::vector<double> dout_values = dout ? dout->values() : std::vector<double>{};
+    if (low_precision)
+        naive = naive_low_precision(dtype, s, mask_view, scale, qd, kd, vd, dout ? &dout_values : nullptr);
+
+    // Forward: O (on the sampled rows) and LSE.
+    std::vector<int32_t> all_rows;
+    for (int32_t i = 0; i < s.nq; ++i) all_rows.push_back(i);
+    const std::vector<int32_t>& rows = options.rows ? *options.rows : all_rows;
+    const std::vector<double> out_values = out.values();
+    if (naive) {
+        const std::vector<double> naive_out = select_rows(naive->out, s, s.q_heads, s.value_dim, rows);
+        expect_close("out", dtype, select_rows(out_values, s, s.q_heads, s.value_dim, rows),
+                     select_rows(ref.out, s, s.q_heads, s.value_dim, rows), &naive_out);
+    } else {
+        expect_close("out", dtype, select_rows(out_values, s, s.q_heads, s.value_dim, rows),
+                     select_rows(ref.out, s, s.q_heads, s.value_dim, rows), nullptr);
+    }
+    int64_t lse_mismatches = 0;
+    for (int32_t b = 0; b < s.batch; ++b)
+        for (int32_t h = 0; h < s.q_heads; ++h)
+            for (int32_t i : rows) {
+                const std::size_t at = (std::size_t(b) * s.q_heads + h) * s.nq + i;
+                const double want = ref.lse[at], got = lse.get(int64_t(at));
+                const bool ok = want == -kInf ? got == -kInf
+                                              : std::abs(got - want) <= kLseTolerance * std::max(1.0, std::abs(want));
+                if (!ok && lse_mismatches++ < 5)
+                    ADD_FAILURE() << "lse[b=" << b << ", h=" << h << ", i=" << i << "] = " << got << ", reference " << want;
+            }
+    EXPECT_EQ(lse_mismatches, 0);
+    auto row_sees_nothing = [&](int32_t b, int32_t h, int32_t i) {
+        return ref.lse[(std::size_t(b) * s.q_heads + h) * s.nq + i] == -kInf &&
+               (!options.rows || std::binary_search(rows.begin(), rows.end(), i));
+    };
+    expect_zero_rows("out of rows that see no key", out_values, s.batch, s.nq, s.q_heads, s.value_dim, row_sees_nothing);
+    if (!options.backward) return;
+
+    // Backward from this forward's O and LSE.
+    HostTensor dq(dtype, {s.batch, s.nq, s.q_heads, s.head_dim}), dk(dtype, {s.batch, s.nk, s.kv_heads, s.head_dim}),
+        dv(dtype, {s.batch, s.nk, s.kv_heads, s.value_dim});
+    dq.poison();
+    dk.poison();
+    dv.poison();
+    BackwardArgs ba;
+    ba.q = q.view(), ba.k = k.view(), ba.v = v.view(), ba.out = out.view(), ba.lse = lse.view();
+    ba.dout = dout->view(), ba.dq = dq.view(), ba.dk = dk.view(), ba.dv = dv.view();
+    ba.startend_row_indices = mask.view();
+    ba.causal = mask.causal;
+    ba.scale = options.scale;
+    ba.num_threads = options.num_threads;
+    backward(ba);
+    ASSERT_EQ(dq.count_nan(), 0) << "dq not fully written";
+    ASSERT_EQ(dk.count_nan(), 0) << "dk not fully written";
+    ASSERT_EQ(dv.count_nan(), 0) << "dv not fully written";
+    const cpu::ReferenceBackward grad = cpu::reference_backward(s.reference_shape(), mask_view, scale, qd.data(),
+                                                                kd.data(), vd.data(), dout_values.data());
+    const std::vector<double> dq_values = dq.values(), dk_values = dk.values(), dv_values = dv.values();
+    expect_close("dq", dtype, dq_values, grad.dq, naive ? &naive->dq : nullptr);
+    expect_close("dk", dtype, dk_values, grad.dk, naive ? &naive->dk : nullptr);
+    expect_close("dv", dtype, dv_values, grad.dv, naive ? &naive->dv : nullptr);
+    expect_zero_rows("dq of rows that see no key", dq_values, s.batch, s.nq, s.q_heads, s.head_dim, row_sees_nothing);
+    const int32_t group = s.q_heads / s.kv_heads;
+    auto key_seen_by_none = [&](int32_t b, int32_t kvh, int32_t j) {
+        for (int32_t h = kvh * group; h < (kvh + 1) * group; ++h)
+            for (int32_t i = 0; i < s.nq; ++i)
+                if (!cpu::reference_masked(mask_view, b, h, i, j)) return false;
+        return true;
+    };
+    expect_zero_rows("dk of keys no row sees", dk_values, s.batch, s.nk, s.kv_heads, s.head_dim, key_seen_by_none);
+    expect_zero_rows("dv of keys no row sees", dv_values, s.batch, s.nk, s.kv_heads, s.value_dim, key_seen_by_none);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every catalogue mask, forward and backward, with GQA and each mask-head count.
+// ---------------------------------------------------------------------------------------------
+class CatalogueMask : public ::testing::TestWithParam<std::string> {};
+
+// Sizes not multiples of any tile, Nq < Nk, Nq > Nk and Nq == Nk; Hq / Hk = 4 with Hk = 2 so
+// that Hm = 1, Hk and Hq are three different mask-head counts.
+TEST_P(CatalogueMask, MatchesReferenceFloat32) {
+    auto rng = test_rng();
+    const struct { AttentionSizes sizes; int32_t mask_heads; } cases[] = {
+        {{2, 200, 200, 8, 2, 64, 64}, 8},
+        {{1, 150, 230, 8, 2, 64, 64}, 1},
+        {{1, 230, 150, 8, 2, 64, 64}, 2},
+    };
+    for (const auto& c : cases) {
+        TestMask mask = catalogue_test_mask(GetParam(), c.sizes, c.mask_heads, rng);
+        check_attention(c.sizes, DType::Float32, mask, rng);
+    }
+}
+
+TEST_P(CatalogueMask, MatchesReferenceBFloat16) {
+    auto rng = test_rng();
+    const AttentionSizes sizes{1, 180, 140, 8, 2, 64, 64};
+    TestMask mask = catalogue_test_mask(GetParam(), sizes, sizes.q_heads, rng);
+    check_attention(sizes, DType::BFloat16, mask, rng);
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryKind, CatalogueMask, ::testing::ValuesIn(catalogue_names()),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+// ---------------------------------------------------------------------------------------------
+// Every layout (causal, C) with random and with hostile index values.
+// ---------------------------------------------------------------------------------------------
+struct Layout {
+    bool causal;
+    int32_t slots;
+};
+constexpr Layout kLayouts[] = {{true, 1}, {true, 2}, {false, 2}, {false, 4}};
+
+TEST(TiledAttention, RandomIntervalsEveryLayout) {
+    auto rng = test_rng();
+    for (const Layout layout : kLayouts)
+        for (const AttentionSizes sizes : {AttentionSizes{2, 97, 130, 4, 1, 64, 64}, AttentionSizes{1, 130, 97, 4, 1, 64, 64}}) {
+            TestMask mask = random_test_mask(layout.causal, layout.slots, false, sizes, sizes.q_heads, rng);
+            check_attention(sizes, DType::Float32, mask, rng);
+            check_attention(sizes, DType::Float16, mask, rng);
+        }
+}
+
+// Values outside [0, Nq], reversed intervals, extremes: read exactly as the reference reads the
+// SPEC §2 table, never NaN, never out of bounds.
+TEST(TiledAttention, HostileIndexValuesGiveTheReferenceReading) {
+    auto rng = test_rng();
+    for (const Layout layout : kLayouts) {
+        const AttentionSizes sizes{2, 90, 110, 4, 2, 64, 64};
+        TestMask mask = random_test_mask(layout.causal, layout.slots, true, sizes, 2, rng);
+        // The int32 extremes too.
+        mask.indices->at(0, 0, 0, 0) = std::numeric_limits<int32_t>::min();
+        mask.indices->at(1, 1, sizes.nk - 1, layout.slots - 1) = std::numeric_limits<int32_t>::max();
+        check_attention(sizes, DType::Float32, mask, rng);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sizes 1, 17, 1000 (and 4099 below) on both axes.
+// ---------------------------------------------------------------------------------------------
+TEST(TiledAttention, SizesOneSeventeenThousand) {
+    auto rng = test_rng();
+    const int32_t extents[][2] = {{1, 1}, {1, 17}, {17, 1}, {17, 17}, {17, 1000}, {1000, 17}, {1000, 1000}};
+    for (const auto& [nq, nk] : extents)
+        for (const char* name : {"causal_document", "global_sliding_window"}) {
+            const AttentionSizes sizes{1, nq, nk, 4, 1, 64, 64};
+            TestMask mask = catalogue_test_mask(name, sizes, sizes.q_heads, rng);
+            check_attention(sizes, DType::Float32, mask, rng);
+        }
+}
+
+// 4099 tokens (64 blocks + 3 rows): forward with head dim 64 on a sample of rows (every
+// query block, its edges and the ragged tail), backward in full with a narrow head to keep
+// the dense float64 reference affordable.
+TEST(TiledAttention, Sequence4099) {
+    auto rng = test_rng();
+    constexpr int32_t kTokens = 4099;
+    {
+        const AttentionSizes sizes{1, kTokens, kTokens, 4, 1, 64, 64};
+        TestMask mask = catalogue_test_mask("causal_document", sizes, 1, rng);
+        std::vector<int32_t> rows;
+        for (int32_t i = 0; i < kTokens; i += cpu::kBlockM) rows.insert(rows.end(), {i, std::min(i + cpu::kBlockM - 1, kTokens - 1)});
+        std::uniform_int_distribution<int32_t> any_row(0, kTokens - 1);
+        for (int r = 0; r < 64; ++r) rows.push_back(any_row(rng));
+        std::sort(rows.begin(), rows.end());
+        rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+        check_attention(sizes, DType::Float32, mask, rng, {.backward = false, .rows = &rows});
+    }
+    {
+        const AttentionSizes sizes{1, kTokens, kTokens, 1, 1, 16, 16};
+        TestMask mask = catalogue_test_mask("sliding_window", sizes, 1, rng);
+        check_attention(sizes, DType::Float32, mask, rng);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Head dims and dtypes.
+// ---------------------------------------------------------------------------------------------
+TEST(TiledAttention, HeadDimsAndDtypes) {
+    auto rng = test_rng();
+    const std::vector<std::string>& names = catalogue_names();
+    std::size_t next_mask = std::uniform_int_distribution<std::size_t>(0, names.size() - 1)(rng);
+    for (const int32_t head_dim : {64, 128, 256})
+        for (const DType dtype : {DType::Float32, DType::BFloat16, DType::Float16}) {
+            const AttentionSizes sizes{1, 130, 100, 4, 1, head_dim, head_dim};
+            TestMask mask = catalogue_test_mask(names[next_mask++ % names.size()], sizes, sizes.q_heads, rng);
+            check_attention(sizes, dtype, mask, rng);
+        }
+}
+
+TEST(TiledAttention, ValueDimDiffersFromHeadDim) {
+    auto rng = test_rng();
+    for (const auto& [head_dim, value_dim] : {std::pair{64, 32}, std::pair{40, 96}}) {
+        const AttentionSizes sizes{2, 70, 90, 4, 2, head_dim, value_dim};
+        TestMask mask = catalogue_test_mask("prefix_lm_document", sizes, 2, rng);
+        check_attention(sizes, DType::Float32, mask, rng);
+    }
+}
+
+TEST(TiledAttention, ExplicitScaleAndNoIndexTensor) {
+    auto rng = test_rng();
+    const AttentionSizes sizes{2, 75, 140, 2, 2, 64, 64};
+    for (const bool causal : {false, true}) {
+        TestMask mask;
+        mask.causal = causal;
+        mask.name = causal ? "causal" : "full";
+        const float scale = std::uniform_real_distribution<float>(0.05f, 0.3f)(rng);
+        check_attention(sizes, DType::Float32, mask, rng, {.scale = scale});
+    }
+}
+
+// Rows that see no key: O = 0, LSE = -inf, dQ = 0; keys no row sees: dK = dV = 0. A causal
+// C = 2 mask hiding a random band of rows from every column, plus Nq > Nk with causal (the top
+// Nq - Nk rows see nothing).
+TEST(TiledAttention, FullyMaskedRowsGiveZerosAndMinusInfinity) {
+    auto rng = test_rng();
+    for (const int32_t nk : {100, 40}) {
+        const AttentionSizes sizes{1, 100, nk, 2, 1, 64, 64};
+        TestMask mask;
+        mask.causal = true;
+        mask.name = "masked band";
+        mask.indices.emplace(1, 1, nk, 2, rng);
+        std::uniform_int_distribution<int32_t> row(0, sizes.nq);
+        int32_t start = row(rng), end = row(rng);
+        if (start > end) std::swap(start, end);
+        for (int32_t j = 0; j < nk; ++j) {
+            mask.indices->at(0, 0, j, 0) = start;
+            mask.indices->at(0, 0, j, 1) = end;
+        }
+        check_attention(sizes, DType::Float32, mask, rng);
+        check_attention(sizes, DType::BFloat16, mask, rng);
+    }
+}
+
+// Keys that no row can see (here: whole key blocks and stray columns) may hold NaN and Inf:
+// skipped tiles never read them, and masked elements of partial tiles never let them through.
+TEST(TiledAttention, HiddenKeysAreNeverMixedIn) {
+    auto rng = test_rng();
+    const AttentionSizes sizes{1, 150, 300, 2, 1, 64, 64};
+    IndexTensor indices(1, 1, sizes.nk, 2, rng);  // not causal, C = 2: LTS, UTE
+    std::vector<bool> hidden(sizes.nk);
+    for (int32_t j = 0; j < sizes.nk; ++j) {
+        hidden[j] = (j >= 64 && j < 192) || std::uniform_int_distribution<int>(0, 9)(rng) == 0;
+        indices.at(0, 0, j, 0) = hidden[j] ? 0 : sizes.nq;  // LTS = 0: hidden from every row
+        indices.at(0, 0, j, 1) = 0;
+    }
+    const std::optional<TensorView> mask = indices.view();
+    HostTensor q(DType::Float32, {1, sizes.nq, 2, 64}), k(DType::Float32, {1, sizes.nk, 1, 64}),
+        v(DType::Float32, {1, sizes.nk, 1, 64}), dout(DType::Float32, {1, sizes.nq, 2, 64});
+    for (HostTensor* t : {&q, &k, &v, &dout}) t->fill_normal(rng);
+    auto run = [&](HostTensor& kk, HostTensor& vv) {
+        HostTensor out(DType::Float32, {1, sizes.nq, 2, 64}), lse(DType::Float32, {1, 2, sizes.nq});
+        HostTensor dq(DType::Float32, {1, sizes.nq, 2, 64}), dk(DType::Float32, {1, sizes.nk, 1, 64}),
+            dv(DType::Float32, {1, sizes.nk, 1, 64});
+        forward({q.view(), kk.view(), vv.view(), out.view(), lse.view(), mask, false});
+        backward({q.view(), kk.view(), vv.view(), out.view(), lse.view(), dout.view(), dq.view(), dk.view(), dv.view(),
+                  mask, false});
+        return std::vector<std::vector<uint32_t>>{out.bits(), lse.bits(), dq.bits()};
+    };
+    const auto clean = run(k, v);
+    HostTensor k_bad = k, v_bad = v;
+    for (int32_t j = 0; j < sizes.nk; ++j)
+        if (hidden[j])
+            for (int32_t d = 0; d < 64; ++d) {
+                k_bad.set(j * 64 + d, d % 2 ? std::numeric_limits<double>::quiet_NaN() : kInf);
+                v_bad.set(j * 64 + d, d % 2 ? -kInf : std::numeric_limits<double>::quiet_NaN());
+            }
+    EXPECT_EQ(run(k_bad, v_bad), clean);
+}
+
+// The same bits whatever the thread count, run after run (SPEC: the CPU path is deterministic).
+TEST(TiledAttention, DeterministicAcrossThreadCounts) {
+    auto rng = test_rng();
+    const AttentionSizes s{2, 300, 260, 4, 1, 64, 64};
+    TestMask mask = catalogue_test_mask("document", s, 1, rng);
+    HostTensor q(DType::BFloat16, {s.batch, s.nq, s.q_heads, 64}), k(DType::BFloat16, {s.batch, s.nk, 1, 64}),
+        v(DType::BFloat16, {s.batch, s.nk, 1, 64}), dout(DType::BFloat16, {s.batch, s.nq, s.q_heads, 64});
+    for (HostTensor* t : {&q, &k, &v, &dout}) t->fill_normal(rng);
+    auto run = [&](int threads) {
+        HostTensor out(DType::BFloat16, {s.batch, s.nq, s.q_heads, 64}), lse(DType::Float32, {s.batch, s.q_heads, s.nq});
+        HostTensor dq(DType::BFloat16, {s.batch, s.nq, s.q_heads, 64}), dk(DType::BFloat16, {s.batch, s.nk, 1, 64}),
+            dv(DType::BFloat16, {s.batch, s.nk, 1, 64});
+        ForwardArgs fa{q.view(), k.view(), v.view(), out.view(), lse.view(), mask.view(), mask.causal};
+        fa.num_threads = threads;
+        forward(fa);
+        BackwardArgs ba{q.view(), k.view(), v.view(), out.view(), lse.view(), dout.view(), dq.view(), dk.view(),
+                        dv.view(), mask.view(), mask.causal};
+        ba.num_threads = threads;
+        backward(ba);
+        return std::vector<std::vector<uint32_t>>{out.bits(), lse.bits(), dq.bits(), dk.bits(), dv.bits()};
+    };
+    const auto single = run(1);
+    EXPECT_EQ(run(3), single);
+    EXPECT_EQ(run(0), single);
+}
+
+}  // namespace
+}  // namespace flashmask::testing
