@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# Tests of the flashmask command-line tool, one CTest test per case_* function below
+# (tests/cli/CMakeLists.txt registers every case_* it finds in this file).
+#
+#   cli_test.sh PATH/TO/flashmask CASE      run one case; exit 0 pass, 1 fail, 77 skipped
+#   cli_test.sh PATH/TO/flashmask --all     run every case
+#
+# Every run draws a fresh seed (the tool prints it); FLASHMASK_SEED=S replays one.
+set -uo pipefail
+
+CLI="$1"
+CASE="$2"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+SKIP=77
+
+if [ -n "${FLASHMASK_SEED:-}" ]; then
+  SEED="$FLASHMASK_SEED"
+else
+  SEED="$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')"
+fi
+echo "cli_test: seed $SEED (replay with FLASHMASK_SEED=$SEED)"
+
+fail() {
+  echo "FAIL: $*"
+  echo "--- stdout"; cat "$WORK/out" 2>/dev/null
+  echo "--- stderr"; cat "$WORK/err" 2>/dev/null
+  exit 1
+}
+
+# cli ARGS...: runs the tool; stdout in $WORK/out, stderr in $WORK/err, status in $RC.
+cli() {
+  echo "+ flashmask $*"
+  "$CLI" "$@" >"$WORK/out" 2>"$WORK/err"
+  RC=$?
+}
+
+expect_rc() { [ "$RC" -eq "$1" ] || fail "expected exit status $1, got $RC"; }
+expect_out() { grep -Eq -- "$1" "$WORK/out" || fail "stdout does not match /$1/"; }
+expect_no_stderr() { [ ! -s "$WORK/err" ] || fail "expected nothing on stderr"; }
+
+# expect_usage_error PATTERN ARGS...: exit status 2, nothing on stdout, and exactly one line on
+# stderr: "flashmask: error: ..." matching PATTERN.
+expect_usage_error() {
+  local pattern="$1"; shift
+  cli "$@"
+  expect_rc 2
+  [ ! -s "$WORK/out" ] || fail "expected nothing on stdout"
+  [ "$(wc -l <"$WORK/err")" -eq 1 ] || fail "expected exactly one line on stderr"
+  grep -Eq "^flashmask: error: .*$pattern" "$WORK/err" || fail "stderr does not match /flashmask: error: .*$pattern/"
+  echo "  ok: $(cat "$WORK/err")"
+}
+
+# A --check run passed: exit 0, the overall verdict PASS, every checked tensor PASS, every
+# output written, no progress noise for a short run.
+expect_check_passed() {
+  local tensors="$1"
+  expect_rc 0
+  expect_no_stderr
+  [ "$(tail -n 1 "$WORK/out")" = "PASS" ] || fail "the last line is not PASS"
+  ! grep -q "FAIL" "$WORK/out" || fail "a tensor FAILed"
+  for t in $tensors; do
+    grep -Eq "^  [a-z ]{9} $t .* PASS$" "$WORK/out" || fail "no PASS line for $t"
+  done
+  expect_out "every output element written \\(no NaN poison left\\): yes"
+}
+
+# write_npy FILE DESCR SHAPE VALUES: a .npy file (e.g. DESCR '<i4', SHAPE '1,1,10,1', VALUES
+# '4 4 4 ...'), written with the Python standard library only.
+write_npy() {
+  command -v python3 >/dev/null || exit "$SKIP"
+  python3 - "$@" <<'EOF'
+import struct, sys
+path, descr, shape, values = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split()
+dims = tuple(int(d) for d in shape.split(",") if d)
+shape_text = "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+header = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, shape_text)
+header += " " * (63 - (10 + len(header)) % 64) + "\n"
+codes = {"<i4": "<%di", "<i8": "<%dq", "<f4": "<%df"}
+with open(path, "wb") as f:
+    f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode())
+    number = float if descr == "<f4" else int
+    f.write(struct.pack(codes[descr] % len(values), *[number(v) for v in values]))
+EOF
+}
+
+# field NAME: the number after "NAME" in the tiles table ("skipped  3,565   87.0 %" -> 3565).
+field() { awk -v name="$1" '$1 == name { gsub(",", "", $2); print $2; exit }' "$WORK/out"; }
+
+# ---------------------------------------------------------------------------------------------
+# tiles
+# ---------------------------------------------------------------------------------------------
+
+case_tiles_causal_document_4096() {
+  cli tiles --mask causal_document --seqlen 4096 --seed "$SEED"
+  expect_rc 0
+  cat "$WORK/out"
+  expect_out "^mask +causal_document \\(causal = true, C = 1\\)"
+  expect_out "^parameters +[0-9]+ documents, lengths"
+  expect_out "^tiles +64 x 64 blocks \\(the CPU path's blocks\\), 4,096 tiles per head"
+  local skipped partial full
+  skipped=$(field skipped); partial=$(field partial); full=$(field full)
+  [ $((skipped + partial + full)) -eq 4096 ] || fail "tile counts do not add up to 4096"
+  # Causal: every tile strictly above the diagonal (64 * 63 / 2 of them) is skipped.
+  [ "$skipped" -ge 2016 ] || fail "fewer skipped tiles ($skipped) than the causal upper triangle"
+  # The diagonal tiles of every document are partial: at least the 64 diagonal tiles are not full.
+  [ "$full" -le $((4096 - 2016 - 64)) ] || fail "more full tiles ($full) than below the diagonal"
+  # The JSON form reports the same counts for the same seed.
+  cli tiles --mask causal_document --seqlen 4096 --seed "$SEED" --json
+  expect_rc 0
+  expect_out "\"skipped\": $skipped, \"partial\": $partial, \"full\": $full\}"
+}
+
+case_tiles_block_sizes_and_rectangles() {
+  cli tiles --mask causal --seqlen 1000 --seqlen-k 1500 --block-m 128 --block-n 100
+  expect_rc 0
+  expect_out "bottom-right 1000 x 1500 corner of the 1500 x 1500 mask"
+  expect_out "^tiles +128 x 100 blocks \\(--block-m x --block-n\\), 120 tiles per head"
+  # Plain causal with Nk - Nq = 500: row i sees keys j <= i + 500, so 1000*500 + 1000*1001/2 pairs.
+  expect_out "^density +0\\.6670 \\(1,000,500 of 1,500,000 pairs visible per head\\)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# run --check
+# ---------------------------------------------------------------------------------------------
+
+case_run_check_causal_document_bf16_gqa() {
+  cli run --mask causal_document --seqlen 300 --heads 4 --kv-heads 1 --dim 64 --dtype bf16 --backward --check --device cpu --seed "$SEED"
+  expect_check_passed "out lse dq dk dv"
+  expect_out "^problem +batch 1, query heads 4, kv heads 1, head dim 64, bfloat16"
+  expect_out "^forward +[0-9.]+ [mu]?s +[0-9.e+-]+"
+  expect_out "^backward +[0-9.]+ [mu]?s +[0-9.e+-]+"
+}
+
+case_run_check_global_sliding_window_fp32_rectangular() {
+  cli run --mask global_sliding_window --seqlen 200 --seqlen-k 333 --batch 2 --heads 2 --dim 32 --dtype fp32 --backward --check --device cpu --seed "$SEED"
+  expect_check_passed "out lse dq dk dv"
+  expect_out "bottom-right 200 x 333 corner"
+  expect_out "\\(batch 0, kv head 0\\) and \\(batch 1, kv head 1\\)"
+}
+
+case_run_check_share_question_fp16_dim128() {
+  cli run --mask share_question --seqlen 257 --heads 2 --dim 128 --dtype fp16 --backward --check --device cpu --seed "$SEED"
+  expect_check_passed "out lse dq dk dv"
+}
+
+case_run_check_every_mask() {
+  local dtypes=(bf16 fp16 fp32) i=0
+  for mask in full causal sliding_window causal_document document share_question global_sliding_window \
+              causal_blockwise prefix_lm_causal prefix_lm_document qk_sparse random_eviction; do
+    local dtype=${dtypes[$((i % 3))]}
+    i=$((i + 1))
+    cli run --mask "$mask" --seqlen 97 --seqlen-k 130 --heads 2 --dim 16 --dtype "$dtype" --backward --check --device cpu --seed "$SEED"
+    expect_check_passed "out lse dq dk dv"
+    # Nq > Nk as well (the keys are the last Nk columns), forward only.
+    cli run --mask "$mask" --seqlen 130 --seqlen-k 97 --heads 2 --dim 16 --dtype "$dtype" --check --device cpu --seed "$SEED"
+    expect_check_passed "out lse"
+  done
+}
+
+case_run_check_reduced_backward() {
+  # The float64 backward at this size is over the check's budget: the tool checks a reduced
+  # problem of the same mask and says so.
+  cli run --mask causal --seqlen 4096 --heads 1 --dim 64 --dtype fp32 --backward --check --device cpu --seed "$SEED"
+  expect_check_passed "out lse dq dk dv"
+  expect_out "^  backward: a reduced causal problem, Nq = 2048, Nk = 2048"
+}
+
+case_run_json() {
+  cli run --mask prefix_lm_document --seqlen 128 --heads 2 --dim 32 --dtype fp32 --check --json --device cpu --seed "$SEED"
+  expect_rc 0
+  [ "$(wc -l <"$WORK/out")" -eq 1 ] || fail "--json prints one line"
+  if command -v python3 >/dev/null; then
+    python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["command"] == "run" and r["pass"] is True and r["outputs_written"] is True, r
+assert r["mask"]["name"] == "prefix_lm_document" and r["mask"]["tiles"]["total"] == 4, r["mask"]
+assert r["timings"][0]["pass"] == "forward" and r["timings"][0]["tflops"] > 0, r["timings"]
+assert r["seed"] == int(sys.argv[2]), r["seed"]
+' "$WORK/out" "$SEED" || fail "unexpected JSON"
+  else
+    expect_out '^\{"command": "run".*"pass": true\}$'
+  fi
+}
+
+case_progress_on_long_run() {
+  # Several seconds of single-threaded work in 16 chunks: progress lines "[k/n] forward: ..."
+  # appear on stderr (plain lines, as stderr is not a terminal here).
+  cli run --mask full --seqlen 2048 --heads 16 --dim 128 --dtype fp32 --threads 1 --repeats 3 --device cpu --seed "$SEED"
+  expect_rc 0
+  grep -Eq '^\[[0-9]+/48\] forward: batch 0, kv head [0-9]+ \| [0-9.]+ s elapsed, eta [0-9.]+ s$' "$WORK/err" ||
+    fail "no progress line on stderr"
+  expect_out "^forward .*"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Bad arguments: one line on stderr, exit status 2
+# ---------------------------------------------------------------------------------------------
+
+case_error_unknown_mask() { expect_usage_error "--mask: unknown mask 'causal_doc'.*expected one of: full, causal" run --mask causal_doc --seqlen 64; }
+case_error_bad_dtype() { expect_usage_error "--dtype: unknown value 'int8'" run --mask causal --seqlen 64 --dtype int8; }
+case_error_heads_not_divisible() { expect_usage_error "--heads 6 is not divisible by --kv-heads 4" run --mask causal --seqlen 64 --heads 6 --kv-heads 4; }
+case_error_dim_zero() { expect_usage_error "--dim: expected an integer in \\[1, [0-9]+\\], got 0" run --mask causal --seqlen 64 --dim 0; }
+case_error_non_numeric() { expect_usage_error "--seqlen: expected an integer, got '4k'" run --mask causal --seqlen 4k; }
+case_error_unknown_option() { expect_usage_error "unknown option '--window'" run --mask causal --seqlen 64 --window 3; }
+case_error_missing_value() { expect_usage_error "option '--seqlen' needs a value" tiles --mask causal --seqlen; }
+case_error_missing_option() { expect_usage_error "option '--seqlen' is required" tiles --mask causal; }
+case_error_repeated_option() { expect_usage_error "option '--dim' given more than once" run --mask causal --seqlen 64 --dim 64 --dim 128; }
+case_error_unknown_command() { expect_usage_error "unknown command 'bench'" bench --mask causal; }
+case_error_negative_seqlen() { expect_usage_error "--seqlen: expected an integer in \\[1, 2147483647\\], got -3" tiles --mask causal --seqlen -3; }
+case_error_too_much_memory() { expect_usage_error "the tensors need [0-9.]+ GiB" run --mask full --seqlen 1000000 --batch 1000 --heads 64; }
+
+case_error_device_cuda_without_gpu() {
+  cli run --mask causal --seqlen 16 --dim 16 --device auto --json
+  expect_rc 0
+  if grep -q '"device": "cuda"' "$WORK/out"; then
+    echo "a CUDA device is usable here: nothing to test"
+    exit "$SKIP"
+  fi
+  expect_usage_error "--device cuda: (no usable CUDA device was found|this build of flashmask has no CUDA support)" \
+    run --mask causal --seqlen 16 --device cuda
+}
+
+# ---------------------------------------------------------------------------------------------
+# validate: the bad inputs of SPEC §2, each refused by the library with one line and exit 2
+# ---------------------------------------------------------------------------------------------
+
+# The paper's causal-document example for N = 10 (SPEC §3).
+PAPER_CAUSAL_DOCUMENT="4 4 4 4 7 7 7 10 10 10"
+
+case_validate_paper_example() {
+  write_npy "$WORK/m.npy" '<i4' 1,1,10,1 "$PAPER_CAUSAL_DOCUMENT"
+  cli validate --indices "$WORK/m.npy" --seqlen 10 --causal
+  expect_rc 0
+  expect_out "^valid +startend_row_indices \\[1, 1, 10, 1\\] int32, causal = true, C = 1"
+  # Documents of 4, 3 and 3 tokens: 10 + 6 + 6 visible pairs.
+  expect_out "^density +0\\.2200 \\(22 of 100 pairs visible per head\\)"
+}
+
+case_validate_error_value_above_nq() {
+  local values="4 4 4 4 7 $((10 + 1 + RANDOM % 1000)) 7 10 10 10"
+  write_npy "$WORK/m.npy" '<i4' 1,1,10,1 "$values"
+  expect_usage_error "outside \\[0, Nq\\] = \\[0, 10\\] at \\(b, head, column, slot, value\\) = \\(0, 0, 5, 0, [0-9]+\\); slot 0 is LTS" \
+    validate --indices "$WORK/m.npy" --seqlen 10 --causal
+}
+
+case_validate_error_negative_value() {
+  write_npy "$WORK/m.npy" '<i4' 1,1,5,2 "5 0 5 0 5 1 -$((1 + RANDOM % 1000)) 2 5 3"
+  expect_usage_error "at \\(b, head, column, slot, value\\) = \\(0, 0, 3, 0, -[0-9]+\\); slot 0 is LTS" \
+    validate --indices "$WORK/m.npy" --seqlen 5
+}
+
+case_validate_error_slots() { write_npy "$WORK/m.npy" '<i4' 1,1,4,3 "4 4 4 4 4 4 4 4 4 4 4 4"; expect_usage_error "C = 3 is not allowed" validate --indices "$WORK/m.npy" --seqlen 4; }
+case_validate_error_slots_for_causal() { write_npy "$WORK/m.npy" '<i4' 1,1,2,4 "2 2 0 0 2 2 0 0"; expect_usage_error "C = 4 is not allowed; expected C = 1 \\(LTS\\) or C = 2" validate --indices "$WORK/m.npy" --seqlen 2 --causal; }
+case_validate_error_float_dtype() { write_npy "$WORK/m.npy" '<f4' 1,1,2,1 "2 2"; expect_usage_error "startend_row_indices must be int32, got float32" validate --indices "$WORK/m.npy" --seqlen 2 --causal; }
+case_validate_error_int64_dtype() { write_npy "$WORK/m.npy" '<i8' 1,1,2,1 "2 2"; expect_usage_error "dtype '<i8' is not supported; startend_row_indices must be int32" validate --indices "$WORK/m.npy" --seqlen 2 --causal; }
+case_validate_error_rank() { write_npy "$WORK/m.npy" '<i4' 1,2,1 "2 2"; expect_usage_error "expected rank 4 \\[B, Hm, Nk, C\\], got rank 3" validate --indices "$WORK/m.npy" --seqlen 2 --causal; }
+case_validate_error_mask_heads() { write_npy "$WORK/m.npy" '<i4' 1,3,2,1 "2 2 2 2 2 2"; expect_usage_error "head dimension is Hm = 3, expected 1, Hk = 2 or Hq = 8" validate --indices "$WORK/m.npy" --seqlen 2 --causal --heads 8 --kv-heads 2; }
+case_validate_error_batch() { write_npy "$WORK/m.npy" '<i4' 1,1,2,1 "2 2"; expect_usage_error "batch dimension is 1, expected B = 2" validate --indices "$WORK/m.npy" --seqlen 2 --causal --batch 2; }
+case_validate_error_keys() { write_npy "$WORK/m.npy" '<i4' 1,1,2,1 "2 2"; expect_usage_error "key dimension is 2, expected Nk = 3" validate --indices "$WORK/m.npy" --seqlen 2 --causal --seqlen-k 3; }
+case_validate_error_heads_not_divisible() { write_npy "$WORK/m.npy" '<i4' 1,1,2,1 "2 2"; expect_usage_error "--heads 3 is not divisible by --kv-heads 2" validate --indices "$WORK/m.npy" --seqlen 2 --causal --heads 3 --kv-heads 2; }
+case_validate_error_not_npy() { echo "4 4 4 4" >"$WORK/m.txt"; expect_usage_error "not a .npy file" validate --indices "$WORK/m.txt" --seqlen 4 --causal; }
+
+# ---------------------------------------------------------------------------------------------
+# help
+# ---------------------------------------------------------------------------------------------
+
+case_help() {
+  cli --help
+  expect_rc 0
+  for mask in full causal sliding_window causal_document document share_question global_sliding_window \
+              causal_blockwise prefix_lm_causal prefix_lm_document qk_sparse random_eviction; do
+    grep -q "$mask" "$WORK/out" || fail "--help does not list $mask"
+  done
+  for command in run tiles validate; do
+    cli "$command" --help
+    expect_rc 0
+    expect_out "^usage: flashmask $command"
+  done
+  expect_out "--indices FILE"
+  cli run --help
+  expect_out "--check"
+  expect_out "--device auto\\|cpu\\|cuda"
+}
+
+# ---------------------------------------------------------------------------------------------
+
+if [ "$CASE" = "--all" ]; then
+  for c in $(declare -F | awk '{print $3}' | grep '^case_'); do
+    ( "$c" ) || exit 1
+  done
+  echo "all cases passed"
+  exit 0
+fi
+declare -F "case_$CASE" >/dev/null || { echo "unknown case '$CASE'"; exit 1; }
+"case_$CASE"
+echo "PASS: $CASE"
