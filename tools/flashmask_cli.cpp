@@ -790,6 +790,7 @@ struct RunSettings {
     int64_t repeats = 1;
     int threads = 0;
     int32_t block_m = kDefaultBlockM, block_n = kDefaultBlockN;
+    std::string device_note;  // why --device auto did not pick cuda on a machine with a GPU
 };
 
 // The backward check of the timed run when the reference can afford it; otherwise the same
@@ -982,14 +983,38 @@ const char* short_dtype(fm::DType dtype) {
     return dtype == fm::DType::BFloat16 ? "bf16" : dtype == fm::DType::Float16 ? "fp16" : "fp32";
 }
 
-fm::Device parse_device(const ParsedArgs& args) {
+// Why the library cannot run this dtype and head dim on the GPU, or nullopt when it can. A GPU
+// alone is not enough: the build may lack kernels for it, so a one-token forward pass is tried.
+std::optional<std::string> cuda_unusable_reason(fm::DType dtype, int64_t head_dim) {
+    if (!fm::cuda_available())
+        return std::string(kBuiltWithCuda ? "no usable CUDA device was found" : "this build of flashmask has no CUDA support");
+#if FLASHMASK_WITH_CUDA
+    try {
+        Shape one_token;
+        one_token.nq = one_token.nk = 1;
+        one_token.head_dim = head_dim;
+        Problem probe = make_problem(one_token, dtype, fm::full_mask(1), false, 0, 1);
+        Executor(probe, fm::Device::CUDA, 1).forward(nullptr);
+    } catch (const fm::Error& e) {
+        return std::string(e.what());
+    }
+#else
+    (void)dtype;
+    (void)head_dim;
+#endif
+    return std::nullopt;
+}
+
+// --device: cpu, cuda (refused with the reason when the GPU path cannot run), or auto (cuda
+// when it can, else cpu; `note` says why not).
+fm::Device parse_device(const ParsedArgs& args, fm::DType dtype, int64_t head_dim, std::string& note) {
     const std::string name = args.choice("device", "auto", {"auto", "cpu", "cuda"});
     if (name == "cpu") return fm::Device::CPU;
-    const bool usable = fm::cuda_available();
-    if (name == "cuda" && !usable)
-        throw UsageError(kBuiltWithCuda ? "--device cuda: no usable CUDA device was found"
-                                             : "--device cuda: this build of flashmask has no CUDA support");
-    return usable ? fm::Device::CUDA : fm::Device::CPU;
+    const std::optional<std::string> reason = cuda_unusable_reason(dtype, head_dim);
+    if (!reason) return fm::Device::CUDA;
+    if (name == "cuda") throw UsageError("--device cuda: " + *reason);
+    if (fm::cuda_available()) note = "cuda not used: " + *reason;
+    return fm::Device::CPU;
 }
 
 RunSettings parse_run_args(const ParsedArgs& args, MaskArgs& m) {
@@ -1014,7 +1039,7 @@ RunSettings parse_run_args(const ParsedArgs& args, MaskArgs& m) {
     r.backward = args.has("backward");
     r.check = args.has("check");
     r.json = args.has("json");
-    r.device = parse_device(args);
+    r.device = parse_device(args, r.dtype, s.head_dim, r.device_note);
     const int64_t default_repeats = r.device == fm::Device::CUDA ? kCudaDefaultRepeats : kCpuDefaultRepeats;
     r.repeats = args.integer("repeats", default_repeats, 1, kMaxRepeats);
     return r;
@@ -1066,6 +1091,7 @@ int command_run(const std::vector<std::string>& argv) {
         std::printf("problem      batch %lld, query heads %lld, kv heads %lld, head dim %lld, %s\n", (long long)s.batch,
                     (long long)s.q_heads, (long long)s.kv_heads, (long long)s.head_dim, fm::to_string(settings.dtype));
         std::printf("device       %s\n", device_text.c_str());
+        if (!settings.device_note.empty()) std::printf("             (%s)\n", settings.device_note.c_str());
         std::printf("seed         %" PRIu64 "\n", settings.seed);
         std::fflush(stdout);
     }
@@ -1112,6 +1138,7 @@ int command_run(const std::vector<std::string>& argv) {
         j.add("problem", shape.str()).text("dtype", short_dtype(settings.dtype));
         j.text("device", fm::to_string(settings.device));
         if (settings.device == fm::Device::CPU) j.integer("threads", cpu_threads);
+        if (!settings.device_note.empty()) j.text("device_note", settings.device_note);
         j.add("seed", std::to_string(settings.seed)).integer("repeats", settings.repeats);
         std::vector<std::string> pass_json;
         for (const Pass& p : passes) {

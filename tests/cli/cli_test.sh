@@ -212,14 +212,15 @@ case_error_negative_seqlen() { expect_usage_error "--seqlen: expected an integer
 case_error_too_much_memory() { expect_usage_error "the tensors need [0-9.]+ GiB" run --mask full --seqlen 1000000 --batch 1000 --heads 64; }
 
 case_error_device_cuda_without_gpu() {
-  cli run --mask causal --seqlen 16 --dim 16 --device auto --json
+  # Where the GPU path can run, --device cuda is no error: nothing to test.
+  cli run --mask causal --seqlen 16 --dim 64 --device auto --json
   expect_rc 0
   if grep -q '"device": "cuda"' "$WORK/out"; then
-    echo "a CUDA device is usable here: nothing to test"
+    echo "the GPU path runs here: nothing to test"
     exit "$SKIP"
   fi
-  expect_usage_error "--device cuda: (no usable CUDA device was found|this build of flashmask has no CUDA support)" \
-    run --mask causal --seqlen 16 --device cuda
+  # No GPU, no CUDA in this build, or no kernels for it yet: the reason, in one line.
+  expect_usage_error "--device cuda: " run --mask causal --seqlen 16 --dim 64 --device cuda
 }
 
 # ---------------------------------------------------------------------------------------------
