@@ -1,188 +1,247 @@
-// The accuracy check of `flashmask run --check` (SPEC §5): relative errors against the float64
-// reference, and the bound for 16-bit inputs, which is twice the error of the same attention
-// computed naively in the input dtype (capped at 2e-2).
-//
-// "Naively in the input dtype" is what eager PyTorch does for
-//     softmax((q * scale) @ k^T masked) @ v
-// on bfloat16/float16 tensors: every operator accumulates in float32 and rounds its result to
-// the input dtype. naive_forward_rows() and naive_backward() emulate exactly that, operator by
-// operator (the backward being what autograd does through the same graph), reading the mask
-// with the reference's own literal reading (reference_masked).
+// The accuracy check of `flashmask run --check` (SPEC §5): the timed run's outputs against the
+// float64 reference on the first and last (batch, KV head) groups, forward on sampled rows,
+// backward on every row (or on a reduced problem when the reference cannot afford the full
+// one), with the bounds of cli_naive.hpp.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
+#include <string>
 #include <vector>
 
+#include "cli_format.hpp"
+#include "cli_mask.hpp"
+#include "cli_naive.hpp"
+#include "cli_run.hpp"
+#include "cli_tensors.hpp"
 #include "cpu/reference.hpp"
-#include "flashmask/float16.hpp"
-#include "flashmask/types.hpp"
 
 namespace flashmask::cli {
 
-inline constexpr double kFloat32Bound = 1e-5;       // SPEC §5: float32 inputs
-inline constexpr double kHalfBoundCap = 2e-2;        // SPEC §5: 16-bit inputs, never above this
-inline constexpr double kHalfBoundNaiveFactor = 2.0; // SPEC §5: 16-bit inputs, 2x the naive error
+namespace fm = ::flashmask;
 
-// Rounds a float to `dtype` and back (the identity for float32).
-inline float round_to(DType dtype, float x) {
-    switch (dtype) {
-        case DType::BFloat16: return bfloat16_to_float(float_to_bfloat16(x));
-        case DType::Float16: return float16_to_float(float_to_float16(x));
-        default: return x;
-    }
+// --check: forward rows sampled per checked (batch, KV head) group, and the float64 work
+// (multiply-adds) the check may spend, a few seconds of the reference on one core. A backward
+// check that would cost more runs on a reduced problem of the same kind.
+inline constexpr int64_t kCheckRows = 64;
+inline constexpr double kCheckBudgetMultiplyAdds = 1e10;
+// The reference backward (scores, P.V recomputed, dP, dS.K, dS^T.Q) plus the naive in-dtype
+// emulation, in units of one forward pass over the same pairs.
+inline constexpr double kBackwardCheckCostFactor = 6.0;
+// LSE is float32 whatever the input dtype; SPEC §5 bounds O, dQ, dK, dV only. Our tolerance
+// for LSE: |lse - ref| <= kLseTolerance * max(1, |ref|), and -inf exactly where ref is -inf.
+inline constexpr double kLseTolerance = 1e-4;
+
+struct CheckLine {
+    std::string tensor;
+    double error = 0.0, bound = 0.0;
+    std::optional<double> naive_error;  // 16-bit inputs: the naive in-dtype error behind the bound
+    bool pass = false;
+};
+
+struct CheckSection {
+    std::string pass;   // "forward" or "backward"
+    std::string scope;  // what was compared, in words
+    std::vector<CheckLine> lines;
+};
+
+struct Group {
+    int64_t batch, kv_head;
+};
+
+// The (batch, KV head) groups the check compares: the first and, when different, the last,
+// so that batch and head offsets are exercised.
+inline std::vector<Group> check_groups(const Shape& s) {
+    std::vector<Group> groups{{0, 0}};
+    if (s.batch > 1 || s.kv_heads > 1) groups.push_back({s.batch - 1, s.kv_heads - 1});
+    return groups;
 }
 
-// Accumulates ||x - ref||^2 and ||ref||^2 over any number of calls.
-struct ErrorAccumulator {
-    double squared_difference = 0.0, squared_reference = 0.0;
-    int64_t count = 0;
+inline std::string describe_groups(const Shape& s, const std::vector<Group>& groups) {
+    std::string out;
+    for (std::size_t i = 0; i < groups.size(); ++i)
+        out += (i ? " and " : "") + format("(batch %lld, kv head %lld)", (long long)groups[i].batch, (long long)groups[i].kv_head);
+    return out + format(", %lld query head%s each", (long long)s.group(), s.group() == 1 ? "" : "s");
+}
 
-    void add(double value, double reference) {
-        squared_difference += (value - reference) * (value - reference);
-        squared_reference += reference * reference;
-        ++count;
+// Sorted, distinct rows: the first and last, and random others from the seed.
+inline std::vector<int32_t> sample_rows(int64_t nq, uint64_t seed) {
+    std::vector<int32_t> rows;
+    if (nq <= kCheckRows) {
+        for (int64_t i = 0; i < nq; ++i) rows.push_back(int32_t(i));
+        return rows;
     }
-    // ||x - ref|| / ||ref||; the absolute norm ||x|| when the reference is all zeros (fully
-    // masked rows), so that exact zeros give 0 and anything else shows.
-    double relative() const {
-        if (squared_reference == 0.0) return std::sqrt(squared_difference);
-        return std::sqrt(squared_difference / squared_reference);
+    std::vector<char> chosen(std::size_t(nq), 0);
+    chosen[0] = chosen[std::size_t(nq - 1)] = 1;
+    int64_t count = 2;
+    for (uint64_t draw = 0; count < kCheckRows; ++draw) {
+        const int64_t row = int64_t(mix64(seed ^ mix64(kStreamRows + draw)) % uint64_t(nq));
+        if (!chosen[std::size_t(row)]) { chosen[std::size_t(row)] = 1; ++count; }
+    }
+    for (int64_t i = 0; i < nq; ++i)
+        if (chosen[std::size_t(i)]) rows.push_back(int32_t(i));
+    return rows;
+}
+
+// The doubles of one group of a problem, in the reference's layout.
+struct GroupInputs {
+    std::vector<double> q, k, v, dout;
+    CheckInputs view;
+
+    GroupInputs(const Problem& p, const Group& g, bool backward) {
+        const int64_t heads = p.shape.group(), h0 = g.kv_head * heads;
+        q = bshd_to_double(p.q, g.batch, h0, h0 + heads);
+        k = bshd_to_double(p.k, g.batch, g.kv_head, g.kv_head + 1);
+        v = bshd_to_double(p.v, g.batch, g.kv_head, g.kv_head + 1);
+        if (backward) dout = bshd_to_double(p.dout, g.batch, h0, h0 + heads);
+        const Shape& s = p.shape;
+        view.shape = {1, int32_t(s.nq), int32_t(s.nk), int32_t(heads), 1, int32_t(s.head_dim), int32_t(s.head_dim)};
+        view.q = q.data();
+        view.k = k.data();
+        view.v = v.data();
+        view.dout = backward ? dout.data() : nullptr;
     }
 };
 
-// The SPEC §5 bound for a tensor, given the naive in-dtype error (ignored for float32).
-inline double spec_bound(DType dtype, double naive_relative_error) {
-    if (dtype == DType::Float32) return kFloat32Bound;
-    return std::min(kHalfBoundCap, kHalfBoundNaiveFactor * naive_relative_error);
+CheckLine finish_line(const std::string& tensor, fm::DType dtype, const ErrorAccumulator& error,
+                      const ErrorAccumulator& naive) {
+    CheckLine line;
+    line.tensor = tensor;
+    line.error = error.relative();
+    if (dtype != fm::DType::Float32) line.naive_error = naive.relative();
+    line.bound = spec_bound(dtype, naive.relative());
+    line.pass = line.error <= line.bound;
+    return line;
 }
 
-// Inputs of one checked sub-problem, as doubles in the reference's contiguous BSHD layout.
-// The values are exactly those the library saw (already rounded to the input dtype).
-struct CheckInputs {
-    cpu::ReferenceShape shape;
-    const double* q;     // [B, Nq, Hq, D]
-    const double* k;     // [B, Nk, Hk, D]
-    const double* v;     // [B, Nk, Hk, Dv]
-    const double* dout;  // [B, Nq, Hq, Dv] (backward only)
-};
-
-namespace detail {
-
-// The probabilities of one (batch, head, row) as naive in-dtype attention rounds them:
-// s = round(round(q * scale) . k), softmax in float32 over the visible keys, rounded.
-// Writes p[0..Nk) (0 for masked keys); returns false when the row sees no key.
-inline bool naive_probabilities(const CheckInputs& in, const MaskView& mask, DType dtype, double scale, int32_t b,
-                                int32_t h, int32_t row, std::vector<float>& scaled_q, std::vector<float>& p) {
-    const auto& s = in.shape;
-    const int32_t kvh = h / (s.q_heads / s.kv_heads);
-    const double* q_row = in.q + ((int64_t(b) * s.nq + row) * s.q_heads + h) * s.head_dim;
-    scaled_q.resize(std::size_t(s.head_dim));
-    for (int32_t e = 0; e < s.head_dim; ++e) scaled_q[std::size_t(e)] = round_to(dtype, float(q_row[e] * scale));
-    p.assign(std::size_t(s.nk), 0.0f);
-    float max_score = -std::numeric_limits<float>::infinity();
-    bool any_visible = false;
-    for (int32_t j = 0; j < s.nk; ++j) {
-        if (cpu::reference_masked(mask, b, h, row, j)) continue;
-        const double* k_row = in.k + ((int64_t(b) * s.nk + j) * s.kv_heads + kvh) * s.head_dim;
-        float dot = 0.0f;
-        for (int32_t e = 0; e < s.head_dim; ++e) dot += scaled_q[std::size_t(e)] * float(k_row[e]);
-        p[std::size_t(j)] = round_to(dtype, dot);
-        max_score = any_visible ? std::max(max_score, p[std::size_t(j)]) : p[std::size_t(j)];
-        any_visible = true;
-    }
-    if (!any_visible) return false;
-    float sum = 0.0f;
-    for (int32_t j = 0; j < s.nk; ++j) {
-        if (cpu::reference_masked(mask, b, h, row, j)) continue;
-        p[std::size_t(j)] = std::exp(p[std::size_t(j)] - max_score);
-        sum += p[std::size_t(j)];
-    }
-    for (int32_t j = 0; j < s.nk; ++j) p[std::size_t(j)] = round_to(dtype, p[std::size_t(j)] / sum);
-    return true;
-}
-
-}  // namespace detail
-
-// Naive in-dtype forward output for the given rows of every (batch, head): a full-size
-// [B, Nq, Hq, Dv] array, zero outside `rows` and on rows that see no key.
-inline std::vector<double> naive_forward_rows(const CheckInputs& in, const MaskView& mask, DType dtype, double scale,
-                                              const std::vector<int32_t>& rows) {
-    const auto& s = in.shape;
-    std::vector<double> out(std::size_t(int64_t(s.batch) * s.nq * s.q_heads * s.value_dim), 0.0);
-    std::vector<float> scaled_q, p, accumulator(std::size_t(s.value_dim));
-    for (int32_t b = 0; b < s.batch; ++b)
-        for (int32_t h = 0; h < s.q_heads; ++h) {
-            const int32_t kvh = h / (s.q_heads / s.kv_heads);
-            for (int32_t row : rows) {
-                if (!detail::naive_probabilities(in, mask, dtype, scale, b, h, row, scaled_q, p)) continue;
-                std::fill(accumulator.begin(), accumulator.end(), 0.0f);
-                for (int32_t j = 0; j < s.nk; ++j) {
-                    if (p[std::size_t(j)] == 0.0f) continue;
-                    const double* v_row = in.v + ((int64_t(b) * s.nk + j) * s.kv_heads + kvh) * s.value_dim;
-                    for (int32_t e = 0; e < s.value_dim; ++e) accumulator[std::size_t(e)] += p[std::size_t(j)] * float(v_row[e]);
+// Forward: sampled rows of the check groups of the timed run's own outputs.
+inline CheckSection check_forward(const Problem& p, uint64_t seed) {
+    const Shape& s = p.shape;
+    const std::vector<Group> groups = check_groups(s);
+    const std::vector<int32_t> rows = sample_rows(s.nq, seed);
+    const int64_t heads = s.group(), d = s.head_dim;
+    const fm::MaskView mask = p.group_mask_view();
+    ErrorAccumulator out_error, naive_error;
+    double lse_worst = 0.0;
+    bool lse_infinities_match = true;
+    for (const Group& g : groups) {
+        const GroupInputs in(p, g, false);
+        const fm::cpu::ReferenceForward ref =
+            fm::cpu::reference_forward(in.view.shape, mask, p.scale, in.q.data(), in.k.data(), in.v.data(), &rows);
+        const int64_t h0 = g.kv_head * heads;
+        const std::vector<double> out = bshd_to_double(p.out, g.batch, h0, h0 + heads);
+        const std::vector<double> lse = bhn_to_double(p.lse, g.batch, h0, h0 + heads);
+        std::vector<double> naive;
+        if (p.dtype != fm::DType::Float32) naive = naive_forward_rows(in.view, mask, p.dtype, p.scale, rows);
+        for (int32_t row : rows)
+            for (int64_t h = 0; h < heads; ++h) {
+                for (int64_t e = 0; e < d; ++e) {
+                    const std::size_t i = std::size_t((row * heads + h) * d + e);
+                    out_error.add(out[i], ref.out[i]);
+                    if (!naive.empty()) naive_error.add(naive[i], ref.out[i]);
                 }
-                double* o = out.data() + ((int64_t(b) * s.nq + row) * s.q_heads + h) * s.value_dim;
-                for (int32_t e = 0; e < s.value_dim; ++e) o[e] = round_to(dtype, accumulator[std::size_t(e)]);
+                const std::size_t li = std::size_t(h * s.nq + row);
+                const double ours = lse[li], expected = ref.lse[li];
+                if (std::isinf(expected) || std::isinf(ours) || std::isnan(ours)) {
+                    lse_infinities_match = lse_infinities_match && ours == expected;
+                } else {
+                    lse_worst = std::max(lse_worst, std::abs(ours - expected) / std::max(1.0, std::abs(expected)));
+                }
             }
-        }
-    return out;
+    }
+    CheckSection section;
+    section.pass = "forward";
+    section.scope = format("%s; %lld of %lld rows", describe_groups(s, groups).c_str(), (long long)rows.size(),
+                           (long long)s.nq);
+    section.lines.push_back(finish_line("out", p.dtype, out_error, naive_error));
+    CheckLine lse_line;
+    lse_line.tensor = "lse";
+    lse_line.error = lse_infinities_match ? lse_worst : std::numeric_limits<double>::infinity();
+    lse_line.bound = kLseTolerance;
+    lse_line.pass = lse_infinities_match && lse_worst <= kLseTolerance;
+    section.lines.push_back(lse_line);
+    return section;
 }
 
-// Naive in-dtype backward (what autograd computes through the graph above): dV = P^T dO,
-// dP = dO V^T, dS = P * (dP - rowsum(dP * P)), dQ = (dS K) * scale, dK = dS^T (q * scale),
-// each operator accumulating in float32 and rounding its result. GQA sums in float32.
-inline cpu::ReferenceBackward naive_backward(const CheckInputs& in, const MaskView& mask, DType dtype, double scale) {
-    const auto& s = in.shape;
-    const int64_t d = s.head_dim, dv = s.value_dim;
-    cpu::ReferenceBackward grads;
-    grads.dq.assign(std::size_t(int64_t(s.batch) * s.nq * s.q_heads * d), 0.0);
-    std::vector<float> dk_sum(std::size_t(int64_t(s.batch) * s.nk * s.kv_heads * d), 0.0f);
-    std::vector<float> dv_sum(std::size_t(int64_t(s.batch) * s.nk * s.kv_heads * dv), 0.0f);
-    std::vector<float> scaled_q, p, dp(static_cast<std::size_t>(s.nk)), dq_row(static_cast<std::size_t>(d));
-    for (int32_t b = 0; b < s.batch; ++b)
-        for (int32_t h = 0; h < s.q_heads; ++h) {
-            const int32_t kvh = h / (s.q_heads / s.kv_heads);
-            for (int32_t row = 0; row < s.nq; ++row) {
-                if (!detail::naive_probabilities(in, mask, dtype, scale, b, h, row, scaled_q, p)) continue;
-                const double* dout_row = in.dout + ((int64_t(b) * s.nq + row) * s.q_heads + h) * dv;
-                float row_sum = 0.0f;
-                for (int32_t j = 0; j < s.nk; ++j) {
-                    dp[std::size_t(j)] = 0.0f;
-                    if (p[std::size_t(j)] == 0.0f) continue;
-                    const int64_t kv_index = (int64_t(b) * s.nk + j) * s.kv_heads + kvh;
-                    const double* v_row = in.v + kv_index * dv;
-                    float dot = 0.0f;
-                    for (int64_t e = 0; e < dv; ++e) {
-                        dot += float(dout_row[e]) * float(v_row[e]);
-                        dv_sum[std::size_t(kv_index * dv + e)] += p[std::size_t(j)] * float(dout_row[e]);
-                    }
-                    dp[std::size_t(j)] = round_to(dtype, dot);
-                    row_sum += dp[std::size_t(j)] * p[std::size_t(j)];
-                }
-                std::fill(dq_row.begin(), dq_row.end(), 0.0f);
-                for (int32_t j = 0; j < s.nk; ++j) {
-                    if (p[std::size_t(j)] == 0.0f) continue;
-                    const float ds = round_to(dtype, p[std::size_t(j)] * (dp[std::size_t(j)] - row_sum));
-                    const int64_t kv_index = (int64_t(b) * s.nk + j) * s.kv_heads + kvh;
-                    const double* k_row = in.k + kv_index * d;
-                    for (int64_t e = 0; e < d; ++e) {
-                        dq_row[std::size_t(e)] += ds * float(k_row[e]);
-                        dk_sum[std::size_t(kv_index * d + e)] += ds * scaled_q[std::size_t(e)];
-                    }
-                }
-                double* dq = grads.dq.data() + ((int64_t(b) * s.nq + row) * s.q_heads + h) * d;
-                for (int64_t e = 0; e < d; ++e)
-                    dq[e] = round_to(dtype, float(round_to(dtype, dq_row[std::size_t(e)]) * scale));
+// Backward: every row of the given groups, dQ of their query heads, dK and dV of their KV head.
+inline std::vector<CheckLine> compare_backward(const Problem& p, const std::vector<Group>& groups) {
+    const int64_t heads = p.shape.group();
+    const fm::MaskView mask = p.group_mask_view();
+    ErrorAccumulator error[3], naive_error[3];
+    for (const Group& g : groups) {
+        const GroupInputs in(p, g, true);
+        const fm::cpu::ReferenceBackward ref = fm::cpu::reference_backward(in.view.shape, mask, p.scale, in.q.data(),
+                                                                           in.k.data(), in.v.data(), in.dout.data());
+        fm::cpu::ReferenceBackward naive;
+        if (p.dtype != fm::DType::Float32) naive = naive_backward(in.view, mask, p.dtype, p.scale);
+        const int64_t h0 = g.kv_head * heads;
+        const std::vector<double> ours[3] = {bshd_to_double(p.dq, g.batch, h0, h0 + heads),
+                                             bshd_to_double(p.dk, g.batch, g.kv_head, g.kv_head + 1),
+                                             bshd_to_double(p.dv, g.batch, g.kv_head, g.kv_head + 1)};
+        const std::vector<double>* refs[3] = {&ref.dq, &ref.dk, &ref.dv};
+        const std::vector<double>* naives[3] = {&naive.dq, &naive.dk, &naive.dv};
+        for (int t = 0; t < 3; ++t)
+            for (std::size_t i = 0; i < ours[t].size(); ++i) {
+                error[t].add(ours[t][i], (*refs[t])[i]);
+                if (!naives[t]->empty()) naive_error[t].add((*naives[t])[i], (*refs[t])[i]);
             }
-        }
-    grads.dk.resize(dk_sum.size());
-    grads.dv.resize(dv_sum.size());
-    for (std::size_t i = 0; i < dk_sum.size(); ++i) grads.dk[i] = round_to(dtype, dk_sum[i]);
-    for (std::size_t i = 0; i < dv_sum.size(); ++i) grads.dv[i] = round_to(dtype, dv_sum[i]);
-    return grads;
+    }
+    const char* names[3] = {"dq", "dk", "dv"};
+    std::vector<CheckLine> lines;
+    for (int t = 0; t < 3; ++t) lines.push_back(finish_line(names[t], p.dtype, error[t], naive_error[t]));
+    return lines;
+}
+
+// Multiply-adds of the reference backward (plus the naive emulation) over one group.
+inline double backward_check_cost(const Shape& s) {
+    return kBackwardCheckCostFactor * double(s.group()) * double(s.nq) * double(s.nk) * 2.0 * double(s.head_dim);
+}
+
+
+// The backward check of the timed run when the reference can afford it; otherwise the same
+// mask kind, dtype, head dim and GQA group on the largest halved sequence length it can
+// afford, run through the library on the same device.
+inline CheckSection check_backward(const Problem& p, const std::string& mask_name, uint64_t seed, fm::Device device, int threads) {
+    CheckSection section;
+    section.pass = "backward";
+    std::vector<Group> groups = check_groups(p.shape);
+    const double per_group = backward_check_cost(p.shape);
+    if (per_group * double(groups.size()) > kCheckBudgetMultiplyAdds) groups.resize(1);
+    if (per_group <= kCheckBudgetMultiplyAdds) {
+        section.scope = describe_groups(p.shape, groups) + "; every row";
+        section.lines = compare_backward(p, groups);
+        return section;
+    }
+    Shape reduced = p.shape;
+    reduced.batch = 1;
+    reduced.q_heads = p.shape.group();
+    reduced.kv_heads = 1;
+    const int64_t n = std::max(p.shape.nq, p.shape.nk);
+    int64_t reduced_n = n;
+    while (reduced_n > 1 && backward_check_cost(reduced) > kCheckBudgetMultiplyAdds) {
+        reduced_n /= 2;
+        reduced.nq = std::max<int64_t>(1, p.shape.nq * reduced_n / n);
+        reduced.nk = std::max<int64_t>(1, p.shape.nk * reduced_n / n);
+    }
+    Problem small = make_problem(reduced, p.dtype, catalogue_corner(mask_name, reduced.nq, reduced.nk, seed),
+                                 true, mix64(seed), threads);
+    Executor executor(small, device, threads);
+    executor.forward(nullptr);
+    executor.backward(nullptr);
+    executor.fetch_outputs();
+    section.scope = format("a reduced %s problem, Nq = %lld, Nk = %lld, batch 1, kv head 0 with its %lld "
+                           "query head%s, fresh inputs (the full size would cost the reference ~%.0f G multiply-adds)",
+                           mask_name.c_str(), (long long)reduced.nq, (long long)reduced.nk,
+                           (long long)reduced.q_heads, reduced.q_heads == 1 ? "" : "s", per_group / 1e9);
+    section.lines = compare_backward(small, {{0, 0}});
+    if (small.dq.has_nan(threads) || small.dk.has_nan(threads) || small.dv.has_nan(threads)) {
+        CheckLine unwritten{"unwritten (reduced)", 1.0, 0.0, std::nullopt, false};
+        section.lines.push_back(unwritten);
+    }
+    return section;
 }
 
 }  // namespace flashmask::cli

@@ -1,0 +1,343 @@
+// Running attention for the flashmask tool: the problem's host tensors (random inputs,
+// poisoned outputs), their device copies, and timed forward/backward passes through the public
+// API, split into chunks over batch and KV heads on the CPU so that long runs show progress.
+#pragma once
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cli_args.hpp"
+#include "cli_format.hpp"
+#include "cli_progress.hpp"
+#include "cli_tensors.hpp"
+#include "flashmask/api.hpp"
+#include "flashmask/mask.hpp"
+
+#if FLASHMASK_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "cuda/common/check.hpp"
+#endif
+
+namespace flashmask::cli {
+
+namespace fm = ::flashmask;
+
+#if FLASHMASK_WITH_CUDA
+inline constexpr bool kBuiltWithCuda = true;
+#else
+inline constexpr bool kBuiltWithCuda = false;
+#endif
+
+inline constexpr int kCudaWarmupRuns = 3;
+
+// The CPU run is split into at most this many pieces (over batch and KV heads) so that
+// progress can be shown; each piece is one library call on strided sub-views.
+inline constexpr int64_t kMaxChunks = 64;
+
+// Streams of the counter-based random inputs (cli_tensors.hpp): one per tensor.
+enum InputStream : uint64_t { kStreamQ = 1, kStreamK, kStreamV, kStreamDout, kStreamRows };
+
+struct Shape {
+    int64_t batch = 1, nq = 0, nk = 0, q_heads = 1, kv_heads = 1, head_dim = 0;
+    int64_t group() const { return q_heads / kv_heads; }  // query heads per KV head
+};
+
+struct Problem {
+    Shape shape;
+    fm::DType dtype = fm::DType::BFloat16;
+    fm::MaskSpec mask;
+    float scale = 1.0f;
+    HostTensor mask_indices;  // [B, 1, Nk, C]: the catalogue mask repeated for every batch
+    HostTensor q, k, v, out, lse, dout, dq, dk, dv;
+
+    // The mask as the reference reads it for a one-batch, one-KV-group sub-problem.
+    fm::MaskView group_mask_view() const {
+        return fm::make_mask_view(mask.view(), mask.causal, shape.nq, shape.nk, shape.group());
+    }
+};
+
+inline double bytes_needed(const Shape& s, fm::DType dtype, bool backward, int32_t slots) {
+    const double e = double(fm::element_size(dtype));
+    const double q = double(s.batch) * double(s.nq) * double(s.q_heads) * double(s.head_dim);
+    const double kv = double(s.batch) * double(s.nk) * double(s.kv_heads) * double(s.head_dim);
+    const double lse = double(s.batch) * double(s.q_heads) * double(s.nq) * 4.0;
+    const double mask = double(s.batch) * double(s.nk) * double(slots) * 4.0;
+    const double forward = e * (2 * q + 2 * kv) + lse + mask;  // q, out, k, v
+    return backward ? forward + e * (2 * q + 2 * kv) : forward;  // dout, dq, dk, dv
+}
+
+inline double physical_memory_bytes() {
+    const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page_size > 0 ? double(pages) * double(page_size) : std::numeric_limits<double>::infinity();
+}
+
+// Refuses, before anything is allocated or printed, a problem whose tensors would not fit.
+inline void check_memory(const Shape& s, fm::DType dtype, bool backward, int32_t slots) {
+    const double needed = bytes_needed(s, dtype, backward, slots);
+    // Leave room for the check's own buffers and the rest of the machine.
+    constexpr double kUsableMemoryFraction = 0.8;
+    if (needed > kUsableMemoryFraction * physical_memory_bytes())
+        throw UsageError(format("the tensors need %.1f GiB, more than this machine's %.1f GiB of memory allows; "
+                                "lower --batch, --seqlen, --heads or --dim",
+                                needed / double(1ull << 30), physical_memory_bytes() / double(1ull << 30)));
+}
+
+// Allocates every tensor, fills the inputs with normals from `seed` and poisons the outputs
+// with NaN, so that an element the library never wrote shows up in the check.
+inline Problem make_problem(const Shape& s, fm::DType dtype, fm::MaskSpec mask, bool backward, uint64_t seed, int threads) {
+    check_memory(s, dtype, backward, mask.slots);
+    Problem p;
+    p.shape = s;
+    p.dtype = dtype;
+    p.mask = std::move(mask);
+    p.scale = float(1.0 / std::sqrt(double(s.head_dim)));
+    if (p.mask.has_indices()) {
+        p.mask_indices = HostTensor(fm::DType::Int32, {s.batch, 1, s.nk, p.mask.slots});
+        auto* dst = static_cast<int32_t*>(p.mask_indices.data());
+        for (int64_t b = 0; b < s.batch; ++b)
+            std::copy(p.mask.indices.begin(), p.mask.indices.end(), dst + b * int64_t(p.mask.indices.size()));
+    }
+    p.q = HostTensor(dtype, {s.batch, s.nq, s.q_heads, s.head_dim});
+    p.k = HostTensor(dtype, {s.batch, s.nk, s.kv_heads, s.head_dim});
+    p.v = HostTensor(dtype, {s.batch, s.nk, s.kv_heads, s.head_dim});
+    p.out = HostTensor(dtype, {s.batch, s.nq, s.q_heads, s.head_dim});
+    p.lse = HostTensor(fm::DType::Float32, {s.batch, s.q_heads, s.nq});
+    p.q.fill_normal(seed, kStreamQ, threads);
+    p.k.fill_normal(seed, kStreamK, threads);
+    p.v.fill_normal(seed, kStreamV, threads);
+    const float poison = std::numeric_limits<float>::quiet_NaN();
+    p.out.fill(poison, threads);
+    p.lse.fill(poison, threads);
+    if (backward) {
+        p.dout = HostTensor(dtype, {s.batch, s.nq, s.q_heads, s.head_dim});
+        p.dq = HostTensor(dtype, {s.batch, s.nq, s.q_heads, s.head_dim});
+        p.dk = HostTensor(dtype, {s.batch, s.nk, s.kv_heads, s.head_dim});
+        p.dv = HostTensor(dtype, {s.batch, s.nk, s.kv_heads, s.head_dim});
+        p.dout.fill_normal(seed, kStreamDout, threads);
+        p.dq.fill(poison, threads);
+        p.dk.fill(poison, threads);
+        p.dv.fill(poison, threads);
+    }
+    return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running: the library's forward() / backward() on host or device views
+// ---------------------------------------------------------------------------------------------
+
+#if FLASHMASK_WITH_CUDA
+// A device copy of a host tensor; the view describes the device memory.
+class DeviceTensor {
+public:
+    DeviceTensor() = default;
+    explicit DeviceTensor(const HostTensor& host) : host_(&host) {
+        bytes_ = std::size_t(host.numel()) * fm::element_size(host.dtype());
+        FM_CUDA_CHECK(cudaMalloc(&data_, std::max<std::size_t>(bytes_, 1)));
+        FM_CUDA_CHECK(cudaMemcpy(data_, host.data(), bytes_, cudaMemcpyHostToDevice));
+    }
+    DeviceTensor(const DeviceTensor&) = delete;
+    DeviceTensor& operator=(const DeviceTensor&) = delete;
+    ~DeviceTensor() {
+        if (data_) cudaFree(data_);
+    }
+    fm::TensorView view() const {
+        fm::TensorView t = host_->view();
+        t.data = data_;
+        t.device = fm::Device::CUDA;
+        FM_CUDA_CHECK(cudaGetDevice(&t.device_index));
+        return t;
+    }
+    void download(HostTensor& host) const {
+        FM_CUDA_CHECK(cudaMemcpy(host.data(), data_, bytes_, cudaMemcpyDeviceToHost));
+    }
+
+private:
+    const HostTensor* host_ = nullptr;
+    void* data_ = nullptr;
+    std::size_t bytes_ = 0;
+};
+#endif
+
+// Batches [batch_begin, batch_end) x KV heads [kv_begin, kv_end) with all their query heads:
+// a self-contained piece of the problem (dK, dV of those KV heads sum only over them).
+struct Chunk {
+    int64_t batch_begin, batch_end, kv_begin, kv_end;
+
+    std::string label() const {
+        auto range = [](const char* what, int64_t begin, int64_t end) {
+            return end - begin == 1 ? format("%s %lld", what, (long long)begin)
+                                    : format("%ses %lld-%lld", what, (long long)begin, (long long)end - 1);
+        };
+        return range("batch", batch_begin, batch_end) + ", " +
+               (kv_end - kv_begin == 1 ? format("kv head %lld", (long long)kv_begin)
+                                       : format("kv heads %lld-%lld", (long long)kv_begin, (long long)kv_end - 1));
+    }
+};
+
+inline std::vector<Chunk> make_chunks(const Shape& s, bool split) {
+    if (!split) return {{0, s.batch, 0, s.kv_heads}};
+    std::vector<Chunk> chunks;
+    if (s.batch * s.kv_heads <= kMaxChunks) {
+        for (int64_t b = 0; b < s.batch; ++b)
+            for (int64_t h = 0; h < s.kv_heads; ++h) chunks.push_back({b, b + 1, h, h + 1});
+    } else {
+        const int64_t per_chunk = (s.batch + kMaxChunks - 1) / kMaxChunks;
+        for (int64_t b = 0; b < s.batch; b += per_chunk) chunks.push_back({b, std::min(s.batch, b + per_chunk), 0, s.kv_heads});
+    }
+    return chunks;
+}
+
+class Executor {
+public:
+    Executor(Problem& p, fm::Device device, int threads) : p_(p), device_(device), threads_(threads) {
+        // On the CPU the run is split for progress; a GPU call is one launch, split only at a cost.
+        chunks_ = make_chunks(p.shape, device == fm::Device::CPU);
+        if (device == fm::Device::CPU) {
+            q_ = p.q.view(); k_ = p.k.view(); v_ = p.v.view(); out_ = p.out.view(); lse_ = p.lse.view();
+            if (p.dout.numel()) { dout_ = p.dout.view(); dq_ = p.dq.view(); dk_ = p.dk.view(); dv_ = p.dv.view(); }
+            if (p.mask.has_indices()) mask_ = p.mask_indices.view();
+        } else {
+#if FLASHMASK_WITH_CUDA
+            auto upload = [&](const HostTensor& host) {
+                device_tensors_.push_back(std::make_unique<DeviceTensor>(host));
+                return device_tensors_.back()->view();
+            };
+            q_ = upload(p.q); k_ = upload(p.k); v_ = upload(p.v); out_ = upload(p.out); lse_ = upload(p.lse);
+            if (p.dout.numel()) { dout_ = upload(p.dout); dq_ = upload(p.dq); dk_ = upload(p.dk); dv_ = upload(p.dv); }
+            if (p.mask.has_indices()) mask_ = upload(p.mask_indices);
+#endif
+        }
+    }
+
+    int64_t chunk_count() const { return int64_t(chunks_.size()); }
+
+    // One timed forward pass over the whole problem; seconds.
+    double forward(Progress* progress) {
+        return timed([&] {
+            for (const Chunk& c : chunks_) {
+                fm::ForwardArgs a;
+                const int64_t g = p_.shape.group();
+                a.q = slice_bshd(q_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
+                a.k = slice_bshd(k_, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
+                a.v = slice_bshd(v_, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
+                a.out = slice_bshd(out_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
+                a.lse = slice_bhn(lse_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
+                if (mask_) a.startend_row_indices = slice_dim(*mask_, 0, c.batch_begin, c.batch_end);
+                a.causal = p_.mask.causal;
+                a.scale = p_.scale;
+                a.num_threads = threads_;
+                fm::forward(a);
+                if (progress) progress->advance(c.label());
+            }
+        });
+    }
+
+    // One timed backward pass (needs a forward pass first: it reads out and lse); seconds.
+    double backward(Progress* progress) {
+        return timed([&] {
+            for (const Chunk& c : chunks_) {
+                fm::BackwardArgs a;
+                const int64_t g = p_.shape.group();
+                a.q = slice_bshd(q_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
+                a.k = slice_bshd(k_, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
+                a.v = slice_bshd(v_, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
+                a.out = slice_bshd(out_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
+                a.lse = slice_bhn(lse_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
+                a.dout = slice_bshd(dout_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
+                a.dq = slice_bshd(dq_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
+                a.dk = slice_bshd(dk_, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
+                a.dv = slice_bshd(dv_, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
+                if (mask_) a.startend_row_indices = slice_dim(*mask_, 0, c.batch_begin, c.batch_end);
+                a.causal = p_.mask.causal;
+                a.scale = p_.scale;
+                a.num_threads = threads_;
+                fm::backward(a);
+                if (progress) progress->advance(c.label());
+            }
+        });
+    }
+
+    // Brings the outputs back to the host tensors (a no-op on the CPU).
+    void fetch_outputs() {
+#if FLASHMASK_WITH_CUDA
+        if (device_ != fm::Device::CUDA) return;
+        // The device tensors were uploaded in this order: q, k, v, out, lse, [dout, dq, dk, dv].
+        device_tensors_[3]->download(p_.out);
+        device_tensors_[4]->download(p_.lse);
+        if (p_.dout.numel()) {
+            device_tensors_[6]->download(p_.dq);
+            device_tensors_[7]->download(p_.dk);
+            device_tensors_[8]->download(p_.dv);
+        }
+#endif
+    }
+
+private:
+    template <typename Body>
+    double timed(Body body) {
+#if FLASHMASK_WITH_CUDA
+        if (device_ == fm::Device::CUDA) {
+            cudaEvent_t start, stop;
+            FM_CUDA_CHECK(cudaEventCreate(&start));
+            FM_CUDA_CHECK(cudaEventCreate(&stop));
+            FM_CUDA_CHECK(cudaEventRecord(start));
+            body();
+            FM_CUDA_CHECK(cudaEventRecord(stop));
+            FM_CUDA_CHECK(cudaEventSynchronize(stop));
+            float milliseconds = 0.0f;
+            FM_CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
+            cudaEventDestroy(start);
+            cudaEventDestroy(stop);
+            return milliseconds * 1e-3;
+        }
+#endif
+        const auto start = std::chrono::steady_clock::now();
+        body();
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+
+    Problem& p_;
+    fm::Device device_;
+    int threads_;
+    std::vector<Chunk> chunks_;
+    fm::TensorView q_, k_, v_, out_, lse_, dout_, dq_, dk_, dv_;
+    std::optional<fm::TensorView> mask_;
+#if FLASHMASK_WITH_CUDA
+    std::vector<std::unique_ptr<DeviceTensor>> device_tensors_;
+#endif
+};
+
+inline double median(std::vector<double> values) {
+    std::sort(values.begin(), values.end());
+    const std::size_t n = values.size();
+    return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+struct Timing {
+    std::vector<double> seconds;
+    double median_seconds = 0.0;
+};
+
+// Warm-up (GPU only) and `repeats` timed passes of forward or backward, with progress.
+inline Timing time_passes(Executor& executor, fm::Device device, bool backward, int64_t repeats) {
+    const char* label = backward ? "backward" : "forward";
+    if (device == fm::Device::CUDA)
+        for (int i = 0; i < kCudaWarmupRuns; ++i) backward ? executor.backward(nullptr) : executor.forward(nullptr);
+    Timing t;
+    Progress progress(label, repeats * executor.chunk_count());
+    for (int64_t r = 0; r < repeats; ++r) t.seconds.push_back(backward ? executor.backward(&progress) : executor.forward(&progress));
+    progress.finish();
+    t.median_seconds = median(t.seconds);
+    return t;
+}
+
+}  // namespace flashmask::cli
