@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -18,6 +19,9 @@
 #else
 #define FM_SIMD_CLONES
 #endif
+// The matrix-product kernel below uses GCC/Clang vector extensions; 32-byte vectors passed
+// between inlined helpers in the baseline clone draw a harmless ABI note.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace flashmask::cpu {
 namespace {
@@ -50,18 +54,18 @@ typename Storage::type* row_pointer(const Operand& operand, int64_t b, int64_t s
            h * operand.stride[2];
 }
 
-// dst[r * width + d] = multiplier * src[b, first + r, h, d] for r < count.
+// dst[r * pitch + d] = multiplier * src[b, first + r, h, d] for r < count, d < width.
 template <class Storage>
-void load_rows(const Operand& src, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width,
+void load_rows(const Operand& src, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width, int32_t pitch,
                float multiplier, float* dst) {
     for (int32_t r = 0; r < count; ++r) {
         const auto* row = row_pointer<Storage>(src, b, first + r, h);
-        for (int32_t d = 0; d < width; ++d) dst[r * width + d] = multiplier * Storage::to_float(row[d]);
+        for (int32_t d = 0; d < width; ++d) dst[r * pitch + d] = multiplier * Storage::to_float(row[d]);
     }
 }
 
-// dst[d * kBlockN + c] = src[b, first + c, h, d]: a key block stored column-major, so products
-// with it vectorize over keys. Columns count..kBlockN-1 are zero.
+// dst[d * kBlockN + c] = src[b, first + c, h, d]: a key block stored transposed, the right-hand
+// side of Q K^T and dO V^T. Columns count..kBlockN-1 are zero.
 template <class Storage>
 void load_transposed(const Operand& src, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width,
                      float* dst) {
@@ -73,13 +77,13 @@ void load_transposed(const Operand& src, int64_t b, int32_t first, int64_t h, in
         for (int32_t c = count; c < kBlockN; ++c) dst[d * kBlockN + c] = 0.0f;
 }
 
-// dst[b, first + r, h, d] = multiplier * src[r * width + d] for r < count.
+// dst[b, first + r, h, d] = multiplier * src[r * pitch + d] for r < count, d < width.
 template <class Storage>
-void store_rows(const Operand& dst, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width,
+void store_rows(const Operand& dst, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width, int32_t pitch,
                 float multiplier, const float* src) {
     for (int32_t r = 0; r < count; ++r) {
         auto* row = row_pointer<Storage>(dst, b, first + r, h);
-        for (int32_t d = 0; d < width; ++d) row[d] = Storage::from_float(multiplier * src[r * width + d]);
+        for (int32_t d = 0; d < width; ++d) row[d] = Storage::from_float(multiplier * src[r * pitch + d]);
     }
 }
 
@@ -116,46 +120,61 @@ float* lse_pointer(const AttentionProblem& p, int64_t b, int64_t h, int64_t row)
     return x < kMinArgument ? 0.0f : poly * two_to_n;
 }
 
-// out[r][c] = sum_d a[r][d] * bt[d][c] for r < rows, c < kBlockN: scores Q K^T (bt = K^T) or
-// dO V^T (bt = V^T). a is [rows, depth], bt is [depth, kBlockN].
-FM_SIMD_CLONES void tile_products(const float* __restrict a, const float* __restrict bt, float* __restrict out,
-                                  int32_t rows, int32_t depth) {
-    for (int32_t r = 0; r < rows; ++r) {
-        float* __restrict o = out + r * kBlockN;
-        for (int32_t c = 0; c < kBlockN; ++c) o[c] = 0.0f;
-        for (int32_t d = 0; d < depth; ++d) {
-            const float ad = a[r * depth + d];
-            const float* __restrict b = bt + d * kBlockN;
-            for (int32_t c = 0; c < kBlockN; ++c) o[c] += ad * b[c];
+// The register tile of multiply(): kRowBlock rows x kColumnBlock columns of the output, held in
+// 8 vector accumulators (with AVX2: 4 x 2 ymm registers, leaving room for the two B vectors and
+// the broadcast A value). Buffers are padded so that every product covers whole register tiles.
+constexpr int32_t kRowBlock = 4;
+constexpr int32_t kVectorWidth = 8;  // floats per vector (one AVX register)
+constexpr int32_t kVectorsPerRow = 2;
+constexpr int32_t kColumnBlock = kVectorWidth * kVectorsPerRow;
+static_assert(kBlockM % kRowBlock == 0 && kBlockN % kRowBlock == 0 && kBlockN % kColumnBlock == 0);
+
+typedef float FloatVector __attribute__((vector_size(kVectorWidth * sizeof(float))));
+
+[[gnu::always_inline]] inline FloatVector load_vector(const float* p) {
+    FloatVector v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+[[gnu::always_inline]] inline void store_vector(float* p, FloatVector v) { std::memcpy(p, &v, sizeof v); }
+
+int32_t round_up(int32_t n, int32_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// out[r][x] (+)= sum_{k < depth} A(r, k) * b[k * ldb + x] for r < rows, x < width (rows a
+// multiple of kRowBlock, width of kColumnBlock), with A(r, k) = a[r * a_row + k * a_depth]: the
+// one matrix product of the CPU path. Strides of A express its transposes: Q K^T, dO V^T
+// (A = Q or dO), P V, dS K (A = P or dS), and P^T dO, dS^T Q (A = P^T or dS^T).
+FM_SIMD_CLONES void multiply(const float* __restrict a, int64_t a_row, int64_t a_depth, const float* __restrict b,
+                             int64_t ldb, float* __restrict out, int64_t ldo, int32_t rows, int32_t depth,
+                             int32_t width, bool accumulate) {
+    for (int32_t r0 = 0; r0 < rows; r0 += kRowBlock)
+        for (int32_t x0 = 0; x0 < width; x0 += kColumnBlock) {
+            FloatVector acc[kRowBlock][kVectorsPerRow];
+            for (int32_t i = 0; i < kRowBlock; ++i)
+                for (int32_t v = 0; v < kVectorsPerRow; ++v)
+                    acc[i][v] = accumulate ? load_vector(out + (r0 + i) * ldo + x0 + v * kVectorWidth) : FloatVector{};
+            for (int32_t k = 0; k < depth; ++k) {
+                FloatVector b_row[kVectorsPerRow];
+                for (int32_t v = 0; v < kVectorsPerRow; ++v) b_row[v] = load_vector(b + k * ldb + x0 + v * kVectorWidth);
+                for (int32_t i = 0; i < kRowBlock; ++i) {
+                    const float a_ik = a[(r0 + i) * a_row + k * a_depth];
+                    for (int32_t v = 0; v < kVectorsPerRow; ++v) acc[i][v] += a_ik * b_row[v];
+                }
+            }
+            for (int32_t i = 0; i < kRowBlock; ++i)
+                for (int32_t v = 0; v < kVectorsPerRow; ++v)
+                    store_vector(out + (r0 + i) * ldo + x0 + v * kVectorWidth, acc[i][v]);
         }
-    }
 }
 
-// acc[r][d] += sum_{c < cols} w[r][c] * src[c][d]: O += P V and dQ += dS K.
-FM_SIMD_CLONES void accumulate_rows(float* __restrict acc, const float* __restrict w, const float* __restrict src,
-                                    int32_t rows, int32_t cols, int32_t width) {
-    for (int32_t r = 0; r < rows; ++r) {
-        float* __restrict a = acc + r * width;
-        for (int32_t c = 0; c < cols; ++c) {
-            const float wc = w[r * kBlockN + c];
-            if (wc == 0.0f) continue;  // masked: nothing to add
-            const float* __restrict s = src + c * width;
-            for (int32_t d = 0; d < width; ++d) a[d] += wc * s[d];
-        }
-    }
-}
-
-// acc[c][d] += sum_{r < rows} w[r][c] * src[r][d]: dV += P^T dO and dK += dS^T Q.
-FM_SIMD_CLONES void accumulate_columns(float* __restrict acc, const float* __restrict w,
-                                       const float* __restrict src, int32_t rows, int32_t cols, int32_t width) {
+// Partial tiles: the rows of a key-block operand (V forward, K for dQ backward) whose key has
+// P = 0 in every row of the tile are zeroed, so that a hidden key's values, even Inf or NaN,
+// never meet a 0 * x in the products.
+void clear_unseen_keys(const float* prob, int32_t rows, int32_t cols, float* operand, int32_t pitch) {
     for (int32_t c = 0; c < cols; ++c) {
-        float* __restrict a = acc + c * width;
-        for (int32_t r = 0; r < rows; ++r) {
-            const float wc = w[r * kBlockN + c];
-            if (wc == 0.0f) continue;
-            const float* __restrict s = src + r * width;
-            for (int32_t d = 0; d < width; ++d) a[d] += wc * s[d];
-        }
+        bool seen = false;
+        for (int32_t r = 0; r < rows && !seen; ++r) seen = prob[r * kBlockN + c] != 0.0f;
+        if (!seen) std::fill(operand + c * pitch, operand + (c + 1) * pitch, 0.0f);
     }
 }
 
@@ -290,11 +309,19 @@ struct MaskTiles {
     int32_t cols_in(int32_t kv_block) const { return std::min(kBlockN, p.nk - kv_block * kBlockN); }
 };
 
+// Padded row pitches of the scratch tiles: head widths rounded up to whole register tiles.
+struct Pitches {
+    int32_t head, value;
+    explicit Pitches(const AttentionProblem& p)
+        : head(round_up(p.head_dim, kColumnBlock)), value(round_up(p.value_dim, kColumnBlock)) {}
+};
+
 // Scores of one tile (already scaled, since the query tile is), masked as its kind requires.
 void tile_scores(const MaskTiles& tiles, TileKind kind, int32_t b, int32_t q_head, int32_t q_block, int32_t kv_block,
-                 const float* q_tile, const float* kt_tile, float* scores, TileColumns& columns) {
+                 const float* q_tile, int32_t q_pitch, const float* kt_tile, float* scores, TileColumns& columns) {
     const int32_t rows = tiles.rows_in(q_block), cols = tiles.cols_in(kv_block);
-    tile_products(q_tile, kt_tile, scores, rows, tiles.p.head_dim);
+    multiply(q_tile, q_pitch, 1, kt_tile, kBlockN, scores, kBlockN, round_up(rows, kRowBlock), tiles.p.head_dim,
+             kBlockN, false);
     if (kind == TileKind::Partial) {
         load_tile_columns(tiles.p.mask, b, tiles.p.mask.mask_head(q_head), kv_block * kBlockN, cols, columns);
         mask_scores(scores, rows, q_block * kBlockM, columns);
@@ -306,17 +333,20 @@ void tile_scores(const MaskTiles& tiles, TileKind kind, int32_t b, int32_t q_hea
 // ---------------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------------
+// Per-worker tiles. Rows past a tile's end (up to a whole register tile) may hold stale values:
+// they are computed with and never stored.
 struct ForwardScratch {
     std::vector<float> q, kt, v, scores, acc, row_max, row_sum, rescale;
     TileColumns columns;
 
     void allocate(const AttentionProblem& p) {
         if (!q.empty()) return;
-        q.resize(std::size_t(kBlockM) * p.head_dim);
+        const Pitches pitch(p);
+        q.resize(std::size_t(kBlockM) * pitch.head);
         kt.resize(std::size_t(p.head_dim) * kBlockN);
-        v.resize(std::size_t(kBlockN) * p.value_dim);
+        v.resize(std::size_t(kBlockN) * pitch.value);
         scores.resize(std::size_t(kBlockM) * kBlockN);
-        acc.resize(std::size_t(kBlockM) * p.value_dim);
+        acc.resize(std::size_t(kBlockM) * pitch.value);
         row_max.resize(kBlockM);
         row_sum.resize(kBlockM);
         rescale.resize(kBlockM);
@@ -327,13 +357,13 @@ struct ForwardScratch {
 template <class Storage>
 void forward_item(const MaskTiles& tiles, int64_t item, ForwardScratch& w) {
     const AttentionProblem& p = tiles.p;
+    const Pitches pitch(p);
     const int32_t q_block = int32_t(item % tiles.q_blocks);
     const int32_t h = int32_t((item / tiles.q_blocks) % p.q_heads);
     const int32_t b = int32_t(item / (int64_t(tiles.q_blocks) * p.q_heads));
     const int32_t kvh = p.kv_head(h), first_row = q_block * kBlockM, rows = tiles.rows_in(q_block);
-    const int32_t dv = p.value_dim;
 
-    load_rows<Storage>(p.q, b, first_row, h, rows, p.head_dim, p.scale, w.q.data());
+    load_rows<Storage>(p.q, b, first_row, h, rows, p.head_dim, pitch.head, p.scale, w.q.data());
     std::fill(w.acc.begin(), w.acc.end(), 0.0f);
     std::fill(w.row_max.begin(), w.row_max.end(), kNegInf);
     std::fill(w.row_sum.begin(), w.row_sum.end(), 0.0f);
@@ -343,19 +373,23 @@ void forward_item(const MaskTiles& tiles, int64_t item, ForwardScratch& w) {
         if (kind == TileKind::Skipped) continue;  // K/V of this block are never read
         const int32_t first_col = kv_block * kBlockN, cols = tiles.cols_in(kv_block);
         load_transposed<Storage>(p.k, b, first_col, kvh, cols, p.head_dim, w.kt.data());
-        load_rows<Storage>(p.v, b, first_col, kvh, cols, dv, 1.0f, w.v.data());
-        tile_scores(tiles, kind, b, h, q_block, kv_block, w.q.data(), w.kt.data(), w.scores.data(), w.columns);
+        load_rows<Storage>(p.v, b, first_col, kvh, cols, p.value_dim, pitch.value, 1.0f, w.v.data());
+        tile_scores(tiles, kind, b, h, q_block, kv_block, w.q.data(), pitch.head, w.kt.data(), w.scores.data(),
+                    w.columns);
         online_softmax_step(w.scores.data(), w.row_max.data(), w.row_sum.data(), w.rescale.data(), rows);
         for (int32_t r = 0; r < rows; ++r)
             if (w.rescale[r] != 1.0f)
-                for (int32_t d = 0; d < dv; ++d) w.acc[r * dv + d] *= w.rescale[r];
-        accumulate_rows(w.acc.data(), w.scores.data(), w.v.data(), rows, cols, dv);
+                for (int32_t d = 0; d < pitch.value; ++d) w.acc[r * pitch.value + d] *= w.rescale[r];
+        if (kind == TileKind::Partial) clear_unseen_keys(w.scores.data(), rows, cols, w.v.data(), pitch.value);
+        multiply(w.scores.data(), kBlockN, 1, w.v.data(), pitch.value, w.acc.data(), pitch.value,
+                 round_up(rows, kRowBlock), cols, pitch.value, true);
     }
 
     for (int32_t r = 0; r < rows; ++r) {
         const bool visible = w.row_sum[r] > 0.0f;
         const float inverse_sum = visible ? 1.0f / w.row_sum[r] : 0.0f;  // nothing visible: O = 0
-        store_rows<Storage>(p.out, b, first_row + r, h, 1, dv, inverse_sum, w.acc.data() + r * dv);
+        store_rows<Storage>(p.out, b, first_row + r, h, 1, p.value_dim, pitch.value, inverse_sum,
+                            w.acc.data() + r * pitch.value);
         *lse_pointer(p, b, h, first_row + r) = visible ? w.row_max[r] + std::log(w.row_sum[r]) : kNegInf;
     }
 }
@@ -369,18 +403,19 @@ struct BackwardScratch {
 
     void allocate(const AttentionProblem& p) {
         if (!q.empty()) return;
-        q.resize(std::size_t(kBlockM) * p.head_dim);
-        dout.resize(std::size_t(kBlockM) * p.value_dim);
+        const Pitches pitch(p);
+        q.resize(std::size_t(kBlockM) * pitch.head);
+        dout.resize(std::size_t(kBlockM) * pitch.value);
         lse.resize(kBlockM);
         delta.resize(kBlockM);
-        k.resize(std::size_t(kBlockN) * p.head_dim);
+        k.resize(std::size_t(kBlockN) * pitch.head);
         kt.resize(std::size_t(p.head_dim) * kBlockN);
         vt.resize(std::size_t(p.value_dim) * kBlockN);
         prob.resize(std::size_t(kBlockM) * kBlockN);
         dprob.resize(std::size_t(kBlockM) * kBlockN);
-        dq.resize(std::size_t(kBlockM) * p.head_dim);
-        dk.resize(std::size_t(kBlockN) * p.head_dim);
-        dv.resize(std::size_t(kBlockN) * p.value_dim);
+        dq.resize(std::size_t(kBlockM) * pitch.head);
+        dk.resize(std::size_t(kBlockN) * pitch.head);
+        dv.resize(std::size_t(kBlockN) * pitch.value);
     }
 };
 
@@ -403,9 +438,10 @@ template <class Storage>
 void load_query_block(const MaskTiles& tiles, const std::vector<float>& delta, int32_t b, int32_t h,
                       int32_t q_block, BackwardScratch& w) {
     const AttentionProblem& p = tiles.p;
+    const Pitches pitch(p);
     const int32_t first_row = q_block * kBlockM, rows = tiles.rows_in(q_block);
-    load_rows<Storage>(p.q, b, first_row, h, rows, p.head_dim, p.scale, w.q.data());
-    load_rows<Storage>(p.dout, b, first_row, h, rows, p.value_dim, 1.0f, w.dout.data());
+    load_rows<Storage>(p.q, b, first_row, h, rows, p.head_dim, pitch.head, p.scale, w.q.data());
+    load_rows<Storage>(p.dout, b, first_row, h, rows, p.value_dim, pitch.value, 1.0f, w.dout.data());
     const float* delta_row = delta.data() + (std::size_t(b) * p.q_heads + h) * p.nq + first_row;
     for (int32_t r = 0; r < rows; ++r) {
         w.lse[r] = *lse_pointer(p, b, h, first_row + r);
@@ -416,10 +452,12 @@ void load_query_block(const MaskTiles& tiles, const std::vector<float>& delta, i
 // P and dS of one non-skipped tile, from the loaded query block and key block (kt, vt).
 void tile_probabilities_and_gradients(const MaskTiles& tiles, TileKind kind, int32_t b, int32_t h, int32_t q_block,
                                       int32_t kv_block, BackwardScratch& w) {
+    const Pitches pitch(tiles.p);
     const int32_t rows = tiles.rows_in(q_block);
-    tile_scores(tiles, kind, b, h, q_block, kv_block, w.q.data(), w.kt.data(), w.prob.data(), w.columns);
+    tile_scores(tiles, kind, b, h, q_block, kv_block, w.q.data(), pitch.head, w.kt.data(), w.prob.data(), w.columns);
     probabilities_from_lse(w.prob.data(), w.lse.data(), rows);
-    tile_products(w.dout.data(), w.vt.data(), w.dprob.data(), rows, tiles.p.value_dim);
+    multiply(w.dout.data(), pitch.value, 1, w.vt.data(), kBlockN, w.dprob.data(), kBlockN, round_up(rows, kRowBlock),
+             tiles.p.value_dim, kBlockN, false);
     score_gradients(w.dprob.data(), w.prob.data(), w.delta.data(), rows);
 }
 
@@ -427,6 +465,7 @@ void tile_probabilities_and_gradients(const MaskTiles& tiles, TileKind kind, int
 template <class Storage>
 void dq_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t item, BackwardScratch& w) {
     const AttentionProblem& p = tiles.p;
+    const Pitches pitch(p);
     const int32_t q_block = int32_t(item % tiles.q_blocks);
     const int32_t h = int32_t((item / tiles.q_blocks) % p.q_heads);
     const int32_t b = int32_t(item / (int64_t(tiles.q_blocks) * p.q_heads));
@@ -438,13 +477,15 @@ void dq_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t it
         const TileKind kind = tiles.kind(b, h, q_block, kv_block);
         if (kind == TileKind::Skipped) continue;
         const int32_t first_col = kv_block * kBlockN, cols = tiles.cols_in(kv_block);
-        load_rows<Storage>(p.k, b, first_col, kvh, cols, p.head_dim, 1.0f, w.k.data());
+        load_rows<Storage>(p.k, b, first_col, kvh, cols, p.head_dim, pitch.head, 1.0f, w.k.data());
         load_transposed<Storage>(p.k, b, first_col, kvh, cols, p.head_dim, w.kt.data());
         load_transposed<Storage>(p.v, b, first_col, kvh, cols, p.value_dim, w.vt.data());
         tile_probabilities_and_gradients(tiles, kind, b, h, q_block, kv_block, w);
-        accumulate_rows(w.dq.data(), w.dprob.data(), w.k.data(), rows, cols, p.head_dim);
+        if (kind == TileKind::Partial) clear_unseen_keys(w.prob.data(), rows, cols, w.k.data(), pitch.head);
+        multiply(w.dprob.data(), kBlockN, 1, w.k.data(), pitch.head, w.dq.data(), pitch.head,
+                 round_up(rows, kRowBlock), cols, pitch.head, true);
     }
-    store_rows<Storage>(p.dq, b, q_block * kBlockM, h, rows, p.head_dim, p.scale, w.dq.data());
+    store_rows<Storage>(p.dq, b, q_block * kBlockM, h, rows, p.head_dim, pitch.head, p.scale, w.dq.data());
 }
 
 // dK/dV work item = (b, kv head, key block): sums over every query head of the group and
@@ -452,15 +493,17 @@ void dq_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t it
 template <class Storage>
 void dkdv_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t item, BackwardScratch& w) {
     const AttentionProblem& p = tiles.p;
+    const Pitches pitch(p);
     const int32_t kv_block = int32_t(item % tiles.kv_blocks);
     const int32_t kvh = int32_t((item / tiles.kv_blocks) % p.kv_heads);
     const int32_t b = int32_t(item / (int64_t(tiles.kv_blocks) * p.kv_heads));
     const int32_t first_col = kv_block * kBlockN, cols = tiles.cols_in(kv_block);
+    const int32_t key_rows = round_up(cols, kRowBlock);
     const int32_t group = p.q_heads / p.kv_heads;
 
     std::fill(w.dk.begin(), w.dk.end(), 0.0f);
     std::fill(w.dv.begin(), w.dv.end(), 0.0f);
-    bool loaded = false;  // K/V are read only if some tile of the column block is not skipped
+    bool loaded = false;  // K/V are read only if some tile of the key block is not skipped
     for (int32_t h = kvh * group; h < (kvh + 1) * group; ++h)
         for (int32_t q_block = 0; q_block < tiles.q_blocks; ++q_block) {
             const TileKind kind = tiles.kind(b, h, q_block, kv_block);
@@ -473,11 +516,13 @@ void dkdv_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t 
             load_query_block<Storage>(tiles, delta, b, h, q_block, w);
             tile_probabilities_and_gradients(tiles, kind, b, h, q_block, kv_block, w);
             const int32_t rows = tiles.rows_in(q_block);
-            accumulate_columns(w.dv.data(), w.prob.data(), w.dout.data(), rows, cols, p.value_dim);
-            accumulate_columns(w.dk.data(), w.dprob.data(), w.q.data(), rows, cols, p.head_dim);
+            multiply(w.prob.data(), 1, kBlockN, w.dout.data(), pitch.value, w.dv.data(), pitch.value, key_rows, rows,
+                     pitch.value, true);
+            multiply(w.dprob.data(), 1, kBlockN, w.q.data(), pitch.head, w.dk.data(), pitch.head, key_rows, rows,
+                     pitch.head, true);
         }
-    store_rows<Storage>(p.dk, b, first_col, kvh, cols, p.head_dim, 1.0f, w.dk.data());
-    store_rows<Storage>(p.dv, b, first_col, kvh, cols, p.value_dim, 1.0f, w.dv.data());
+    store_rows<Storage>(p.dk, b, first_col, kvh, cols, p.head_dim, pitch.head, 1.0f, w.dk.data());
+    store_rows<Storage>(p.dv, b, first_col, kvh, cols, p.value_dim, pitch.value, 1.0f, w.dv.data());
 }
 
 template <class Storage>
