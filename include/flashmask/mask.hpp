@@ -100,8 +100,11 @@ struct CatalogueParameters {
     // share_question: each document split into a question and 2-4 answers (fewer when short).
     std::vector<int64_t> question_lengths;
     std::vector<std::vector<int64_t>> answer_lengths;
-    int64_t window = 1;         // sliding_window, global_sliding_window: max(1, N / 8)
-    int64_t global_tokens = 0;  // global_sliding_window: max(1, N / 64), at most N
+    int64_t window = 1;         // sliding_window: max(1, N / 8) keys back
+    // global_sliding_window: max(1, N / 16) on each side, so that the window spans N / 8
+    // (SPEC §6 density 0.15 at 8K), and max(1, N / 64) global tokens, at most N.
+    int64_t global_window = 1;
+    int64_t global_tokens = 0;
     int64_t prefix_length = 0;  // prefix_lm_causal: N / 4
     std::vector<RowSpan> dropped_spans;  // qk_sparse: 1-3 random non-overlapping spans
     uint64_t eviction_seed = 0;          // random_eviction

@@ -95,7 +95,12 @@ FM_HOST_DEVICE ColumnIntervals column_intervals(const MaskView& mask, int32_t ba
     return c;
 }
 
-// Minima and maxima of the canonical bounds over the columns of one key block.
+// Minima and maxima of the canonical bounds over the columns of one key block, except that
+// empty intervals are left out of max_lower_end and min_upper_start (the two bounds that only
+// decide Full): their canonical position, [Nq, Nq) or [0, 0), says nothing about where masking
+// happens, yet would stretch those bounds across every tile of the block and turn Full tiles
+// Partial (e.g. QK-sparse and causal blockwise, whose empty columns sit beside bounded ones).
+// Either way classify() is sound; a block with no such interval holds the fold identity.
 struct BlockSummary {
     int32_t min_lower_start, max_lower_start, min_lower_end, max_lower_end;
     int32_t min_upper_start, max_upper_start, min_upper_end, max_upper_end;
@@ -106,11 +111,13 @@ struct BlockSummary {
         return {hi, lo, hi, lo, hi, lo, hi, lo};
     }
     FM_HOST_DEVICE void fold(const ColumnIntervals& c) {
+        const int32_t lower_end_if_any = c.lower_end > c.lower_start ? c.lower_end : INT32_MIN;
+        const int32_t upper_start_if_any = c.upper_end > c.upper_start ? c.upper_start : INT32_MAX;
         min_lower_start = c.lower_start < min_lower_start ? c.lower_start : min_lower_start;
         max_lower_start = c.lower_start > max_lower_start ? c.lower_start : max_lower_start;
         min_lower_end = c.lower_end < min_lower_end ? c.lower_end : min_lower_end;
-        max_lower_end = c.lower_end > max_lower_end ? c.lower_end : max_lower_end;
-        min_upper_start = c.upper_start < min_upper_start ? c.upper_start : min_upper_start;
+        max_lower_end = lower_end_if_any > max_lower_end ? lower_end_if_any : max_lower_end;
+        min_upper_start = upper_start_if_any < min_upper_start ? upper_start_if_any : min_upper_start;
         max_upper_start = c.upper_start > max_upper_start ? c.upper_start : max_upper_start;
         min_upper_end = c.upper_end < min_upper_end ? c.upper_end : min_upper_end;
         max_upper_end = c.upper_end > max_upper_end ? c.upper_end : max_upper_end;

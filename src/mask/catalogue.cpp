@@ -15,6 +15,8 @@ using mask_detail::uniform_int;
 constexpr int64_t kMinDocuments = 3;
 constexpr int64_t kMaxDocuments = 10;
 constexpr int64_t kWindowDivisor = 8;
+// global_sliding_window's window reaches both ways: half of N / 8 on each side.
+constexpr int64_t kTwoSidedWindowDivisor = 2 * kWindowDivisor;
 constexpr int64_t kPrefixDivisor = 4;
 // Not fixed by SPEC: global tokens are a small head of the sequence (1/64, at least one), the
 // answers per question are 2-4, as in the paper's share-question figure, and QK-sparse drops
@@ -68,6 +70,7 @@ CatalogueParameters catalogue_parameters(int64_t n, uint64_t seed) {
         p.answer_lengths.emplace_back(parts.begin() + 1, parts.end());
     }
     p.window = std::max<int64_t>(1, n / kWindowDivisor);
+    p.global_window = std::max<int64_t>(1, n / kTwoSidedWindowDivisor);
     p.global_tokens = std::min(n, std::max<int64_t>(1, n / kGlobalTokenDivisor));
     p.prefix_length = n / kPrefixDivisor;
     // Spans are consecutive pairs of distinct boundaries in [0, N], hence disjoint and non-empty.
@@ -93,7 +96,7 @@ const std::vector<std::pair<std::string, Builder>>& catalogue() {
         {"share_question",
          [](const CatalogueParameters& p) { return share_question_mask(p.question_lengths, p.answer_lengths); }},
         {"global_sliding_window",
-         [](const CatalogueParameters& p) { return global_sliding_window_mask(p.n, p.global_tokens, p.window); }},
+         [](const CatalogueParameters& p) { return global_sliding_window_mask(p.n, p.global_tokens, p.global_window); }},
         {"causal_blockwise", [](const CatalogueParameters& p) { return causal_blockwise_mask(p.document_lengths); }},
         {"prefix_lm_causal", [](const CatalogueParameters& p) { return prefix_lm_causal_mask(p.n, p.prefix_length); }},
         {"prefix_lm_document",

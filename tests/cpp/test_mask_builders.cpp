@@ -292,7 +292,9 @@ TEST(Builders, WindowSizeMatchesFlashAttention) {
                        "window_mask nq=" + std::to_string(nq) + " nk=" + std::to_string(nk) + " left=" +
                            std::to_string(left) + " right=" + std::to_string(right));
         // Every value the builder writes is meaningful.
-        if (const auto view = m.view()) EXPECT_FALSE(find_bad_mask_value(*view, nq).has_value());
+        if (const auto view = m.view()) {
+            EXPECT_FALSE(find_bad_mask_value(*view, nq).has_value());
+        }
     }
 }
 
@@ -376,7 +378,9 @@ TEST(Catalogue, MasksAreValidForManySizes) {
             EXPECT_EQ(m.causal, kind_of(name).causal);
             EXPECT_EQ(m.slots, kind_of(name).slots);
             EXPECT_EQ(m.indices.size(), std::size_t(n * m.slots));
-            if (const auto view = m.view()) EXPECT_NO_THROW(validate_mask(*view, m.causal, n));
+            if (const auto view = m.view()) {
+                EXPECT_NO_THROW(validate_mask(*view, m.causal, n));
+            }
             // The same seed names the same mask.
             EXPECT_EQ(catalogue_mask(name, n, seed).indices, m.indices);
         }
@@ -406,6 +410,7 @@ TEST(Catalogue, ParametersAreRealistic) {
                 for (int64_t a : answers) EXPECT_GE(a, 1);
             }
             EXPECT_EQ(p.window, std::max<int64_t>(1, n / 8));
+            EXPECT_EQ(p.global_window, std::max<int64_t>(1, n / 16));
             EXPECT_EQ(p.global_tokens, std::max<int64_t>(1, n / 64));
             EXPECT_EQ(p.prefix_length, n / 4);
             EXPECT_GE(p.dropped_spans.size(), 1u);
@@ -428,7 +433,7 @@ TEST(Catalogue, MasksFollowTheirNaturalDefinition) {
         check_causal_document(p.document_lengths, by_name("causal_document"));
         check_document(p.document_lengths, by_name("document"));
         check_share_question(p.question_lengths, p.answer_lengths, by_name("share_question"));
-        check_global_sliding_window(p.global_tokens, p.window, by_name("global_sliding_window"));
+        check_global_sliding_window(p.global_tokens, p.global_window, by_name("global_sliding_window"));
         check_causal_blockwise(p.document_lengths, by_name("causal_blockwise"));
         check_prefix_lm_causal(p.prefix_length, by_name("prefix_lm_causal"));
         check_prefix_lm_document(p.document_lengths, p.prefix_lengths, by_name("prefix_lm_document"));

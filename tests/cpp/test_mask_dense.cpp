@@ -72,7 +72,9 @@ void expect_round_trip(const MaskSpec& m, Kind target) {
     EXPECT_EQ(back.causal, target.causal);
     EXPECT_EQ(back.slots, target.slots);
     ASSERT_EQ(to_dense(back), dense);
-    if (const auto view = back.view()) EXPECT_NO_THROW(validate_mask(*view, back.causal, back.nq));
+    if (const auto view = back.view()) {
+        EXPECT_NO_THROW(validate_mask(*view, back.causal, back.nq));
+    }
     // The representation is canonical: converting again gives the very same indices.
     EXPECT_EQ(from_dense(to_dense(back).data(), m.nq, m.nk, target.causal, target.slots).indices, back.indices);
 }
@@ -167,8 +169,9 @@ TEST(FromDense, RefusalNamesTheFirstOffendingColumn) {
                         EXPECT_EQ(e.argument(), "dense_mask") << e.what();
                         EXPECT_NE(std::string(e.what()).find("column " + std::to_string(j) + " "), std::string::npos)
                             << e.what();
-                        if (above_diagonal)
+                        if (above_diagonal) {
                             EXPECT_NE(std::string(e.what()).find("above the causal diagonal"), std::string::npos) << e.what();
+                        }
                     }
                 }
     EXPECT_GT(refusals, 50);

@@ -116,7 +116,7 @@ TEST(TileClassification, SoundOnEveryCatalogueMaskInBothLayouts) {
 TEST(TileClassification, SoundOnHostileMasks) {
     auto rng = test_rng();
     const std::pair<bool, int32_t> kinds[] = {{true, 1}, {true, 2}, {false, 2}, {false, 4}};
-    for (const auto [causal, slots] : kinds)
+    for (const auto& [causal, slots] : kinds)
         for (int32_t nq : kSizes)
             for (int32_t nk : kSizes) {
                 IndexTensor t(1, 2, nk, slots, rng);
@@ -219,7 +219,7 @@ TEST(TileCounts, AgreeWithPerTileClassification) {
     auto rng = test_rng();
     constexpr int32_t kBatch = 2, kQueryHeads = 4;
     const std::pair<bool, int32_t> kinds[] = {{true, 0}, {true, 1}, {true, 2}, {false, 0}, {false, 2}, {false, 4}};
-    for (const auto [causal, slots] : kinds)
+    for (const auto& [causal, slots] : kinds)
         for (int32_t mask_heads : {1, 2, 4})
             for (int32_t nq : {17, 100})
                 for (int32_t nk : {1, 100}) {
@@ -266,7 +266,7 @@ TEST(TileCounts, AgreeWithPerTileClassification) {
 TEST(TileCounts, VisiblePairsOfHostileMasksMatchTheDenseCount) {
     auto rng = test_rng();
     const std::pair<bool, int32_t> kinds[] = {{true, 1}, {true, 2}, {false, 2}, {false, 4}};
-    for (const auto [causal, slots] : kinds)
+    for (const auto& [causal, slots] : kinds)
         for (int32_t nq : kSizes)
             for (int32_t nk : kSizes) {
                 IndexTensor t(2, 1, nk, slots, rng);
