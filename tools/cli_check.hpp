@@ -15,6 +15,7 @@
 #include "cli_format.hpp"
 #include "cli_mask.hpp"
 #include "cli_naive.hpp"
+#include "cli_progress.hpp"
 #include "cli_run.hpp"
 #include "cli_tensors.hpp"
 #include "cpu/reference.hpp"
@@ -118,7 +119,7 @@ CheckLine finish_line(const std::string& tensor, fm::DType dtype, const ErrorAcc
 }
 
 // Forward: sampled rows of the check groups of the timed run's own outputs.
-inline CheckSection check_forward(const Problem& p, uint64_t seed) {
+inline CheckSection check_forward(const Problem& p, uint64_t seed, Progress* progress) {
     const Shape& s = p.shape;
     const std::vector<Group> groups = check_groups(s);
     const std::vector<int32_t> rows = sample_rows(s.nq, seed);
@@ -151,6 +152,7 @@ inline CheckSection check_forward(const Problem& p, uint64_t seed) {
                     lse_worst = std::max(lse_worst, std::abs(ours - expected) / std::max(1.0, std::abs(expected)));
                 }
             }
+        if (progress) progress->advance(format("forward, batch %lld, kv head %lld", (long long)g.batch, (long long)g.kv_head));
     }
     CheckSection section;
     section.pass = "forward";
@@ -167,7 +169,7 @@ inline CheckSection check_forward(const Problem& p, uint64_t seed) {
 }
 
 // Backward: every row of the given groups, dQ of their query heads, dK and dV of their KV head.
-inline std::vector<CheckLine> compare_backward(const Problem& p, const std::vector<Group>& groups) {
+inline std::vector<CheckLine> compare_backward(const Problem& p, const std::vector<Group>& groups, Progress* progress) {
     const int64_t heads = p.shape.group();
     const fm::MaskView mask = p.group_mask_view();
     ErrorAccumulator error[3], naive_error[3];
@@ -188,6 +190,7 @@ inline std::vector<CheckLine> compare_backward(const Problem& p, const std::vect
                 error[t].add(ours[t][i], (*refs[t])[i]);
                 if (!naives[t]->empty()) naive_error[t].add((*naives[t])[i], (*refs[t])[i]);
             }
+        if (progress) progress->advance(format("backward, batch %lld, kv head %lld", (long long)g.batch, (long long)g.kv_head));
     }
     const char* names[3] = {"dq", "dk", "dv"};
     std::vector<CheckLine> lines;
@@ -200,21 +203,40 @@ inline double backward_check_cost(const Shape& s) {
     return kBackwardCheckCostFactor * double(s.group()) * double(s.nq) * double(s.nk) * 2.0 * double(s.head_dim);
 }
 
+// The groups of the timed run that the backward check can afford to compare (the first, and
+// the last when both fit); empty when even one is over budget.
+inline std::vector<Group> affordable_backward_groups(const Shape& s) {
+    std::vector<Group> groups = check_groups(s);
+    const double per_group = backward_check_cost(s);
+    if (per_group * double(groups.size()) > kCheckBudgetMultiplyAdds) groups.resize(1);
+    if (per_group > kCheckBudgetMultiplyAdds) groups.clear();
+    return groups;
+}
+
+// Progress units of the check: one per compared group, plus the reduced problem's run.
+inline int64_t check_progress_units(const Shape& s, bool backward) {
+    int64_t units = int64_t(check_groups(s).size());
+    if (backward) {
+        const std::size_t groups = affordable_backward_groups(s).size();
+        units += groups ? int64_t(groups) : 2;
+    }
+    return units;
+}
 
 // The backward check of the timed run when the reference can afford it; otherwise the same
 // mask kind, dtype, head dim and GQA group on the largest halved sequence length it can
 // afford, run through the library on the same device.
-inline CheckSection check_backward(const Problem& p, const std::string& mask_name, uint64_t seed, fm::Device device, int threads) {
+inline CheckSection check_backward(const Problem& p, const std::string& mask_name, uint64_t seed, fm::Device device,
+                                   int threads, Progress* progress) {
     CheckSection section;
     section.pass = "backward";
-    std::vector<Group> groups = check_groups(p.shape);
-    const double per_group = backward_check_cost(p.shape);
-    if (per_group * double(groups.size()) > kCheckBudgetMultiplyAdds) groups.resize(1);
-    if (per_group <= kCheckBudgetMultiplyAdds) {
+    const std::vector<Group> groups = affordable_backward_groups(p.shape);
+    if (!groups.empty()) {
         section.scope = describe_groups(p.shape, groups) + "; every row";
-        section.lines = compare_backward(p, groups);
+        section.lines = compare_backward(p, groups, progress);
         return section;
     }
+    const double per_group = backward_check_cost(p.shape);
     Shape reduced = p.shape;
     reduced.batch = 1;
     reduced.q_heads = p.shape.group();
@@ -232,11 +254,12 @@ inline CheckSection check_backward(const Problem& p, const std::string& mask_nam
     executor.forward(nullptr);
     executor.backward(nullptr);
     executor.fetch_outputs();
+    if (progress) progress->advance("backward, the reduced problem run");
     section.scope = format("a reduced %s problem, Nq = %lld, Nk = %lld, batch 1, kv head 0 with its %lld "
                            "query head%s, fresh inputs (the full size would cost the reference ~%.0f G multiply-adds)",
                            mask_name.c_str(), (long long)reduced.nq, (long long)reduced.nk,
                            (long long)reduced.q_heads, reduced.q_heads == 1 ? "" : "s", per_group / 1e9);
-    section.lines = compare_backward(small, {{0, 0}});
+    section.lines = compare_backward(small, {{0, 0}}, progress);
     if (small.dq.has_nan(threads) || small.dk.has_nan(threads) || small.dv.has_nan(threads)) {
         CheckLine unwritten{"unwritten (reduced)", 1.0, 0.0, std::nullopt, false};
         section.lines.push_back(unwritten);

@@ -93,7 +93,8 @@ inline void check_memory(const Shape& s, fm::DType dtype, bool backward, int32_t
 
 // Allocates every tensor, fills the inputs with normals from `seed` and poisons the outputs
 // with NaN, so that an element the library never wrote shows up in the check.
-inline Problem make_problem(const Shape& s, fm::DType dtype, fm::MaskSpec mask, bool backward, uint64_t seed, int threads) {
+inline Problem make_problem(const Shape& s, fm::DType dtype, fm::MaskSpec mask, bool backward, uint64_t seed, int threads,
+                            bool show_progress = false) {
     check_memory(s, dtype, backward, mask.slots);
     Problem p;
     p.shape = s;
@@ -106,26 +107,32 @@ inline Problem make_problem(const Shape& s, fm::DType dtype, fm::MaskSpec mask, 
         for (int64_t b = 0; b < s.batch; ++b)
             std::copy(p.mask.indices.begin(), p.mask.indices.end(), dst + b * int64_t(p.mask.indices.size()));
     }
-    p.q = HostTensor(dtype, {s.batch, s.nq, s.q_heads, s.head_dim});
-    p.k = HostTensor(dtype, {s.batch, s.nk, s.kv_heads, s.head_dim});
-    p.v = HostTensor(dtype, {s.batch, s.nk, s.kv_heads, s.head_dim});
-    p.out = HostTensor(dtype, {s.batch, s.nq, s.q_heads, s.head_dim});
-    p.lse = HostTensor(fm::DType::Float32, {s.batch, s.q_heads, s.nq});
-    p.q.fill_normal(seed, kStreamQ, threads);
-    p.k.fill_normal(seed, kStreamK, threads);
-    p.v.fill_normal(seed, kStreamV, threads);
+    const std::vector<int64_t> q_shape = {s.batch, s.nq, s.q_heads, s.head_dim};
+    const std::vector<int64_t> kv_shape = {s.batch, s.nk, s.kv_heads, s.head_dim};
     const float poison = std::numeric_limits<float>::quiet_NaN();
-    p.out.fill(poison, threads);
-    p.lse.fill(poison, threads);
+    // Inputs get normals from their own stream of the seed; outputs get NaN poison.
+    struct Fill { HostTensor* tensor; std::vector<int64_t> shape; DType dtype; std::optional<uint64_t> stream; const char* name; };
+    std::vector<Fill> fills = {{&p.q, q_shape, dtype, kStreamQ, "q"},
+                               {&p.k, kv_shape, dtype, kStreamK, "k"},
+                               {&p.v, kv_shape, dtype, kStreamV, "v"},
+                               {&p.out, q_shape, dtype, std::nullopt, "out"},
+                               {&p.lse, {s.batch, s.q_heads, s.nq}, fm::DType::Float32, std::nullopt, "lse"}};
     if (backward) {
-        p.dout = HostTensor(dtype, {s.batch, s.nq, s.q_heads, s.head_dim});
-        p.dq = HostTensor(dtype, {s.batch, s.nq, s.q_heads, s.head_dim});
-        p.dk = HostTensor(dtype, {s.batch, s.nk, s.kv_heads, s.head_dim});
-        p.dv = HostTensor(dtype, {s.batch, s.nk, s.kv_heads, s.head_dim});
-        p.dout.fill_normal(seed, kStreamDout, threads);
-        p.dq.fill(poison, threads);
-        p.dk.fill(poison, threads);
-        p.dv.fill(poison, threads);
+        fills.push_back({&p.dout, q_shape, dtype, kStreamDout, "dout"});
+        fills.push_back({&p.dq, q_shape, dtype, std::nullopt, "dq"});
+        fills.push_back({&p.dk, kv_shape, dtype, std::nullopt, "dk"});
+        fills.push_back({&p.dv, kv_shape, dtype, std::nullopt, "dv"});
+    }
+    std::optional<Progress> progress;
+    if (show_progress) progress.emplace("inputs", int64_t(fills.size()));
+    for (Fill& f : fills) {
+        *f.tensor = HostTensor(f.dtype, f.shape);
+        if (f.stream) {
+            f.tensor->fill_normal(seed, *f.stream, threads);
+        } else {
+            f.tensor->fill(poison, threads);
+        }
+        if (progress) progress->advance(f.name);
     }
     return p;
 }

@@ -98,7 +98,9 @@ const std::vector<OptionSpec>& run_options() {
             {"repeats", "R", "timed passes, median reported (default: 1 on cpu, 20 on cuda)"},
             {"threads", "T", "CPU threads (default: 0 = all)"},
         };
-        list.insert(list.end(), more.begin(), more.end());
+        // After the sizes (mask, seqlen, seqlen-k), before the rest (seed, blocks, json).
+        constexpr std::ptrdiff_t kSizeOptions = 3;
+        list.insert(list.begin() + kSizeOptions, more.begin(), more.end());
         return list;
     }();
     return specs;
@@ -326,7 +328,8 @@ int command_run(const std::vector<std::string>& argv) {
         std::fflush(stdout);
     }
 
-    Problem problem = make_problem(s, settings.dtype, report.spec, settings.backward, settings.seed, settings.threads);
+    Problem problem = make_problem(s, settings.dtype, report.spec, settings.backward, settings.seed, settings.threads,
+                                   /*show_progress=*/true);
     Executor executor(problem, settings.device, settings.threads);
     const double pairs = double(report.stats.visible_pairs) * double(s.batch) * double(s.q_heads);
     const double forward_flops = kForwardFlopsPerPairPerDim * double(s.head_dim) * pairs;
@@ -352,8 +355,12 @@ int command_run(const std::vector<std::string>& argv) {
         const int t = settings.threads;
         all_written = !problem.out.has_nan(t) && !problem.lse.has_nan(t) &&
                       (!settings.backward || (!problem.dq.has_nan(t) && !problem.dk.has_nan(t) && !problem.dv.has_nan(t)));
-        checks.push_back(check_forward(problem, settings.seed));
-        if (settings.backward) checks.push_back(check_backward(problem, settings.mask_name, settings.seed, settings.device, settings.threads));
+        Progress progress("check", check_progress_units(s, settings.backward));
+        checks.push_back(check_forward(problem, settings.seed, &progress));
+        if (settings.backward)
+            checks.push_back(check_backward(problem, settings.mask_name, settings.seed, settings.device, settings.threads,
+                                            &progress));
+        progress.finish();
     }
     bool pass = all_written;
     for (const CheckSection& c : checks)
