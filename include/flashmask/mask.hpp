@@ -55,9 +55,13 @@ struct MaskSpec {
     MaskView mask_view() const;
 };
 
-// The catalogue (SPEC §3). N is the sequence length (Nq = Nk = N) unless stated.
+// The catalogue (SPEC §3). N is the sequence length (Nq = Nk = N) unless stated. Lengths may
+// be 0 (an empty document is harmless) but not negative, and N is at most 2^31 - 1; a bad
+// parameter throws Error(InvalidArgument) naming it. Empty intervals are written as the
+// paper's examples write them: lower (N, N), upper (0, 0).
 MaskSpec full_mask(int64_t n);
 MaskSpec causal_mask(int64_t n);
+// Causal; row i sees the `window` keys (i - window, i].
 MaskSpec sliding_window_mask(int64_t n, int64_t window);
 MaskSpec causal_document_mask(const std::vector<int64_t>& document_lengths);
 MaskSpec document_mask(const std::vector<int64_t>& document_lengths);
@@ -65,6 +69,8 @@ MaskSpec document_mask(const std::vector<int64_t>& document_lengths);
 // other answers. Lengths: question_lengths[d], answer_lengths[d][a].
 MaskSpec share_question_mask(const std::vector<int64_t>& question_lengths,
                              const std::vector<std::vector<int64_t>>& answer_lengths);
+// Rows i < g see every key, keys j < g are seen by every row, and otherwise row i sees key j
+// iff |i - j| < window (the paper's example: n = 10, g = 2, window = 2).
 MaskSpec global_sliding_window_mask(int64_t n, int64_t global_tokens, int64_t window);
 MaskSpec causal_blockwise_mask(const std::vector<int64_t>& document_lengths);
 MaskSpec prefix_lm_causal_mask(int64_t n, int64_t prefix_length);
@@ -119,8 +125,18 @@ CatalogueParameters catalogue_parameters(int64_t n, uint64_t seed);
 std::vector<uint8_t> to_dense(const MaskView& mask, int32_t batch, int32_t mask_head);
 std::vector<uint8_t> to_dense(const MaskSpec& mask);
 
-// The exact interval form of a dense [Nq, Nk] visibility mask for the requested (causal, C).
-// Throws Error(InvalidArgument, "dense_mask") naming the first column that has no such form.
+// The exact interval form of a dense [Nq, Nk] visibility mask (nonzero = visible) for the
+// requested (causal, C); C = 0 asks for no index tensor (the mask must then be full, or plain
+// causal). Throws Error(InvalidArgument, "dense_mask") naming the first column that has no such
+// form and why (with causal, any visible row above the diagonal), and Error(..., "slots") for
+// a C not allowed with `causal`. The result is canonical, so converting it back and forth
+// gives the very same indices:
+//   * each interval is as small as the column allows (with causal it starts at the diagonal
+//     at the earliest); empty lower intervals are (Nq, Nq), empty upper ones (0, 0);
+//   * a fully masked column is one lower interval, [0, Nq) or with causal [diagonal, Nq)
+//     (not causal, C = 2: LTS = UTE = 0);
+//   * C = 4: of two masked runs the upper interval is the one above; a single run is the upper
+//     interval only if it starts at row 0 and stops short of Nq, otherwise the lower one.
 MaskSpec from_dense(const uint8_t* visible, int64_t nq, int64_t nk, bool causal, int32_t slots);
 
 // ---------------------------------------------------------------------------------------------

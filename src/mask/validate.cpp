@@ -39,8 +39,8 @@ const char* slot_name(MaskLayout layout, int64_t slot) {
     return "?";
 }
 
-// What can be judged from the tensor alone: dtype, rank, C against `causal`, strides, data.
-void check_indices_tensor(const TensorView& t, bool causal) {
+// What makes the tensor safe to read: dtype, rank, extents, strides, data.
+void check_indices_storage(const TensorView& t) {
     if (t.dtype != DType::Int32)
         throw Error(ErrorCode::WrongDType, kIndices,
                     std::string(kIndices) + " must be int32, got " + to_string(t.dtype));
@@ -48,8 +48,6 @@ void check_indices_tensor(const TensorView& t, bool causal) {
         refuse_indices(t, "expected rank 4 [B, Hm, Nk, C], got rank " + std::to_string(t.rank));
     for (int d = 0; d < kIndicesRank; ++d)
         if (t.shape[d] < 0) refuse_indices(t, "negative extent in dimension " + std::to_string(d));
-    if (mask_layout_for(causal, t.shape[kSlotDim]) == MaskLayout::None)
-        refuse_indices(t, "C = " + std::to_string(t.shape[kSlotDim]) + " is not allowed; expected " + allowed_slots(causal));
     for (int d = 0; d < kIndicesRank; ++d)
         if (t.strides[d] < 0)
             refuse_indices(t, "negative stride " + std::to_string(t.strides[d]) + " in dimension " + std::to_string(d) +
@@ -59,6 +57,13 @@ void check_indices_tensor(const TensorView& t, bool causal) {
         refuse_indices(t, "the last dimension (C) must be contiguous (stride 1), got stride " +
                               std::to_string(t.strides[kSlotDim]));
     if (t.data == nullptr && t.numel() > 0) refuse_indices(t, "data pointer is null");
+}
+
+// What can be judged from the tensor alone: the storage checks and C against `causal`.
+void check_indices_tensor(const TensorView& t, bool causal) {
+    check_indices_storage(t);
+    if (mask_layout_for(causal, t.shape[kSlotDim]) == MaskLayout::None)
+        refuse_indices(t, "C = " + std::to_string(t.shape[kSlotDim]) + " is not allowed; expected " + allowed_slots(causal));
 }
 
 }  // namespace
@@ -116,9 +121,7 @@ std::optional<BadMaskValue> find_bad_mask_value(const TensorView& t, int64_t nq)
         throw Error(ErrorCode::Unsupported, kIndices,
                     std::string(kIndices) + ": find_bad_mask_value reads host memory, got a " + to_string(t.device) +
                         " tensor");
-    if (t.dtype != DType::Int32)
-        throw Error(ErrorCode::WrongDType, kIndices, std::string(kIndices) + " must be int32, got " + to_string(t.dtype));
-    if (t.rank != kIndicesRank) refuse_indices(t, "expected rank 4 [B, Hm, Nk, C], got rank " + std::to_string(t.rank));
+    check_indices_storage(t);
     if (t.numel() == 0) return std::nullopt;
     const auto* data = static_cast<const int32_t*>(t.data);
     for (int64_t b = 0; b < t.shape[kBatchDim]; ++b)
