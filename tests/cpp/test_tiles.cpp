@@ -106,7 +106,10 @@ TEST(TileClassification, SoundOnEveryCatalogueMaskInBothLayouts) {
                     }
         }
     }
-    // Not an assertion: where the min/max classification is conservative, and by how much.
+    // Not an assertion: where the min/max classification is conservative, and by how much. What
+    // remains is inherent to summarising two intervals by their bounds: a tile masked partly by
+    // one interval and partly by the other (e.g. QK-sparse on the diagonal of a dropped span,
+    // where causal hides [0, j) and the span hides [j, end)) is called Partial.
     for (const auto& [name, t] : totals)
         std::printf("  %-22s skipped %6lld partial %6lld full %6lld | partial but uniform: %lld masked, %lld visible\n",
                     name.c_str(), (long long)t.skipped, (long long)t.partial, (long long)t.full,
