@@ -66,7 +66,7 @@ inline std::string describe_parameters(const std::string& name, int64_t n, uint6
     if (name == "causal_document" || name == "document") return documents;
     if (name == "causal_blockwise") return documents + " (the last sees all earlier ones)";
     if (name == "global_sliding_window")
-        return std::to_string(p.global_tokens) + " global tokens, window " + std::to_string(p.window);
+        return std::to_string(p.global_tokens) + " global tokens, window " + std::to_string(p.global_window) + " on each side";
     if (name == "prefix_lm_causal") return "prefix " + std::to_string(p.prefix_length);
     if (name == "prefix_lm_document") return documents + "; prefixes " + join_numbers(p.prefix_lengths);
     if (name == "share_question") {
