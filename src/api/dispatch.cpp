@@ -10,6 +10,7 @@
 //     and Hq % Hk needs Hk > 0.
 #include <cmath>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,11 @@ struct NamedTensor {
     const TensorView* view;
     const char* layout;  // e.g. "[B, Nq, Hq, D]"
     bool is_output;
+};
+
+// The sizes every operand is checked against, read from q, k and v.
+struct Sizes {
+    int64_t batch, nq, nk, q_heads, kv_heads, head_dim, value_dim;
 };
 
 class Validator {
@@ -60,9 +66,10 @@ public:
         }
         if (!v.last_dim_contiguous())
             refuse(ErrorCode::InvalidArgument, t.name,
-                   "the last dimension must be contiguous (stride 1), got strides " + strides_string(v));
+                   "strides " + strides_string(v) + ", expected stride 1 in the last dimension (contiguous rows)");
         if (v.data == nullptr && v.numel() > 0)
-            refuse(ErrorCode::InvalidArgument, t.name, "data pointer is null for shape " + shape_string(v));
+            refuse(ErrorCode::InvalidArgument, t.name,
+                   "data pointer is null for shape " + shape_string(v) + ", expected the address of its elements");
         if (t.is_output)
             for (int d = 0; d < v.rank; ++d)
                 if (v.strides[d] == 0 && v.shape[d] > 1)
@@ -94,6 +101,15 @@ public:
                        origin + ")");
     }
 
+    // The mask model's own shape check (one implementation), its message prefixed like ours.
+    void check_mask(const TensorView& indices, bool causal, const Sizes& s) const {
+        try {
+            check_mask_shape(indices, causal, s.batch, s.nq, s.nk, s.q_heads, s.kv_heads);
+        } catch (const Error& e) {
+            throw Error(e.code(), e.argument(), std::string("flashmask::") + function_ + ": " + e.what());
+        }
+    }
+
     static std::string strides_string(const TensorView& v) {
         std::vector<int64_t> strides(v.strides.begin(), v.strides.begin() + v.rank);
         return extents_string(strides);
@@ -111,20 +127,18 @@ private:
     const char* function_;
 };
 
-// The sizes every operand is checked against, read from q, k and v.
-struct Sizes {
-    int64_t batch, nq, nk, q_heads, kv_heads, head_dim, value_dim;
-};
-
 // Checks what forward and backward share: q, k, v, out, lse (+ dout, dq, dk, dv in `extra`),
 // the index tensor, scale and num_threads. Returns the sizes.
 Sizes validate(const Validator& check, const TensorView& q, const TensorView& k, const TensorView& v,
                const TensorView& out, const TensorView& lse, const std::vector<NamedTensor>& extra,
                const std::optional<TensorView>& indices, bool causal, const std::optional<float>& scale,
                int num_threads) {
-    if (scale && !(std::isfinite(*scale) && *scale > 0.0f))
+    if (scale && !(std::isfinite(*scale) && *scale > 0.0f)) {
+        std::ostringstream given;
+        given << *scale;
         check.refuse(ErrorCode::InvalidArgument, "scale",
-                     "got " + std::to_string(*scale) + ", expected a finite value > 0 (or none for 1/sqrt(D))");
+                     "got " + given.str() + ", expected a finite value > 0 (or none for 1/sqrt(D))");
+    }
     if (num_threads < 0)
         check.refuse(ErrorCode::InvalidArgument, "num_threads",
                      "got " + std::to_string(num_threads) + ", expected >= 0 (0 = all hardware threads)");
@@ -176,7 +190,7 @@ Sizes validate(const Validator& check, const TensorView& q, const TensorView& k,
         check.refuse(ErrorCode::InvalidArgument, "k",
                      "Hk = " + std::to_string(s.kv_heads) + " does not divide Hq = " + std::to_string(s.q_heads) +
                          "; expected Hq % Hk == 0 (grouped-query attention)");
-    if (indices) check_mask_shape(*indices, causal, s.batch, s.nq, s.nk, s.q_heads, s.kv_heads);
+    if (indices) check.check_mask(*indices, causal, s);
     return s;
 }
 
@@ -206,7 +220,7 @@ AttentionProblem make_problem(const Sizes& s, DType dtype, const std::optional<T
 [[noreturn]] void refuse_cuda(const char* function) {
     throw Error(ErrorCode::Unsupported, "q",
                 std::string("flashmask::") + function +
-                    ": q is a CUDA tensor, but CUDA kernels are not built yet; pass CPU tensors "
+                    ": q: a CUDA tensor, but CUDA kernels are not built yet; expected CPU tensors "
                     "(the CPU path takes float32, float16 and bfloat16)");
 }
 
