@@ -1,5 +1,5 @@
 // Progress for long runs of the flashmask tool: "[k/n] what | elapsed, eta" on stderr, shown
-// only once a run has lasted kProgressDelaySeconds, redrawn in place on a terminal and printed
+// only once a run has lasted progress_delay_seconds(), redrawn in place on a terminal and printed
 // as occasional plain lines otherwise (logs, CI).
 #pragma once
 
@@ -8,12 +8,24 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 namespace flashmask::cli {
 
 // Runs shorter than this print nothing ("a run longer than a couple of seconds shows progress").
+// The environment variable FLASHMASK_PROGRESS_AFTER (seconds) overrides it, e.g. 0 in tests.
 inline constexpr double kProgressDelaySeconds = 1.0;
+
+inline double progress_delay_seconds() {
+    static const double delay = [] {
+        const char* text = std::getenv("FLASHMASK_PROGRESS_AFTER");
+        char* end = nullptr;
+        const double value = text ? std::strtod(text, &end) : 0.0;
+        return text && end != text && *end == '\0' && value >= 0.0 ? value : kProgressDelaySeconds;
+    }();
+    return delay;
+}
 // Without a terminal every update is a new line: at most one line per this many seconds.
 inline constexpr double kProgressLineIntervalSeconds = 5.0;
 
@@ -31,7 +43,7 @@ public:
     void advance(const std::string& detail) {
         ++done_;
         const double elapsed = seconds_since(start_);
-        if (elapsed < kProgressDelaySeconds || done_ >= total_) return;
+        if (elapsed < progress_delay_seconds() || done_ >= total_) return;
         if (!terminal_ && printed_ && seconds_since(last_print_) < kProgressLineIntervalSeconds) return;
         const double eta = elapsed / double(done_) * double(total_ - done_);
         char line[256];

@@ -228,7 +228,8 @@ public:
     int64_t chunk_count() const { return int64_t(chunks_.size()); }
 
     // One timed forward pass over the whole problem; seconds.
-    double forward(Progress* progress) {
+    // `step` prefixes each progress line (e.g. "repeat 2/3, ").
+    double forward(Progress* progress, const std::string& step = "") {
         return timed([&] {
             for (const Chunk& c : chunks_) {
                 fm::ForwardArgs a;
@@ -243,13 +244,13 @@ public:
                 a.scale = p_.scale;
                 a.num_threads = threads_;
                 fm::forward(a);
-                if (progress) progress->advance(c.label());
+                if (progress) progress->advance(step + c.label());
             }
         });
     }
 
     // One timed backward pass (needs a forward pass first: it reads out and lse); seconds.
-    double backward(Progress* progress) {
+    double backward(Progress* progress, const std::string& step = "") {
         return timed([&] {
             for (const Chunk& c : chunks_) {
                 fm::BackwardArgs a;
@@ -268,7 +269,7 @@ public:
                 a.scale = p_.scale;
                 a.num_threads = threads_;
                 fm::backward(a);
-                if (progress) progress->advance(c.label());
+                if (progress) progress->advance(step + c.label());
             }
         });
     }
@@ -341,7 +342,10 @@ inline Timing time_passes(Executor& executor, fm::Device device, bool backward, 
         for (int i = 0; i < kCudaWarmupRuns; ++i) backward ? executor.backward(nullptr) : executor.forward(nullptr);
     Timing t;
     Progress progress(label, repeats * executor.chunk_count());
-    for (int64_t r = 0; r < repeats; ++r) t.seconds.push_back(backward ? executor.backward(&progress) : executor.forward(&progress));
+    for (int64_t r = 0; r < repeats; ++r) {
+        const std::string step = repeats > 1 ? format("repeat %lld/%lld, ", (long long)r + 1, (long long)repeats) : "";
+        t.seconds.push_back(backward ? executor.backward(&progress, step) : executor.forward(&progress, step));
+    }
     progress.finish();
     t.median_seconds = median(t.seconds);
     return t;
