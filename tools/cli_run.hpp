@@ -6,12 +6,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iterator>
 #include <chrono>
 #include <cmath>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cli_args.hpp"
@@ -214,9 +216,9 @@ public:
             if (p.mask.has_indices()) mask_ = p.mask_indices.view();
         } else {
 #if FLASHMASK_WITH_CUDA
-            auto upload = [&](const HostTensor& host) {
-                device_tensors_.push_back(std::make_unique<DeviceTensor>(host));
-                return device_tensors_.back()->view();
+            auto upload = [&](HostTensor& host) {
+                device_tensors_.emplace_back(&host, std::make_unique<DeviceTensor>(host));
+                return device_tensors_.back().second->view();
             };
             q_ = upload(p.q); k_ = upload(p.k); v_ = upload(p.v); out_ = upload(p.out); lse_ = upload(p.lse);
             if (p.dout.numel()) { dout_ = upload(p.dout); dq_ = upload(p.dq); dk_ = upload(p.dk); dv_ = upload(p.dv); }
@@ -278,14 +280,9 @@ public:
     void fetch_outputs() {
 #if FLASHMASK_WITH_CUDA
         if (device_ != fm::Device::CUDA) return;
-        // The device tensors were uploaded in this order: q, k, v, out, lse, [dout, dq, dk, dv].
-        device_tensors_[3]->download(p_.out);
-        device_tensors_[4]->download(p_.lse);
-        if (p_.dout.numel()) {
-            device_tensors_[6]->download(p_.dq);
-            device_tensors_[7]->download(p_.dk);
-            device_tensors_[8]->download(p_.dv);
-        }
+        const HostTensor* outputs[] = {&p_.out, &p_.lse, &p_.dq, &p_.dk, &p_.dv};
+        for (auto& [host, device] : device_tensors_)
+            if (std::find(std::begin(outputs), std::end(outputs), host) != std::end(outputs)) device->download(*host);
 #endif
     }
 
@@ -320,7 +317,7 @@ private:
     fm::TensorView q_, k_, v_, out_, lse_, dout_, dq_, dk_, dv_;
     std::optional<fm::TensorView> mask_;
 #if FLASHMASK_WITH_CUDA
-    std::vector<std::unique_ptr<DeviceTensor>> device_tensors_;
+    std::vector<std::pair<HostTensor*, std::unique_ptr<DeviceTensor>>> device_tensors_;  // host -> its device copy
 #endif
 };
 
