@@ -52,6 +52,7 @@ struct MaskSpec {
     std::vector<int32_t> vector(int slot) const;
     // A [1, 1, Nk, C] view (indices must outlive it); nullopt when there are no indices.
     std::optional<TensorView> view() const;
+    // A view that broadcasts this mask over every batch entry and head (zero strides).
     MaskView mask_view() const;
 };
 

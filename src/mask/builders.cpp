@@ -30,7 +30,14 @@ std::optional<TensorView> MaskSpec::view() const {
     return make_contiguous_view(const_cast<int32_t*>(indices.data()), DType::Int32, {1, 1, nk, slots});
 }
 
-MaskView MaskSpec::mask_view() const { return make_mask_view(view(), causal, nq, nk, 1); }
+MaskView MaskSpec::mask_view() const {
+    MaskView mask = make_mask_view(view(), causal, nq, nk, 1);
+    // One sequence's mask serves every batch entry and head: zero strides broadcast it, so the
+    // view is safe to read with any (batch, head).
+    mask.stride_batch = 0;
+    mask.stride_head = 0;
+    return mask;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Builders
