@@ -11,16 +11,16 @@
 #include "flashmask/float16.hpp"
 #include "flashmask/mask.hpp"
 
-// The hot loops below are plain loops over float arrays that the compiler vectorizes. On x86-64
-// Linux with GCC, each is also compiled for AVX2 + FMA (x86-64-v3) and the best clone is picked
-// at load time, so a portable build still runs at AVX2 speed where the CPU has it.
+// The hot loops below are written on SIMD vectors (GCC/Clang vector extensions) or as plain loops
+// the compiler vectorizes. On x86-64 Linux with GCC, each is also compiled for AVX2 + FMA
+// (x86-64-v3) and the best clone is picked at load time, so a portable build still runs at AVX2
+// speed where the CPU has it.
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
 #define FM_SIMD_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
 #else
 #define FM_SIMD_CLONES
 #endif
-// The matrix-product kernel below uses GCC/Clang vector extensions; 32-byte vectors passed
-// between inlined helpers in the baseline clone draw a harmless ABI note.
+// 32-byte vectors passed between inlined helpers in the baseline clone draw a harmless ABI note.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace flashmask::cpu {
@@ -95,41 +95,14 @@ float* lse_pointer(const AttentionProblem& p, int64_t b, int64_t h, int64_t row)
 // Vectorizable float arithmetic
 // ---------------------------------------------------------------------------------------------
 
-// e^x in float to within a couple of ulp, as straight-line arithmetic the compiler vectorizes
-// (std::exp is a library call, which keeps the softmax loops scalar). Cody-Waite reduction
-// x = n ln2 + r, |r| <= ln2/2, and Cephes' degree-6 polynomial for e^r. Inputs below the
-// smallest normal float's log, -inf included, give exactly 0: a masked score's probability.
-[[gnu::always_inline]] inline float exp_float(float x) {
-    constexpr float kLog2e = 1.44269504088896341f;
-    constexpr float kLn2High = 0.693359375f;  // ln 2 = kLn2High + kLn2Low, kLn2High exact in few bits
-    constexpr float kLn2Low = -2.12194440e-4f;
-    constexpr float kMinArgument = -87.33654475f;  // ln(FLT_MIN): below it, return 0
-    constexpr float kMaxArgument = 88.0f;           // keeps 2^n finite (n <= 127)
-    constexpr float kRoundingShift = 12582912.0f;   // 1.5 * 2^23: (t + shift) - shift rounds t
-    const float clamped = x > kMaxArgument ? kMaxArgument : (x < kMinArgument ? kMinArgument : x);
-    const float n = (clamped * kLog2e + kRoundingShift) - kRoundingShift;
-    const float r = (clamped - n * kLn2High) - n * kLn2Low;
-    float poly = 1.9875691500e-4f;
-    poly = poly * r + 1.3981999507e-3f;
-    poly = poly * r + 8.3334519073e-3f;
-    poly = poly * r + 4.1665795894e-2f;
-    poly = poly * r + 1.6666665459e-1f;
-    poly = poly * r + 5.0000001201e-1f;
-    poly = poly * r * r + r + 1.0f;
-    const float two_to_n = std::bit_cast<float>((int32_t(n) + 127) << 23);
-    return x < kMinArgument ? 0.0f : poly * two_to_n;
-}
-
-// The register tile of multiply(): kRowBlock rows x kColumnBlock columns of the output, held in
-// 8 vector accumulators (with AVX2: 4 x 2 ymm registers, leaving room for the two B vectors and
-// the broadcast A value). Buffers are padded so that every product covers whole register tiles.
-constexpr int32_t kRowBlock = 4;
-constexpr int32_t kVectorWidth = 8;  // floats per vector (one AVX register)
-constexpr int32_t kVectorsPerRow = 2;
-constexpr int32_t kColumnBlock = kVectorWidth * kVectorsPerRow;
-static_assert(kBlockM % kRowBlock == 0 && kBlockN % kRowBlock == 0 && kBlockN % kColumnBlock == 0);
-
+// Explicit SIMD through GCC/Clang vector extensions: the compiler's auto-vectorizer gives up on
+// the selects of the softmax (with IEEE trapping semantics), so those loops are written on
+// vectors directly. In the baseline clone a vector is lowered to SSE pairs.
+constexpr int32_t kVectorWidth = 8;  // floats per vector: one AVX register
 typedef float FloatVector __attribute__((vector_size(kVectorWidth * sizeof(float))));
+typedef int32_t IntVector __attribute__((vector_size(kVectorWidth * sizeof(int32_t))));
+static_assert(kBlockN % kVectorWidth == 0);
+constexpr int32_t kVectorsPerScoreRow = kBlockN / kVectorWidth;
 
 [[gnu::always_inline]] inline FloatVector load_vector(const float* p) {
     FloatVector v;
@@ -137,6 +110,58 @@ typedef float FloatVector __attribute__((vector_size(kVectorWidth * sizeof(float
     return v;
 }
 [[gnu::always_inline]] inline void store_vector(float* p, FloatVector v) { std::memcpy(p, &v, sizeof v); }
+[[gnu::always_inline]] inline FloatVector broadcast(float x) { return FloatVector{} + x; }
+[[gnu::always_inline]] inline FloatVector vector_max(FloatVector a, FloatVector b) { return a > b ? a : b; }
+// Horizontal reductions as a tree of lane swaps (halves, quarters, neighbours): three vector
+// steps instead of a chain of seven scalar ones.
+template <class Combine>
+[[gnu::always_inline]] inline float horizontal(FloatVector v, Combine combine) {
+    static_assert(kVectorWidth == 8);
+    v = combine(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));
+    v = combine(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5));
+    v = combine(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+    return v[0];
+}
+[[gnu::always_inline]] inline float horizontal_max(FloatVector v) { return horizontal(v, vector_max); }
+[[gnu::always_inline]] inline float horizontal_sum(FloatVector v) {
+    return horizontal(v, [](FloatVector a, FloatVector b) { return a + b; });
+}
+
+// e^x in float to within a couple of ulp: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2,
+// Cephes' degree-6 polynomial for e^r, and 2^n built in the exponent bits. Inputs below -87,
+// -inf included, give exactly 0 (a masked score's probability): e^-87 is just above the
+// smallest normal float, so no subnormal is ever formed, not even in the discarded lanes
+// (each costs a microcode assist of ~100 cycles). NaN stays NaN.
+[[gnu::always_inline]] inline FloatVector exp_vector(FloatVector x) {
+    constexpr float kLog2e = 1.44269504088896341f;
+    constexpr float kLn2High = 0.693359375f;  // ln 2 = kLn2High + kLn2Low, kLn2High exact in few bits
+    constexpr float kLn2Low = -2.12194440e-4f;
+    constexpr float kMinArgument = -87.0f;          // e^-87 > FLT_MIN: below it, return 0
+    constexpr float kMaxArgument = 88.0f;           // keeps 2^n finite (n <= 127)
+    constexpr float kRoundingShift = 12582912.0f;   // 1.5 * 2^23: (t + shift) - shift rounds t
+    constexpr int32_t kExponentBias = 127, kMantissaBits = 23;
+    FloatVector clamped = x < kMinArgument ? broadcast(kMinArgument) : x;
+    clamped = clamped > kMaxArgument ? broadcast(kMaxArgument) : clamped;
+    const FloatVector n = (clamped * kLog2e + kRoundingShift) - kRoundingShift;
+    const FloatVector r = (clamped - n * kLn2High) - n * kLn2Low;
+    FloatVector poly = broadcast(1.9875691500e-4f);
+    poly = poly * r + 1.3981999507e-3f;
+    poly = poly * r + 8.3334519073e-3f;
+    poly = poly * r + 4.1665795894e-2f;
+    poly = poly * r + 1.6666665459e-1f;
+    poly = poly * r + 5.0000001201e-1f;
+    poly = poly * r * r + r + 1.0f;
+    const IntVector exponent = (__builtin_convertvector(n, IntVector) + kExponentBias) << kMantissaBits;
+    const FloatVector two_to_n = std::bit_cast<FloatVector>(exponent);
+    return x < kMinArgument ? FloatVector{} : poly * two_to_n;
+}
+// The register tile of multiply(): kRowBlock rows x kColumnBlock columns of the output, held in
+// 8 vector accumulators (with AVX2: 4 x 2 ymm registers, leaving room for the two B vectors and
+// the broadcast A value). Buffers are padded so that every product covers whole register tiles.
+constexpr int32_t kRowBlock = 4;
+constexpr int32_t kVectorsPerRow = 2;
+constexpr int32_t kColumnBlock = kVectorWidth * kVectorsPerRow;
+static_assert(kBlockM % kRowBlock == 0 && kBlockN % kRowBlock == 0 && kBlockN % kColumnBlock == 0);
 
 int32_t round_up(int32_t n, int32_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
@@ -220,41 +245,38 @@ void mask_padding_columns(float* scores, int32_t rows, int32_t cols) {
         for (int32_t c = cols; c < kBlockN; ++c) scores[r * kBlockN + c] = kNegInf;
 }
 
-// Lanes of the partial maxima / sums below: enough independent chains for the compiler to
-// turn each into one SIMD register (8 floats = one AVX register).
-constexpr int32_t kReductionLanes = 8;
-static_assert(kBlockN % kReductionLanes == 0);
-
 // One step of the online softmax over a tile of scores, in place: scores become
 // P = exp(s - new_max); row_max / row_sum are updated and rescale[r] = exp(old_max - new_max)
 // is the factor by which the row's output accumulator must shrink. Rows with nothing visible so
-// far keep max = -inf, sum = 0, and get P = 0.
+// far keep max = -inf, sum = 0, and get P = 0 and rescale 1. Each phase is a loop over
+// independent rows, so that their dependency chains (reductions, exp) overlap.
 FM_SIMD_CLONES void online_softmax_step(float* __restrict scores, float* __restrict row_max,
                                         float* __restrict row_sum, float* __restrict rescale, int32_t rows) {
+    float new_max[kBlockM];
     for (int32_t r = 0; r < rows; ++r) {
-        float* __restrict s = scores + r * kBlockN;
-        float lane_max[kReductionLanes];
-        for (int32_t l = 0; l < kReductionLanes; ++l) lane_max[l] = kNegInf;
-        for (int32_t c = 0; c < kBlockN; c += kReductionLanes)
-            for (int32_t l = 0; l < kReductionLanes; ++l) lane_max[l] = s[c + l] > lane_max[l] ? s[c + l] : lane_max[l];
-        float new_max = row_max[r];
-        for (int32_t l = 0; l < kReductionLanes; ++l) new_max = lane_max[l] > new_max ? lane_max[l] : new_max;
-        if (new_max == kNegInf) {  // nothing visible in this row yet
-            for (int32_t c = 0; c < kBlockN; ++c) s[c] = 0.0f;
-            rescale[r] = 1.0f;
-            continue;
+        const float* s = scores + r * kBlockN;
+        FloatVector lane_max = broadcast(row_max[r]);
+        for (int32_t v = 0; v < kVectorsPerScoreRow; ++v) lane_max = vector_max(lane_max, load_vector(s + v * kVectorWidth));
+        new_max[r] = horizontal_max(lane_max);
+    }
+    float tile_sum[kBlockM];
+    for (int32_t r = 0; r < rows; ++r) {
+        float* s = scores + r * kBlockN;
+        const float m = new_max[r] == kNegInf ? 0.0f : new_max[r];  // all -inf: exp(-inf) = 0
+        FloatVector lane_sum{};
+        for (int32_t v = 0; v < kVectorsPerScoreRow; ++v) {
+            const FloatVector p = exp_vector(load_vector(s + v * kVectorWidth) - m);
+            store_vector(s + v * kVectorWidth, p);
+            lane_sum += p;
         }
-        float lane_sum[kReductionLanes] = {};
-        for (int32_t c = 0; c < kBlockN; c += kReductionLanes)
-            for (int32_t l = 0; l < kReductionLanes; ++l) {
-                s[c + l] = exp_float(s[c + l] - new_max);
-                lane_sum[l] += s[c + l];
-            }
-        float sum = 0.0f;
-        for (int32_t l = 0; l < kReductionLanes; ++l) sum += lane_sum[l];
-        rescale[r] = exp_float(row_max[r] - new_max);  // 0 when the old max was -inf
-        row_sum[r] = row_sum[r] * rescale[r] + sum;
-        row_max[r] = new_max;
+        tile_sum[r] = horizontal_sum(lane_sum);
+    }
+    for (int32_t r = 0; r < rows; ++r) {
+        // exp(old - new) is 0 when the old max was -inf; nothing visible yet keeps factor 1.
+        const float factor = new_max[r] == kNegInf ? 1.0f : exp_vector(broadcast(row_max[r] - new_max[r]))[0];
+        rescale[r] = factor;
+        row_sum[r] = row_sum[r] * factor + tile_sum[r];
+        row_max[r] = new_max[r];
     }
 }
 
@@ -263,12 +285,12 @@ FM_SIMD_CLONES void online_softmax_step(float* __restrict scores, float* __restr
 FM_SIMD_CLONES void probabilities_from_lse(float* __restrict scores, const float* __restrict lse, int32_t rows) {
     for (int32_t r = 0; r < rows; ++r) {
         float* __restrict s = scores + r * kBlockN;
-        const float l = lse[r];
-        if (l == kNegInf) {
-            for (int32_t c = 0; c < kBlockN; ++c) s[c] = 0.0f;
+        if (lse[r] == kNegInf) {
+            std::fill(s, s + kBlockN, 0.0f);
             continue;
         }
-        for (int32_t c = 0; c < kBlockN; ++c) s[c] = exp_float(s[c] - l);
+        for (int32_t v = 0; v < kVectorsPerScoreRow; ++v)
+            store_vector(s + v * kVectorWidth, exp_vector(load_vector(s + v * kVectorWidth) - lse[r]));
     }
 }
 

@@ -249,12 +249,13 @@ TEST(TiledAttention, SizesOneSeventeenThousand) {
             const AttentionSizes sizes{1, nq, nk, 4, 1, 64, 64};
             TestMask mask = catalogue_test_mask(name, sizes, sizes.q_heads, rng);
             check_attention(sizes, DType::Float32, mask, rng);
+            if (nq == nk) check_attention(sizes, DType::BFloat16, mask, rng);
         }
 }
 
-// 4099 tokens (64 blocks + 3 rows): forward with head dim 64 on a sample of rows (every
-// query block, its edges and the ragged tail), backward in full with a narrow head to keep
-// the dense float64 reference affordable.
+// 4099 tokens (64 blocks + 3 rows): forward on a sample of rows (every query block's edges, the
+// ragged tail, random rows), backward in full (a few seconds of float64 reference) with a
+// different sparse mask per query head.
 TEST(TiledAttention, Sequence4099) {
     auto rng = test_rng();
     constexpr int32_t kTokens = 4099;
@@ -270,8 +271,8 @@ TEST(TiledAttention, Sequence4099) {
         check_attention(sizes, DType::Float32, mask, rng, {.backward = false, .rows = &rows});
     }
     {
-        const AttentionSizes sizes{1, kTokens, kTokens, 1, 1, 16, 16};
-        TestMask mask = catalogue_test_mask("sliding_window", sizes, 1, rng);
+        const AttentionSizes sizes{1, kTokens, kTokens, 4, 1, 64, 64};
+        TestMask mask = catalogue_test_mask("sliding_window", sizes, sizes.q_heads, rng);
         check_attention(sizes, DType::Float32, mask, rng);
     }
 }
