@@ -112,19 +112,18 @@ constexpr int32_t kVectorsPerScoreRow = kBlockN / kVectorWidth;
 [[gnu::always_inline]] inline void store_vector(float* p, FloatVector v) { std::memcpy(p, &v, sizeof v); }
 [[gnu::always_inline]] inline FloatVector broadcast(float x) { return FloatVector{} + x; }
 [[gnu::always_inline]] inline FloatVector vector_max(FloatVector a, FloatVector b) { return a > b ? a : b; }
-// Horizontal reductions as a tree of lane swaps (halves, quarters, neighbours): three vector
-// steps instead of a chain of seven scalar ones.
+// Horizontal reductions as a tree (depth 3 rather than a chain of 7).
 template <class Combine>
 [[gnu::always_inline]] inline float horizontal(FloatVector v, Combine combine) {
     static_assert(kVectorWidth == 8);
-    v = combine(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));
-    v = combine(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5));
-    v = combine(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
-    return v[0];
+    const float q0 = combine(v[0], v[4]), q1 = combine(v[1], v[5]), q2 = combine(v[2], v[6]), q3 = combine(v[3], v[7]);
+    return combine(combine(q0, q2), combine(q1, q3));
 }
-[[gnu::always_inline]] inline float horizontal_max(FloatVector v) { return horizontal(v, vector_max); }
+[[gnu::always_inline]] inline float horizontal_max(FloatVector v) {
+    return horizontal(v, [](float a, float b) { return a > b ? a : b; });
+}
 [[gnu::always_inline]] inline float horizontal_sum(FloatVector v) {
-    return horizontal(v, [](FloatVector a, FloatVector b) { return a + b; });
+    return horizontal(v, [](float a, float b) { return a + b; });
 }
 
 // e^x in float to within a couple of ulp: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2,
