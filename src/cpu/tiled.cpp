@@ -154,6 +154,7 @@ template <class Combine>
     const FloatVector two_to_n = std::bit_cast<FloatVector>(exponent);
     return x < kMinArgument ? FloatVector{} : poly * two_to_n;
 }
+
 // The register tile of multiply(): kRowBlock rows x kColumnBlock columns of the output, held in
 // 8 vector accumulators (with AVX2: 4 x 2 ymm registers, leaving room for the two B vectors and
 // the broadcast A value). Buffers are padded so that every product covers whole register tiles.
