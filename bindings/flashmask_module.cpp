@@ -295,8 +295,10 @@ NB_MODULE(_flashmask, m) {
           },
           nb::arg("n"), nb::arg("dropped_spans"));
     m.def("random_eviction",
-          [](int64_t n, uint64_t seed) { return mask_result(fm::random_eviction_mask(n, seed)); }, nb::arg("n"),
-          nb::arg("seed"));
+          [](int64_t n, uint64_t seed, double eviction_probability) {
+              return mask_result(fm::random_eviction_mask(n, seed, eviction_probability));
+          },
+          nb::arg("n"), nb::arg("seed"), nb::arg("eviction_probability") = fm::kDefaultEvictionProbability);
     m.def("eviction",
           [](const std::vector<int32_t>& rows) { return mask_result(fm::random_eviction_mask(rows)); },
           nb::arg("eviction_rows"));

@@ -80,7 +80,10 @@ inline std::string describe_parameters(const std::string& name, int64_t n, uint6
         for (const auto& span : p.dropped_spans) out += format(" [%lld, %lld)", (long long)span.start, (long long)span.end);
         return out;
     }
-    if (name == "random_eviction") return "eviction rows uniform in [j + 1, N], seed " + std::to_string(p.eviction_seed);
+    if (name == "random_eviction")
+        return format("each key evicted with probability %g, from a row uniform in [j + 1, N]; seed ",
+                      fm::kDefaultEvictionProbability) +
+               std::to_string(p.eviction_seed);
     return "";
 }
 

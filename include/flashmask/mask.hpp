@@ -83,8 +83,11 @@ struct RowSpan { int64_t start, end; };
 MaskSpec qk_sparse_mask(int64_t n, const std::vector<RowSpan>& dropped_spans);
 // Key j is evicted from row eviction_rows[j] on (values in [j + 1, N]; N = never evicted).
 MaskSpec random_eviction_mask(const std::vector<int32_t>& eviction_rows);
-// Draws eviction_rows uniformly in [j + 1, N] from `seed`.
-MaskSpec random_eviction_mask(int64_t n, uint64_t seed);
+// From `seed`: each key is evicted with probability `eviction_probability`, from a row drawn
+// uniformly in [j + 1, N]; the others are never evicted. The default 1/2 gives the density of
+// SPEC §6's table (0.5 - p / 4 = 0.375 of all pairs for a square mask).
+inline constexpr double kDefaultEvictionProbability = 0.5;
+MaskSpec random_eviction_mask(int64_t n, uint64_t seed, double eviction_probability = kDefaultEvictionProbability);
 // FlashAttention's window_size: row i sees key j iff i + off - left <= j <= i + off + right,
 // off = Nk - Nq (bottom-right alignment). A negative left or right means unbounded. With
 // causal, right is forced to 0 and the index tensor is C = 1.

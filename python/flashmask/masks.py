@@ -112,9 +112,10 @@ def qk_sparse(n: int, spans: Sequence[Tuple[int, int]]) -> Mask:
     return _mask(_flashmask.qk_sparse(n, [(int(s), int(e)) for s, e in spans]))
 
 
-def random_eviction(n: int, seed: int = 0) -> Mask:
-    """Causal; key j is evicted from a row drawn uniformly in [j + 1, N] on (N = never)."""
-    return _mask(_flashmask.random_eviction(n, seed))
+def random_eviction(n: int, seed: int = 0, eviction_probability: float = 0.5) -> Mask:
+    """Causal; each key j is evicted with probability `eviction_probability`, from a row drawn
+    uniformly in [j + 1, N] on; the others are never evicted (N)."""
+    return _mask(_flashmask.random_eviction(n, seed, float(eviction_probability)))
 
 
 def eviction(rows: Sequence[int]) -> Mask:

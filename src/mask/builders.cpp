@@ -2,6 +2,7 @@
 // Conventions shared by every builder: an empty lower interval is written (N, N) and an empty
 // upper interval (0, 0), as the paper's examples do.
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "flashmask/mask.hpp"
@@ -289,11 +290,21 @@ MaskSpec random_eviction_mask(const std::vector<int32_t>& eviction_rows) {
     return spec;
 }
 
-MaskSpec random_eviction_mask(int64_t n, uint64_t seed) {
-    check_length(n, "n", "random_eviction_mask");
+MaskSpec random_eviction_mask(int64_t n, uint64_t seed, double eviction_probability) {
+    const std::string where = "random_eviction_mask";
+    check_length(n, "n", where);
+    if (!(eviction_probability >= 0.0 && eviction_probability <= 1.0))
+        refuse("eviction_probability", where + ": eviction_probability must be in [0, 1], got " +
+                                           std::to_string(eviction_probability));
+    // Integer threshold on 53 random bits: exact for 0 and 1, and the same draws on every platform.
+    constexpr int kProbabilityBits = 53;
+    const uint64_t threshold = uint64_t(std::ldexp(eviction_probability, kProbabilityBits));
     std::mt19937_64 rng(seed);
     std::vector<int32_t> eviction_rows(static_cast<std::size_t>(n));
-    for (int64_t j = 0; j < n; ++j) eviction_rows[j] = int32_t(mask_detail::uniform_int(rng, j + 1, n));
+    for (int64_t j = 0; j < n; ++j) {
+        const bool evicted = (rng() >> (64 - kProbabilityBits)) < threshold;
+        eviction_rows[j] = evicted ? int32_t(mask_detail::uniform_int(rng, j + 1, n)) : int32_t(n);
+    }
     return random_eviction_mask(eviction_rows);
 }
 

@@ -338,6 +338,8 @@ TEST(Builders, RefuseBadParameters) {
     expect_refused([] { random_eviction_mask(Vec{3, 1, 3}); }, "eviction_rows");
     expect_refused([] { random_eviction_mask(Vec{1, 4, 3}); }, "eviction_rows");
     expect_refused([] { random_eviction_mask(-5, 1); }, "n");
+    expect_refused([] { random_eviction_mask(10, 1, -0.1); }, "eviction_probability");
+    expect_refused([] { random_eviction_mask(10, 1, 1.5); }, "eviction_probability");
     expect_refused([] { window_mask(-1, 4, 1, 1, false); }, "nq");
     expect_refused([] { window_mask(4, -1, 1, 1, true); }, "nk");
     expect_refused([] { MaskSpec m = causal_document_mask({2}); m.vector(1); }, "slot");
@@ -454,6 +456,23 @@ TEST(Catalogue, UnknownNameListsTheValidOnes) {
         for (const std::string& name : catalogue_names()) EXPECT_NE(message.find(name), std::string::npos) << message;
     }
     EXPECT_THROW(catalogue_mask("causal", -1, 1), Error);
+}
+
+// Probability 0 evicts nothing, 1 evicts every key but the last (whose only row is N), and the
+// default 1/2 gives SPEC §6's density of about 0.37: 0.5 - p / 4 of a square mask.
+TEST(MaskBuilders, RandomEvictionProbability) {
+    auto rng = testing::test_rng();
+    const int64_t n = 4096;
+    const MaskSpec never = random_eviction_mask(n, rng(), 0.0);
+    for (int64_t j = 0; j < n; ++j) ASSERT_EQ(never.indices[j], n) << "column " << j;
+    const MaskSpec always = random_eviction_mask(n, rng(), 1.0);
+    int64_t evicted = 0;
+    for (int64_t j = 0; j < n; ++j) evicted += always.indices[j] < n;
+    // Each key draws its row uniformly in [j + 1, N]; only the draw N means "not evicted".
+    EXPECT_GT(evicted, n - 64);
+    const MaskSpec half = random_eviction_mask(n, rng());
+    const double density = double(visible_pairs(half.mask_view(), 1, 1)) / double(n * n);
+    EXPECT_NEAR(density, 0.375, 0.02);
 }
 
 }  // namespace

@@ -117,6 +117,10 @@ def test_eviction_from_rows(rng):
     seeded = masks.random_eviction(n, int(rng.integers(0, 2**31)))
     values = np.array(slot(seeded, 0))
     assert np.all(values >= np.arange(n) + 1) and np.all(values <= n)
+    never = masks.random_eviction(n, int(rng.integers(0, 2**31)), eviction_probability=0.0)
+    assert slot(never, 0) == [n] * n
+    with pytest.raises(ValueError, match="eviction_probability"):
+        masks.random_eviction(n, 1, eviction_probability=2.0)
 
 
 # --- the catalogue, converters, counts -----------------------------------------------------------
