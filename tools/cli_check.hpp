@@ -1,7 +1,7 @@
 // The accuracy check of `flashmask run --check` (SPEC §5): the timed run's outputs against the
 // float64 reference on the first and last (batch, KV head) groups, forward on sampled rows,
 // backward on every row (or on a reduced problem when the reference cannot afford the full
-// one), with the bounds of cli_naive.hpp.
+// one), with the bounds and the naive in-dtype computation of cpu/accuracy.hpp.
 #pragma once
 
 #include <algorithm>
@@ -14,10 +14,10 @@
 
 #include "cli_format.hpp"
 #include "cli_mask.hpp"
-#include "cli_naive.hpp"
 #include "cli_progress.hpp"
 #include "cli_run.hpp"
 #include "cli_tensors.hpp"
+#include "cpu/accuracy.hpp"
 #include "cpu/reference.hpp"
 
 namespace flashmask::cli {
@@ -90,7 +90,7 @@ inline std::vector<int32_t> sample_rows(int64_t nq, uint64_t seed) {
 // The doubles of one group of a problem, in the reference's layout.
 struct GroupInputs {
     std::vector<double> q, k, v, dout;
-    CheckInputs view;
+    fm::cpu::ReferenceShape shape;
 
     GroupInputs(const Problem& p, const Group& g, bool backward) {
         const int64_t heads = p.shape.group(), h0 = g.kv_head * heads;
@@ -99,21 +99,17 @@ struct GroupInputs {
         v = bshd_to_double(p.v, g.batch, g.kv_head, g.kv_head + 1);
         if (backward) dout = bshd_to_double(p.dout, g.batch, h0, h0 + heads);
         const Shape& s = p.shape;
-        view.shape = {1, int32_t(s.nq), int32_t(s.nk), int32_t(heads), 1, int32_t(s.head_dim), int32_t(s.head_dim)};
-        view.q = q.data();
-        view.k = k.data();
-        view.v = v.data();
-        view.dout = backward ? dout.data() : nullptr;
+        shape = {1, int32_t(s.nq), int32_t(s.nk), int32_t(heads), 1, int32_t(s.head_dim), int32_t(s.head_dim)};
     }
 };
 
-CheckLine finish_line(const std::string& tensor, fm::DType dtype, const ErrorAccumulator& error,
-                      const ErrorAccumulator& naive) {
+CheckLine finish_line(const std::string& tensor, fm::DType dtype, const fm::cpu::ErrorAccumulator& error,
+                      const fm::cpu::ErrorAccumulator& naive) {
     CheckLine line;
     line.tensor = tensor;
     line.error = error.relative();
     if (dtype != fm::DType::Float32) line.naive_error = naive.relative();
-    line.bound = spec_bound(dtype, naive.relative());
+    line.bound = fm::cpu::spec_bound(dtype, naive.relative());
     line.pass = line.error <= line.bound;
     return line;
 }
@@ -125,18 +121,19 @@ inline CheckSection check_forward(const Problem& p, uint64_t seed, Progress* pro
     const std::vector<int32_t> rows = sample_rows(s.nq, seed);
     const int64_t heads = s.group(), d = s.head_dim;
     const fm::MaskView mask = p.group_mask_view();
-    ErrorAccumulator out_error, naive_error;
+    fm::cpu::ErrorAccumulator out_error, naive_error;
     double lse_worst = 0.0;
     bool lse_infinities_match = true;
     for (const Group& g : groups) {
         const GroupInputs in(p, g, false);
         const fm::cpu::ReferenceForward ref =
-            fm::cpu::reference_forward(in.view.shape, mask, p.scale, in.q.data(), in.k.data(), in.v.data(), &rows);
+            fm::cpu::reference_forward(in.shape, mask, p.scale, in.q.data(), in.k.data(), in.v.data(), &rows);
         const int64_t h0 = g.kv_head * heads;
         const std::vector<double> out = bshd_to_double(p.out, g.batch, h0, h0 + heads);
         const std::vector<double> lse = bhn_to_double(p.lse, g.batch, h0, h0 + heads);
         std::vector<double> naive;
-        if (p.dtype != fm::DType::Float32) naive = naive_forward_rows(in.view, mask, p.dtype, p.scale, rows);
+        if (p.dtype != fm::DType::Float32)
+            naive = fm::cpu::naive_forward(p.dtype, in.shape, mask, p.scale, in.q.data(), in.k.data(), in.v.data(), &rows);
         for (int32_t row : rows)
             for (int64_t h = 0; h < heads; ++h) {
                 for (int64_t e = 0; e < d; ++e) {
@@ -172,13 +169,15 @@ inline CheckSection check_forward(const Problem& p, uint64_t seed, Progress* pro
 inline std::vector<CheckLine> compare_backward(const Problem& p, const std::vector<Group>& groups, Progress* progress) {
     const int64_t heads = p.shape.group();
     const fm::MaskView mask = p.group_mask_view();
-    ErrorAccumulator error[3], naive_error[3];
+    fm::cpu::ErrorAccumulator error[3], naive_error[3];
     for (const Group& g : groups) {
         const GroupInputs in(p, g, true);
-        const fm::cpu::ReferenceBackward ref = fm::cpu::reference_backward(in.view.shape, mask, p.scale, in.q.data(),
+        const fm::cpu::ReferenceBackward ref = fm::cpu::reference_backward(in.shape, mask, p.scale, in.q.data(),
                                                                            in.k.data(), in.v.data(), in.dout.data());
         fm::cpu::ReferenceBackward naive;
-        if (p.dtype != fm::DType::Float32) naive = naive_backward(in.view, mask, p.dtype, p.scale);
+        if (p.dtype != fm::DType::Float32)
+            naive = fm::cpu::naive_backward(p.dtype, in.shape, mask, p.scale, in.q.data(), in.k.data(), in.v.data(),
+                                            in.dout.data());
         const int64_t h0 = g.kv_head * heads;
         const std::vector<double> ours[3] = {bshd_to_double(p.dq, g.batch, h0, h0 + heads),
                                              bshd_to_double(p.dk, g.batch, g.kv_head, g.kv_head + 1),

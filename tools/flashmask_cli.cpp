@@ -8,7 +8,7 @@
 //   flashmask validate --indices FILE --seqlen N [...]  check a startend_row_indices tensor
 //
 // The pieces live beside this file: cli_args (parsing), cli_mask (masks, density, tiles),
-// cli_run (tensors, device copies, timed passes, progress), cli_check and cli_naive (--check).
+// cli_run (tensors, device copies, timed passes, progress), cli_check (--check).
 //
 // Exit status: 0 success, 1 a --check failed, 2 a bad argument or a refused input (one line
 // on stderr, "flashmask: error: ...").

@@ -1,6 +1,6 @@
 // Helpers for the attention tests (test_cpu_*.cpp, test_api_*.cpp): host tensors of any storage
-// dtype, test masks with one mask per (batch, mask head), the naive low-precision computation
-// that SPEC §5's bfloat16/float16 bound is measured against, and error norms.
+// dtype and test masks with one mask per (batch, mask head). The SPEC §5 error measures, bounds
+// and naive in-dtype computation are the library's own, in cpu/accuracy.hpp.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -22,16 +22,6 @@
 #include "test_util.hpp"
 
 namespace flashmask::testing {
-
-// x rounded to the nearest value of a storage dtype (float32, float16, bfloat16).
-inline double round_to(DType dtype, double x) {
-    const float f = float(x);
-    switch (dtype) {
-        case DType::BFloat16: return bfloat16_to_float(float_to_bfloat16(f));
-        case DType::Float16: return float16_to_float(float_to_float16(f));
-        default: return f;
-    }
-}
 
 // An owning, contiguous host tensor of a float dtype, read and written as doubles.
 class HostTensor {
@@ -162,100 +152,6 @@ inline TestMask random_test_mask(bool causal, int32_t slots, bool hostile, const
     if (hostile) fill_hostile(*mask.indices, s.nq, rng);
     else fill_valid(*mask.indices, s.nq, rng);
     return mask;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The naive low-precision computation of SPEC §5: the reference's arithmetic with the inputs,
-// scores, probabilities and outputs (and, backward, every intermediate product) rounded to the
-// storage dtype. Its error against the float64 reference is the yardstick for bf16 / fp16.
-// ---------------------------------------------------------------------------------------------
-struct NaiveResult {
-    std::vector<double> out, dq, dk, dv;
-};
-
-inline NaiveResult naive_low_precision(DType dtype, const AttentionSizes& s, const MaskView& mask, double scale,
-                                       const std::vector<double>& q, const std::vector<double>& k,
-                                       const std::vector<double>& v, const std::vector<double>* dout) {
-    auto r = [dtype](double x) { return round_to(dtype, x); };
-    const int32_t group = s.q_heads / s.kv_heads, d_qk = s.head_dim, d_v = s.value_dim;
-    auto at = [](int32_t b, int32_t i, int32_t h, int32_t seq, int32_t heads, int32_t width) {
-        return ((std::size_t(b) * seq + i) * heads + h) * std::size_t(width);
-    };
-    NaiveResult result;
-    result.out.assign(std::size_t(s.batch) * s.nq * s.q_heads * d_v, 0.0);
-    if (dout) {
-        result.dq.assign(q.size(), 0.0);
-        result.dk.assign(k.size(), 0.0);
-        result.dv.assign(v.size(), 0.0);
-    }
-    std::vector<double> p(std::size_t(s.nk)), dp(std::size_t(s.nk));
-    for (int32_t b = 0; b < s.batch; ++b)
-        for (int32_t h = 0; h < s.q_heads; ++h) {
-            const int32_t kvh = h / group;
-            for (int32_t i = 0; i < s.nq; ++i) {
-                const double* q_row = &q[at(b, i, h, s.nq, s.q_heads, d_qk)];
-                double row_max = -std::numeric_limits<double>::infinity();
-                for (int32_t j = 0; j < s.nk; ++j) {
-                    if (cpu::reference_masked(mask, b, h, i, j)) { p[j] = -std::numeric_limits<double>::infinity(); continue; }
-                    double dot = 0.0;
-                    for (int32_t d = 0; d < d_qk; ++d) dot += q_row[d] * k[at(b, j, kvh, s.nk, s.kv_heads, d_qk) + d];
-                    p[j] = r(scale * dot);
-                    row_max = std::max(row_max, p[j]);
-                }
-                if (row_max == -std::numeric_limits<double>::infinity()) continue;  // nothing visible
-                double denominator = 0.0;
-                for (int32_t j = 0; j < s.nk; ++j) denominator += std::exp(p[j] - row_max);
-                for (int32_t j = 0; j < s.nk; ++j) p[j] = r(std::exp(p[j] - row_max) / denominator);
-                double* out_row = &result.out[at(b, i, h, s.nq, s.q_heads, d_v)];
-                for (int32_t j = 0; j < s.nk; ++j)
-                    for (int32_t d = 0; d < d_v; ++d) out_row[d] += p[j] * v[at(b, j, kvh, s.nk, s.kv_heads, d_v) + d];
-                for (int32_t d = 0; d < d_v; ++d) out_row[d] = r(out_row[d]);
-                if (!dout) continue;
-                const double* do_row = &(*dout)[at(b, i, h, s.nq, s.q_heads, d_v)];
-                double delta = 0.0;
-                for (int32_t d = 0; d < d_v; ++d) delta += do_row[d] * out_row[d];
-                delta = r(delta);
-                double* dq_row = &result.dq[at(b, i, h, s.nq, s.q_heads, d_qk)];
-                for (int32_t j = 0; j < s.nk; ++j) {
-                    if (p[j] == 0.0) continue;
-                    const std::size_t kj = at(b, j, kvh, s.nk, s.kv_heads, d_qk), vj = at(b, j, kvh, s.nk, s.kv_heads, d_v);
-                    double dot = 0.0;
-                    for (int32_t d = 0; d < d_v; ++d) dot += do_row[d] * v[vj + d];
-                    const double ds = r(p[j] * (r(dot) - delta));
-                    for (int32_t d = 0; d < d_qk; ++d) {
-                        dq_row[d] += scale * ds * k[kj + d];
-                        result.dk[kj + d] += scale * ds * q_row[d];
-                    }
-                    for (int32_t d = 0; d < d_v; ++d) result.dv[vj + d] += p[j] * do_row[d];
-                }
-            }
-        }
-    for (auto* grad : {&result.dq, &result.dk, &result.dv})
-        for (double& x : *grad) x = r(x);
-    return result;
-}
-
-// ||got - want|| / ||want|| (2-norms); ||got|| when want is all zeros.
-inline double relative_error(const std::vector<double>& got, const std::vector<double>& want) {
-    double diff = 0.0, norm = 0.0;
-    for (std::size_t i = 0; i < want.size(); ++i) {
-        diff += (got[i] - want[i]) * (got[i] - want[i]);
-        norm += want[i] * want[i];
-    }
-    return norm > 0.0 ? std::sqrt(diff / norm) : std::sqrt(diff);
-}
-
-// SPEC §5 bounds.
-inline constexpr double kFloat32Tolerance = 1e-5;
-inline constexpr double kLowPrecisionCeiling = 2e-2;
-// The error of rounding a result to the dtype once (half an ulp at 1): a naive computation that
-// happens to be exact (one visible key) cannot demand less than that of the tiled path.
-inline double unit_roundoff(DType dtype) {
-    return dtype == DType::BFloat16 ? std::ldexp(1.0, -8) : dtype == DType::Float16 ? std::ldexp(1.0, -11) : 0.0;
-}
-inline double tolerance(DType dtype, double naive_error) {
-    if (dtype == DType::Float32) return kFloat32Tolerance;
-    return std::min(kLowPrecisionCeiling, std::max(2.0 * naive_error, unit_roundoff(dtype)));
 }
 
 }  // namespace flashmask::testing

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/accuracy.hpp"
 #include "cpu/reference.hpp"
 #include "cpu/tiled.hpp"
 #include "test_cpu_common.hpp"
@@ -63,9 +64,9 @@ void expect_zero_rows(const char* what, const std::vector<double>& got, int32_t 
 
 void expect_close(const char* what, DType dtype, const std::vector<double>& got, const std::vector<double>& ref,
                   const std::vector<double>* naive) {
-    const double error = relative_error(got, ref);
-    const double naive_error = naive ? relative_error(*naive, ref) : 0.0;
-    const double bound = tolerance(dtype, naive_error);
+    const double error = cpu::relative_error(got, ref);
+    const double naive_error = naive ? cpu::relative_error(*naive, ref) : 0.0;
+    const double bound = cpu::spec_bound(dtype, naive_error);
     EXPECT_LT(error, bound) << what << " relative error " << error << " (naive " << to_string(dtype) << " error "
                             << naive_error << ")";
 }
@@ -97,26 +98,22 @@ void check_attention(const AttentionSizes& s, DType dtype, TestMask& mask, std::
     const std::vector<double> qd = q.values(), kd = k.values(), vd = v.values();
     const cpu::ReferenceForward ref = cpu::reference_forward(s.reference_shape(), mask_view, scale, qd.data(),
                                                              kd.data(), vd.data(), options.rows);
+    // SPEC §5 measures 16-bit inputs against the same attention computed naively in the dtype.
     const bool low_precision = dtype != DType::Float32;
-    std::optional<NaiveResult> naive;
-    std::optional<HostTensor> dout;
-    if (options.backward) {
-        dout.emplace(dtype, std::vector<int64_t>{s.batch, s.nq, s.q_heads, s.value_dim});
-        dout->fill_normal(rng);
-    }
-    std::vector<double> dout_values = dout ? dout->values() : std::vector<double>{};
+    std::optional<std::vector<double>> naive_out;
     if (low_precision)
-        naive = naive_low_precision(dtype, s, mask_view, scale, qd, kd, vd, dout ? &dout_values : nullptr);
+        naive_out = cpu::naive_forward(dtype, s.reference_shape(), mask_view, scale, qd.data(), kd.data(), vd.data(),
+                                       options.rows);
 
     // Forward: O (on the sampled rows) and LSE.
     std::vector<int32_t> all_rows;
     for (int32_t i = 0; i < s.nq; ++i) all_rows.push_back(i);
     const std::vector<int32_t>& rows = options.rows ? *options.rows : all_rows;
     const std::vector<double> out_values = out.values();
-    if (naive) {
-        const std::vector<double> naive_out = select_rows(naive->out, s, s.q_heads, s.value_dim, rows);
+    if (naive_out) {
+        const std::vector<double> naive_rows = select_rows(*naive_out, s, s.q_heads, s.value_dim, rows);
         expect_close("out", dtype, select_rows(out_values, s, s.q_heads, s.value_dim, rows),
-                     select_rows(ref.out, s, s.q_heads, s.value_dim, rows), &naive_out);
+                     select_rows(ref.out, s, s.q_heads, s.value_dim, rows), &naive_rows);
     } else {
         expect_close("out", dtype, select_rows(out_values, s, s.q_heads, s.value_dim, rows),
                      select_rows(ref.out, s, s.q_heads, s.value_dim, rows), nullptr);
@@ -141,6 +138,9 @@ void check_attention(const AttentionSizes& s, DType dtype, TestMask& mask, std::
     if (!options.backward) return;
 
     // Backward from this forward's O and LSE.
+    HostTensor dout(dtype, {s.batch, s.nq, s.q_heads, s.value_dim});
+    dout.fill_normal(rng);
+    const std::vector<double> dout_values = dout.values();
     HostTensor dq(dtype, {s.batch, s.nq, s.q_heads, s.head_dim}), dk(dtype, {s.batch, s.nk, s.kv_heads, s.head_dim}),
         dv(dtype, {s.batch, s.nk, s.kv_heads, s.value_dim});
     dq.poison();
@@ -148,7 +148,7 @@ void check_attention(const AttentionSizes& s, DType dtype, TestMask& mask, std::
     dv.poison();
     BackwardArgs ba;
     ba.q = q.view(), ba.k = k.view(), ba.v = v.view(), ba.out = out.view(), ba.lse = lse.view();
-    ba.dout = dout->view(), ba.dq = dq.view(), ba.dk = dk.view(), ba.dv = dv.view();
+    ba.dout = dout.view(), ba.dq = dq.view(), ba.dk = dk.view(), ba.dv = dv.view();
     ba.startend_row_indices = mask.view();
     ba.causal = mask.causal;
     ba.scale = options.scale;
@@ -159,10 +159,14 @@ void check_attention(const AttentionSizes& s, DType dtype, TestMask& mask, std::
     ASSERT_EQ(dv.count_nan(), 0) << "dv not fully written";
     const cpu::ReferenceBackward grad = cpu::reference_backward(s.reference_shape(), mask_view, scale, qd.data(),
                                                                 kd.data(), vd.data(), dout_values.data());
+    std::optional<cpu::ReferenceBackward> naive_grad;
+    if (low_precision)
+        naive_grad = cpu::naive_backward(dtype, s.reference_shape(), mask_view, scale, qd.data(), kd.data(), vd.data(),
+                                         dout_values.data());
     const std::vector<double> dq_values = dq.values(), dk_values = dk.values(), dv_values = dv.values();
-    expect_close("dq", dtype, dq_values, grad.dq, naive ? &naive->dq : nullptr);
-    expect_close("dk", dtype, dk_values, grad.dk, naive ? &naive->dk : nullptr);
-    expect_close("dv", dtype, dv_values, grad.dv, naive ? &naive->dv : nullptr);
+    expect_close("dq", dtype, dq_values, grad.dq, naive_grad ? &naive_grad->dq : nullptr);
+    expect_close("dk", dtype, dk_values, grad.dk, naive_grad ? &naive_grad->dk : nullptr);
+    expect_close("dv", dtype, dv_values, grad.dv, naive_grad ? &naive_grad->dv : nullptr);
     expect_zero_rows("dq of rows that see no key", dq_values, s.batch, s.nq, s.q_heads, s.head_dim, row_sees_nothing);
     const int32_t group = s.q_heads / s.kv_heads;
     auto key_seen_by_none = [&](int32_t b, int32_t kvh, int32_t j) {
