@@ -15,8 +15,8 @@
 #include <numbers>
 #include <vector>
 
+#include "cpu/elements.hpp"
 #include "cpu/parallel.hpp"
-#include "flashmask/float16.hpp"
 #include "flashmask/types.hpp"
 
 namespace flashmask::cli {
@@ -70,39 +70,12 @@ public:
     const std::vector<int64_t>& shape() const { return shape_; }
     void* data() const { return bytes_.get(); }
 
-    TensorView view() const {
-        TensorView t;
-        t.data = bytes_.get();
-        t.dtype = dtype_;
-        t.rank = int(shape_.size());
-        int64_t stride = 1;
-        for (int d = t.rank - 1; d >= 0; --d) {
-            t.shape[d] = shape_[d];
-            t.strides[d] = stride;
-            stride *= shape_[d];
-        }
-        return t;
-    }
+    TensorView view() const { return make_contiguous_view(bytes_.get(), dtype_, shape_); }
 
-    double get(int64_t index) const {
-        switch (dtype_) {
-            case DType::Float32: return reinterpret_cast<const float*>(bytes_.get())[index];
-            case DType::BFloat16: return bfloat16_to_float(reinterpret_cast<const uint16_t*>(bytes_.get())[index]);
-            case DType::Float16: return float16_to_float(reinterpret_cast<const uint16_t*>(bytes_.get())[index]);
-            case DType::Int32: return reinterpret_cast<const int32_t*>(bytes_.get())[index];
-        }
-        return 0.0;
-    }
+    double get(int64_t index) const { return cpu::load_element(dtype_, bytes_.get(), index); }
 
     // Stores `value` rounded to the tensor's dtype (round to nearest even).
-    void set(int64_t index, float value) {
-        switch (dtype_) {
-            case DType::Float32: reinterpret_cast<float*>(bytes_.get())[index] = value; break;
-            case DType::BFloat16: reinterpret_cast<uint16_t*>(bytes_.get())[index] = float_to_bfloat16(value); break;
-            case DType::Float16: reinterpret_cast<uint16_t*>(bytes_.get())[index] = float_to_float16(value); break;
-            case DType::Int32: reinterpret_cast<int32_t*>(bytes_.get())[index] = int32_t(value); break;
-        }
-    }
+    void set(int64_t index, float value) { cpu::store_element(dtype_, bytes_.get(), index, value); }
 
     // Fresh standard normals from (seed, stream), rounded to the dtype.
     void fill_normal(uint64_t seed, uint64_t stream, int threads) {

@@ -4,8 +4,10 @@
 
 #include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace flashmask {
 
@@ -61,6 +63,9 @@ struct TensorView {
 
 // Builds a contiguous (row-major) view over `data`.
 TensorView make_contiguous_view(void* data, DType dtype, std::initializer_list<int64_t> shape,
+                                Device device = Device::CPU, int device_index = 0);
+// The same for a shape held in a vector (std::span would not do: CUDA code includes this header as C++17).
+TensorView make_contiguous_view(void* data, DType dtype, const std::vector<int64_t>& shape,
                                 Device device = Device::CPU, int device_index = 0);
 
 // "[2, 8192, 32, 128]"

@@ -20,24 +20,37 @@ std::size_t element_size(DType dtype) {
     return dtype == DType::Float16 || dtype == DType::BFloat16 ? 2 : 4;
 }
 
-TensorView make_contiguous_view(void* data, DType dtype, std::initializer_list<int64_t> shape, Device device,
-                                int device_index) {
-    if (shape.size() > std::size_t(kMaxRank))
+namespace {
+
+TensorView contiguous_view(void* data, DType dtype, const int64_t* extents, std::size_t rank, Device device,
+                           int device_index) {
+    if (rank > std::size_t(kMaxRank))
         throw Error(ErrorCode::InvalidArgument, "shape", "make_contiguous_view: rank above 4");
     TensorView t;
     t.data = data;
     t.dtype = dtype;
     t.device = device;
     t.device_index = device_index;
-    t.rank = int(shape.size());
-    int d = 0;
-    for (int64_t extent : shape) t.shape[d++] = extent;
+    t.rank = int(rank);
     int64_t stride = 1;
-    for (d = t.rank - 1; d >= 0; --d) {
+    for (int d = t.rank - 1; d >= 0; --d) {
+        t.shape[d] = extents[d];
         t.strides[d] = stride;
         stride *= t.shape[d];
     }
     return t;
+}
+
+}  // namespace
+
+TensorView make_contiguous_view(void* data, DType dtype, std::initializer_list<int64_t> shape, Device device,
+                                int device_index) {
+    return contiguous_view(data, dtype, shape.begin(), shape.size(), device, device_index);
+}
+
+TensorView make_contiguous_view(void* data, DType dtype, const std::vector<int64_t>& shape, Device device,
+                                int device_index) {
+    return contiguous_view(data, dtype, shape.data(), shape.size(), device, device_index);
 }
 
 std::string shape_string(const TensorView& t) {

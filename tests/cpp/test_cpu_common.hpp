@@ -14,9 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "cpu/elements.hpp"
 #include "cpu/reference.hpp"
 #include "flashmask/api.hpp"
-#include "flashmask/float16.hpp"
 #include "flashmask/mask.hpp"
 #include "test_mask_util.hpp"
 #include "test_util.hpp"
@@ -39,16 +39,8 @@ public:
     const std::vector<int64_t>& shape() const { return shape_; }
     void* data() { return words_.data(); }
 
-    double get(int64_t i) const {
-        if (dtype_ == DType::Float32) return reinterpret_cast<const float*>(words_.data())[i];
-        const uint16_t bits = reinterpret_cast<const uint16_t*>(words_.data())[i];
-        return dtype_ == DType::BFloat16 ? bfloat16_to_float(bits) : float16_to_float(bits);
-    }
-    void set(int64_t i, double value) {
-        if (dtype_ == DType::Float32) reinterpret_cast<float*>(words_.data())[i] = float(value);
-        else if (dtype_ == DType::BFloat16) reinterpret_cast<uint16_t*>(words_.data())[i] = float_to_bfloat16(float(value));
-        else reinterpret_cast<uint16_t*>(words_.data())[i] = float_to_float16(float(value));
-    }
+    double get(int64_t i) const { return cpu::load_element(dtype_, words_.data(), i); }
+    void set(int64_t i, double value) { cpu::store_element(dtype_, words_.data(), i, value); }
     std::vector<double> values() const {
         std::vector<double> out(static_cast<std::size_t>(numel()));
         for (int64_t i = 0; i < numel(); ++i) out[i] = get(i);
@@ -70,19 +62,7 @@ public:
     }
     std::vector<uint32_t> bits() const { return words_; }
 
-    TensorView view() {
-        TensorView t;
-        t.data = data();
-        t.dtype = dtype_;
-        t.rank = int(shape_.size());
-        int64_t stride = 1;
-        for (int d = t.rank - 1; d >= 0; --d) {
-            t.shape[d] = shape_[d];
-            t.strides[d] = stride;
-            stride *= shape_[d];
-        }
-        return t;
-    }
+    TensorView view() { return make_contiguous_view(data(), dtype_, shape_); }
 
 private:
     DType dtype_;
