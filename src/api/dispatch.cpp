@@ -224,28 +224,12 @@ AttentionProblem make_problem(const Sizes& s, DType dtype, const std::optional<T
                     "(the CPU path takes float32, float16 and bfloat16)");
 }
 
-}  // namespace
-
-void forward(const ForwardArgs& a) {
-    const Validator check("forward");
-    const Sizes s = validate(check, a.q, a.k, a.v, a.out, a.lse, {}, a.startend_row_indices, a.causal, a.scale,
-                             a.num_threads);
-    AttentionProblem p = make_problem(s, a.q.dtype, a.startend_row_indices, a.causal, a.scale);
-    p.q = operand(a.q);
-    p.k = operand(a.k);
-    p.v = operand(a.v);
-    p.out = operand(a.out);
-    p.lse = operand(a.lse);
-    if (a.q.device == Device::CUDA) refuse_cuda("forward");
-    cpu::tiled_forward(p, a.num_threads);
-}
-
-void backward(const BackwardArgs& a) {
-    const Validator check("backward");
-    const std::vector<NamedTensor> extra = {{"dout", &a.dout, "[B, Nq, Hq, Dv]", false},
-                                            {"dq", &a.dq, "[B, Nq, Hq, D]", true},
-                                            {"dk", &a.dk, "[B, Nk, Hk, D]", true},
-                                            {"dv", &a.dv, "[B, Nk, Hk, Dv]", true}};
+// What forward() and backward() share: validates every argument of `a` (ForwardArgs or
+// BackwardArgs) plus the backward-only tensors in `extra`, refuses CUDA tensors, and returns
+// the resolved problem with q, k, v, out and lse bound. Nothing is written before it returns.
+template <class Args>
+AttentionProblem resolve(const char* function, const Args& a, const std::vector<NamedTensor>& extra) {
+    const Validator check(function);
     const Sizes s = validate(check, a.q, a.k, a.v, a.out, a.lse, extra, a.startend_row_indices, a.causal, a.scale,
                              a.num_threads);
     AttentionProblem p = make_problem(s, a.q.dtype, a.startend_row_indices, a.causal, a.scale);
@@ -254,11 +238,27 @@ void backward(const BackwardArgs& a) {
     p.v = operand(a.v);
     p.out = operand(a.out);
     p.lse = operand(a.lse);
+    if (a.q.device == Device::CUDA) refuse_cuda(function);
+    return p;
+}
+
+}  // namespace
+
+void forward(const ForwardArgs& a) {
+    const AttentionProblem p = resolve("forward", a, {});
+    cpu::tiled_forward(p, a.num_threads);
+}
+
+void backward(const BackwardArgs& a) {
+    AttentionProblem p = resolve("backward", a,
+                                 {{"dout", &a.dout, "[B, Nq, Hq, Dv]", false},
+                                  {"dq", &a.dq, "[B, Nq, Hq, D]", true},
+                                  {"dk", &a.dk, "[B, Nk, Hk, D]", true},
+                                  {"dv", &a.dv, "[B, Nk, Hk, Dv]", true}});
     p.dout = operand(a.dout);
     p.dq = operand(a.dq);
     p.dk = operand(a.dk);
     p.dv = operand(a.dv);
-    if (a.q.device == Device::CUDA) refuse_cuda("backward");
     cpu::tiled_backward(p, a.num_threads);
 }
 
