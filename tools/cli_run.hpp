@@ -232,47 +232,17 @@ public:
     // One timed forward pass over the whole problem; seconds.
     // `step` prefixes each progress line (e.g. "repeat 2/3, ").
     double forward(Progress* progress, const std::string& step = "") {
-        return timed([&] {
-            for (const Chunk& c : chunks_) {
-                fm::ForwardArgs a;
-                const int64_t g = p_.shape.group();
-                a.q = slice_bshd(q_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
-                a.k = slice_bshd(k_, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
-                a.v = slice_bshd(v_, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
-                a.out = slice_bshd(out_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
-                a.lse = slice_bhn(lse_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
-                if (mask_) a.startend_row_indices = slice_dim(*mask_, 0, c.batch_begin, c.batch_end);
-                a.causal = p_.mask.causal;
-                a.scale = p_.scale;
-                a.num_threads = threads_;
-                fm::forward(a);
-                if (progress) progress->advance(step + c.label());
-            }
-        });
+        return timed_pass<fm::ForwardArgs>(progress, step, [](fm::ForwardArgs& a, const Chunk&) { fm::forward(a); });
     }
 
     // One timed backward pass (needs a forward pass first: it reads out and lse); seconds.
     double backward(Progress* progress, const std::string& step = "") {
-        return timed([&] {
-            for (const Chunk& c : chunks_) {
-                fm::BackwardArgs a;
-                const int64_t g = p_.shape.group();
-                a.q = slice_bshd(q_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
-                a.k = slice_bshd(k_, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
-                a.v = slice_bshd(v_, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
-                a.out = slice_bshd(out_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
-                a.lse = slice_bhn(lse_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
-                a.dout = slice_bshd(dout_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
-                a.dq = slice_bshd(dq_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
-                a.dk = slice_bshd(dk_, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
-                a.dv = slice_bshd(dv_, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
-                if (mask_) a.startend_row_indices = slice_dim(*mask_, 0, c.batch_begin, c.batch_end);
-                a.causal = p_.mask.causal;
-                a.scale = p_.scale;
-                a.num_threads = threads_;
-                fm::backward(a);
-                if (progress) progress->advance(step + c.label());
-            }
+        return timed_pass<fm::BackwardArgs>(progress, step, [&](fm::BackwardArgs& a, const Chunk& c) {
+            a.dout = query_heads(dout_, c);
+            a.dq = query_heads(dq_, c);
+            a.dk = kv_heads(dk_, c);
+            a.dv = kv_heads(dv_, c);
+            fm::backward(a);
         });
     }
 
@@ -287,6 +257,39 @@ public:
     }
 
 private:
+    // Chunk c's part of a [B, N, Hq, X] tensor (its batches and the query heads of its KV heads) ...
+    fm::TensorView query_heads(const fm::TensorView& t, const Chunk& c) const {
+        const int64_t g = p_.shape.group();
+        return slice_bshd(t, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
+    }
+    // ... and of a [B, N, Hk, X] tensor (its batches and KV heads).
+    fm::TensorView kv_heads(const fm::TensorView& t, const Chunk& c) const {
+        return slice_bshd(t, c.batch_begin, c.batch_end, c.kv_begin, c.kv_end);
+    }
+
+    // Times one pass: for each chunk, the arguments forward and backward share (q, k, v, out,
+    // lse, the mask and the options), then `call(args, chunk)`, which adds its own and runs.
+    template <typename Args, typename Call>
+    double timed_pass(Progress* progress, const std::string& step, Call call) {
+        return timed([&] {
+            for (const Chunk& c : chunks_) {
+                Args a;
+                const int64_t g = p_.shape.group();
+                a.q = query_heads(q_, c);
+                a.k = kv_heads(k_, c);
+                a.v = kv_heads(v_, c);
+                a.out = query_heads(out_, c);
+                a.lse = slice_bhn(lse_, c.batch_begin, c.batch_end, c.kv_begin * g, c.kv_end * g);
+                if (mask_) a.startend_row_indices = slice_dim(*mask_, 0, c.batch_begin, c.batch_end);
+                a.causal = p_.mask.causal;
+                a.scale = p_.scale;
+                a.num_threads = threads_;
+                call(a, c);
+                if (progress) progress->advance(step + c.label());
+            }
+        });
+    }
+
     template <typename Body>
     double timed(Body body) {
 #if FLASHMASK_WITH_CUDA
