@@ -581,26 +581,30 @@ void run_backward(const AttentionProblem& p, int num_threads) {
     });
 }
 
+// Calls run(Storage{}) with the storage format of `problem.dtype`: the one place a dtype becomes
+// a compile-time type. `function` names the caller in the error for a dtype with no CPU kernel.
+template <class Run>
+void with_storage(const AttentionProblem& problem, const char* function, Run run) {
+    switch (problem.dtype) {
+        case DType::Float32: return run(Float32Storage{});
+        case DType::BFloat16: return run(BFloat16Storage{});
+        case DType::Float16: return run(Float16Storage{});
+        case DType::Int32: break;
+    }
+    throw Error(ErrorCode::WrongDType, "q",
+                std::string(function) + ": no CPU kernel for dtype " + to_string(problem.dtype));
+}
+
 }  // namespace
 
 void tiled_forward(const AttentionProblem& problem, int num_threads) {
-    switch (problem.dtype) {
-        case DType::Float32: return run_forward<Float32Storage>(problem, num_threads);
-        case DType::BFloat16: return run_forward<BFloat16Storage>(problem, num_threads);
-        case DType::Float16: return run_forward<Float16Storage>(problem, num_threads);
-        case DType::Int32: break;
-    }
-    throw Error(ErrorCode::WrongDType, "q", std::string("tiled_forward: no CPU kernel for dtype ") + to_string(problem.dtype));
+    with_storage(problem, "tiled_forward",
+                 [&](auto storage) { run_forward<decltype(storage)>(problem, num_threads); });
 }
 
 void tiled_backward(const AttentionProblem& problem, int num_threads) {
-    switch (problem.dtype) {
-        case DType::Float32: return run_backward<Float32Storage>(problem, num_threads);
-        case DType::BFloat16: return run_backward<BFloat16Storage>(problem, num_threads);
-        case DType::Float16: return run_backward<Float16Storage>(problem, num_threads);
-        case DType::Int32: break;
-    }
-    throw Error(ErrorCode::WrongDType, "q", std::string("tiled_backward: no CPU kernel for dtype ") + to_string(problem.dtype));
+    with_storage(problem, "tiled_backward",
+                 [&](auto storage) { run_backward<decltype(storage)>(problem, num_threads); });
 }
 
 }  // namespace flashmask::cpu
