@@ -28,7 +28,7 @@ TEST(ReferenceMask, AgreesWithCanonicalIntervals) {
     std::vector<std::pair<TestMask, AttentionSizes>> cases;
     for (const AttentionSizes& s : {square, wide, tall}) {
         for (const std::string& name : catalogue_names()) cases.emplace_back(catalogue_test_mask(name, s, 2, rng), s);
-        for (const auto& [causal, slots] : {std::pair{true, 1}, {true, 2}, {false, 2}, {false, 4}})
+        for (const auto& [causal, slots] : kIndexLayouts)
             cases.emplace_back(random_test_mask(causal, slots, true, s, 2, rng), s);
     }
     for (auto& [mask, s] : cases) {

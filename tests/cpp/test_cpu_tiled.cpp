@@ -83,12 +83,16 @@ void check_attention(const AttentionSizes& s, DType dtype, TestMask& mask, std::
     v.fill_normal(rng);
     out.poison();
     lse.poison();
+    // What forward and backward share, set once so that the two calls cannot disagree.
+    auto set_shared_args = [&](auto& args) {
+        args.q = q.view(), args.k = k.view(), args.v = v.view(), args.out = out.view(), args.lse = lse.view();
+        args.startend_row_indices = mask.view();
+        args.causal = mask.causal;
+        args.scale = options.scale;
+        args.num_threads = options.num_threads;
+    };
     ForwardArgs fa;
-    fa.q = q.view(), fa.k = k.view(), fa.v = v.view(), fa.out = out.view(), fa.lse = lse.view();
-    fa.startend_row_indices = mask.view();
-    fa.causal = mask.causal;
-    fa.scale = options.scale;
-    fa.num_threads = options.num_threads;
+    set_shared_args(fa);
     forward(fa);
     ASSERT_EQ(out.count_nan(), 0) << "out not fully written";
     ASSERT_EQ(lse.count_nan(), 0) << "lse not fully written";
@@ -147,12 +151,8 @@ void check_attention(const AttentionSizes& s, DType dtype, TestMask& mask, std::
     dk.poison();
     dv.poison();
     BackwardArgs ba;
-    ba.q = q.view(), ba.k = k.view(), ba.v = v.view(), ba.out = out.view(), ba.lse = lse.view();
+    set_shared_args(ba);
     ba.dout = dout.view(), ba.dq = dq.view(), ba.dk = dk.view(), ba.dv = dv.view();
-    ba.startend_row_indices = mask.view();
-    ba.causal = mask.causal;
-    ba.scale = options.scale;
-    ba.num_threads = options.num_threads;
     backward(ba);
     ASSERT_EQ(dq.count_nan(), 0) << "dq not fully written";
     ASSERT_EQ(dk.count_nan(), 0) << "dk not fully written";
@@ -212,15 +212,10 @@ INSTANTIATE_TEST_SUITE_P(EveryKind, CatalogueMask, ::testing::ValuesIn(catalogue
 // ---------------------------------------------------------------------------------------------
 // Every layout (causal, C) with random and with hostile index values.
 // ---------------------------------------------------------------------------------------------
-struct Layout {
-    bool causal;
-    int32_t slots;
-};
-constexpr Layout kLayouts[] = {{true, 1}, {true, 2}, {false, 2}, {false, 4}};
 
 TEST(TiledAttention, RandomIntervalsEveryLayout) {
     auto rng = test_rng();
-    for (const Layout layout : kLayouts)
+    for (const IndexLayout layout : kIndexLayouts)
         for (const AttentionSizes sizes : {AttentionSizes{2, 97, 130, 4, 1, 64, 64}, AttentionSizes{1, 130, 97, 4, 1, 64, 64}}) {
             TestMask mask = random_test_mask(layout.causal, layout.slots, false, sizes, sizes.q_heads, rng);
             check_attention(sizes, DType::Float32, mask, rng);
@@ -232,7 +227,7 @@ TEST(TiledAttention, RandomIntervalsEveryLayout) {
 // SPEC §2 table, never NaN, never out of bounds.
 TEST(TiledAttention, HostileIndexValuesGiveTheReferenceReading) {
     auto rng = test_rng();
-    for (const Layout layout : kLayouts) {
+    for (const IndexLayout layout : kIndexLayouts) {
         const AttentionSizes sizes{2, 90, 110, 4, 2, 64, 64};
         TestMask mask = random_test_mask(layout.causal, layout.slots, true, sizes, 2, rng);
         // The int32 extremes too.

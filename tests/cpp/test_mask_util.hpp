@@ -25,6 +25,14 @@ inline bool spec_masked(const std::array<int64_t, 4>& v, int slots, bool causal,
     return false;  // no index tensor
 }
 
+// The (causal, C) layouts an index tensor may have (SPEC §2): causal with C = 1 (LTS) or 2 (LTS,
+// LTE); not causal with C = 2 (LTS, UTE) or 4 (LTS, LTE, UTS, UTE).
+struct IndexLayout {
+    bool causal;
+    int32_t slots;
+};
+inline constexpr IndexLayout kIndexLayouts[] = {{true, 1}, {true, 2}, {false, 2}, {false, 4}};
+
 // A [B, Hm, Nk, C] int32 tensor with padded (non-packed) strides, last dimension contiguous.
 struct IndexTensor {
     int64_t batch = 0, heads = 0, nk = 0, slots = 0;

@@ -36,15 +36,14 @@ void check_shape(IndexTensor& t, bool causal, const Problem& p) {
 TEST(MaskValidation, AcceptsEveryAllowedShape) {
     auto rng = test_rng();
     const Problem p;
-    for (bool causal : {true, false})
-        for (int64_t slots : causal ? std::vector<int64_t>{1, 2} : std::vector<int64_t>{2, 4})
-            for (int64_t heads : {int64_t(1), p.kv_heads, p.q_heads}) {
-                IndexTensor t(p.batch, heads, p.nk, slots, rng);
-                testing::fill_valid(t, p.nq, rng);
-                EXPECT_NO_THROW(check_shape(t, causal, p));
-                EXPECT_NO_THROW(validate_mask(t.view(), causal, p.nq));
-                EXPECT_FALSE(find_bad_mask_value(t.view(), p.nq).has_value());
-            }
+    for (const auto& [causal, slots] : testing::kIndexLayouts)
+        for (int64_t heads : {int64_t(1), p.kv_heads, p.q_heads}) {
+            IndexTensor t(p.batch, heads, p.nk, slots, rng);
+            testing::fill_valid(t, p.nq, rng);
+            EXPECT_NO_THROW(check_shape(t, causal, p));
+            EXPECT_NO_THROW(validate_mask(t.view(), causal, p.nq));
+            EXPECT_FALSE(find_bad_mask_value(t.view(), p.nq).has_value());
+        }
 }
 
 TEST(MaskValidation, WrongDType) {
@@ -186,23 +185,22 @@ TEST(MaskValidation, DeviceTensorsAreNotReadOnTheHost) {
 TEST(MaskView, FieldsFollowTheTensor) {
     auto rng = test_rng();
     const Problem p;
-    for (bool causal : {true, false})
-        for (int64_t slots : causal ? std::vector<int64_t>{1, 2} : std::vector<int64_t>{2, 4})
-            for (int64_t heads : {int64_t(1), p.kv_heads, p.q_heads}) {
-                IndexTensor t(p.batch, heads, p.nk, slots, rng);
-                const MaskView view = make_mask_view(t.view(), causal, p.nq, p.nk, p.q_heads);
-                EXPECT_EQ(view.layout, mask_layout_for(causal, slots));
-                EXPECT_EQ(view.causal, causal);
-                EXPECT_EQ(view.nq, p.nq);
-                EXPECT_EQ(view.nk, p.nk);
-                EXPECT_EQ(view.query_heads_per_mask_head, p.q_heads / heads);
-                EXPECT_EQ(view.indices, t.storage.data());
-                EXPECT_EQ(view.stride_batch, t.strides[0]);
-                EXPECT_EQ(view.stride_head, t.strides[1]);
-                EXPECT_EQ(view.stride_column, t.strides[2]);
-                EXPECT_EQ(view.stride_slot, 1);
-                for (int32_t h = 0; h < p.q_heads; ++h) EXPECT_EQ(view.mask_head(h), h / (p.q_heads / heads));
-            }
+    for (const auto& [causal, slots] : testing::kIndexLayouts)
+        for (int64_t heads : {int64_t(1), p.kv_heads, p.q_heads}) {
+            IndexTensor t(p.batch, heads, p.nk, slots, rng);
+            const MaskView view = make_mask_view(t.view(), causal, p.nq, p.nk, p.q_heads);
+            EXPECT_EQ(view.layout, mask_layout_for(causal, slots));
+            EXPECT_EQ(view.causal, causal);
+            EXPECT_EQ(view.nq, p.nq);
+            EXPECT_EQ(view.nk, p.nk);
+            EXPECT_EQ(view.query_heads_per_mask_head, p.q_heads / heads);
+            EXPECT_EQ(view.indices, t.storage.data());
+            EXPECT_EQ(view.stride_batch, t.strides[0]);
+            EXPECT_EQ(view.stride_head, t.strides[1]);
+            EXPECT_EQ(view.stride_column, t.strides[2]);
+            EXPECT_EQ(view.stride_slot, 1);
+            for (int32_t h = 0; h < p.q_heads; ++h) EXPECT_EQ(view.mask_head(h), h / (p.q_heads / heads));
+        }
     const MaskView none = make_mask_view(std::nullopt, true, p.nq, p.nk, p.q_heads);
     EXPECT_EQ(none.layout, MaskLayout::None);
     EXPECT_TRUE(none.causal);

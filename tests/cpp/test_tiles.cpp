@@ -118,8 +118,7 @@ TEST(TileClassification, SoundOnEveryCatalogueMaskInBothLayouts) {
 
 TEST(TileClassification, SoundOnHostileMasks) {
     auto rng = test_rng();
-    const std::pair<bool, int32_t> kinds[] = {{true, 1}, {true, 2}, {false, 2}, {false, 4}};
-    for (const auto& [causal, slots] : kinds)
+    for (const auto& [causal, slots] : testing::kIndexLayouts)
         for (int32_t nq : kSizes)
             for (int32_t nk : kSizes) {
                 IndexTensor t(1, 2, nk, slots, rng);
@@ -268,8 +267,7 @@ TEST(TileCounts, AgreeWithPerTileClassification) {
 
 TEST(TileCounts, VisiblePairsOfHostileMasksMatchTheDenseCount) {
     auto rng = test_rng();
-    const std::pair<bool, int32_t> kinds[] = {{true, 1}, {true, 2}, {false, 2}, {false, 4}};
-    for (const auto& [causal, slots] : kinds)
+    for (const auto& [causal, slots] : testing::kIndexLayouts)
         for (int32_t nq : kSizes)
             for (int32_t nk : kSizes) {
                 IndexTensor t(2, 1, nk, slots, rng);
