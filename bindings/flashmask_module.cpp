@@ -147,10 +147,11 @@ void require_in_range(int64_t value, int64_t lowest, int64_t end, const char* ar
                             std::to_string(lowest) + ", " + std::to_string(end) + ")");
 }
 
-// A checked mask for an attention problem of the given sizes (the index tensor, if any, must
+// A checked mask for an attention problem of the given sizes (the index array, if any, must
 // outlive the returned view).
-fm::MaskView checked_mask_view(const std::optional<fm::TensorView>& indices, bool causal, int64_t batch, int64_t nq,
+fm::MaskView checked_mask_view(const std::optional<InputArray>& index_array, bool causal, int64_t batch, int64_t nq,
                                int64_t nk, int64_t q_heads, int64_t kv_heads) {
+    const std::optional<fm::TensorView> indices = index_view(index_array);
     // Sizes the library stores as int32 in MaskView; the upper bound keeps the cast exact.
     constexpr int64_t kSizeEnd = int64_t(INT32_MAX) + 1;
     require_in_range(batch, 1, kSizeEnd, "batch");
@@ -217,6 +218,11 @@ fm::cpu::ReferenceShape reference_shape(const Float64Array& q, const Float64Arra
     return fm::cpu::ReferenceShape{int32_t(batch),        int32_t(q.shape(1)), int32_t(k.shape(1)),
                                    int32_t(q.shape(2)),   int32_t(k.shape(2)), int32_t(q.shape(3)),
                                    int32_t(v.shape(3))};
+}
+
+// The checked mask of a reference call (the index array must outlive it).
+fm::MaskView reference_mask(const std::optional<InputArray>& indices, bool causal, const fm::cpu::ReferenceShape& shape) {
+    return checked_mask_view(indices, causal, shape.batch, shape.nq, shape.nk, shape.q_heads, shape.kv_heads);
 }
 
 double scale_or_default(std::optional<double> scale, int32_t head_dim) {
@@ -316,8 +322,7 @@ NB_MODULE(_flashmask, m) {
     m.def("to_dense",
           [](const std::optional<InputArray>& indices, bool causal, int64_t batch, int64_t mask_heads, int64_t nq,
              int64_t nk, int64_t batch_index, int64_t head_index) {
-              const auto view = index_view(indices);
-              const fm::MaskView mask = checked_mask_view(view, causal, batch, nq, nk, mask_heads, mask_heads);
+              const fm::MaskView mask = checked_mask_view(indices, causal, batch, nq, nk, mask_heads, mask_heads);
               require_in_range(batch_index, 0, batch, "batch_index");
               require_in_range(head_index, 0, mask_heads, "head");
               std::vector<uint8_t> dense = fm::to_dense(mask, int32_t(batch_index), int32_t(head_index));
@@ -337,8 +342,7 @@ NB_MODULE(_flashmask, m) {
     m.def("block_summaries",
           [](const std::optional<InputArray>& indices, bool causal, int64_t batch, int64_t mask_heads, int64_t nq,
              int64_t nk, int32_t block_n) {
-              const auto view = index_view(indices);
-              const fm::MaskView mask = checked_mask_view(view, causal, batch, nq, nk, mask_heads, mask_heads);
+              const fm::MaskView mask = checked_mask_view(indices, causal, batch, nq, nk, mask_heads, mask_heads);
               std::vector<fm::BlockSummary> summaries =
                   fm::block_summaries(mask, int32_t(batch), int32_t(mask_heads), block_n);
               constexpr std::size_t kFields = sizeof(fm::BlockSummary) / sizeof(int32_t);
@@ -354,8 +358,7 @@ NB_MODULE(_flashmask, m) {
     m.def("count_tiles",
           [](const std::optional<InputArray>& indices, bool causal, int64_t batch, int64_t nq, int64_t nk,
              int64_t q_heads, int64_t kv_heads, int32_t block_m, int32_t block_n) {
-              const auto view = index_view(indices);
-              const fm::MaskView mask = checked_mask_view(view, causal, batch, nq, nk, q_heads, kv_heads);
+              const fm::MaskView mask = checked_mask_view(indices, causal, batch, nq, nk, q_heads, kv_heads);
               const fm::TileCounts counts = fm::count_tiles(mask, int32_t(batch), int32_t(q_heads), block_m, block_n);
               return std::make_tuple(counts.skipped, counts.partial, counts.full);
           },
@@ -364,8 +367,7 @@ NB_MODULE(_flashmask, m) {
     m.def("visible_pairs",
           [](const std::optional<InputArray>& indices, bool causal, int64_t batch, int64_t nq, int64_t nk,
              int64_t q_heads, int64_t kv_heads) {
-              const auto view = index_view(indices);
-              const fm::MaskView mask = checked_mask_view(view, causal, batch, nq, nk, q_heads, kv_heads);
+              const fm::MaskView mask = checked_mask_view(indices, causal, batch, nq, nk, q_heads, kv_heads);
               return fm::visible_pairs(mask, int32_t(batch), int32_t(q_heads));
           },
           nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("batch"), nb::arg("nq"), nb::arg("nk"),
@@ -426,9 +428,7 @@ NB_MODULE(_flashmask, m) {
           [](const Float64Array& q, const Float64Array& k, const Float64Array& v,
              const std::optional<InputArray>& indices, bool causal, std::optional<double> scale) {
               const fm::cpu::ReferenceShape shape = reference_shape(q, k, v);
-              const auto view = index_view(indices);
-              const fm::MaskView mask =
-                  checked_mask_view(view, causal, shape.batch, shape.nq, shape.nk, shape.q_heads, shape.kv_heads);
+              const fm::MaskView mask = reference_mask(indices, causal, shape);
               fm::cpu::ReferenceForward result;
               {
                   nb::gil_scoped_release unlocked;
@@ -450,9 +450,7 @@ NB_MODULE(_flashmask, m) {
               require_extent(dout, 1, shape.nq, "dout", "query length");
               require_extent(dout, 2, shape.q_heads, "dout", "head count");
               require_extent(dout, 3, shape.value_dim, "dout", "value dim");
-              const auto view = index_view(indices);
-              const fm::MaskView mask =
-                  checked_mask_view(view, causal, shape.batch, shape.nq, shape.nk, shape.q_heads, shape.kv_heads);
+              const fm::MaskView mask = reference_mask(indices, causal, shape);
               fm::cpu::ReferenceBackward result;
               {
                   nb::gil_scoped_release unlocked;
