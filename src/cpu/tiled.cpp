@@ -375,14 +375,22 @@ struct ForwardScratch {
     }
 };
 
+// The parallel loops number their work items (batch, head, block) with the block fastest:
+// item = (b * heads + head) * blocks + block.
+struct WorkItem {
+    int32_t b, head, block;
+};
+WorkItem work_item(int64_t item, int32_t heads, int32_t blocks) {
+    return {int32_t(item / (int64_t(blocks) * heads)), int32_t((item / blocks) % heads), int32_t(item % blocks)};
+}
+
 // Work item = (b, query head, query block): its rows of O and LSE.
 template <class Storage>
 void forward_item(const MaskTiles& tiles, int64_t item, ForwardScratch& w) {
     const AttentionProblem& p = tiles.p;
     const Pitches pitch(p);
-    const int32_t q_block = int32_t(item % tiles.q_blocks);
-    const int32_t h = int32_t((item / tiles.q_blocks) % p.q_heads);
-    const int32_t b = int32_t(item / (int64_t(tiles.q_blocks) * p.q_heads));
+    const WorkItem at = work_item(item, p.q_heads, tiles.q_blocks);
+    const int32_t b = at.b, h = at.head, q_block = at.block;
     const int32_t kvh = p.kv_head(h), first_row = q_block * kBlockM, rows = tiles.rows_in(q_block);
 
     load_rows<Storage>(p.q, b, first_row, h, rows, p.head_dim, pitch.head, p.scale, w.q.data());
@@ -488,9 +496,8 @@ template <class Storage>
 void dq_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t item, BackwardScratch& w) {
     const AttentionProblem& p = tiles.p;
     const Pitches pitch(p);
-    const int32_t q_block = int32_t(item % tiles.q_blocks);
-    const int32_t h = int32_t((item / tiles.q_blocks) % p.q_heads);
-    const int32_t b = int32_t(item / (int64_t(tiles.q_blocks) * p.q_heads));
+    const WorkItem at = work_item(item, p.q_heads, tiles.q_blocks);
+    const int32_t b = at.b, h = at.head, q_block = at.block;
     const int32_t kvh = p.kv_head(h), rows = tiles.rows_in(q_block);
 
     load_query_block<Storage>(tiles, delta, b, h, q_block, w);
@@ -516,9 +523,8 @@ template <class Storage>
 void dkdv_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t item, BackwardScratch& w) {
     const AttentionProblem& p = tiles.p;
     const Pitches pitch(p);
-    const int32_t kv_block = int32_t(item % tiles.kv_blocks);
-    const int32_t kvh = int32_t((item / tiles.kv_blocks) % p.kv_heads);
-    const int32_t b = int32_t(item / (int64_t(tiles.kv_blocks) * p.kv_heads));
+    const WorkItem at = work_item(item, p.kv_heads, tiles.kv_blocks);
+    const int32_t b = at.b, kvh = at.head, kv_block = at.block;
     const int32_t first_col = kv_block * kBlockN, cols = tiles.cols_in(kv_block);
     const int32_t key_rows = round_up(cols, kRowBlock);
     const int32_t group = p.q_heads / p.kv_heads;
