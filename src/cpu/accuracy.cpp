@@ -9,11 +9,6 @@ namespace {
 
 constexpr double kMinusInfinity = -std::numeric_limits<double>::infinity();
 
-// Offset of element [b, s, h, 0] of a contiguous [B, S, H, width] tensor.
-std::size_t bshd_offset(int32_t b, int32_t s, int32_t h, int32_t seq, int32_t heads, int32_t width) {
-    return ((std::size_t(b) * seq + s) * heads + h) * std::size_t(width);
-}
-
 double dot(const double* a, const double* b, int32_t n) {
     double sum = 0.0;
     for (int32_t e = 0; e < n; ++e) sum += a[e] * b[e];

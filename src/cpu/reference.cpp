@@ -6,11 +6,6 @@
 namespace flashmask::cpu {
 namespace {
 
-// Offset of element [b, s, h, 0] of a contiguous [B, S, H, width] tensor.
-std::size_t bshd_offset(int32_t b, int32_t s, int32_t h, int32_t seq, int32_t heads, int32_t width) {
-    return ((std::size_t(b) * seq + s) * heads + h) * std::size_t(width);
-}
-
 // Four interleaved partial sums: the same float64 accuracy as one running sum, without one
 // long dependency chain (the reference scores every pair, so this is most of its time).
 double dot(const double* a, const double* b, int32_t n) {

@@ -11,6 +11,7 @@
 // Rows with no visible key: O = 0, LSE = -inf, and no gradient flows through them.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -30,6 +31,12 @@ struct ReferenceForward {
 struct ReferenceBackward {
     std::vector<double> dq, dk, dv;  // contiguous BSHD, shaped like q, k, v
 };
+
+// Offset of element [b, s, h, 0] of a contiguous [B, S, H, width] tensor (the layout of every
+// array here).
+inline std::size_t bshd_offset(int32_t b, int32_t s, int32_t h, int32_t seq, int32_t heads, int32_t width) {
+    return ((std::size_t(b) * seq + s) * heads + h) * std::size_t(width);
+}
 
 // Is key `column` hidden from query row `row` for query head `query_head` of batch `batch`?
 // The SPEC §2 table read literally; values outside [0, Nq] need no clamping in this form.
