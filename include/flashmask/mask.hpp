@@ -47,6 +47,9 @@ struct MaskSpec {
     int32_t slots = 0;             // C; 0 when there is no index tensor (full or plain causal)
     std::vector<int32_t> indices;  // [Nk, C], slot-minor; empty when slots == 0
 
+    // A mask of the given form whose index values are all 0, for a builder to fill in.
+    static MaskSpec zeros(bool causal, int64_t nq, int64_t nk, int32_t slots);
+
     bool has_indices() const { return slots != 0; }
     // The slot vector `slot` (0..C-1), e.g. LTS for slot 0.
     std::vector<int32_t> vector(int slot) const;

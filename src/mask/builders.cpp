@@ -31,6 +31,16 @@ std::optional<TensorView> MaskSpec::view() const {
     return make_contiguous_view(const_cast<int32_t*>(indices.data()), DType::Int32, {1, 1, nk, slots});
 }
 
+MaskSpec MaskSpec::zeros(bool causal, int64_t nq, int64_t nk, int32_t slots) {
+    MaskSpec spec;
+    spec.causal = causal;
+    spec.nq = nq;
+    spec.nk = nk;
+    spec.slots = slots;
+    spec.indices.assign(std::size_t(nk * slots), 0);
+    return spec;
+}
+
 MaskView MaskSpec::mask_view() const {
     MaskView mask = make_mask_view(view(), causal, nq, nk, 1);
     // One sequence's mask serves every batch entry and head: zero strides broadcast it, so the
@@ -52,15 +62,7 @@ constexpr int kUteOfTwo = 1;  // not causal, C = 2
 constexpr int kUts = 2;       // C = 4
 constexpr int kUte = 3;       // C = 4
 
-MaskSpec square_spec(bool causal, int64_t n, int32_t slots) {
-    MaskSpec spec;
-    spec.causal = causal;
-    spec.nq = n;
-    spec.nk = n;
-    spec.slots = slots;
-    spec.indices.assign(std::size_t(n * slots), 0);
-    return spec;
-}
+MaskSpec square_spec(bool causal, int64_t n, int32_t slots) { return MaskSpec::zeros(causal, n, n, slots); }
 
 void set(MaskSpec& spec, int64_t column, int slot, int64_t value) {
     spec.indices[std::size_t(column * spec.slots + slot)] = int32_t(value);

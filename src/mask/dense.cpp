@@ -64,12 +64,7 @@ MaskSpec from_dense(const uint8_t* visible, int64_t nq, int64_t nk, bool causal,
         refuse("slots", where + ": C = " + std::to_string(slots) + " is not allowed with causal = " +
                             (causal ? "true (expected 0, 1 or 2)" : "false (expected 0, 2 or 4)"));
 
-    MaskSpec spec;
-    spec.causal = causal;
-    spec.nq = nq;
-    spec.nk = nk;
-    spec.slots = slots;
-    spec.indices.assign(std::size_t(nk * slots), 0);
+    MaskSpec spec = MaskSpec::zeros(causal, nq, nk, slots);
     auto set = [&](int64_t column, int slot, int64_t value) { spec.indices[column * slots + slot] = int32_t(value); };
 
     const int64_t offset = nk - nq;  // bottom-right aligned causal diagonal
