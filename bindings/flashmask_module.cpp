@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/accuracy.hpp"
 #include "cpu/reference.hpp"
 #include "cpu/tiled.hpp"
 #include "flashmask/api.hpp"
@@ -218,6 +219,24 @@ fm::cpu::ReferenceShape reference_shape(const Float64Array& q, const Float64Arra
     return fm::cpu::ReferenceShape{int32_t(batch),        int32_t(q.shape(1)), int32_t(k.shape(1)),
                                    int32_t(q.shape(2)),   int32_t(k.shape(2)), int32_t(q.shape(3)),
                                    int32_t(v.shape(3))};
+}
+
+// Checks dout [B, Nq, Hq, Dv] against the shape of q and v.
+void require_dout_shape(const Float64Array& dout, const fm::cpu::ReferenceShape& shape) {
+    require_rank4(dout, "dout");
+    require_extent(dout, 0, shape.batch, "dout", "batch size");
+    require_extent(dout, 1, shape.nq, "dout", "query length");
+    require_extent(dout, 2, shape.q_heads, "dout", "head count");
+    require_extent(dout, 3, shape.value_dim, "dout", "value dim");
+}
+
+// dQ, dK, dV as NumPy arrays shaped like q, k and v.
+nb::tuple gradient_arrays(fm::cpu::ReferenceBackward&& grads, const fm::cpu::ReferenceShape& shape) {
+    const auto b = std::size_t(shape.batch), nq = std::size_t(shape.nq), nk = std::size_t(shape.nk);
+    const auto hq = std::size_t(shape.q_heads), hk = std::size_t(shape.kv_heads);
+    return nb::make_tuple(numpy_array(std::move(grads.dq), {b, nq, hq, std::size_t(shape.head_dim)}),
+                          numpy_array(std::move(grads.dk), {b, nk, hk, std::size_t(shape.head_dim)}),
+                          numpy_array(std::move(grads.dv), {b, nk, hk, std::size_t(shape.value_dim)}));
 }
 
 // The checked mask of a reference call (the index array must outlive it).
@@ -445,11 +464,7 @@ NB_MODULE(_flashmask, m) {
           [](const Float64Array& q, const Float64Array& k, const Float64Array& v, const Float64Array& dout,
              const std::optional<InputArray>& indices, bool causal, std::optional<double> scale) {
               const fm::cpu::ReferenceShape shape = reference_shape(q, k, v);
-              require_rank4(dout, "dout");
-              require_extent(dout, 0, shape.batch, "dout", "batch size");
-              require_extent(dout, 1, shape.nq, "dout", "query length");
-              require_extent(dout, 2, shape.q_heads, "dout", "head count");
-              require_extent(dout, 3, shape.value_dim, "dout", "value dim");
+              require_dout_shape(dout, shape);
               const fm::MaskView mask = reference_mask(indices, causal, shape);
               fm::cpu::ReferenceBackward result;
               {
@@ -457,13 +472,49 @@ NB_MODULE(_flashmask, m) {
                   result = fm::cpu::reference_backward(shape, mask, scale_or_default(scale, shape.head_dim), q.data(),
                                                        k.data(), v.data(), dout.data());
               }
-              const auto b = std::size_t(shape.batch), nq = std::size_t(shape.nq), nk = std::size_t(shape.nk);
-              const auto hq = std::size_t(shape.q_heads), hk = std::size_t(shape.kv_heads);
-              return nb::make_tuple(
-                  numpy_array(std::move(result.dq), {b, nq, hq, std::size_t(shape.head_dim)}),
-                  numpy_array(std::move(result.dk), {b, nk, hk, std::size_t(shape.head_dim)}),
-                  numpy_array(std::move(result.dv), {b, nk, hk, std::size_t(shape.value_dim)}));
+              return gradient_arrays(std::move(result), shape);
           },
           nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("dout"), nb::arg("startend_row_indices").none(),
           nb::arg("causal"), nb::arg("scale").none());
+
+    // --- SPEC §5's naive in-dtype attention and bound (tests; see src/cpu/accuracy.hpp) --------
+    // Operands are float64 arrays holding values already rounded to `dtype`.
+    nb::enum_<fm::DType>(m, "DType")
+        .value("float32", fm::DType::Float32)
+        .value("float16", fm::DType::Float16)
+        .value("bfloat16", fm::DType::BFloat16);
+    m.def("naive_forward",
+          [](fm::DType dtype, const Float64Array& q, const Float64Array& k, const Float64Array& v,
+             const std::optional<InputArray>& indices, bool causal, std::optional<double> scale) {
+              const fm::cpu::ReferenceShape shape = reference_shape(q, k, v);
+              const fm::MaskView mask = reference_mask(indices, causal, shape);
+              std::vector<double> out;
+              {
+                  nb::gil_scoped_release unlocked;
+                  out = fm::cpu::naive_forward(dtype, shape, mask, scale_or_default(scale, shape.head_dim), q.data(),
+                                               k.data(), v.data());
+              }
+              return numpy_array(std::move(out), {std::size_t(shape.batch), std::size_t(shape.nq),
+                                                  std::size_t(shape.q_heads), std::size_t(shape.value_dim)});
+          },
+          nb::arg("dtype"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("startend_row_indices").none(),
+          nb::arg("causal"), nb::arg("scale").none());
+    m.def("naive_backward",
+          [](fm::DType dtype, const Float64Array& q, const Float64Array& k, const Float64Array& v,
+             const Float64Array& dout, const std::optional<InputArray>& indices, bool causal,
+             std::optional<double> scale) {
+              const fm::cpu::ReferenceShape shape = reference_shape(q, k, v);
+              require_dout_shape(dout, shape);
+              const fm::MaskView mask = reference_mask(indices, causal, shape);
+              fm::cpu::ReferenceBackward result;
+              {
+                  nb::gil_scoped_release unlocked;
+                  result = fm::cpu::naive_backward(dtype, shape, mask, scale_or_default(scale, shape.head_dim),
+                                                   q.data(), k.data(), v.data(), dout.data());
+              }
+              return gradient_arrays(std::move(result), shape);
+          },
+          nb::arg("dtype"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("dout"),
+          nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("scale").none());
+    m.def("spec_bound", &fm::cpu::spec_bound, nb::arg("dtype"), nb::arg("naive_relative_error"));
 }

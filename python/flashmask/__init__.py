@@ -11,7 +11,8 @@ argument; the exception's `argument` attribute holds that name.
 """
 
 from . import _flashmask, masks
-from .attention import attention_backward, attention_forward, reference_backward, reference_forward
+from .attention import (attention_backward, attention_forward, naive_backward, naive_forward, reference_backward,
+                        reference_forward, spec_bound)
 from .masks import (
     BLOCK_SUMMARY_FIELDS,
     CPU_BLOCK_M,
@@ -40,6 +41,7 @@ def cuda_available() -> bool:
 __all__ = [
     "BLOCK_SUMMARY_FIELDS", "CPU_BLOCK_M", "CPU_BLOCK_N", "Mask", "TileCounts", "__version__",
     "attention_backward", "attention_forward", "block_summaries", "catalogue", "catalogue_names",
-    "check_mask_shape", "cuda_available", "from_dense", "masks", "reference_backward", "reference_forward",
-    "tile_counts", "to_dense", "validate_mask", "visible_pairs",
+    "check_mask_shape", "cuda_available", "from_dense", "masks", "naive_backward", "naive_forward",
+    "reference_backward", "reference_forward", "spec_bound", "tile_counts", "to_dense", "validate_mask",
+    "visible_pairs",
 ]

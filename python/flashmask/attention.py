@@ -1,5 +1,5 @@
-"""Attention with FlashMask masks on NumPy arrays (the library's CPU path), and the float64
-reference it is tested against.
+"""Attention with FlashMask masks on NumPy arrays (the library's CPU path), the float64
+reference it is tested against, and SPEC §5's naive in-dtype attention and error bound.
 
 Layouts (SPEC §1), BSHD: q [B, Nq, Hq, D], k [B, Nk, Hk, D], v [B, Nk, Hk, Dv],
 out [B, Nq, Hq, Dv], lse float32 [B, Hq, Nq]. Any strides with a contiguous last dimension
@@ -9,12 +9,13 @@ dtypes: float32, float16, bfloat16 (see flashmask._arrays for how bfloat16 is sp
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
 from . import _flashmask
-from ._arrays import kernel_view, require_array, require_rank, to_float64, uses_bfloat16_bits
+from ._arrays import (BFLOAT16, is_ml_bfloat16, kernel_view, ml_dtypes_bfloat16, refusal, require_array,
+                      require_rank, to_float64, uses_bfloat16_bits)
 from .masks import mask_arguments
 
 _Q_LAYOUT = "[B, Nq, Hq, D]"
@@ -100,3 +101,72 @@ def reference_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.nda
     q64, k64, v64, dout64 = (to_float64(a, bfloat16_bits) for a in (q, k, v, dout))
     return _flashmask.reference_backward(q64, k64, v64, dout64, indices, causal,
                                          None if scale is None else float(scale))
+
+
+# The storage dtypes of attention, by NumPy dtype (bfloat16 is spelled separately; see _arrays).
+_LIBRARY_DTYPES = {np.dtype(np.float32): _flashmask.DType.float32, np.dtype(np.float16): _flashmask.DType.float16}
+_DTYPE_NAMES = {"float32": _flashmask.DType.float32, "float16": _flashmask.DType.float16,
+                BFLOAT16: _flashmask.DType.bfloat16}
+_EXPECTED_DTYPES = "float32, float16 or bfloat16"
+
+
+def _input_dtype(arrays, bfloat16_bits: bool):
+    """The one storage dtype of (name, array) pairs, as the library's DType; TypeError naming
+    the first array whose dtype is not a storage dtype or differs from the first's."""
+    (first_name, first), *others = arrays
+    for name, array in others:
+        if array.dtype != first.dtype:
+            raise refusal(TypeError, name, f"{name} has dtype {array.dtype}; expected {first_name}'s {first.dtype}")
+    if bfloat16_bits or is_ml_bfloat16(first):
+        return _flashmask.DType.bfloat16
+    if first.dtype not in _LIBRARY_DTYPES:
+        raise refusal(TypeError, first_name, f"{first_name} has dtype {first.dtype}; expected {_EXPECTED_DTYPES}")
+    return _LIBRARY_DTYPES[first.dtype]
+
+
+def naive_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, startend_row_indices=None, *,
+                  causal: bool = False, scale: Optional[float] = None, dtype: Optional[str] = None) -> np.ndarray:
+    """SPEC §5's "same computation done naively in the input dtype" (dense, slow; for tests):
+    out [B, Nq, Hq, Dv] as float64, with S, P and O each rounded once to the inputs' dtype
+    (src/cpu/accuracy.hpp). Its error against reference_forward feeds spec_bound()."""
+    q, k, v = (require_array(a, name) for a, name in ((q, "q"), (k, "k"), (v, "v")))
+    indices, causal = _attention_mask(startend_row_indices, causal, q)
+    bfloat16_bits = uses_bfloat16_bits(q, dtype)
+    storage = _input_dtype((("q", q), ("k", k), ("v", v)), bfloat16_bits)
+    q64, k64, v64 = (to_float64(a, bfloat16_bits) for a in (q, k, v))
+    return _flashmask.naive_forward(storage, q64, k64, v64, indices, causal, None if scale is None else float(scale))
+
+
+def naive_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, startend_row_indices=None, *,
+                   causal: bool = False, scale: Optional[float] = None,
+                   dtype: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """naive_forward's backward (autograd through the same rounded graph): (dq, dk, dv) as float64."""
+    dout, q, k, v = (require_array(a, name) for a, name in ((dout, "dout"), (q, "q"), (k, "k"), (v, "v")))
+    indices, causal = _attention_mask(startend_row_indices, causal, q)
+    bfloat16_bits = uses_bfloat16_bits(q, dtype)
+    storage = _input_dtype((("q", q), ("k", k), ("v", v), ("dout", dout)), bfloat16_bits)
+    q64, k64, v64, dout64 = (to_float64(a, bfloat16_bits) for a in (q, k, v, dout))
+    return _flashmask.naive_backward(storage, q64, k64, v64, dout64, indices, causal,
+                                     None if scale is None else float(scale))
+
+
+def spec_bound(dtype: Union[str, np.dtype, type], naive_error: float) -> float:
+    """SPEC §5's bound on ||x - ref|| / ||ref|| for one tensor of inputs of `dtype` ("float32",
+    "float16", "bfloat16" or a NumPy dtype): 1e-5 for float32; for 16-bit dtypes twice
+    `naive_error` (naive_* against reference_*), at least one rounding of the dtype, at most 2e-2."""
+    return float(_flashmask.spec_bound(_named_dtype(dtype), float(naive_error)))
+
+
+def _named_dtype(dtype):
+    """The library's DType for a dtype name or NumPy dtype; TypeError naming `dtype` otherwise."""
+    if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype]
+    try:
+        numpy_dtype = np.dtype(dtype)
+    except (TypeError, ValueError):
+        numpy_dtype = None
+    if numpy_dtype is not None and numpy_dtype == ml_dtypes_bfloat16():
+        return _flashmask.DType.bfloat16
+    if numpy_dtype in _LIBRARY_DTYPES:
+        return _LIBRARY_DTYPES[numpy_dtype]
+    raise refusal(TypeError, "dtype", f"dtype = {dtype!r}; expected {_EXPECTED_DTYPES}")
