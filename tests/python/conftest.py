@@ -1,6 +1,7 @@
 """Fresh random inputs every run: one session seed, from FLASHMASK_SEED when set (to replay a
-failure) or drawn at random, printed in pytest's header. Each test's generator is derived from
-the session seed and the test's id, so one test replays alone with the same numbers."""
+failure) or drawn at random, printed in pytest's header and summary. Each test's generator is
+derived from the session seed and the test's id, so one test replays alone with the same
+numbers."""
 
 import os
 import random
@@ -35,3 +36,8 @@ def seed(request) -> int:
 @pytest.fixture
 def rng(seed) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # The header is hidden under -q (as scripts/test runs pytest); the summary is not.
+    terminalreporter.write_line(f"flashmask random seed: {SESSION_SEED} (replay with {SEED_VARIABLE}={SESSION_SEED})")

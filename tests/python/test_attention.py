@@ -121,13 +121,24 @@ def expect_within_spec(name: str, dtype: str, value: np.ndarray, reference: np.n
     assert error < bound, f"{name}: relative error {error:.3e}, bound {bound:.3e}{naive_note}"
 
 
+# An explicit scale around the default 1/sqrt(D). Far larger scales make the softmax nearly
+# one-hot, where dS = P (dP - rowsum(dO * O)) cancels almost entirely and every implementation's
+# relative gradient error (the naive in-dtype one included) exceeds SPEC §5's 2e-2 cap: an
+# ill-conditioned regime, not a test of the kernel.
+SCALE_SPREAD = (0.5, 2.0)
+
+
+def random_scale(rng, head_dim: int) -> float:
+    return float(rng.uniform(*SCALE_SPREAD) / np.sqrt(head_dim))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_forward_and_backward_match_the_reference(case: Case, dtype: str, rng):
     q, k, v = operands(rng, case, dtype)
     dout = make_tensor(rng, (case.batch, case.nq, case.q_heads, case.head_dim), dtype)
     indices = random_indices(rng, case)
-    scale = float(rng.uniform(0.05, 0.3))
+    scale = random_scale(rng, case.head_dim)
     kwargs = dict(causal=case.causal, scale=scale, dtype=dtype_argument(dtype))
     is_16_bit = dtype != "float32"
 
@@ -162,7 +173,7 @@ def test_the_naive_16_bit_computation_is_really_worse_than_float64(rng):
     case = Case("", 1, int(rng.integers(40, 80)), int(rng.integers(40, 80)), 4, 2, 64, False, 0)
     q, k, v = operands(rng, case, "float32")
     dout = make_tensor(rng, (case.batch, case.nq, case.q_heads, case.head_dim), "float32")
-    scale = float(rng.uniform(0.05, 0.3))
+    scale = random_scale(rng, case.head_dim)
     errors = {}
     for dtype in ("float16", "bfloat16_bits"):
         inputs = [float32_to_bfloat16_bits(x) if dtype == "bfloat16_bits" else x.astype(dtype) for x in (q, k, v, dout)]
