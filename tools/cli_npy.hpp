@@ -100,6 +100,10 @@ inline NpyArray read_npy(const std::string& path, const std::string& option) {
     const char size_char = array.descr.empty() ? '0' : array.descr.back();
     const int64_t item_size = size_char >= '1' && size_char <= '8' ? size_char - '0' : 0;
     if (item_size == 0) throw UsageError(what + ": unsupported dtype '" + array.descr + "'");
+    // A byte count that wrapped around would leave `data` smaller than the shape says, and every
+    // later read of the array past its end.
+    if (numel > std::numeric_limits<int64_t>::max() / item_size)
+        throw UsageError(what + ": not a valid .npy file (its shape declares more than 2^63 bytes)");
     array.data.resize(std::size_t(numel * item_size));
     if (!in.read(reinterpret_cast<char*>(array.data.data()), std::streamsize(array.data.size())))
         throw UsageError(what + ": the file holds fewer than the " + std::to_string(numel) + " elements its header declares");

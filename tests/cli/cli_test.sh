@@ -271,6 +271,14 @@ case_validate_error_keys() { write_npy "$WORK/m.npy" '<i4' 1,1,2,1 "2 2"; expect
 case_validate_error_heads_not_divisible() { write_npy "$WORK/m.npy" '<i4' 1,1,2,1 "2 2"; expect_usage_error "--heads 3 is not divisible by --kv-heads 2" validate --indices "$WORK/m.npy" --seqlen 2 --causal --heads 3 --kv-heads 2; }
 case_validate_error_not_npy() { echo "4 4 4 4" >"$WORK/m.txt"; expect_usage_error "not a .npy file" validate --indices "$WORK/m.txt" --seqlen 4 --causal; }
 
+# A header whose shape times the item size wraps around 2^64 (4 x (2^60 + 1) int32 = 2^64 + 16
+# bytes) once read 16 bytes and then the array far past them (a crash); it is refused instead.
+case_validate_error_npy_size_overflow() {
+  write_npy "$WORK/m.npy" '<i4' 4,1,1152921504606846977,1 "1 1 1 1"
+  expect_usage_error "not a valid .npy file \\(its shape declares more than 2\\^63 bytes\\)" \
+    validate --indices "$WORK/m.npy" --seqlen 2147483647 --causal
+}
+
 # ---------------------------------------------------------------------------------------------
 # help
 # ---------------------------------------------------------------------------------------------
