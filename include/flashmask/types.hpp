@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -53,9 +54,17 @@ struct TensorView {
     std::array<int64_t, kMaxRank> shape{};
     std::array<int64_t, kMaxRank> strides{};
 
+    // The element count; 0 when an extent is 0 (or negative, which every check refuses), and
+    // saturated at INT64_MAX where the product overflows: extents are checked one by one, so
+    // their product can exceed int64 (four of 2^16), and a wrapped count of 0 would pass for empty.
     int64_t numel() const {
+        for (int d = 0; d < rank; ++d)
+            if (shape[d] <= 0) return 0;
         int64_t n = 1;
-        for (int d = 0; d < rank; ++d) n *= shape[d];
+        for (int d = 0; d < rank; ++d) {
+            if (n > std::numeric_limits<int64_t>::max() / shape[d]) return std::numeric_limits<int64_t>::max();
+            n *= shape[d];
+        }
         return n;
     }
     bool last_dim_contiguous() const { return rank == 0 || strides[rank - 1] == 1 || shape[rank - 1] <= 1; }

@@ -211,5 +211,31 @@ const BadInput kBadInputs[] = {
 INSTANTIATE_TEST_SUITE_P(EveryBadInput, RefusedInput, ::testing::ValuesIn(kBadInputs),
                          [](const ::testing::TestParamInfo<BadInput>& info) { return std::string(info.param.name); });
 
+// Extents of 2^16 each pass the per-extent int32 check, but q's element count, 2^64, does not
+// fit int64: computed by plain multiplication it wrapped to 0, so q passed for empty and its
+// null data went unchecked. q is refused first, as any non-empty null tensor is.
+TEST(RefusedInput, NullDataWhoseElementCountOverflowsInt64) {
+    constexpr int64_t kExtent = int64_t(1) << 16;
+    auto null_view = [](int rank) {
+        TensorView t;
+        t.data = nullptr;
+        t.dtype = rank == 3 ? DType::Float32 : DType::BFloat16;
+        t.rank = rank;
+        for (int d = 0; d < rank; ++d) t.shape[d] = kExtent;
+        for (int d = 0; d < rank; ++d) t.strides[d] = d == rank - 1 ? 1 : kExtent;  // never used
+        return t;
+    };
+    ForwardArgs args;
+    args.q = args.k = args.v = args.out = null_view(4);
+    args.lse = null_view(3);
+    try {
+        forward(args);
+        ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.argument(), "q") << e.what();
+        EXPECT_NE(std::string(e.what()).find("null"), std::string::npos) << e.what();
+    }
+}
+
 }  // namespace
 }  // namespace flashmask::testing
