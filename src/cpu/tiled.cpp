@@ -325,7 +325,9 @@ struct MaskTiles {
     TileKind kind(int32_t b, int32_t q_head, int32_t q_block, int32_t kv_block) const {
         const int32_t m = p.mask.mask_head(q_head);
         const BlockSummary& s = summaries[(std::size_t(b) * mask_heads + m) * kv_blocks + kv_block];
-        return classify(s, q_block * kBlockM, std::min(p.nq, (q_block + 1) * kBlockM));
+        // Not (q_block + 1) * kBlockM, which overflows int32 in the last block when Nq is near 2^31.
+        const int32_t row_begin = q_block * kBlockM;
+        return classify(s, row_begin, row_begin + rows_in(q_block));
     }
     int32_t rows_in(int32_t q_block) const { return std::min(kBlockM, p.nq - q_block * kBlockM); }
     int32_t cols_in(int32_t kv_block) const { return std::min(kBlockN, p.nk - kv_block * kBlockN); }
