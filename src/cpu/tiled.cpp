@@ -54,9 +54,11 @@ typename Storage::type* row_pointer(const Operand& operand, int64_t b, int64_t s
            h * operand.stride[2];
 }
 
+// Scratch tiles are indexed in int64 (pitches, transposed rows): with a head dim beyond
+// 2^31 / kBlockN, r * pitch and d * kBlockN overflow int32.
 // dst[r * pitch + d] = multiplier * src[b, first + r, h, d] for r < count, d < width.
 template <class Storage>
-void load_rows(const Operand& src, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width, int32_t pitch,
+void load_rows(const Operand& src, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width, int64_t pitch,
                float multiplier, float* dst) {
     for (int32_t r = 0; r < count; ++r) {
         const auto* row = row_pointer<Storage>(src, b, first + r, h);
@@ -71,15 +73,15 @@ void load_transposed(const Operand& src, int64_t b, int32_t first, int64_t h, in
                      float* dst) {
     for (int32_t c = 0; c < count; ++c) {
         const auto* row = row_pointer<Storage>(src, b, first + c, h);
-        for (int32_t d = 0; d < width; ++d) dst[d * kBlockN + c] = Storage::to_float(row[d]);
+        for (int64_t d = 0; d < width; ++d) dst[d * kBlockN + c] = Storage::to_float(row[d]);
     }
-    for (int32_t d = 0; d < width; ++d)
+    for (int64_t d = 0; d < width; ++d)
         for (int32_t c = count; c < kBlockN; ++c) dst[d * kBlockN + c] = 0.0f;
 }
 
 // dst[b, first + r, h, d] = multiplier * src[r * pitch + d] for r < count, d < width.
 template <class Storage>
-void store_rows(const Operand& dst, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width, int32_t pitch,
+void store_rows(const Operand& dst, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width, int64_t pitch,
                 float multiplier, const float* src) {
     for (int32_t r = 0; r < count; ++r) {
         auto* row = row_pointer<Storage>(dst, b, first + r, h);
@@ -163,22 +165,22 @@ constexpr int32_t kVectorsPerRow = 2;
 constexpr int32_t kColumnBlock = kVectorWidth * kVectorsPerRow;
 static_assert(kBlockM % kRowBlock == 0 && kBlockN % kRowBlock == 0 && kBlockN % kColumnBlock == 0);
 
-int32_t round_up(int32_t n, int32_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
 // out[r][x] (+)= sum_{k < depth} A(r, k) * b[k * ldb + x] for r < rows, x < width (rows a
 // multiple of kRowBlock, width of kColumnBlock), with A(r, k) = a[r * a_row + k * a_depth]: the
 // one matrix product of the CPU path. Strides of A express its transposes: Q K^T, dO V^T
 // (A = Q or dO), P V, dS K (A = P or dS), and P^T dO, dS^T Q (A = P^T or dS^T).
 FM_SIMD_CLONES void multiply(const float* __restrict a, int64_t a_row, int64_t a_depth, const float* __restrict b,
-                             int64_t ldb, float* __restrict out, int64_t ldo, int32_t rows, int32_t depth,
-                             int32_t width, bool accumulate) {
-    for (int32_t r0 = 0; r0 < rows; r0 += kRowBlock)
-        for (int32_t x0 = 0; x0 < width; x0 += kColumnBlock) {
+                             int64_t ldb, float* __restrict out, int64_t ldo, int64_t rows, int64_t depth,
+                             int64_t width, bool accumulate) {
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock)
+        for (int64_t x0 = 0; x0 < width; x0 += kColumnBlock) {
             FloatVector acc[kRowBlock][kVectorsPerRow];
             for (int32_t i = 0; i < kRowBlock; ++i)
                 for (int32_t v = 0; v < kVectorsPerRow; ++v)
                     acc[i][v] = accumulate ? load_vector(out + (r0 + i) * ldo + x0 + v * kVectorWidth) : FloatVector{};
-            for (int32_t k = 0; k < depth; ++k) {
+            for (int64_t k = 0; k < depth; ++k) {
                 FloatVector b_row[kVectorsPerRow];
                 for (int32_t v = 0; v < kVectorsPerRow; ++v) b_row[v] = load_vector(b + k * ldb + x0 + v * kVectorWidth);
                 for (int32_t i = 0; i < kRowBlock; ++i) {
@@ -195,7 +197,7 @@ FM_SIMD_CLONES void multiply(const float* __restrict a, int64_t a_row, int64_t a
 // Partial tiles: the rows of a key-block operand (V forward, K for dQ backward) whose key has
 // P = 0 in every row of the tile are zeroed, so that a hidden key's values, even Inf or NaN,
 // never meet a 0 * x in the products.
-void clear_unseen_keys(const float* prob, int32_t rows, int32_t cols, float* operand, int32_t pitch) {
+void clear_unseen_keys(const float* prob, int32_t rows, int32_t cols, float* operand, int64_t pitch) {
     for (int32_t c = 0; c < cols; ++c) {
         bool seen = false;
         for (int32_t r = 0; r < rows && !seen; ++r) seen = prob[r * kBlockN + c] != 0.0f;
@@ -335,14 +337,14 @@ struct MaskTiles {
 
 // Padded row pitches of the scratch tiles: head widths rounded up to whole register tiles.
 struct Pitches {
-    int32_t head, value;
+    int64_t head, value;
     explicit Pitches(const AttentionProblem& p)
         : head(round_up(p.head_dim, kColumnBlock)), value(round_up(p.value_dim, kColumnBlock)) {}
 };
 
 // Scores of one tile (already scaled, since the query tile is), masked as its kind requires.
 void tile_scores(const MaskTiles& tiles, TileKind kind, int32_t b, int32_t q_head, int32_t q_block, int32_t kv_block,
-                 const float* q_tile, int32_t q_pitch, const float* kt_tile, float* scores, TileColumns& columns) {
+                 const float* q_tile, int64_t q_pitch, const float* kt_tile, float* scores, TileColumns& columns) {
     const int32_t rows = tiles.rows_in(q_block), cols = tiles.cols_in(kv_block);
     multiply(q_tile, q_pitch, 1, kt_tile, kBlockN, scores, kBlockN, round_up(rows, kRowBlock), tiles.p.head_dim,
              kBlockN, false);
@@ -411,7 +413,7 @@ void forward_item(const MaskTiles& tiles, int64_t item, ForwardScratch& w) {
         online_softmax_step(w.scores.data(), w.row_max.data(), w.row_sum.data(), w.rescale.data(), rows);
         for (int32_t r = 0; r < rows; ++r)
             if (w.rescale[r] != 1.0f)
-                for (int32_t d = 0; d < pitch.value; ++d) w.acc[r * pitch.value + d] *= w.rescale[r];
+                for (int64_t d = 0; d < pitch.value; ++d) w.acc[r * pitch.value + d] *= w.rescale[r];
         if (kind == TileKind::Partial) clear_unseen_keys(w.scores.data(), rows, cols, w.v.data(), pitch.value);
         multiply(w.scores.data(), kBlockN, 1, w.v.data(), pitch.value, w.acc.data(), pitch.value,
                  round_up(rows, kRowBlock), cols, pitch.value, true);
@@ -528,7 +530,7 @@ void dkdv_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t 
     const WorkItem at = work_item(item, p.kv_heads, tiles.kv_blocks);
     const int32_t b = at.b, kvh = at.head, kv_block = at.block;
     const int32_t first_col = kv_block * kBlockN, cols = tiles.cols_in(kv_block);
-    const int32_t key_rows = round_up(cols, kRowBlock);
+    const int64_t key_rows = round_up(cols, kRowBlock);
     const int32_t group = p.q_heads / p.kv_heads;
 
     std::fill(w.dk.begin(), w.dk.end(), 0.0f);
