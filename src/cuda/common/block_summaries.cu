@@ -10,11 +10,13 @@ constexpr int kSummaryThreads = 128;  // one block summary per CTA; columns stri
 // columns, then a shared-memory tree merges the partial summaries.
 __global__ void block_summaries_kernel(MaskView mask, int32_t block_n, int32_t blocks_per_row, BlockSummary* out) {
     const int32_t kv_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
-    const int32_t first = kv_block * block_n;
-    const int32_t end = min(first + block_n, mask.nk);
+    // Columns in int64: with Nk near 2^31, first + block_n and j + kSummaryThreads overflow int32
+    // (j would wrap negative, pass j < end and read before the tensor).
+    const int64_t first = int64_t(kv_block) * block_n;
+    const int64_t end = min(first + block_n, int64_t(mask.nk));
     BlockSummary partial = BlockSummary::empty();
-    for (int32_t j = first + int32_t(threadIdx.x); j < end; j += kSummaryThreads)
-        partial.fold(column_intervals(mask, batch, head, j));
+    for (int64_t j = first + threadIdx.x; j < end; j += kSummaryThreads)
+        partial.fold(column_intervals(mask, batch, head, int32_t(j)));
 
     __shared__ BlockSummary shared[kSummaryThreads];
     shared[threadIdx.x] = partial;
