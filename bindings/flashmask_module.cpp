@@ -164,6 +164,20 @@ fm::MaskView checked_mask_view(const std::optional<InputArray>& index_array, boo
     return fm::make_mask_view(indices, causal, nq, nk, q_heads);
 }
 
+// The same for calls that address mask heads 0 .. mask_heads - 1 themselves (to_dense,
+// block_summaries): the index tensor must hold exactly that many. checked_mask_view() accepts
+// Hm = 1 for any head count (an attention call broadcasts it), but head 1 of such a tensor
+// would be read past its end.
+fm::MaskView checked_mask_heads_view(const std::optional<InputArray>& index_array, bool causal, int64_t batch,
+                                     int64_t mask_heads, int64_t nq, int64_t nk) {
+    const fm::MaskView mask = checked_mask_view(index_array, causal, batch, nq, nk, mask_heads, mask_heads);
+    if (index_array && int64_t(index_array->shape(1)) != mask_heads)
+        throw fm::Error(fm::ErrorCode::InvalidArgument, kIndexArgument,
+                        std::string(kIndexArgument) + " has " + std::to_string(index_array->shape(1)) +
+                            " mask heads; expected mask_heads = " + std::to_string(mask_heads));
+    return mask;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Owned C++ buffers -> NumPy arrays
 // ---------------------------------------------------------------------------------------------
@@ -341,7 +355,7 @@ NB_MODULE(_flashmask, m) {
     m.def("to_dense",
           [](const std::optional<InputArray>& indices, bool causal, int64_t batch, int64_t mask_heads, int64_t nq,
              int64_t nk, int64_t batch_index, int64_t head_index) {
-              const fm::MaskView mask = checked_mask_view(indices, causal, batch, nq, nk, mask_heads, mask_heads);
+              const fm::MaskView mask = checked_mask_heads_view(indices, causal, batch, mask_heads, nq, nk);
               require_in_range(batch_index, 0, batch, "batch_index");
               require_in_range(head_index, 0, mask_heads, "head");
               std::vector<uint8_t> dense = fm::to_dense(mask, int32_t(batch_index), int32_t(head_index));
@@ -361,7 +375,7 @@ NB_MODULE(_flashmask, m) {
     m.def("block_summaries",
           [](const std::optional<InputArray>& indices, bool causal, int64_t batch, int64_t mask_heads, int64_t nq,
              int64_t nk, int32_t block_n) {
-              const fm::MaskView mask = checked_mask_view(indices, causal, batch, nq, nk, mask_heads, mask_heads);
+              const fm::MaskView mask = checked_mask_heads_view(indices, causal, batch, mask_heads, nq, nk);
               std::vector<fm::BlockSummary> summaries =
                   fm::block_summaries(mask, int32_t(batch), int32_t(mask_heads), block_n);
               constexpr std::size_t kFields = sizeof(fm::BlockSummary) / sizeof(int32_t);

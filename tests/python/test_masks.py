@@ -208,3 +208,16 @@ def test_block_summaries_shape(rng):
     assert summaries.shape == (1, 1, -(-n // 32), len(flashmask.BLOCK_SUMMARY_FIELDS))
     lower_start = list(flashmask.BLOCK_SUMMARY_FIELDS).index("min_lower_start")
     assert summaries.dtype == np.int32 and np.all(summaries[..., lower_start] >= 0)
+
+
+def test_module_refuses_more_mask_heads_than_the_index_tensor_holds(rng):
+    # The extension's to_dense / block_summaries take the head count from the caller; a count
+    # above the tensor's Hm (accepted as a broadcast Hm = 1 before) read past the tensor's end.
+    n = int(rng.integers(2, 50))
+    indices = masks.causal_document([n]).startend_row_indices
+    heads = int(rng.integers(2, 1_000_000))
+    with pytest.raises(ValueError, match="has 1 mask heads; expected mask_heads") as refused:
+        flashmask._flashmask.to_dense(indices, True, 1, heads, n, n, 0, heads - 1)
+    assert refused.value.argument == "startend_row_indices"
+    with pytest.raises(ValueError, match="has 1 mask heads; expected mask_heads"):
+        flashmask._flashmask.block_summaries(indices, True, 1, heads, n, n, 32)
