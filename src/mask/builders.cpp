@@ -321,16 +321,11 @@ MaskSpec window_mask(int64_t nq, int64_t nk, int64_t left, int64_t right, bool c
     const int64_t unbounded = nq + nk + 1;
     left = left < 0 ? unbounded : std::min(left, unbounded);
     right = right < 0 ? unbounded : std::min(right, unbounded);
-    auto clamp_row = [&](int64_t row) { return std::clamp<int64_t>(row, 0, nq); };
-    MaskSpec spec;
-    spec.causal = causal;
-    spec.nq = nq;
-    spec.nk = nk;
-    spec.slots = causal ? 1 : 2;  // with causal the upper side is the diagonal itself
-    spec.indices.assign(std::size_t(nk * spec.slots), 0);
+    // With causal the upper side is the diagonal itself: C = 1.
+    MaskSpec spec = MaskSpec::zeros(causal, nq, nk, causal ? 1 : 2);
     for (int64_t j = 0; j < nk; ++j) {
-        set(spec, j, kLts, clamp_row(j - offset + left + 1));
-        if (!causal) set(spec, j, kUteOfTwo, clamp_row(j - offset - right));
+        set(spec, j, kLts, clamp_row(j - offset + left + 1, int32_t(nq)));
+        if (!causal) set(spec, j, kUteOfTwo, clamp_row(j - offset - right, int32_t(nq)));
     }
     return spec;
 }
