@@ -38,20 +38,14 @@ inline fm::MaskSpec catalogue_corner(const std::string& name, int64_t nq, int64_
     const int64_t n = std::max(nq, nk);
     fm::MaskSpec square = fm::catalogue_mask(name, n, seed);
     if (nq == nk) return square;
-    fm::MaskSpec corner;
-    corner.causal = square.causal;
-    corner.nq = nq;
-    corner.nk = nk;
-    corner.slots = square.slots;
-    if (!square.has_indices()) return corner;
+    fm::MaskSpec corner = fm::MaskSpec::zeros(square.causal, nq, nk, square.slots);
     const int64_t row_offset = n - nq, column_offset = n - nk;  // one of the two is 0
-    corner.indices.resize(std::size_t(nk * corner.slots));
     for (int64_t j = 0; j < nk; ++j)
         for (int32_t slot = 0; slot < corner.slots; ++slot) {
             // A masked row interval [a, b) of the square is [a - offset, b - offset) of the corner,
             // clamped to its rows; every slot value is a row bound, so each shifts alike.
             const int64_t value = square.indices[std::size_t((j + column_offset) * square.slots + slot)];
-            corner.indices[std::size_t(j * corner.slots + slot)] = int32_t(std::clamp<int64_t>(value - row_offset, 0, nq));
+            corner.indices[std::size_t(j * corner.slots + slot)] = fm::clamp_row(value - row_offset, int32_t(nq));
         }
     return corner;
 }
