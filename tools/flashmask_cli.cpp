@@ -185,8 +185,9 @@ MaskArgs parse_mask_args(const ParsedArgs& args) {
     return m;
 }
 
-std::string block_origin(const MaskArgs& m) {
-    return m.block_m == kDefaultBlockM && m.block_n == kDefaultBlockN ? "the CPU path's blocks" : "--block-m x --block-n";
+// Where the tile counts' block sizes come from, for the tiles line.
+std::string block_origin(int32_t block_m, int32_t block_n) {
+    return block_m == kDefaultBlockM && block_n == kDefaultBlockN ? "the CPU path's blocks" : "--block-m x --block-n";
 }
 
 int command_tiles(const std::vector<std::string>& argv) {
@@ -198,7 +199,7 @@ int command_tiles(const std::vector<std::string>& argv) {
         j.text("command", "tiles").add("mask", mask_json(report).str()).add("seed", std::to_string(m.seed));
         std::printf("%s\n", j.str().c_str());
     } else {
-        print_mask_report(report, block_origin(m));
+        print_mask_report(report, block_origin(m.block_m, m.block_n));
         std::printf("seed         %" PRIu64 "\n", m.seed);
     }
     return kExitSuccess;
@@ -319,7 +320,7 @@ int command_run(const std::vector<std::string>& argv) {
                                         ? format("cpu, %d thread%s", cpu_threads, cpu_threads == 1 ? "" : "s")
                                         : std::string("cuda");
     if (!settings.json) {
-        print_mask_report(report, block_origin(mask_args));
+        print_mask_report(report, block_origin(mask_args.block_m, mask_args.block_n));
         std::printf("problem      batch %lld, query heads %lld, kv heads %lld, head dim %lld, %s\n", (long long)s.batch,
                     (long long)s.q_heads, (long long)s.kv_heads, (long long)s.head_dim, fm::to_string(settings.dtype));
         std::printf("device       %s\n", device_text.c_str());
@@ -415,16 +416,7 @@ int command_validate(const std::vector<std::string>& argv) {
     if (!dtype)
         throw UsageError("--indices " + path + ": dtype '" + array.descr +
                          "' is not supported; startend_row_indices must be int32 ('<i4')");
-    fm::TensorView view;
-    view.data = array.data.data();
-    view.dtype = *dtype;
-    view.rank = int(array.shape.size());
-    int64_t stride = 1;
-    for (int d = view.rank - 1; d >= 0; --d) {
-        view.shape[d] = array.shape[std::size_t(d)];
-        view.strides[d] = stride;
-        stride *= view.shape[d];
-    }
+    const fm::TensorView view = fm::make_contiguous_view(array.data.data(), *dtype, array.shape);
     // Defaults come from the file, so only what the user states can disagree with it.
     auto file_dim = [&](int d) { return view.rank == kIndicesRank ? std::max<int64_t>(1, view.shape[d]) : 1; };
     const int64_t nk = args.integer("seqlen-k", file_dim(2), 1, kMaxSequenceLength);
@@ -439,8 +431,6 @@ int command_validate(const std::vector<std::string>& argv) {
     fm::validate_mask(view, causal, nq);
     const fm::MaskView mask = fm::make_mask_view(view, causal, nq, nk, q_heads);
     const MaskStats stats = mask_stats(mask, int32_t(batch), int32_t(q_heads), block_m, block_n);
-    const std::string origin = block_m == kDefaultBlockM && block_n == kDefaultBlockN ? "the CPU path's blocks"
-                                                                                      : "--block-m x --block-n";
     if (args.has("json")) {
         JsonObject j;
         j.text("command", "validate").boolean("valid", true).text("shape", fm::shape_string(view)).boolean("causal", causal);
@@ -452,7 +442,7 @@ int command_validate(const std::vector<std::string>& argv) {
                     causal ? "true" : "false", (long long)view.shape[3]);
         std::printf("problem      batch %lld, Nq = %lld, Nk = %lld, query heads %lld, kv heads %lld\n", (long long)batch,
                     (long long)nq, (long long)nk, (long long)q_heads, (long long)kv_heads);
-        print_stats(stats, origin);
+        print_stats(stats, block_origin(block_m, block_n));
     }
     return kExitSuccess;
 }
