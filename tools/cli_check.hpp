@@ -103,8 +103,9 @@ struct GroupInputs {
     }
 };
 
-CheckLine finish_line(const std::string& tensor, fm::DType dtype, const fm::cpu::ErrorAccumulator& error,
-                      const fm::cpu::ErrorAccumulator& naive) {
+// One tensor's line of the table: its error, the SPEC §5 bound (from the naive error) and the verdict.
+inline CheckLine finish_line(const std::string& tensor, fm::DType dtype, const fm::cpu::ErrorAccumulator& error,
+                             const fm::cpu::ErrorAccumulator& naive) {
     CheckLine line;
     line.tensor = tensor;
     line.error = error.relative();

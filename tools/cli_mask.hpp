@@ -134,8 +134,8 @@ struct MaskReport {
     MaskStats stats;
 };
 
-MaskReport analyse_mask(const std::string& name, int64_t nq, int64_t nk, uint64_t seed, int32_t block_m,
-                        int32_t block_n) {
+inline MaskReport analyse_mask(const std::string& name, int64_t nq, int64_t nk, uint64_t seed, int32_t block_m,
+                               int32_t block_n) {
     MaskReport r;
     r.name = name;
     r.spec = catalogue_corner(name, nq, nk, seed);
