@@ -11,7 +11,13 @@
 namespace flashmask {
 
 using mask_detail::check_length;
+using mask_detail::kLte;
+using mask_detail::kLts;
+using mask_detail::kUte;
+using mask_detail::kUteOfTwo;
+using mask_detail::kUts;
 using mask_detail::refuse;
+using mask_detail::set_index;
 
 // ---------------------------------------------------------------------------------------------
 // MaskSpec
@@ -55,18 +61,7 @@ MaskView MaskSpec::mask_view() const {
 // ---------------------------------------------------------------------------------------------
 namespace {
 
-// Slot positions of each layout (SPEC §2 table).
-constexpr int kLts = 0;
-constexpr int kLte = 1;       // causal C = 2 and C = 4
-constexpr int kUteOfTwo = 1;  // not causal, C = 2
-constexpr int kUts = 2;       // C = 4
-constexpr int kUte = 3;       // C = 4
-
 MaskSpec square_spec(bool causal, int64_t n, int32_t slots) { return MaskSpec::zeros(causal, n, n, slots); }
-
-void set(MaskSpec& spec, int64_t column, int slot, int64_t value) {
-    spec.indices[std::size_t(column * spec.slots + slot)] = int32_t(value);
-}
 
 // Checks a list of non-negative lengths and returns their sum.
 int64_t total_length(const std::vector<int64_t>& lengths, const std::string& argument, const std::string& where) {
@@ -111,7 +106,7 @@ MaskSpec sliding_window_mask(int64_t n, int64_t window) {
         refuse("window", "sliding_window_mask: window must be at least 1 (a row sees itself), got " + std::to_string(window));
     // Row i sees keys (i - window, i]: key j is hidden from rows j + window on.
     MaskSpec spec = square_spec(true, n, 1);
-    for (int64_t j = 0; j < n; ++j) set(spec, j, kLts, std::min(j + std::min(window, n), n));
+    for (int64_t j = 0; j < n; ++j) set_index(spec, j, kLts, std::min(j + std::min(window, n), n));
     return spec;
 }
 
@@ -119,7 +114,7 @@ MaskSpec causal_document_mask(const std::vector<int64_t>& document_lengths) {
     const int64_t n = total_length(document_lengths, "document_lengths", "causal_document_mask");
     MaskSpec spec = square_spec(true, n, 1);
     for_each_document(document_lengths, [&](std::size_t, int64_t start, int64_t end) {
-        for (int64_t j = start; j < end; ++j) set(spec, j, kLts, end);
+        for (int64_t j = start; j < end; ++j) set_index(spec, j, kLts, end);
     });
     return spec;
 }
@@ -129,8 +124,8 @@ MaskSpec document_mask(const std::vector<int64_t>& document_lengths) {
     MaskSpec spec = square_spec(false, n, 2);
     for_each_document(document_lengths, [&](std::size_t, int64_t start, int64_t end) {
         for (int64_t j = start; j < end; ++j) {
-            set(spec, j, kLts, end);
-            set(spec, j, kUteOfTwo, start);
+            set_index(spec, j, kLts, end);
+            set_index(spec, j, kUteOfTwo, start);
         }
     });
     return spec;
@@ -153,10 +148,10 @@ MaskSpec share_question_mask(const std::vector<int64_t>& question_lengths,
     for_each_document(document_lengths, [&](std::size_t d, int64_t start, int64_t end) {
         // The question is seen by every answer of its document; each answer only by itself.
         const int64_t question_end = start + question_lengths[d];
-        for (int64_t j = start; j < question_end; ++j) set(spec, j, kLts, end);
+        for (int64_t j = start; j < question_end; ++j) set_index(spec, j, kLts, end);
         for_each_document(answer_lengths[d], [&](std::size_t, int64_t answer_start, int64_t answer_end) {
             for (int64_t j = question_end + answer_start; j < question_end + answer_end; ++j)
-                set(spec, j, kLts, question_end + answer_end);
+                set_index(spec, j, kLts, question_end + answer_end);
         });
     });
     return spec;
@@ -184,10 +179,10 @@ MaskSpec global_sliding_window_mask(int64_t n, int64_t global_tokens, int64_t wi
                 upper_end = first_visible;
             }
         }
-        set(spec, j, kLts, lower_start);
-        set(spec, j, kLte, n);
-        set(spec, j, kUts, upper_start);
-        set(spec, j, kUte, upper_end);
+        set_index(spec, j, kLts, lower_start);
+        set_index(spec, j, kLte, n);
+        set_index(spec, j, kUts, upper_start);
+        set_index(spec, j, kUte, upper_end);
     }
     return spec;
 }
@@ -202,8 +197,8 @@ MaskSpec causal_blockwise_mask(const std::vector<int64_t>& document_lengths) {
     for_each_document(document_lengths, [&](std::size_t, int64_t start, int64_t end) {
         const bool hidden_somewhere = end < last_start;
         for (int64_t j = start; j < end; ++j) {
-            set(spec, j, kLts, hidden_somewhere ? end : n);
-            set(spec, j, kLte, hidden_somewhere ? last_start : n);
+            set_index(spec, j, kLts, hidden_somewhere ? end : n);
+            set_index(spec, j, kLte, hidden_somewhere ? last_start : n);
         }
     });
     return spec;
@@ -218,8 +213,8 @@ MaskSpec prefix_lm_causal_mask(int64_t n, int64_t prefix_length) {
     // The prefix is seen by every row; later keys causally.
     MaskSpec spec = square_spec(false, n, 2);
     for (int64_t j = 0; j < n; ++j) {
-        set(spec, j, kLts, n);
-        set(spec, j, kUteOfTwo, j < prefix_length ? 0 : j);
+        set_index(spec, j, kLts, n);
+        set_index(spec, j, kUteOfTwo, j < prefix_length ? 0 : j);
     }
     return spec;
 }
@@ -239,8 +234,8 @@ MaskSpec prefix_lm_document_mask(const std::vector<int64_t>& document_lengths, c
     MaskSpec spec = square_spec(false, n, 2);
     for_each_document(document_lengths, [&](std::size_t d, int64_t start, int64_t end) {
         for (int64_t j = start; j < end; ++j) {
-            set(spec, j, kLts, end);
-            set(spec, j, kUteOfTwo, j < start + prefix_lengths[d] ? start : j);
+            set_index(spec, j, kLts, end);
+            set_index(spec, j, kUteOfTwo, j < start + prefix_lengths[d] ? start : j);
         }
     });
     return spec;
@@ -265,13 +260,13 @@ MaskSpec qk_sparse_mask(int64_t n, const std::vector<RowSpan>& dropped_spans) {
                                         ", " + std::to_string(spans[s].end) + ")");
     MaskSpec spec = square_spec(true, n, 2);
     for (int64_t j = 0; j < n; ++j) {
-        set(spec, j, kLts, n);
-        set(spec, j, kLte, n);
+        set_index(spec, j, kLts, n);
+        set_index(spec, j, kLte, n);
     }
     for (const RowSpan& span : spans)
         for (int64_t j = span.start; j < span.end; ++j) {
-            set(spec, j, kLts, j);
-            set(spec, j, kLte, span.end);
+            set_index(spec, j, kLts, j);
+            set_index(spec, j, kLte, span.end);
         }
     return spec;
 }
@@ -287,7 +282,7 @@ MaskSpec random_eviction_mask(const std::vector<int32_t>& eviction_rows) {
             refuse("eviction_rows", where + ": eviction_rows[" + std::to_string(j) + "] = " +
                                         std::to_string(eviction_rows[j]) + " must be in [j + 1, N] = [" +
                                         std::to_string(j + 1) + ", " + std::to_string(n) + "]");
-        set(spec, j, kLts, eviction_rows[j]);
+        set_index(spec, j, kLts, eviction_rows[j]);
     }
     return spec;
 }
@@ -324,8 +319,8 @@ MaskSpec window_mask(int64_t nq, int64_t nk, int64_t left, int64_t right, bool c
     // With causal the upper side is the diagonal itself: C = 1.
     MaskSpec spec = MaskSpec::zeros(causal, nq, nk, causal ? 1 : 2);
     for (int64_t j = 0; j < nk; ++j) {
-        set(spec, j, kLts, clamp_row(j - offset + left + 1, int32_t(nq)));
-        if (!causal) set(spec, j, kUteOfTwo, clamp_row(j - offset - right, int32_t(nq)));
+        set_index(spec, j, kLts, clamp_row(j - offset + left + 1, int32_t(nq)));
+        if (!causal) set_index(spec, j, kUteOfTwo, clamp_row(j - offset - right, int32_t(nq)));
     }
     return spec;
 }

@@ -8,7 +8,13 @@
 namespace flashmask {
 
 using mask_detail::check_length;
+using mask_detail::kLte;
+using mask_detail::kLts;
+using mask_detail::kUte;
+using mask_detail::kUteOfTwo;
+using mask_detail::kUts;
 using mask_detail::refuse;
+using mask_detail::set_index;
 
 std::vector<uint8_t> to_dense(const MaskView& mask, int32_t batch, int32_t mask_head) {
     if (batch < 0) refuse("batch", "to_dense: batch must be >= 0, got " + std::to_string(batch));
@@ -44,11 +50,6 @@ std::string kind_string(bool causal, int32_t slots) {
     return std::string("causal = ") + (causal ? "true" : "false") + ", C = " + std::to_string(slots);
 }
 
-// Slot positions (SPEC §2 table).
-constexpr int kLts = 0;
-constexpr int kSecond = 1;  // LTE (causal C = 2, C = 4) or UTE (not causal, C = 2)
-constexpr int kUts = 2;
-constexpr int kUte = 3;
 // No layout has more than two intervals, so two runs and the start of a third say it all.
 constexpr std::size_t kRunsNeeded = 3;
 
@@ -65,7 +66,6 @@ MaskSpec from_dense(const uint8_t* visible, int64_t nq, int64_t nk, bool causal,
                             (causal ? "true (expected 0, 1 or 2)" : "false (expected 0, 2 or 4)"));
 
     MaskSpec spec = MaskSpec::zeros(causal, nq, nk, slots);
-    auto set = [&](int64_t column, int slot, int64_t value) { spec.indices[column * slots + slot] = int32_t(value); };
 
     const int64_t offset = nk - nq;  // bottom-right aligned causal diagonal
     std::vector<MaskedRun> runs;
@@ -106,13 +106,13 @@ MaskSpec from_dense(const uint8_t* visible, int64_t nq, int64_t nk, bool causal,
                 if (runs.size() > 1 || (runs.size() == 1 && !reaches_bottom))
                     refuse_column("masked rows " + runs_string() + " below the diagonal are not one range ending at Nq = " +
                                   std::to_string(nq) + " ([LTS, Nq))");
-                set(j, kLts, runs.empty() ? nq : runs.front().start);
+                set_index(spec, j, kLts, runs.empty() ? nq : runs.front().start);
                 break;
             case MaskLayout::CausalLowerBounded:  // [LTS, LTE)
                 if (runs.size() > 1)
                     refuse_column("masked rows " + runs_string() + " below the diagonal are not one range ([LTS, LTE))");
-                set(j, kLts, runs.empty() ? nq : runs.front().start);
-                set(j, kSecond, runs.empty() ? nq : runs.front().end);
+                set_index(spec, j, kLts, runs.empty() ? nq : runs.front().start);
+                set_index(spec, j, kLte, runs.empty() ? nq : runs.front().end);
                 break;
             case MaskLayout::LowerUpper: {  // [LTS, Nq) and [0, UTE)
                 // Allowed: no run, a run from row 0, a run to Nq, or one of each. A fully masked
@@ -126,8 +126,8 @@ MaskSpec from_dense(const uint8_t* visible, int64_t nq, int64_t nk, bool causal,
                                   " are not a range from row 0 ([0, UTE)) and a range to Nq ([LTS, Nq))");
                 const bool has_upper = reaches_top && !fully_masked;
                 const bool has_lower = reaches_bottom;
-                set(j, kLts, has_lower ? runs.back().start : nq);
-                set(j, kSecond, has_upper ? runs.front().end : 0);
+                set_index(spec, j, kLts, has_lower ? runs.back().start : nq);
+                set_index(spec, j, kUteOfTwo, has_upper ? runs.front().end : 0);
                 break;
             }
             case MaskLayout::LowerUpperBounded: {  // [LTS, LTE) and [UTS, UTE)
@@ -137,10 +137,10 @@ MaskSpec from_dense(const uint8_t* visible, int64_t nq, int64_t nk, bool causal,
                 const bool single_upper = runs.size() == 1 && reaches_top && !reaches_bottom;
                 const bool has_upper = runs.size() == 2 || single_upper;
                 const bool has_lower = runs.size() == 2 || (runs.size() == 1 && !single_upper);
-                set(j, kLts, has_lower ? runs.back().start : nq);
-                set(j, kSecond, has_lower ? runs.back().end : nq);
-                set(j, kUts, has_upper ? runs.front().start : 0);
-                set(j, kUte, has_upper ? runs.front().end : 0);
+                set_index(spec, j, kLts, has_lower ? runs.back().start : nq);
+                set_index(spec, j, kLte, has_lower ? runs.back().end : nq);
+                set_index(spec, j, kUts, has_upper ? runs.front().start : 0);
+                set_index(spec, j, kUte, has_upper ? runs.front().end : 0);
                 break;
             }
         }

@@ -1,5 +1,6 @@
-// Helpers shared by the files of src/mask: parameter refusal and the seeded draws of the
-// catalogue. Internal; not installed.
+// Helpers shared by the files of src/mask: parameter refusal, the seeded draws of the
+// catalogue, and the slot positions through which builders and from_dense() write index
+// tensors. Internal; not installed.
 #pragma once
 
 #include <cstdint>
@@ -7,12 +8,25 @@
 #include <random>
 #include <string>
 
+#include "flashmask/mask.hpp"
 #include "flashmask/types.hpp"
 
 namespace flashmask::mask_detail {
 
 // Row indices are int32 (SPEC §2) and so are MaskView's sizes: no sequence may be longer.
 inline constexpr int64_t kMaxSequenceLength = std::numeric_limits<int32_t>::max();
+
+// Slot positions of startend_row_indices (SPEC §2 table).
+inline constexpr int kLts = 0;
+inline constexpr int kLte = 1;       // causal C = 2 and C = 4
+inline constexpr int kUteOfTwo = 1;  // not causal, C = 2
+inline constexpr int kUts = 2;       // C = 4
+inline constexpr int kUte = 3;       // C = 4
+
+// Slot `slot` of column `column` of a mask's [Nk, C] index tensor = value (a row bound, in int32).
+inline void set_index(MaskSpec& spec, int64_t column, int slot, int64_t value) {
+    spec.indices[std::size_t(column * spec.slots + slot)] = int32_t(value);
+}
 
 [[noreturn]] inline void refuse(const std::string& argument, const std::string& message) {
     throw Error(ErrorCode::InvalidArgument, argument, message);
