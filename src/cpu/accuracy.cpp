@@ -21,7 +21,7 @@ double dot(const double* a, const double* b, int32_t n) {
 bool naive_probabilities(DType dtype, const ReferenceShape& shape, const MaskView& mask, double scale,
                          const double* q, const double* k, int32_t b, int32_t h, int32_t row,
                          std::vector<double>& p) {
-    const int32_t kvh = h / (shape.q_heads / shape.kv_heads);
+    const int32_t kvh = shape.kv_head(h);
     const double* q_row = q + bshd_offset(b, row, h, shape.nq, shape.q_heads, shape.head_dim);
     p.assign(std::size_t(shape.nk), kMinusInfinity);  // scores first; -inf for hidden keys
     double row_max = kMinusInfinity;
@@ -80,7 +80,7 @@ std::vector<double> naive_forward(DType dtype, const ReferenceShape& shape, cons
     std::vector<double> p;
     for (int32_t b = 0; b < shape.batch; ++b)
         for (int32_t h = 0; h < shape.q_heads; ++h) {
-            const int32_t kvh = h / (shape.q_heads / shape.kv_heads);
+            const int32_t kvh = shape.kv_head(h);
             for (int32_t i : *rows) {
                 if (!naive_probabilities(dtype, shape, mask, scale, q, k, b, h, i, p)) continue;
                 double* out_row = out.data() + bshd_offset(b, i, h, shape.nq, shape.q_heads, d_v);
@@ -105,7 +105,7 @@ ReferenceBackward naive_backward(DType dtype, const ReferenceShape& shape, const
     std::vector<double> p, dp(std::size_t(shape.nk));
     for (int32_t b = 0; b < shape.batch; ++b)
         for (int32_t h = 0; h < shape.q_heads; ++h) {
-            const int32_t kvh = h / (shape.q_heads / shape.kv_heads);
+            const int32_t kvh = shape.kv_head(h);
             for (int32_t i = 0; i < shape.nq; ++i) {
                 if (!naive_probabilities(dtype, shape, mask, scale, q, k, b, h, i, p)) continue;
                 const double* q_row = q + bshd_offset(b, i, h, shape.nq, shape.q_heads, d_qk);

@@ -26,7 +26,7 @@ struct RowSoftmax {
 
 RowSoftmax row_softmax(const ReferenceShape& shape, const MaskView& mask, double scale, const double* q,
                        const double* k, int32_t b, int32_t h, int32_t row) {
-    const int32_t kvh = h / (shape.q_heads / shape.kv_heads);
+    const int32_t kvh = shape.kv_head(h);
     const double* q_row = q + bshd_offset(b, row, h, shape.nq, shape.q_heads, shape.head_dim);
     std::vector<double> score(std::size_t(shape.nk));
     std::vector<bool> visible(std::size_t(shape.nk));
@@ -77,7 +77,6 @@ bool reference_masked(const MaskView& mask, int32_t batch, int32_t query_head, i
 ReferenceForward reference_forward(const ReferenceShape& shape, const MaskView& mask, double scale,
                                    const double* q, const double* k, const double* v,
                                    const std::vector<int32_t>* rows) {
-    const int32_t kv_group = shape.q_heads / shape.kv_heads;
     ReferenceForward result;
     result.out.assign(std::size_t(shape.batch) * shape.nq * shape.q_heads * shape.value_dim, 0.0);
     result.lse.assign(std::size_t(shape.batch) * shape.q_heads * shape.nq, -std::numeric_limits<double>::infinity());
@@ -95,7 +94,7 @@ ReferenceForward reference_forward(const ReferenceShape& shape, const MaskView& 
                 for (int32_t j = 0; j < shape.nk; ++j) {
                     const double p = softmax.probability[j];
                     if (p == 0.0) continue;
-                    const double* v_row = v + bshd_offset(b, j, h / kv_group, shape.nk, shape.kv_heads, shape.value_dim);
+                    const double* v_row = v + bshd_offset(b, j, shape.kv_head(h), shape.nk, shape.kv_heads, shape.value_dim);
                     for (int32_t d = 0; d < shape.value_dim; ++d) out_row[d] += p * v_row[d];
                 }
             }
@@ -104,7 +103,6 @@ ReferenceForward reference_forward(const ReferenceShape& shape, const MaskView& 
 
 ReferenceBackward reference_backward(const ReferenceShape& shape, const MaskView& mask, double scale,
                                      const double* q, const double* k, const double* v, const double* dout) {
-    const int32_t kv_group = shape.q_heads / shape.kv_heads;
     const int32_t d_qk = shape.head_dim, d_v = shape.value_dim;
     ReferenceBackward grad;
     grad.dq.assign(std::size_t(shape.batch) * shape.nq * shape.q_heads * d_qk, 0.0);
@@ -113,7 +111,7 @@ ReferenceBackward reference_backward(const ReferenceShape& shape, const MaskView
     std::vector<double> dprobability(std::size_t(shape.nk));
     for (int32_t b = 0; b < shape.batch; ++b)
         for (int32_t h = 0; h < shape.q_heads; ++h) {
-            const int32_t kvh = h / kv_group;
+            const int32_t kvh = shape.kv_head(h);
             for (int32_t i = 0; i < shape.nq; ++i) {
                 const RowSoftmax softmax = row_softmax(shape, mask, scale, q, k, b, h, i);
                 const double* q_row = q + bshd_offset(b, i, h, shape.nq, shape.q_heads, d_qk);

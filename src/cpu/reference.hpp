@@ -21,6 +21,8 @@ namespace flashmask::cpu {
 
 struct ReferenceShape {
     int32_t batch, nq, nk, q_heads, kv_heads, head_dim, value_dim;
+
+    int32_t kv_head(int32_t q_head) const { return q_head / (q_heads / kv_heads); }  // SPEC §1 GQA
 };
 
 struct ReferenceForward {
