@@ -9,12 +9,6 @@ namespace {
 
 constexpr double kMinusInfinity = -std::numeric_limits<double>::infinity();
 
-double dot(const double* a, const double* b, int32_t n) {
-    double sum = 0.0;
-    for (int32_t e = 0; e < n; ++e) sum += a[e] * b[e];
-    return sum;
-}
-
 // The probabilities of query row `row` of (b, h) as the naive computation stores them:
 // S_j = round(scale * q . k_j), P_j = round(softmax(S)_j) over the visible keys, P_j = 0 for
 // hidden ones. Returns false (P all 0) when the row sees no key.
@@ -28,7 +22,7 @@ bool naive_probabilities(DType dtype, const ReferenceShape& shape, const MaskVie
     for (int32_t j = 0; j < shape.nk; ++j) {
         if (reference_masked(mask, b, h, row, j)) continue;
         const double* k_row = k + bshd_offset(b, j, kvh, shape.nk, shape.kv_heads, shape.head_dim);
-        p[j] = round_to(dtype, scale * dot(q_row, k_row, shape.head_dim));
+        p[j] = round_to(dtype, scale * dot_product(q_row, k_row, shape.head_dim));
         row_max = std::max(row_max, p[j]);
     }
     if (row_max == kMinusInfinity) {
@@ -72,16 +66,12 @@ std::vector<double> naive_forward(DType dtype, const ReferenceShape& shape, cons
                                   const std::vector<int32_t>* rows) {
     const int32_t d_v = shape.value_dim;
     std::vector<double> out(std::size_t(shape.batch) * shape.nq * shape.q_heads * d_v, 0.0);
-    std::vector<int32_t> all_rows;
-    if (rows == nullptr) {
-        for (int32_t i = 0; i < shape.nq; ++i) all_rows.push_back(i);
-        rows = &all_rows;
-    }
+    const std::vector<int32_t> computed_rows = rows_or_all(rows, shape.nq);
     std::vector<double> p;
     for (int32_t b = 0; b < shape.batch; ++b)
         for (int32_t h = 0; h < shape.q_heads; ++h) {
             const int32_t kvh = shape.kv_head(h);
-            for (int32_t i : *rows) {
+            for (int32_t i : computed_rows) {
                 if (!naive_probabilities(dtype, shape, mask, scale, q, k, b, h, i, p)) continue;
                 double* out_row = out.data() + bshd_offset(b, i, h, shape.nq, shape.q_heads, d_v);
                 for (int32_t j = 0; j < shape.nk; ++j) {
@@ -115,7 +105,8 @@ ReferenceBackward naive_backward(DType dtype, const ReferenceShape& shape, const
                 double row_sum = 0.0;
                 for (int32_t j = 0; j < shape.nk; ++j) {
                     if (p[j] == 0.0) continue;  // hidden (or underflowed) keys carry no gradient
-                    dp[j] = round_to(dtype, dot(dout_row, v + bshd_offset(b, j, kvh, shape.nk, shape.kv_heads, d_v), d_v));
+                    const double* v_row = v + bshd_offset(b, j, kvh, shape.nk, shape.kv_heads, d_v);
+                    dp[j] = round_to(dtype, dot_product(dout_row, v_row, d_v));
                     row_sum += p[j] * dp[j];
                 }
                 for (int32_t j = 0; j < shape.nk; ++j) {

@@ -4,11 +4,8 @@
 #include <limits>
 
 namespace flashmask::cpu {
-namespace {
 
-// Four interleaved partial sums: the same float64 accuracy as one running sum, without one
-// long dependency chain (the reference scores every pair, so this is most of its time).
-double dot(const double* a, const double* b, int32_t n) {
+double dot_product(const double* a, const double* b, int32_t n) {
     double partial[4] = {0.0, 0.0, 0.0, 0.0};
     int32_t d = 0;
     for (; d + 4 <= n; d += 4)
@@ -16,6 +13,15 @@ double dot(const double* a, const double* b, int32_t n) {
     for (; d < n; ++d) partial[0] += a[d] * b[d];
     return (partial[0] + partial[1]) + (partial[2] + partial[3]);
 }
+
+std::vector<int32_t> rows_or_all(const std::vector<int32_t>* rows, int32_t nq) {
+    if (rows != nullptr) return *rows;
+    std::vector<int32_t> all(std::size_t(nq > 0 ? nq : 0));
+    for (int32_t i = 0; i < nq; ++i) all[std::size_t(i)] = i;
+    return all;
+}
+
+namespace {
 
 // The softmax of one query row over the visible keys. `probability[j]` is 0 for hidden keys;
 // `lse` is -inf when no key is visible.
@@ -33,7 +39,7 @@ RowSoftmax row_softmax(const ReferenceShape& shape, const MaskView& mask, double
     double row_max = -std::numeric_limits<double>::infinity();
     for (int32_t j = 0; j < shape.nk; ++j) {
         // Dense on purpose: every pair is scored, the mask only filters the softmax.
-        score[j] = scale * dot(q_row, k + bshd_offset(b, j, kvh, shape.nk, shape.kv_heads, shape.head_dim),
+        score[j] = scale * dot_product(q_row, k + bshd_offset(b, j, kvh, shape.nk, shape.kv_heads, shape.head_dim),
                                shape.head_dim);
         visible[j] = !reference_masked(mask, b, h, row, j);
         if (visible[j]) row_max = std::fmax(row_max, score[j]);
@@ -80,14 +86,10 @@ ReferenceForward reference_forward(const ReferenceShape& shape, const MaskView& 
     ReferenceForward result;
     result.out.assign(std::size_t(shape.batch) * shape.nq * shape.q_heads * shape.value_dim, 0.0);
     result.lse.assign(std::size_t(shape.batch) * shape.q_heads * shape.nq, -std::numeric_limits<double>::infinity());
-    std::vector<int32_t> all_rows;
-    if (rows == nullptr) {
-        for (int32_t i = 0; i < shape.nq; ++i) all_rows.push_back(i);
-        rows = &all_rows;
-    }
+    const std::vector<int32_t> computed_rows = rows_or_all(rows, shape.nq);
     for (int32_t b = 0; b < shape.batch; ++b)
         for (int32_t h = 0; h < shape.q_heads; ++h)
-            for (int32_t i : *rows) {
+            for (int32_t i : computed_rows) {
                 const RowSoftmax softmax = row_softmax(shape, mask, scale, q, k, b, h, i);
                 result.lse[(std::size_t(b) * shape.q_heads + h) * shape.nq + i] = softmax.lse;
                 double* out_row = result.out.data() + bshd_offset(b, i, h, shape.nq, shape.q_heads, shape.value_dim);
@@ -121,7 +123,8 @@ ReferenceBackward reference_backward(const ReferenceShape& shape, const MaskView
                 double delta = 0.0;
                 for (int32_t j = 0; j < shape.nk; ++j) {
                     if (softmax.probability[j] == 0.0) continue;  // hidden keys carry no gradient
-                    dprobability[j] = dot(dout_row, v + bshd_offset(b, j, kvh, shape.nk, shape.kv_heads, d_v), d_v);
+                    const double* v_row = v + bshd_offset(b, j, kvh, shape.nk, shape.kv_heads, d_v);
+                    dprobability[j] = dot_product(dout_row, v_row, d_v);
                     delta += softmax.probability[j] * dprobability[j];
                 }
                 for (int32_t j = 0; j < shape.nk; ++j) {

@@ -40,6 +40,14 @@ inline std::size_t bshd_offset(int32_t b, int32_t s, int32_t h, int32_t seq, int
     return ((std::size_t(b) * seq + s) * heads + h) * std::size_t(width);
 }
 
+// <a, b> over n doubles, in four interleaved partial sums: the same float64 accuracy as one
+// running sum without one long dependency chain (the reference and the naive computation score
+// every pair, so this is most of their time).
+double dot_product(const double* a, const double* b, int32_t n);
+
+// The query rows a forward pass computes: `rows` when given, else every row of [0, nq).
+std::vector<int32_t> rows_or_all(const std::vector<int32_t>* rows, int32_t nq);
+
 // Is key `column` hidden from query row `row` for query head `query_head` of batch `batch`?
 // The SPEC §2 table read literally; values outside [0, Nq] need no clamping in this form.
 bool reference_masked(const MaskView& mask, int32_t batch, int32_t query_head, int32_t row, int32_t column);
