@@ -179,6 +179,18 @@ void check_attention(const AttentionSizes& s, DType dtype, TestMask& mask, std::
     expect_zero_rows("dv of keys no row sees", dv_values, s.batch, s.nk, s.kv_heads, s.value_dim, key_seen_by_none);
 }
 
+// Query rows of an `n`-row forward check too long to compare in full: both edges of every query
+// block (kBlockM) including the ragged tail, and `random_rows` random ones; sorted, distinct.
+std::vector<int32_t> sampled_rows(int32_t n, int random_rows, std::mt19937_64& rng) {
+    std::vector<int32_t> rows;
+    for (int32_t i = 0; i < n; i += cpu::kBlockM) rows.insert(rows.end(), {i, std::min(i + cpu::kBlockM - 1, n - 1)});
+    std::uniform_int_distribution<int32_t> any_row(0, n - 1);
+    for (int r = 0; r < random_rows; ++r) rows.push_back(any_row(rng));
+    std::sort(rows.begin(), rows.end());
+    rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+    return rows;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Every catalogue mask, forward and backward, with GQA and each mask-head count.
 // ---------------------------------------------------------------------------------------------
@@ -204,6 +216,40 @@ TEST_P(CatalogueMask, MatchesReferenceBFloat16) {
     const AttentionSizes sizes{1, 180, 140, 8, 2, 64, 64};
     TestMask mask = catalogue_test_mask(GetParam(), sizes, sizes.q_heads, rng);
     check_attention(sizes, DType::BFloat16, mask, rng);
+}
+
+// Head dims 128 and 256 (64 is above), Nq != Nk, GQA 4:1, in float32 and a 16-bit dtype.
+TEST_P(CatalogueMask, HeadDims128And256) {
+    auto rng = test_rng();
+    for (const auto& [head_dim, half] : {std::pair{128, DType::BFloat16}, std::pair{256, DType::Float16}}) {
+        const AttentionSizes sizes{1, 70, 90, 4, 1, head_dim, head_dim};
+        TestMask mask = catalogue_test_mask(GetParam(), sizes, sizes.q_heads, rng);
+        check_attention(sizes, DType::Float32, mask, rng);
+        check_attention(sizes, half, mask, rng);
+    }
+}
+
+// Sizes 1, 17 and 1000 on both axes (none a multiple of a tile), forward and backward.
+TEST_P(CatalogueMask, SizesOneSeventeenThousand) {
+    auto rng = test_rng();
+    const int32_t extents[][2] = {{1, 1}, {1, 17}, {17, 1}, {17, 17}, {17, 1000}, {1000, 17}, {1000, 1000}};
+    for (const auto& [nq, nk] : extents) {
+        const AttentionSizes sizes{1, nq, nk, 4, 1, 64, 64};
+        TestMask mask = catalogue_test_mask(GetParam(), sizes, sizes.q_heads, rng);
+        check_attention(sizes, DType::Float32, mask, rng);
+        if (nq == nk) check_attention(sizes, DType::BFloat16, mask, rng);
+    }
+}
+
+// 4099 tokens (64 blocks + 3 rows), forward on a sample of rows; the backward at this size is
+// TiledAttention.Sequence4099's (its float64 reference takes seconds).
+TEST_P(CatalogueMask, Sequence4099Forward) {
+    auto rng = test_rng();
+    constexpr int32_t kTokens = 4099;
+    const AttentionSizes sizes{1, kTokens, kTokens, 4, 1, 64, 64};
+    TestMask mask = catalogue_test_mask(GetParam(), sizes, 1, rng);
+    const std::vector<int32_t> rows = sampled_rows(kTokens, 64, rng);
+    check_attention(sizes, DType::Float32, mask, rng, {.backward = false, .rows = &rows});
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryKind, CatalogueMask, ::testing::ValuesIn(catalogue_names()),
@@ -238,42 +284,14 @@ TEST(TiledAttention, HostileIndexValuesGiveTheReferenceReading) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sizes 1, 17, 1000 (and 4099 below) on both axes.
+// 4099 tokens, backward in full (a few seconds of float64 reference), with a different sparse
+// mask per query head. Every kind's forward at this size is CatalogueMask.Sequence4099Forward.
 // ---------------------------------------------------------------------------------------------
-TEST(TiledAttention, SizesOneSeventeenThousand) {
+TEST(TiledAttention, Sequence4099Backward) {
     auto rng = test_rng();
-    const int32_t extents[][2] = {{1, 1}, {1, 17}, {17, 1}, {17, 17}, {17, 1000}, {1000, 17}, {1000, 1000}};
-    for (const auto& [nq, nk] : extents)
-        for (const char* name : {"causal_document", "global_sliding_window"}) {
-            const AttentionSizes sizes{1, nq, nk, 4, 1, 64, 64};
-            TestMask mask = catalogue_test_mask(name, sizes, sizes.q_heads, rng);
-            check_attention(sizes, DType::Float32, mask, rng);
-            if (nq == nk) check_attention(sizes, DType::BFloat16, mask, rng);
-        }
-}
-
-// 4099 tokens (64 blocks + 3 rows): forward on a sample of rows (every query block's edges, the
-// ragged tail, random rows), backward in full (a few seconds of float64 reference) with a
-// different sparse mask per query head.
-TEST(TiledAttention, Sequence4099) {
-    auto rng = test_rng();
-    constexpr int32_t kTokens = 4099;
-    {
-        const AttentionSizes sizes{1, kTokens, kTokens, 4, 1, 64, 64};
-        TestMask mask = catalogue_test_mask("causal_document", sizes, 1, rng);
-        std::vector<int32_t> rows;
-        for (int32_t i = 0; i < kTokens; i += cpu::kBlockM) rows.insert(rows.end(), {i, std::min(i + cpu::kBlockM - 1, kTokens - 1)});
-        std::uniform_int_distribution<int32_t> any_row(0, kTokens - 1);
-        for (int r = 0; r < 64; ++r) rows.push_back(any_row(rng));
-        std::sort(rows.begin(), rows.end());
-        rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
-        check_attention(sizes, DType::Float32, mask, rng, {.backward = false, .rows = &rows});
-    }
-    {
-        const AttentionSizes sizes{1, kTokens, kTokens, 4, 1, 64, 64};
-        TestMask mask = catalogue_test_mask("sliding_window", sizes, sizes.q_heads, rng);
-        check_attention(sizes, DType::Float32, mask, rng);
-    }
+    const AttentionSizes sizes{1, 4099, 4099, 4, 1, 64, 64};
+    TestMask mask = catalogue_test_mask("sliding_window", sizes, sizes.q_heads, rng);
+    check_attention(sizes, DType::Float32, mask, rng);
 }
 
 // ---------------------------------------------------------------------------------------------
