@@ -10,12 +10,8 @@ using testing::IndexTensor;
 using testing::spec_dense;
 using testing::test_rng;
 
-struct Kind {
-    bool causal;
-    int32_t slots;
-};
-// Every (causal, C) the contract allows, including "no index tensor".
-const Kind kKinds[] = {{true, 0}, {true, 1}, {true, 2}, {false, 0}, {false, 2}, {false, 4}};
+// A mask form (causal, C), C = 0 for "no index tensor".
+using Kind = testing::IndexLayout;
 const int64_t kSizes[] = {1, 2, 17, 40};
 
 std::string describe(Kind k, int64_t nq, int64_t nk) {
@@ -26,7 +22,7 @@ std::string describe(Kind k, int64_t nq, int64_t nk) {
 TEST(ToDense, MatchesTheSpecTableOnHostileIndices) {
     auto rng = test_rng();
     constexpr int64_t kBatch = 2, kMaskHeads = 3;
-    for (const Kind kind : kKinds)
+    for (const Kind kind : testing::kMaskForms)
         for (int64_t nq : kSizes)
             for (int64_t nk : kSizes) {  // Nq < Nk, Nq == Nk and Nq > Nk
                 SCOPED_TRACE(describe(kind, nq, nk));
@@ -95,7 +91,7 @@ TEST(FromDense, RoundTripsEveryCatalogueMask) {
 
 TEST(FromDense, RoundTripsRandomMasksOfEveryKind) {
     auto rng = test_rng();
-    for (const Kind kind : kKinds)
+    for (const Kind kind : testing::kMaskForms)
         for (int64_t nq : kSizes)
             for (int64_t nk : kSizes)
                 for (int trial = 0; trial < 3; ++trial) {
@@ -143,7 +139,7 @@ bool break_column(std::vector<uint8_t>& dense, int64_t nq, int64_t nk, int64_t j
 TEST(FromDense, RefusalNamesTheFirstOffendingColumn) {
     auto rng = test_rng();
     int refusals = 0;
-    for (const Kind kind : kKinds)
+    for (const Kind kind : testing::kMaskForms)
         for (int64_t nq : {5, 17, 40})
             for (int64_t nk : {5, 17, 40})
                 for (bool above_diagonal : {false, true}) {

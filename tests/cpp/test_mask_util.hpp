@@ -32,6 +32,9 @@ struct IndexLayout {
     int32_t slots;
 };
 inline constexpr IndexLayout kIndexLayouts[] = {{true, 1}, {true, 2}, {false, 2}, {false, 4}};
+// Every mask form the contract allows: those layouts and, in each causal setting, no index tensor
+// at all (slots = 0: plain causal, full attention).
+inline constexpr IndexLayout kMaskForms[] = {{true, 0}, {true, 1}, {true, 2}, {false, 0}, {false, 2}, {false, 4}};
 
 // A [B, Hm, Nk, C] int32 tensor with padded (non-packed) strides, last dimension contiguous.
 struct IndexTensor {

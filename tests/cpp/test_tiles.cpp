@@ -220,8 +220,7 @@ TEST(TileClassification, EdgeCases) {
 TEST(TileCounts, AgreeWithPerTileClassification) {
     auto rng = test_rng();
     constexpr int32_t kBatch = 2, kQueryHeads = 4;
-    const std::pair<bool, int32_t> kinds[] = {{true, 0}, {true, 1}, {true, 2}, {false, 0}, {false, 2}, {false, 4}};
-    for (const auto& [causal, slots] : kinds)
+    for (const auto& [causal, slots] : testing::kMaskForms)
         for (int32_t mask_heads : {1, 2, 4})
             for (int32_t nq : {17, 100})
                 for (int32_t nk : {1, 100}) {
