@@ -5,6 +5,7 @@
 #include <cstring>
 #include <map>
 
+#include "test_cpu_common.hpp"
 #include "test_mask_util.hpp"
 #include "test_util.hpp"
 
@@ -114,6 +115,35 @@ TEST(TileClassification, SoundOnEveryCatalogueMaskInBothLayouts) {
         std::printf("  %-22s skipped %6lld partial %6lld full %6lld | partial but uniform: %lld masked, %lld visible\n",
                     name.c_str(), (long long)t.skipped, (long long)t.partial, (long long)t.full,
                     (long long)t.partial_all_masked, (long long)t.partial_all_visible);
+}
+
+// The catalogue masks of Nq != Nk that the attention tests run (the bottom-right window of the
+// square mask, catalogue_test_mask()), each mask head its own draw, in both C values of their
+// causal setting, with the CPU path's blocks and larger ones.
+TEST(TileClassification, SoundOnCatalogueMasksOfUnequalLengths) {
+    auto rng = test_rng();
+    const int32_t extents[][2] = {{17, 100}, {100, 17}, {150, 257}, {257, 150}};
+    constexpr int32_t kMaskHeads = 2;
+    for (const auto& [nq, nk] : extents)
+        for (const std::string& name : catalogue_names()) {
+            const testing::AttentionSizes sizes{1, nq, nk, kMaskHeads, kMaskHeads, 64, 64};
+            testing::TestMask mask = testing::catalogue_test_mask(name, sizes, kMaskHeads, rng);
+            for (int32_t m = 0; m < kMaskHeads; ++m) {
+                // One mask head as a MaskSpec, so that it can be widened to the larger C.
+                MaskSpec spec = MaskSpec::zeros(mask.causal, nq, nk, mask.indices ? int32_t(mask.indices->slots) : 0);
+                for (int32_t j = 0; j < nk; ++j)
+                    for (int32_t slot = 0; slot < spec.slots; ++slot)
+                        spec.indices[std::size_t(j) * spec.slots + slot] = mask.indices->at(0, m, j, slot);
+                for (const MaskSpec& form : {spec, testing::widen(spec)})
+                    for (int32_t block_m : {16, 64, 128})
+                        for (int32_t block_n : {32, 64, 128}) {
+                            check_every_tile_of(form, block_m, block_n,
+                                                name + " C=" + std::to_string(form.slots) + " mask head " +
+                                                    std::to_string(m) + sizes_string(nq, nk, block_m, block_n));
+                            if (::testing::Test::HasFatalFailure()) return;
+                        }
+            }
+        }
 }
 
 TEST(TileClassification, SoundOnHostileMasks) {
