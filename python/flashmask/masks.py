@@ -243,6 +243,18 @@ CPU_BLOCK_M = int(_flashmask.cpu_block_m)
 CPU_BLOCK_N = int(_flashmask.cpu_block_n)
 
 
+def _problem_arguments(startend_row_indices, causal, nq, nk, batch, q_heads, kv_heads):
+    """(indices, causal, batch, nq, nk, q_heads, kv_heads) for the module's count_tiles and
+    visible_pairs: batch and q_heads default to the index tensor's B and Hm (1 without one),
+    kv_heads to q_heads."""
+    indices, causal = mask_arguments(startend_row_indices, causal, batch)
+    sizes = _sizes(indices, nq, nk)
+    batch = sizes.batch if batch is None else batch
+    q_heads = sizes.mask_heads if q_heads is None else q_heads
+    kv_heads = q_heads if kv_heads is None else kv_heads
+    return indices, causal, batch, sizes.nq, sizes.nk, q_heads, kv_heads
+
+
 class TileCounts(NamedTuple):
     skipped: int
     partial: int
@@ -268,22 +280,14 @@ def tile_counts(startend_row_indices, causal: bool = False, *, nq: Optional[int]
     """Skipped / partial / full tiles over every (batch, query head, q block, kv block).
 
     batch and q_heads default to the index tensor's B and Hm (1 without one), kv_heads to q_heads."""
-    indices, causal = mask_arguments(startend_row_indices, causal, batch)
-    sizes = _sizes(indices, nq, nk)
-    batch = sizes.batch if batch is None else batch
-    q_heads = sizes.mask_heads if q_heads is None else q_heads
-    kv_heads = q_heads if kv_heads is None else kv_heads
-    counts = _flashmask.count_tiles(indices, causal, batch, sizes.nq, sizes.nk, q_heads, kv_heads, block_m, block_n)
-    return TileCounts(*counts)
+    problem = _problem_arguments(startend_row_indices, causal, nq, nk, batch, q_heads, kv_heads)
+    return TileCounts(*_flashmask.count_tiles(*problem, block_m, block_n))
 
 
 def visible_pairs(startend_row_indices, causal: bool = False, *, nq: Optional[int] = None, nk: Optional[int] = None,
                   batch: Optional[int] = None, q_heads: Optional[int] = None,
                   kv_heads: Optional[int] = None) -> int:
-    """Visible (query, key) pairs summed over batch and query heads (SPEC §6's FLOP count)."""
-    indices, causal = mask_arguments(startend_row_indices, causal, batch)
-    sizes = _sizes(indices, nq, nk)
-    batch = sizes.batch if batch is None else batch
-    q_heads = sizes.mask_heads if q_heads is None else q_heads
-    kv_heads = q_heads if kv_heads is None else kv_heads
-    return int(_flashmask.visible_pairs(indices, causal, batch, sizes.nq, sizes.nk, q_heads, kv_heads))
+    """Visible (query, key) pairs summed over batch and query heads (SPEC §6's FLOP count);
+    sizes default as for tile_counts."""
+    problem = _problem_arguments(startend_row_indices, causal, nq, nk, batch, q_heads, kv_heads)
+    return int(_flashmask.visible_pairs(*problem))
