@@ -109,9 +109,11 @@ template <typename Array>
 fm::TensorView tensor_view(const Array& array, const char* argument, const char* expected_dtype,
                            bool bfloat16_bits = false) {
     fm::TensorView view;
+    // Only what a TensorView cannot hold is refused here; the library states each tensor's own rank.
     if (array.ndim() > std::size_t(fm::kMaxRank))
         throw fm::Error(fm::ErrorCode::InvalidArgument, argument,
-                        std::string(argument) + " has rank " + std::to_string(array.ndim()) + "; expected 4");
+                        std::string(argument) + " has rank " + std::to_string(array.ndim()) + "; expected at most " +
+                            std::to_string(fm::kMaxRank) + " (lse 3, every other tensor 4)");
     view.dtype = library_dtype(array.dtype(), argument, expected_dtype, bfloat16_bits);
     view.data = const_cast<void*>(static_cast<const void*>(array.data()));  // inputs are only read
     view.device = fm::Device::CPU;
