@@ -247,17 +247,21 @@ case_validate_paper_example() {
   expect_out "^density +0\\.2200 \\(22 of 100 pairs visible per head\\)"
 }
 
+# Each bad value just outside [0, Nq] (where an off-by-one in the check would hide) and further out.
 case_validate_error_value_above_nq() {
-  local values="4 4 4 4 7 $((10 + 1 + RANDOM % 1000)) 7 10 10 10"
-  write_npy "$WORK/m.npy" '<i4' 1,1,10,1 "$values"
-  expect_usage_error "outside \\[0, Nq\\] = \\[0, 10\\] at \\(b, head, column, slot, value\\) = \\(0, 0, 5, 0, [0-9]+\\); slot 0 is LTS" \
-    validate --indices "$WORK/m.npy" --seqlen 10 --causal
+  for value in 11 $((10 + 2 + RANDOM % 1000)); do
+    write_npy "$WORK/m.npy" '<i4' 1,1,10,1 "4 4 4 4 7 $value 7 10 10 10"
+    expect_usage_error "outside \\[0, Nq\\] = \\[0, 10\\] at \\(b, head, column, slot, value\\) = \\(0, 0, 5, 0, $value\\); slot 0 is LTS" \
+      validate --indices "$WORK/m.npy" --seqlen 10 --causal
+  done
 }
 
 case_validate_error_negative_value() {
-  write_npy "$WORK/m.npy" '<i4' 1,1,5,2 "5 0 5 0 5 1 -$((1 + RANDOM % 1000)) 2 5 3"
-  expect_usage_error "at \\(b, head, column, slot, value\\) = \\(0, 0, 3, 0, -[0-9]+\\); slot 0 is LTS" \
-    validate --indices "$WORK/m.npy" --seqlen 5
+  for value in -1 -$((2 + RANDOM % 1000)); do
+    write_npy "$WORK/m.npy" '<i4' 1,1,5,2 "5 0 5 0 5 1 $value 2 5 3"
+    expect_usage_error "at \\(b, head, column, slot, value\\) = \\(0, 0, 3, 0, $value\\); slot 0 is LTS" \
+      validate --indices "$WORK/m.npy" --seqlen 5
+  done
 }
 
 case_validate_error_slots() { write_npy "$WORK/m.npy" '<i4' 1,1,4,3 "4 4 4 4 4 4 4 4 4 4 4 4"; expect_usage_error "C = 3 is not allowed" validate --indices "$WORK/m.npy" --seqlen 4; }

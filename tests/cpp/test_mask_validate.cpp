@@ -1,6 +1,7 @@
 // validate_mask / check_mask_shape / make_mask_view: one test per bad input of SPEC §2, the
 // exact report of the first bad value, and the MaskView fields.
 #include <functional>
+#include <limits>
 
 #include "test_mask_util.hpp"
 #include "test_util.hpp"
@@ -140,14 +141,27 @@ TEST(MaskValidation, ValueOutOfRangeIsReportedExactly) {
     auto rng = test_rng();
     const int64_t nq = 37;
     std::uniform_int_distribution<int64_t> heads(1, 3), column(0, 28), too_low(-1000, -1), too_high(nq + 1, nq + 1000);
-    for (int trial = 0; trial < 20; ++trial) {
+    // The value: just outside [0, Nq] (where an off-by-one in the check would hide), the int32
+    // extremes, or random ones further out; each in every layout.
+    const auto bad_value = [&](int kind) -> int32_t {
+        switch (kind) {
+            case 0: return -1;
+            case 1: return int32_t(nq + 1);
+            case 2: return std::numeric_limits<int32_t>::min();
+            case 3: return std::numeric_limits<int32_t>::max();
+            case 4: return int32_t(too_low(rng));
+            default: return int32_t(too_high(rng));
+        }
+    };
+    constexpr int kValueKinds = 6, kLayouts = 4;
+    for (int trial = 0; trial < kValueKinds * kLayouts; ++trial) {
         const bool causal = trial % 2 == 0;
         const int64_t slots = causal ? 1 + trial % 4 / 2 : 2 + 2 * (trial % 4 / 2);
         IndexTensor t(2, heads(rng), 29, slots, rng);
         testing::fill_valid(t, nq, rng);
         const int64_t b = rng() % 2, h = int64_t(rng() % uint64_t(t.heads)), j = column(rng),
                       s = int64_t(rng() % uint64_t(slots));
-        const int32_t value = int32_t(trial % 3 == 0 ? too_high(rng) : too_low(rng));
+        const int32_t value = bad_value(trial / kLayouts);
         t.at(b, h, j, s) = value;
         // A second bad value later in (b, head, column, slot) order must not be the one reported.
         if (j + 1 < t.nk) t.at(b, h, j + 1, 0) = -1;

@@ -154,12 +154,18 @@ def test_key_with_another_batch_than_the_query(rng):
 # --- values: validate_mask names (b, head, column, slot, value) --------------------------------
 
 
-def test_out_of_range_value_is_reported_with_its_position(rng):
+# Just outside [0, Nq] (where an off-by-one in the check would hide) and the int32 extremes.
+BAD_VALUES = {"minus_one": lambda nq: -1, "nq_plus_one": lambda nq: nq + 1,
+              "int32_min": lambda nq: -(2**31), "int32_max": lambda nq: 2**31 - 1}
+
+
+@pytest.mark.parametrize("bad_value", BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_out_of_range_value_is_reported_with_its_position(bad_value, rng):
     batch, heads, nq, nk, slots = 2, 3, int(rng.integers(4, 50)), int(rng.integers(4, 50)), 4
     indices = valid_indices(rng, batch, heads, nq, nk, slots)
     flashmask.validate_mask(indices, causal=False, nq=nq)  # valid as drawn
     position = tuple(int(rng.integers(0, extent)) for extent in indices.shape)
-    value = int(rng.choice([-1, nq + 1, -(2**31), 2**31 - 1]))
+    value = bad_value(nq)
     indices[position] = value
     # A second bad value later in (b, head, column, slot) order must not be the one reported.
     later = (batch - 1, heads - 1, nk - 1, slots - 1)
