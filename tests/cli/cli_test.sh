@@ -266,6 +266,7 @@ case_validate_error_negative_value() {
 
 case_validate_error_slots() { write_npy "$WORK/m.npy" '<i4' 1,1,4,3 "4 4 4 4 4 4 4 4 4 4 4 4"; expect_usage_error "C = 3 is not allowed" validate --indices "$WORK/m.npy" --seqlen 4; }
 case_validate_error_slots_for_causal() { write_npy "$WORK/m.npy" '<i4' 1,1,2,4 "2 2 0 0 2 2 0 0"; expect_usage_error "C = 4 is not allowed; expected C = 1 \\(LTS\\) or C = 2" validate --indices "$WORK/m.npy" --seqlen 2 --causal; }
+case_validate_error_slots_without_causal() { write_npy "$WORK/m.npy" '<i4' 1,1,2,1 "2 2"; expect_usage_error "C = 1 is not allowed; expected C = 2 \\(LTS, UTE\\) or C = 4 .* with causal = false" validate --indices "$WORK/m.npy" --seqlen 2; }
 case_validate_error_float_dtype() { write_npy "$WORK/m.npy" '<f4' 1,1,2,1 "2 2"; expect_usage_error "startend_row_indices must be int32, got float32" validate --indices "$WORK/m.npy" --seqlen 2 --causal; }
 case_validate_error_int64_dtype() { write_npy "$WORK/m.npy" '<i8' 1,1,2,1 "2 2"; expect_usage_error "dtype '<i8' is not supported; startend_row_indices must be int32" validate --indices "$WORK/m.npy" --seqlen 2 --causal; }
 case_validate_error_rank() { write_npy "$WORK/m.npy" '<i4' 1,2,1 "2 2"; expect_usage_error "expected rank 4 \\[B, Hm, Nk, C\\], got rank 3" validate --indices "$WORK/m.npy" --seqlen 2 --causal; }
