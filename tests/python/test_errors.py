@@ -151,6 +151,30 @@ def test_key_with_another_batch_than_the_query(rng):
     assert_names(refused, "k")
 
 
+def test_a_zero_head_dim(rng):
+    q, k, v = tensors(rng, dim=0)
+    with pytest.raises(ValueError) as refused:
+        flashmask.attention_forward(q, k, v)
+    assert_names(refused, "q")
+    assert "D = 0" in str(refused.value)
+
+
+def test_key_with_another_head_dim_than_the_query(rng):
+    q, _, v = tensors(rng, dim=64)
+    _, k, _ = tensors(rng, dim=32)
+    with pytest.raises(ValueError) as refused:
+        flashmask.attention_forward(q, k, v)
+    assert_names(refused, "k")
+
+
+def test_output_gradient_of_another_shape_than_the_output(rng):
+    q, k, v = tensors(rng)
+    out, lse = flashmask.attention_forward(q, k, v)
+    with pytest.raises(ValueError) as refused:
+        flashmask.attention_backward(rng.standard_normal(out.shape[:-1] + (32,), dtype=np.float32), q, k, v, out, lse)
+    assert_names(refused, "dout")
+
+
 # --- values: validate_mask names (b, head, column, slot, value) --------------------------------
 
 
