@@ -174,11 +174,11 @@ Sizes validate(const Validator& check, const TensorView& q, const TensorView& k,
         check.refuse(ErrorCode::InvalidArgument, "q", "head dim D = 0 (shape " + shape_string(q) + "), expected D >= 1");
     if (s.value_dim < 1)
         check.refuse(ErrorCode::InvalidArgument, "v", "value dim Dv = 0 (shape " + shape_string(v) + "), expected Dv >= 1");
+    // Where each expected extent comes from, for the messages.
+    const std::string from_q = "B, Nq, Hq, D from q " + shape_string(q);
+    const std::string from_qk = from_q + ", Nk, Hk from k";
+    const std::string from_qkv = from_qk + ", Dv from v";
     for (const NamedTensor& t : tensors) {
-        const std::string from_q = "B, Nq, Hq, D from q [" + std::to_string(s.batch) + ", " + std::to_string(s.nq) + ", " +
-                                   std::to_string(s.q_heads) + ", " + std::to_string(s.head_dim) + "]";
-        const std::string from_qk = from_q + ", Nk, Hk from k";
-        const std::string from_qkv = from_qk + ", Dv from v";
         const std::string name = t.name;
         if (name == "k" || name == "dk") check.check_shape(t, {s.batch, s.nk, s.kv_heads, s.head_dim}, from_qk);
         if (name == "v" || name == "dv") check.check_shape(t, {s.batch, s.nk, s.kv_heads, s.value_dim}, from_qkv);
