@@ -2,10 +2,12 @@
 // column_intervals()/fold() from tiles.hpp, so any difference is a device-side bug.
 #include <cstring>
 #include <random>
+#include <vector>
 
 #include "cuda/common/block_summaries.cuh"
 #include "flashmask/mask.hpp"
 #include "gpu_test_util.hpp"
+#include "test_mask_util.hpp"
 #include "test_util.hpp"
 
 namespace flashmask {
@@ -15,35 +17,28 @@ using testing::DeviceBuffer;
 
 bool same(const BlockSummary& a, const BlockSummary& b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
-// Random hostile index tensors [B, Hm, Nk, C]: values outside [0, Nq], start > end, empty columns.
+// Random hostile index tensors [B, Hm, Nk, C] with padded strides (the C++ tests' IndexTensor
+// and fill_hostile): values outside [0, Nq], start > end, empty and fully masked columns.
 TEST(GpuBlockSummaries, MatchHostOnHostileMasks) {
     FM_SKIP_WITHOUT_GPU();
     auto rng = testing::test_rng();
     struct Case { bool causal; int slots; int nq, nk; int block_n; };
     const Case cases[] = {{true, 1, 17, 17, 16}, {true, 2, 100, 257, 64}, {false, 2, 257, 100, 32},
                           {false, 4, 1000, 1000, 128}, {false, 4, 1, 4099, 128}, {true, 1, 4099, 1, 64}};
+    constexpr int32_t kBatch = 2, kMaskHeads = 3;
     for (const Case& c : cases) {
-        const int batch = 2, heads = 3;
-        std::uniform_int_distribution<int32_t> value(-3, c.nq + 3);
-        std::vector<int32_t> indices(std::size_t(batch) * heads * c.nk * c.slots);
-        for (auto& v : indices) v = value(rng);
-        MaskView mask;
-        mask.layout = mask_layout_for(c.causal, c.slots);
-        mask.causal = c.causal;
-        mask.nq = c.nq;
-        mask.nk = c.nk;
-        mask.stride_slot = 1;
-        mask.stride_column = c.slots;
-        mask.stride_head = int64_t(c.nk) * c.slots;
-        mask.stride_batch = mask.stride_head * heads;
+        testing::IndexTensor indices(kBatch, kMaskHeads, c.nk, c.slots, rng);
+        testing::fill_hostile(indices, c.nq, rng);
+        MaskView mask = make_mask_view(indices.view(), c.causal, c.nq, c.nk, kMaskHeads);
+        const std::vector<BlockSummary> host = block_summaries(mask, kBatch, kMaskHeads, c.block_n);
 
-        mask.indices = indices.data();
-        const std::vector<BlockSummary> host = block_summaries(mask, batch, heads, c.block_n);
-
-        DeviceBuffer<int32_t> device_indices(indices);
+        DeviceBuffer<int32_t> device_indices(indices.storage);
         DeviceBuffer<BlockSummary> device_summaries(host.size());
+        // Poison: every field of an entry the kernel leaves unwritten reads -1, which no summary
+        // holds (bounds are clamped to [0, Nq] or the fold identity's INT32_MIN / INT32_MAX).
+        FM_CUDA_CHECK(cudaMemset(device_summaries.get(), 0xFF, host.size() * sizeof(BlockSummary)));
         mask.indices = device_indices.get();
-        cuda::compute_block_summaries(mask, batch, heads, c.block_n, device_summaries.get(), nullptr);
+        cuda::compute_block_summaries(mask, kBatch, kMaskHeads, c.block_n, device_summaries.get(), nullptr);
         FM_CUDA_CHECK(cudaDeviceSynchronize());
         const std::vector<BlockSummary> device = device_summaries.to_host();
 
