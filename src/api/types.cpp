@@ -25,7 +25,9 @@ namespace {
 TensorView contiguous_view(void* data, DType dtype, const int64_t* extents, std::size_t rank, Device device,
                            int device_index) {
     if (rank > std::size_t(kMaxRank))
-        throw Error(ErrorCode::InvalidArgument, "shape", "make_contiguous_view: rank above 4");
+        throw Error(ErrorCode::InvalidArgument, "shape",
+                    "make_contiguous_view: shape has rank " + std::to_string(rank) + ", expected at most " +
+                        std::to_string(kMaxRank));
     TensorView t;
     t.data = data;
     t.dtype = dtype;
