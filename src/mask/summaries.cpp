@@ -1,6 +1,6 @@
 // Host block summaries, tile counts and visible pairs: all O(B * Hm * Nk) reads of the mask
 // through column_intervals(), plus O(tiles) classification.
-#include <optional>
+#include <algorithm>
 
 #include "flashmask/mask.hpp"
 #include "mask/mask_checks.hpp"
@@ -26,6 +26,8 @@ TileCounts& operator+=(TileCounts& a, const TileCounts& b) {
     return a;
 }
 
+TileCounts operator*(const TileCounts& a, int64_t times) { return {a.skipped * times, a.partial * times, a.full * times}; }
+
 // The summaries of the key blocks of one (batch, mask head), in key order.
 std::vector<BlockSummary> summaries_of(const MaskView& mask, int32_t batch, int32_t head, int32_t block_n) {
     std::vector<BlockSummary> summaries;
@@ -37,20 +39,16 @@ std::vector<BlockSummary> summaries_of(const MaskView& mask, int32_t batch, int3
     return summaries;
 }
 
-// Query heads that share a mask head see the same mask, so per-(batch, query head) totals are
-// computed once per mask head and reused: `per_mask_head(batch, mask_head)`.
+// Query heads that share a mask head see the same mask, so a per-(batch, query head) total is
+// computed once per mask head, `per_mask_head(batch, mask_head)`, and counted once for each
+// query head that mask head serves: O(B * Hm) calls, not O(B * Hq).
 template <class Value, class Compute>
 Value sum_over_query_heads(const MaskView& mask, int32_t batch, int32_t q_heads, Compute per_mask_head) {
     Value total{};
-    for (int32_t b = 0; b < batch; ++b) {
-        std::vector<std::optional<Value>> cache;
-        for (int32_t h = 0; h < q_heads; ++h) {
-            const int32_t m = mask.mask_head(h);
-            if (std::size_t(m) >= cache.size()) cache.resize(std::size_t(m) + 1);
-            if (!cache[m]) cache[m] = per_mask_head(b, m);
-            total += *cache[m];
-        }
-    }
+    const int64_t group = mask.query_heads_per_mask_head;
+    for (int32_t b = 0; b < batch; ++b)
+        for (int64_t first = 0; first < q_heads; first += group)
+            total += per_mask_head(b, mask.mask_head(int32_t(first))) * std::min<int64_t>(group, q_heads - first);
     return total;
 }
 
