@@ -88,10 +88,7 @@ std::vector<double> naive_forward(DType dtype, const ReferenceShape& shape, cons
 ReferenceBackward naive_backward(DType dtype, const ReferenceShape& shape, const MaskView& mask, double scale,
                                  const double* q, const double* k, const double* v, const double* dout) {
     const int32_t d_qk = shape.head_dim, d_v = shape.value_dim;
-    ReferenceBackward grad;
-    grad.dq.assign(std::size_t(shape.batch) * shape.nq * shape.q_heads * d_qk, 0.0);
-    grad.dk.assign(std::size_t(shape.batch) * shape.nk * shape.kv_heads * d_qk, 0.0);
-    grad.dv.assign(std::size_t(shape.batch) * shape.nk * shape.kv_heads * d_v, 0.0);
+    ReferenceBackward grad = ReferenceBackward::zeros(shape);
     std::vector<double> p, dp(std::size_t(shape.nk));
     for (int32_t b = 0; b < shape.batch; ++b)
         for (int32_t h = 0; h < shape.q_heads; ++h) {

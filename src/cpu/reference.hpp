@@ -32,6 +32,14 @@ struct ReferenceForward {
 
 struct ReferenceBackward {
     std::vector<double> dq, dk, dv;  // contiguous BSHD, shaped like q, k, v
+
+    // Zero gradients of the right sizes, for a backward computation to accumulate into.
+    static ReferenceBackward zeros(const ReferenceShape& shape) {
+        const std::size_t q_rows = std::size_t(shape.batch) * shape.nq * shape.q_heads;
+        const std::size_t kv_rows = std::size_t(shape.batch) * shape.nk * shape.kv_heads;
+        return {std::vector<double>(q_rows * shape.head_dim, 0.0), std::vector<double>(kv_rows * shape.head_dim, 0.0),
+                std::vector<double>(kv_rows * shape.value_dim, 0.0)};
+    }
 };
 
 // Offset of element [b, s, h, 0] of a contiguous [B, S, H, width] tensor (the layout of every
