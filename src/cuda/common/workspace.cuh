@@ -1,0 +1,73 @@
+// Per-call device scratch memory and the block-summary table that every CUDA kernel reads.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/common/block_summaries.cuh"
+#include "cuda/common/check.hpp"
+#include "flashmask/tiles.hpp"
+
+namespace flashmask::cuda {
+
+// Stream-ordered scratch (cudaMallocAsync / cudaFreeAsync): no device-wide synchronisation, and
+// legal inside CUDA graph capture. Freed on the same stream when it goes out of scope, so work
+// already queued on the stream finishes with it first.
+class DeviceScratch {
+public:
+    DeviceScratch(std::size_t bytes, cudaStream_t stream) : stream_(stream) {
+        if (bytes > 0) FM_CUDA_CHECK(cudaMallocAsync(&data_, bytes, stream));
+    }
+    ~DeviceScratch() {
+        if (data_ != nullptr) (void)cudaFreeAsync(data_, stream_);  // a destructor cannot throw
+    }
+    DeviceScratch(const DeviceScratch&) = delete;
+    DeviceScratch& operator=(const DeviceScratch&) = delete;
+
+    template <typename T> T* as() const { return static_cast<T*>(data_); }
+
+private:
+    void* data_ = nullptr;
+    cudaStream_t stream_;
+};
+
+// Where kernels find the summary of (batch, query head, key block). With no index tensor the
+// mask is the same for every batch and head, so one row of summaries serves all (zero strides).
+struct SummaryTable {
+    const BlockSummary* summaries = nullptr;
+    int64_t stride_batch = 0, stride_mask_head = 0;
+    int32_t block_n = 0, blocks = 0;
+
+    __device__ __forceinline__ const BlockSummary& at(const MaskView& mask, int32_t batch, int32_t query_head,
+                                                       int32_t kv_block) const {
+        return summaries[batch * stride_batch + mask.mask_head(query_head) * stride_mask_head + kv_block];
+    }
+};
+
+// The summaries of one call at key-block granularity block_n, computed on `stream` into scratch
+// memory owned by this object.
+class BlockSummaries {
+public:
+    BlockSummaries(const MaskView& mask, int32_t batch, int32_t q_heads, int32_t block_n, cudaStream_t stream)
+        : batches_(mask.layout == MaskLayout::None ? 1 : batch),
+          mask_heads_(mask.layout == MaskLayout::None ? 1 : q_heads / mask.query_heads_per_mask_head),
+          blocks_(ceil_div(mask.nk, block_n)),
+          scratch_(sizeof(BlockSummary) * std::size_t(batches_) * mask_heads_ * blocks_, stream) {
+        compute_block_summaries(mask, batches_, mask_heads_, block_n, scratch_.as<BlockSummary>(), stream);
+        table_.summaries = scratch_.as<BlockSummary>();
+        table_.stride_mask_head = mask.layout == MaskLayout::None ? 0 : blocks_;
+        table_.stride_batch = mask.layout == MaskLayout::None ? 0 : int64_t(mask_heads_) * blocks_;
+        table_.block_n = block_n;
+        table_.blocks = blocks_;
+    }
+    const SummaryTable& table() const { return table_; }
+
+private:
+    int32_t batches_, mask_heads_, blocks_;
+    DeviceScratch scratch_;
+    SummaryTable table_;
+};
+
+}  // namespace flashmask::cuda
