@@ -20,6 +20,9 @@
 
 #ifdef FLASHMASK_WITH_CUDA
 #include <cuda_runtime_api.h>
+
+#include "cuda/attention.hpp"
+#include "cuda/common/check.hpp"
 #endif
 
 namespace flashmask {
@@ -217,15 +220,48 @@ AttentionProblem make_problem(const Sizes& s, DType dtype, const std::optional<T
     return p;
 }
 
-[[noreturn]] void refuse_cuda(const char* function) {
-    throw Error(ErrorCode::Unsupported, "q",
-                std::string("flashmask::") + function +
-                    ": q: a CUDA tensor, but CUDA kernels are not built yet; expected CPU tensors "
-                    "(the CPU path takes float32, float16 and bfloat16)");
+// CUDA tensors need a build with the kernels, a usable device, and a kernel for the problem's
+// (dtype, D, Dv). Refused with Unsupported otherwise, before anything runs.
+void check_cuda_path(const Validator& check, const AttentionProblem& p) {
+#ifdef FLASHMASK_WITH_CUDA
+    if (!cuda_available())
+        check.refuse(ErrorCode::Unsupported, "q",
+                     "a CUDA tensor, but no CUDA device is usable by this process; expected CPU tensors");
+    if (!cuda::supports(p.dtype, p.head_dim, p.value_dim)) {
+        const bool dv_differs = p.value_dim != p.head_dim;
+        check.refuse(ErrorCode::Unsupported, dv_differs ? "v" : "q",
+                     dv_differs ? "value dim Dv = " + std::to_string(p.value_dim) + " differs from D = " +
+                                      std::to_string(p.head_dim) + "; the CUDA kernels expect Dv == D"
+                                : "head dim D = " + std::to_string(p.head_dim) +
+                                      ", the CUDA kernels support D in {64, 128, 256} (the CPU path takes any D)");
+    }
+#else
+    (void)p;
+    check.refuse(ErrorCode::Unsupported, "q",
+                 "a CUDA tensor, but this build has no CUDA kernels (configured without nvcc); expected CPU "
+                 "tensors (the CPU path takes float32, float16 and bfloat16)");
+#endif
 }
 
+#ifdef FLASHMASK_WITH_CUDA
+// Runs the kernels on the tensors' device, restoring the caller's current device afterwards.
+class CudaDeviceGuard {
+public:
+    explicit CudaDeviceGuard(int device) {
+        FM_CUDA_CHECK(cudaGetDevice(&previous_));
+        if (device != previous_) FM_CUDA_CHECK(cudaSetDevice(device));
+    }
+    ~CudaDeviceGuard() { (void)cudaSetDevice(previous_); }
+    CudaDeviceGuard(const CudaDeviceGuard&) = delete;
+    CudaDeviceGuard& operator=(const CudaDeviceGuard&) = delete;
+
+private:
+    int previous_ = 0;
+};
+#endif
+
 // What forward() and backward() share: validates every argument of `a` (ForwardArgs or
-// BackwardArgs) plus the backward-only tensors in `extra`, refuses CUDA tensors, and returns
+// BackwardArgs) plus the backward-only tensors in `extra`, refuses CUDA problems no kernel runs, and returns
 // the resolved problem with q, k, v, out and lse bound. Nothing is written before it returns.
 template <class Args>
 AttentionProblem resolve(const char* function, const Args& a, const std::vector<NamedTensor>& extra) {
@@ -238,7 +274,7 @@ AttentionProblem resolve(const char* function, const Args& a, const std::vector<
     p.v = operand(a.v);
     p.out = operand(a.out);
     p.lse = operand(a.lse);
-    if (a.q.device == Device::CUDA) refuse_cuda(function);
+    if (a.q.device == Device::CUDA) check_cuda_path(check, p);
     return p;
 }
 
@@ -246,6 +282,13 @@ AttentionProblem resolve(const char* function, const Args& a, const std::vector<
 
 void forward(const ForwardArgs& a) {
     const AttentionProblem p = resolve("forward", a, {});
+#ifdef FLASHMASK_WITH_CUDA
+    if (a.q.device == Device::CUDA) {
+        const CudaDeviceGuard on_device(a.q.device_index);
+        cuda::forward(p, static_cast<cudaStream_t>(a.stream));
+        return;
+    }
+#endif
     cpu::tiled_forward(p, a.num_threads);
 }
 
@@ -259,6 +302,13 @@ void backward(const BackwardArgs& a) {
     p.dq = operand(a.dq);
     p.dk = operand(a.dk);
     p.dv = operand(a.dv);
+#ifdef FLASHMASK_WITH_CUDA
+    if (a.q.device == Device::CUDA) {
+        const CudaDeviceGuard on_device(a.q.device_index);
+        cuda::backward(p, a.deterministic, static_cast<cudaStream_t>(a.stream));
+        return;
+    }
+#endif
     cpu::tiled_backward(p, a.num_threads);
 }
 
