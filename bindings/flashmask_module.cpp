@@ -3,10 +3,13 @@
 // maps flashmask::Error onto a Python exception. Decisions (defaults, dtype policy, output
 // allocation) live in python/flashmask; validation lives in the library.
 //
-// Arrays arrive as nanobind ndarrays on the CPU, any dtype, any strides (in elements).
+// Arrays arrive as nanobind ndarrays (NumPy arrays, or anything with DLPack: torch tensors,
+// DLPack capsules), any dtype, any strides (in elements). The attention calls take them on the
+// CPU or on a CUDA device (the DLPack device id becomes TensorView::device_index) with the
+// caller's cudaStream_t; everything else reads host memory and takes CPU arrays only.
 // bfloat16 cannot travel through NumPy's DLPack export, so the Python layer passes bfloat16
 // tensors as uint16 views of the same memory and sets `bfloat16_bits`; a framework that
-// exports real bfloat16 through DLPack (e.g. a CPU torch tensor) works without it.
+// exports real bfloat16 through DLPack (e.g. a torch tensor) works without it.
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -36,8 +39,11 @@ namespace fm = flashmask;
 
 namespace {
 
-using InputArray = nb::ndarray<nb::ro, nb::device::cpu>;   // read by the call; read-only arrays welcome
-using OutputArray = nb::ndarray<nb::device::cpu>;          // written by the call
+using InputArray = nb::ndarray<nb::ro, nb::device::cpu>;   // read on the host; read-only arrays welcome
+// The attention calls' operands: CPU or CUDA, checked by library_device() and then by the
+// library (one device per call).
+using AttentionInput = nb::ndarray<nb::ro>;  // read by the call
+using AttentionOutput = nb::ndarray<>;       // written by the call
 using Float64Array = nb::ndarray<const double, nb::c_contig, nb::device::cpu>;
 
 // ---------------------------------------------------------------------------------------------
@@ -105,6 +111,38 @@ fm::DType library_dtype(nb::dlpack::dtype dtype, const char* argument, const cha
                     std::string(argument) + " has dtype " + dlpack_dtype_name(dtype) + "; expected " + expected);
 }
 
+// DLPack's device type codes, by name, for the refusal of a device the library has no path for.
+const char* dlpack_device_name(int device_type) {
+    switch (device_type) {
+        case nb::device::cpu::value: return "cpu";
+        case nb::device::cuda::value: return "cuda";
+        case nb::device::cuda_host::value: return "cuda_host";
+        case nb::device::cuda_managed::value: return "cuda_managed";
+        case nb::device::rocm::value: return "rocm";
+        case nb::device::metal::value: return "metal";
+        case nb::device::oneapi::value: return "oneapi";
+        default: return "unknown";
+    }
+}
+
+// Where an array lives, as the library names it (device id -> device_index on CUDA), or an
+// Error(Unsupported) naming the argument for any other DLPack device.
+void set_library_device(fm::TensorView& view, int device_type, int device_id, const char* argument) {
+    if (device_type == nb::device::cpu::value) {
+        view.device = fm::Device::CPU;
+        view.device_index = 0;
+        return;
+    }
+    if (device_type == nb::device::cuda::value) {
+        view.device = fm::Device::CUDA;
+        view.device_index = device_id;
+        return;
+    }
+    throw fm::Error(fm::ErrorCode::Unsupported, argument,
+                    std::string(argument) + " is on DLPack device " + dlpack_device_name(device_type) + " (type " +
+                        std::to_string(device_type) + "); expected cpu or cuda");
+}
+
 template <typename Array>
 fm::TensorView tensor_view(const Array& array, const char* argument, const char* expected_dtype,
                            bool bfloat16_bits = false) {
@@ -116,13 +154,13 @@ fm::TensorView tensor_view(const Array& array, const char* argument, const char*
                             std::to_string(fm::kMaxRank) + " (lse 3, every other tensor 4)");
     view.dtype = library_dtype(array.dtype(), argument, expected_dtype, bfloat16_bits);
     view.data = const_cast<void*>(static_cast<const void*>(array.data()));  // inputs are only read
-    view.device = fm::Device::CPU;
+    set_library_device(view, array.device_type(), array.device_id(), argument);
     view.rank = int(array.ndim());
     for (int d = 0; d < view.rank; ++d) {
         view.shape[d] = int64_t(array.shape(d));
         view.strides[d] = array.stride(d);
     }
-    // NumPy reports all-zero strides for an array with no elements. No element is ever
+    // NumPy (and torch) may report zero strides for an array with no elements. No element is ever
     // addressed, so any strides are equivalent: use row-major ones, which every check accepts.
     if (array.size() == 0) {
         int64_t stride = 1;
@@ -138,10 +176,14 @@ constexpr const char* kFloatDTypes = "float32, float16 or bfloat16";
 constexpr const char* kIndexDType = "int32";
 constexpr const char* kIndexArgument = "startend_row_indices";
 
-std::optional<fm::TensorView> index_view(const std::optional<InputArray>& indices) {
+template <typename Array>
+std::optional<fm::TensorView> index_view(const std::optional<Array>& indices) {
     if (!indices) return std::nullopt;
     return tensor_view(*indices, kIndexArgument, kIndexDType);
 }
+
+// A Python int holding a cudaStream_t (0 = the legacy default stream) as the API takes it.
+void* cuda_stream(std::uintptr_t handle) { return reinterpret_cast<void*>(handle); }
 
 void require_in_range(int64_t value, int64_t lowest, int64_t end, const char* argument) {
     if (value < lowest || value >= end)
@@ -409,10 +451,12 @@ NB_MODULE(_flashmask, m) {
           nb::arg("q_heads"), nb::arg("kv_heads"));
 
     // --- attention (outputs allocated by the caller, written in place) ---------------------------
+    // Any device the library has a path for; `stream` is the cudaStream_t of a CUDA call
+    // (ignored on the CPU). The GIL is released while the library runs.
     m.def("forward",
-          [](const InputArray& q, const InputArray& k, const InputArray& v, const OutputArray& out,
-             const OutputArray& lse, const std::optional<InputArray>& indices, bool causal,
-             std::optional<float> scale, int num_threads, bool bfloat16_bits) {
+          [](const AttentionInput& q, const AttentionInput& k, const AttentionInput& v, const AttentionOutput& out,
+             const AttentionOutput& lse, const std::optional<AttentionInput>& indices, bool causal,
+             std::optional<float> scale, int num_threads, bool bfloat16_bits, std::uintptr_t stream) {
               fm::ForwardArgs args;
               args.q = tensor_view(q, "q", kFloatDTypes, bfloat16_bits);
               args.k = tensor_view(k, "k", kFloatDTypes, bfloat16_bits);
@@ -423,17 +467,19 @@ NB_MODULE(_flashmask, m) {
               args.causal = causal;
               args.scale = scale;
               args.num_threads = num_threads;
+              args.stream = cuda_stream(stream);
               nb::gil_scoped_release unlocked;
               fm::forward(args);
           },
           nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out").noconvert(), nb::arg("lse").noconvert(),
           nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("scale").none(),
-          nb::arg("num_threads"), nb::arg("bfloat16_bits"));
+          nb::arg("num_threads"), nb::arg("bfloat16_bits"), nb::arg("stream"));
     m.def("backward",
-          [](const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& out,
-             const InputArray& lse, const InputArray& dout, const OutputArray& dq, const OutputArray& dk,
-             const OutputArray& dv, const std::optional<InputArray>& indices, bool causal,
-             std::optional<float> scale, bool deterministic, int num_threads, bool bfloat16_bits) {
+          [](const AttentionInput& q, const AttentionInput& k, const AttentionInput& v, const AttentionInput& out,
+             const AttentionInput& lse, const AttentionInput& dout, const AttentionOutput& dq,
+             const AttentionOutput& dk, const AttentionOutput& dv, const std::optional<AttentionInput>& indices,
+             bool causal, std::optional<float> scale, bool deterministic, int num_threads, bool bfloat16_bits,
+             std::uintptr_t stream) {
               fm::BackwardArgs args;
               args.q = tensor_view(q, "q", kFloatDTypes, bfloat16_bits);
               args.k = tensor_view(k, "k", kFloatDTypes, bfloat16_bits);
@@ -449,13 +495,14 @@ NB_MODULE(_flashmask, m) {
               args.scale = scale;
               args.deterministic = deterministic;
               args.num_threads = num_threads;
+              args.stream = cuda_stream(stream);
               nb::gil_scoped_release unlocked;
               fm::backward(args);
           },
           nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("lse"), nb::arg("dout"),
           nb::arg("dq").noconvert(), nb::arg("dk").noconvert(), nb::arg("dv").noconvert(),
           nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("scale").none(),
-          nb::arg("deterministic"), nb::arg("num_threads"), nb::arg("bfloat16_bits"));
+          nb::arg("deterministic"), nb::arg("num_threads"), nb::arg("bfloat16_bits"), nb::arg("stream"));
     m.def("cuda_available", &fm::cuda_available);
 
     // --- the float64 reference (tests): returns new float64 arrays -------------------------------

@@ -5,14 +5,23 @@
     out, lse = flashmask.attention_forward(q, k, v, mask)          # q [B, N, H, D] float32/16
     dq, dk, dv = flashmask.attention_backward(dout, q, k, v, out, lse, mask)
 
-Needs only NumPy (no PyTorch, no GPU). Refused inputs raise TypeError (dtype), ValueError
-(shape, value, option) or NotImplementedError (not in this build), with a message naming the
-argument; the exception's `argument` attribute holds that name.
+On torch tensors (CPU or CUDA, through DLPack; outputs allocated by the caller, the index
+tensor on the tensors' device):
+
+    gpu_mask = flashmask.Mask(torch.from_numpy(mask.startend_row_indices).cuda(), mask.causal)
+    stream = torch.cuda.current_stream().cuda_stream
+    flashmask.forward_into(q, k, v, out, lse, gpu_mask, stream=stream)
+    flashmask.backward_into(dout, q, k, v, out, lse, dq, dk, dv, gpu_mask, stream=stream)
+
+Needs only NumPy: `import flashmask` imports no PyTorch and does not initialise CUDA. Refused
+inputs raise TypeError (dtype), ValueError (shape, value, device, option) or
+NotImplementedError (not in this build), with a message naming the argument; the exception's
+`argument` attribute holds that name. A CUDA failure raises RuntimeError with CUDA's message.
 """
 
 from . import _flashmask, masks
-from .attention import (attention_backward, attention_forward, naive_backward, naive_forward, reference_backward,
-                        reference_forward, spec_bound)
+from .attention import (attention_backward, attention_forward, backward_into, forward_into, naive_backward,
+                        naive_forward, reference_backward, reference_forward, spec_bound)
 from .masks import (
     BLOCK_SUMMARY_FIELDS,
     CPU_BLOCK_M,
@@ -34,14 +43,15 @@ __version__ = _flashmask.__version__
 
 
 def cuda_available() -> bool:
-    """Whether this build has CUDA kernels and a usable GPU (False for the CPU-only wheel)."""
+    """Whether this build has CUDA kernels and a usable GPU (False for the CPU-only wheel).
+    The first call initialises the CUDA driver; importing flashmask does not."""
     return bool(_flashmask.cuda_available())
 
 
 __all__ = [
     "BLOCK_SUMMARY_FIELDS", "CPU_BLOCK_M", "CPU_BLOCK_N", "Mask", "TileCounts", "__version__",
-    "attention_backward", "attention_forward", "block_summaries", "catalogue", "catalogue_names",
-    "check_mask_shape", "cuda_available", "from_dense", "masks", "naive_backward", "naive_forward",
+    "attention_backward", "attention_forward", "backward_into", "block_summaries", "catalogue", "catalogue_names",
+    "check_mask_shape", "cuda_available", "forward_into", "from_dense", "masks", "naive_backward", "naive_forward",
     "reference_backward", "reference_forward", "spec_bound", "tile_counts", "to_dense", "validate_mask",
     "visible_pairs",
 ]

@@ -85,3 +85,75 @@ def to_float64(array: np.ndarray, bfloat16_bits: bool) -> np.ndarray:
         # bfloat16 is the upper half of a float32.
         return (array.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
     return np.ascontiguousarray(array, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# Arrays of any framework and device, through DLPack (forward_into / backward_into)
+# --------------------------------------------------------------------------------------------
+
+# DLPack's device type of CUDA memory (DLDeviceType kDLCUDA).
+DLPACK_CUDA = 2
+# DLPack's name for the legacy default stream. Its cudaStream_t is 0, but __dlpack__(stream=0)
+# is disallowed for CUDA (0 is ambiguous there); 1 and 2 (cudaStreamLegacy, cudaStreamPerThread)
+# mean the same in both, and any other handle is passed as it is.
+DLPACK_LEGACY_DEFAULT_STREAM = 1
+
+
+def cuda_stream_handle(stream) -> int:
+    """The cudaStream_t of a call as an int: `stream` itself, or 0 (the legacy default stream)
+    for None. TypeError/ValueError naming `stream` for anything but a non-negative int."""
+    if stream is None:
+        return 0
+    if isinstance(stream, bool) or not isinstance(stream, int):
+        raise refusal(TypeError, "stream",
+                      f"stream must be an int cudaStream_t handle or None; got {type(stream).__name__} "
+                      "(for a torch.cuda.Stream, pass its .cuda_stream)")
+    if stream < 0:
+        raise refusal(ValueError, "stream", f"stream = {stream}; expected a cudaStream_t handle (an int >= 0)")
+    return stream
+
+
+def dlpack_stream(handle: int) -> int:
+    """The DLPack spelling of a cudaStream_t handle, for __dlpack__(stream=...)."""
+    return DLPACK_LEGACY_DEFAULT_STREAM if handle == 0 else handle
+
+
+def device_operand(value, argument: str, stream_handle: int, *, floating: bool = True):
+    """One tensor argument as the C++ module's attention calls take it.
+
+    * NumPy arrays pass as they are, except bfloat16 (module docstring): ``ml_dtypes.bfloat16``
+      arrays pass as their uint16 view, and bare uint16 arrays of `floating` arguments (every
+      tensor but the int32 index) are refused, since these calls have no ``dtype="bfloat16"``
+      to mark them as bfloat16 bits.
+    * CUDA arrays (``__dlpack_device__()`` says CUDA) pass as the DLPack capsule exported for
+      the call's stream: the producer makes the data ready on that stream (torch waits on its
+      current stream when it differs), so the kernels read finished inputs.
+    * Other DLPack arrays (torch CPU tensors, ...) pass as they are; nanobind imports them.
+
+    A torch tensor that requires grad is detached first (same memory): DLPack export refuses
+    such tensors, and these calls are outside autograd anyway."""
+    if isinstance(value, np.ndarray):
+        if is_ml_bfloat16(value):
+            return value.view(np.uint16)
+        if floating and value.dtype == np.uint16:
+            raise refusal(TypeError, argument,
+                          f"{argument} has dtype uint16; expected float32, float16 or bfloat16 (ml_dtypes.bfloat16 "
+                          "for NumPy; uint16 bfloat16 bits are taken only by attention_forward/backward with "
+                          "dtype=\"bfloat16\")")
+        return value
+    if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
+        value = value.detach()
+    dlpack_device = getattr(value, "__dlpack_device__", None)
+    if dlpack_device is None or not hasattr(value, "__dlpack__"):
+        raise refusal(TypeError, argument,
+                      f"{argument} must be an array with DLPack support (a torch tensor, a NumPy array, ...); "
+                      f"got {type(value).__name__}")
+    if int(dlpack_device()[0]) == DLPACK_CUDA:
+        return value.__dlpack__(stream=dlpack_stream(stream_handle))
+    return value
+
+
+def any_ml_bfloat16(values) -> bool:
+    """Whether any of `values` is an ml_dtypes bfloat16 NumPy array (the call then passes
+    bfloat16 as uint16 bits)."""
+    return any(isinstance(v, np.ndarray) and is_ml_bfloat16(v) for v in values)

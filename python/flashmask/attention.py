@@ -1,5 +1,7 @@
-"""Attention with FlashMask masks on NumPy arrays (the library's CPU path), the float64
-reference it is tested against, and SPEC §5's naive in-dtype attention and error bound.
+"""Attention with FlashMask masks: on NumPy arrays (the library's CPU path, returning new
+arrays), into caller-allocated arrays of any framework and device through DLPack
+(forward_into / backward_into: torch tensors on the CPU or a CUDA device, NumPy arrays), the
+float64 reference it is tested against, and SPEC §5's naive in-dtype attention and error bound.
 
 Layouts (SPEC §1), BSHD: q [B, Nq, Hq, D], k [B, Nk, Hk, D], v [B, Nk, Hk, Dv],
 out [B, Nq, Hq, Dv], lse float32 [B, Hq, Nq]. Any strides with a contiguous last dimension
@@ -14,12 +16,13 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import _flashmask
-from ._arrays import (BFLOAT16, is_ml_bfloat16, kernel_view, ml_dtypes_bfloat16, refusal, require_array,
-                      require_rank, to_float64, uses_bfloat16_bits)
+from ._arrays import (BFLOAT16, any_ml_bfloat16, cuda_stream_handle, device_operand, is_ml_bfloat16, kernel_view,
+                      ml_dtypes_bfloat16, refusal, require_array, require_rank, to_float64, uses_bfloat16_bits)
 from .masks import mask_arguments
 
 _Q_LAYOUT = "[B, Nq, Hq, D]"
 _V_LAYOUT = "[B, Nk, Hk, Dv]"
+_NO_STREAM = 0  # NumPy arrays are on the CPU, where the library ignores the stream
 
 
 def _attention_mask(startend_row_indices, causal: bool, q: np.ndarray):
@@ -47,7 +50,7 @@ def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, startend_row_
     lse = np.empty((batch, q_heads, nq), dtype=np.float32)
     _flashmask.forward(kernel_view(q, bfloat16_bits), kernel_view(k, bfloat16_bits), kernel_view(v, bfloat16_bits),
                        kernel_view(out, bfloat16_bits), lse, indices, causal,
-                       None if scale is None else float(scale), int(num_threads), bfloat16_bits)
+                       None if scale is None else float(scale), int(num_threads), bfloat16_bits, _NO_STREAM)
     return out, lse
 
 
@@ -74,8 +77,75 @@ def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.nda
     grads = [kernel_view(a, bfloat16_bits) for a in (dq, dk, dv)]
     _flashmask.backward(*views, lse, kernel_view(dout, bfloat16_bits), *grads, indices, causal,
                         None if scale is None else float(scale), bool(deterministic), int(num_threads),
-                        bfloat16_bits)
+                        bfloat16_bits, _NO_STREAM)
     return dq, dk, dv
+
+
+def _batch_of(q) -> Optional[int]:
+    """q's B, for broadcasting a builder's Mask; None when q is not a rank-4 array (the library
+    then refuses q itself)."""
+    shape = getattr(q, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) == 4 else None
+
+
+def _device_operands(named, stream_handle: int):
+    """The C++ module's operands for (name, value) pairs (see _arrays.device_operand)."""
+    return [device_operand(value, name, stream_handle) for name, value in named]
+
+
+def _index_operand(indices, stream_handle: int):
+    return None if indices is None else device_operand(indices, "startend_row_indices", stream_handle,
+                                                       floating=False)
+
+
+def forward_into(q, k, v, out, lse, startend_row_indices=None, *, causal: bool = False,
+                 scale: Optional[float] = None, stream: Optional[int] = None, num_threads: int = 0) -> None:
+    """Masked attention forward into caller-allocated outputs, on the CPU or a CUDA device.
+
+    q [B, Nq, Hq, D], k [B, Nk, Hk, D], v [B, Nk, Hk, Dv]; out [B, Nq, Hq, Dv] in q's dtype and
+    lse float32 [B, Hq, Nq] are written in place. Any arrays with DLPack support, all on one
+    device: torch tensors (CPU or CUDA, bfloat16 included), NumPy arrays, ... Any strides with
+    a contiguous last dimension, so a [B, H, N, D] tensor passes as ``x.transpose(1, 2)``.
+    dtypes: bfloat16 and float16 on CUDA; float32 too on the CPU.
+
+    startend_row_indices: int32 [B, Hm, Nk, C] on the same device, a Mask, or None.
+    stream: the cudaStream_t the kernels run on, as an int (e.g.
+    ``torch.cuda.current_stream().cuda_stream``); None = the legacy default stream. The inputs
+    are made ready on it through DLPack. On CUDA the call may return before the kernels finish:
+    the outputs are ready in `stream`'s order. Ignored on the CPU, where num_threads applies
+    (0 = all cores).
+
+    Refusals (before anything is written): TypeError (dtype, not an array), ValueError (shape,
+    device mismatch, option), NotImplementedError (not in this build: e.g. CUDA arrays without
+    CUDA kernels, a head dim with no kernel), RuntimeError (a CUDA failure, CUDA's message)."""
+    handle = cuda_stream_handle(stream)
+    indices, causal = mask_arguments(startend_row_indices, causal, _batch_of(q), any_array=True)
+    named = [("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse)]
+    bfloat16_bits = any_ml_bfloat16(value for _, value in named)
+    operands = _device_operands(named, handle)
+    index_operand = _index_operand(indices, handle)
+    _flashmask.forward(*operands, index_operand, causal, None if scale is None else float(scale),
+                       int(num_threads), bfloat16_bits, handle)
+
+
+def backward_into(dout, q, k, v, out, lse, dq, dk, dv, startend_row_indices=None, *, causal: bool = False,
+                  scale: Optional[float] = None, deterministic: bool = False, stream: Optional[int] = None,
+                  num_threads: int = 0) -> None:
+    """Masked attention backward into caller-allocated dq, dk, dv (shaped and typed like q, k, v),
+    on the CPU or a CUDA device; the arrays and `stream` as in forward_into.
+
+    out and lse are forward_into's on the same inputs. With GQA, dk/dv sum over the query heads
+    sharing a KV head. deterministic=True gives identical bits on every run (the CPU path
+    always does)."""
+    handle = cuda_stream_handle(stream)
+    indices, causal = mask_arguments(startend_row_indices, causal, _batch_of(q), any_array=True)
+    named = [("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse), ("dout", dout), ("dq", dq), ("dk", dk),
+             ("dv", dv)]
+    bfloat16_bits = any_ml_bfloat16(value for _, value in named)
+    operands = _device_operands(named, handle)
+    index_operand = _index_operand(indices, handle)
+    _flashmask.backward(*operands, index_operand, causal, None if scale is None else float(scale),
+                        bool(deterministic), int(num_threads), bfloat16_bits, handle)
 
 
 def reference_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, startend_row_indices=None, *,

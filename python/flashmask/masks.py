@@ -31,21 +31,28 @@ def _mask(result: Tuple[Optional[np.ndarray], bool]) -> Mask:
     return Mask(*result)
 
 
-def mask_arguments(startend_row_indices, causal: bool, batch: Optional[int] = None
-                   ) -> Tuple[Optional[np.ndarray], bool]:
+def mask_arguments(startend_row_indices, causal: bool, batch: Optional[int] = None, *,
+                   any_array: bool = False) -> Tuple[Optional[object], bool]:
     """(index array or None, causal) from either spelling of a mask.
 
     A builder's Mask describes one sequence (B = 1); given a `batch`, it is broadcast over it
-    (a stride-0 view, no copy). Index arrays passed as such must have the problem's B (SPEC §2)."""
+    (a stride-0 view, no copy: ``numpy.broadcast_to``, or ``expand`` for a torch tensor put in
+    a Mask). Index arrays passed as such must have the problem's B (SPEC §2). With
+    `any_array`, an index array may be anything with DLPack (checked where it is converted);
+    otherwise it must be a NumPy array."""
     if isinstance(startend_row_indices, Mask):
         if causal and not startend_row_indices.causal:
             raise refusal(ValueError, "causal",
                           "causal = True contradicts the Mask passed as startend_row_indices (causal = False)")
         indices = startend_row_indices.startend_row_indices
-        if batch is not None and indices is not None and indices.ndim == 4 and indices.shape[0] == 1:
-            indices = np.broadcast_to(indices, (batch,) + indices.shape[1:])
+        shape = None if indices is None else tuple(indices.shape)
+        if batch is not None and shape is not None and len(shape) == 4 and shape[0] == 1:
+            if isinstance(indices, np.ndarray):
+                indices = np.broadcast_to(indices, (batch,) + shape[1:])
+            elif hasattr(indices, "expand"):
+                indices = indices.expand(batch, *shape[1:])
         return indices, startend_row_indices.causal
-    if startend_row_indices is not None:
+    if startend_row_indices is not None and not any_array:
         require_array(startend_row_indices, "startend_row_indices")
     return startend_row_indices, bool(causal)
 
