@@ -228,10 +228,9 @@ def test_a_mask_and_its_arrays_give_the_same_result(rng):
     np.testing.assert_array_equal(from_mask, from_arrays)
 
 
-def test_import_needs_no_torch():
-    import sys
-
-    assert "torch" not in sys.modules
+def test_version_and_cuda_availability():
+    # That `import flashmask` loads no torch (other test files may import it) is checked in a
+    # fresh interpreter by test_into.py.
     assert flashmask.__version__.count(".") == 2
     assert flashmask.cuda_available() in (True, False)
 
