@@ -1,4 +1,7 @@
 // GPU test helpers: skip cleanly without a device; RAII device buffers.
+//
+// A GPU test starts with FM_SKIP_WITHOUT_GPU(), so that the suite passes (as skipped) on a
+// machine without a CUDA device and CTest can run it everywhere.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -30,8 +33,14 @@ public:
     ~DeviceBuffer() { cudaFree(data_); }
     DeviceBuffer(const DeviceBuffer&) = delete;
     DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    DeviceBuffer(DeviceBuffer&& other) noexcept : data_(other.data_), count_(other.count_) { other.data_ = nullptr; }
+    DeviceBuffer& operator=(DeviceBuffer&&) = delete;
 
     T* get() const { return data_; }
+    std::size_t size() const { return count_; }
+    // Every byte 0xFF: NaN in float32, float16 and bfloat16, -1 in int32. An output element still
+    // holding it after a call was never written.
+    void poison() const { FM_CUDA_CHECK(cudaMemset(data_, 0xFF, count_ * sizeof(T))); }
     std::vector<T> to_host() const {
         std::vector<T> host(count_);
         FM_CUDA_CHECK(cudaMemcpy(host.data(), data_, count_ * sizeof(T), cudaMemcpyDeviceToHost));

@@ -1,0 +1,474 @@
+// The CUDA path through the public API (flashmask::forward / backward on CUDA TensorViews)
+// against the float64 CPU reference (small cases) or the float32 GPU reference (large ones),
+// SPEC §5: every catalogue mask, bfloat16 and float16, D = 64 / 128 / 256, GQA (Hq / Hk = 4),
+// mask heads 1, Hk and Hq, sizes 1, 17, 1000, 4099 and 8192, Nq != Nk with the bottom-right
+// causal diagonal, transposed BHSD views, explicit scales, hostile masks, the deterministic
+// backward, the stream argument and CUDA errors. Each case's dtype, head dim, layout and scale
+// rotate with the mask kind, so that every combination is met without running all of them.
+//
+// The *Sanitizer* tests are the small cases for compute-sanitizer (see CMakeLists.txt).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <thread>
+
+#include "gpu_attention_check.hpp"
+#include "gpu_reference.hpp"
+
+namespace flashmask::testing {
+namespace {
+
+constexpr int32_t kHeadDims[] = {64, 128, 256};
+constexpr DType kHalfDtypes[] = {DType::BFloat16, DType::Float16};
+constexpr int kHeadDimCount = 3, kDtypeCount = 2;
+
+// An explicit scale other than the default (which is 1/8 .. 1/16 for these head dims).
+float random_scale(std::mt19937_64& rng) { return std::uniform_real_distribution<float>(0.05f, 0.3f)(rng); }
+
+// A created (non-blocking) stream, destroyed at scope exit.
+class Stream {
+public:
+    Stream() { FM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+    ~Stream() { (void)cudaStreamDestroy(stream_); }
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
+    cudaStream_t get() const { return stream_; }
+
+private:
+    cudaStream_t stream_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Every catalogue mask (SPEC §3).
+// ---------------------------------------------------------------------------------------------
+class GpuCatalogue : public ::testing::TestWithParam<std::string> {
+protected:
+    // The kind's position in the catalogue: rotates dtype, head dim, layout and scale per kind.
+    int kind_index() const {
+        const std::vector<std::string>& names = catalogue_names();
+        return int(std::find(names.begin(), names.end(), GetParam()) - names.begin());
+    }
+    TestMask mask_for(const AttentionSizes& s, int32_t mask_heads, std::mt19937_64& rng) const {
+        return catalogue_test_mask(GetParam(), s, mask_heads, rng);
+    }
+    // Case number n of this kind: dtype, D, layout, scale and mask heads (1 or Hq) rotated.
+    GpuCase rotated_case(int n, int32_t batch, int32_t nq, int32_t nk, std::mt19937_64& rng) const {
+        const int r = kind_index() + n;
+        const int32_t d = kHeadDims[r % kHeadDimCount];
+        GpuCase c{{batch, nq, nk, kGqaGroup, 1, d, d}, kHalfDtypes[r % kDtypeCount]};
+        c.layout = (r / 2) % 2 ? Layout::Bhsd : Layout::Bshd;
+        if (r % 3 == 1) c.scale = random_scale(rng);
+        return c;
+    }
+    static int32_t rotated_mask_heads(int n, const GpuCase& c) { return n % 2 ? 1 : c.sizes.q_heads; }
+};
+
+// Sizes 1 and 17 on both axes, two batch entries, float64 reference.
+TEST_P(GpuCatalogue, SizesOneAndSeventeen) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    const int32_t extents[][2] = {{1, 1}, {1, 17}, {17, 1}, {17, 17}};
+    int n = 0;
+    for (const auto& [nq, nk] : extents) {
+        GpuCase c = rotated_case(n, 2, nq, nk, rng);
+        TestMask mask = mask_for(c.sizes, rotated_mask_heads(n++, c), rng);
+        check_gpu_attention(c, mask, rng);
+    }
+}
+
+// D = 64, 128, 256 in both dtypes, Nq < Nk and Nq > Nk (not multiples of any tile), float64 reference.
+TEST_P(GpuCatalogue, HeadDimsAndDtypes) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const int32_t d : kHeadDims)
+        for (const DType dtype : kHalfDtypes) {
+            const bool wide = (kind_index() + n) % 2 == 0;
+            GpuCase c{{1, wide ? 77 : 130, wide ? 130 : 77, kGqaGroup, 1, d, d}, dtype};
+            c.layout = n % 2 ? Layout::Bhsd : Layout::Bshd;
+            if (n % 3 == 2) c.scale = random_scale(rng);
+            TestMask mask = mask_for(c.sizes, rotated_mask_heads(n++, c), rng);
+            check_gpu_attention(c, mask, rng);
+        }
+}
+
+// 1000 x 1000 and 1000 x 1111 / 1111 x 1000 (causal masks: the bottom-right diagonal), float32
+// GPU reference; the square case runs on a created stream.
+TEST_P(GpuCatalogue, SizeThousandAndNqNotNk) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    const Stream stream;
+    const int32_t extents[][2] = {{1000, 1000}, {1000, 1111}, {1111, 1000}};
+    int n = 0;
+    for (const auto& [nq, nk] : extents) {
+        GpuCase c = rotated_case(n, 1, nq, nk, rng);
+        if (n == 0) c.stream = stream.get();
+        TestMask mask = mask_for(c.sizes, rotated_mask_heads(n++, c), rng);
+        check_gpu_attention(c, mask, rng);
+    }
+}
+
+TEST_P(GpuCatalogue, Size4099) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    GpuCase c = rotated_case(1, 1, 4099, 4099, rng);
+    TestMask mask = mask_for(c.sizes, rotated_mask_heads(1, c), rng);
+    check_gpu_attention(c, mask, rng);
+}
+
+TEST_P(GpuCatalogue, Size8192) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    GpuCase c = rotated_case(2, 1, 8192, 8192, rng);
+    TestMask mask = mask_for(c.sizes, rotated_mask_heads(2, c), rng);
+    check_gpu_attention(c, mask, rng);
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryKind, GpuCatalogue, ::testing::ValuesIn(catalogue_names()),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+// ---------------------------------------------------------------------------------------------
+// Index tensors of every layout, random and hostile; mask heads 1, Hk and Hq.
+// ---------------------------------------------------------------------------------------------
+TEST(GpuAttention, RandomIntervalsEveryLayoutAndMaskHeads) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const IndexLayout layout : kIndexLayouts)
+        for (const AttentionSizes sizes : {AttentionSizes{2, 97, 130, 8, 2, 64, 64}, AttentionSizes{1, 130, 97, 8, 2, 128, 128}}) {
+            const int32_t mask_heads[] = {1, sizes.kv_heads, sizes.q_heads};
+            GpuCase c{sizes, kHalfDtypes[n % kDtypeCount]};
+            TestMask mask = random_test_mask(layout.causal, layout.slots, false, sizes, mask_heads[n++ % 3], rng);
+            check_gpu_attention(c, mask, rng);
+        }
+}
+
+// Values below 0 and above Nq, start > end, all-masked columns and rows, the int32 extremes: no
+// fault, no NaN, and the results of the reference's literal reading of SPEC §2.
+TEST(GpuAttention, HostileMasksGiveTheReferenceReading) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    for (const IndexLayout layout : kIndexLayouts)
+        for (const AttentionSizes sizes : {AttentionSizes{2, 90, 110, 4, 2, 64, 64}, AttentionSizes{1, 300, 257, 4, 2, 128, 128}}) {
+            TestMask mask = random_test_mask(layout.causal, layout.slots, true, sizes, sizes.kv_heads, rng);
+            mask.indices->at(0, 0, 0, 0) = std::numeric_limits<int32_t>::min();
+            mask.indices->at(sizes.batch - 1, 1, sizes.nk - 1, layout.slots - 1) = std::numeric_limits<int32_t>::max();
+            for (const DType dtype : kHalfDtypes) {
+                GpuCase c{sizes, dtype};
+                c.reference = ReferenceKind::Float64Cpu;  // the literal reading, not column_intervals()
+                check_gpu_attention(c, mask, rng);
+            }
+        }
+}
+
+// Rows that see no key (a band hidden from every column; with Nq > Nk and causal, the top
+// Nq - Nk rows) and columns hidden from every row: O = 0, LSE = -inf, dQ = 0, dK = dV = 0.
+TEST(GpuAttention, FullyMaskedRowsAndColumns) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    for (const int32_t nk : {100, 40, 300}) {
+        const AttentionSizes sizes{1, 100, nk, 4, 1, 64, 64};
+        TestMask mask;
+        mask.causal = true;
+        mask.name = "masked band and masked columns";
+        mask.indices.emplace(1, 1, nk, 2, rng);
+        std::uniform_int_distribution<int32_t> row(0, sizes.nq), coin(0, 4);
+        int32_t start = row(rng), end = row(rng);
+        if (start > end) std::swap(start, end);
+        for (int32_t j = 0; j < nk; ++j) {
+            const bool whole_column = coin(rng) == 0;
+            mask.indices->at(0, 0, j, 0) = whole_column ? 0 : start;
+            mask.indices->at(0, 0, j, 1) = whole_column ? sizes.nq : end;
+        }
+        for (const DType dtype : kHalfDtypes) check_gpu_attention(GpuCase{sizes, dtype}, mask, rng);
+    }
+}
+
+// Plain causal attention with Nq != Nk: the diagonal is aligned bottom-right (row i sees key j
+// iff j <= i + Nk - Nq); with Nq > Nk the first Nq - Nk rows see nothing.
+TEST(GpuAttention, CausalBottomRightDiagonal) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    const int32_t extents[][2] = {{17, 40}, {40, 17}, {1000, 1111}, {1111, 1000}};
+    int n = 0;
+    for (const auto& [nq, nk] : extents) {
+        GpuCase c{{1, nq, nk, kGqaGroup, 1, 128, 128}, kHalfDtypes[n++ % kDtypeCount]};
+        TestMask mask;
+        mask.causal = true;
+        mask.name = "causal";
+        check_gpu_attention(c, mask, rng);
+    }
+}
+
+TEST(GpuAttention, ExplicitScaleWithoutIndexTensor) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    for (const bool causal : {false, true})
+        for (const DType dtype : kHalfDtypes) {
+            GpuCase c{{2, 75, 140, kGqaGroup, 1, 64, 64}, dtype};
+            c.scale = random_scale(rng);
+            TestMask mask;
+            mask.causal = causal;
+            mask.name = causal ? "causal" : "full";
+            check_gpu_attention(c, mask, rng);
+        }
+}
+
+// Every operand a [B, H, N, D] buffer passed with permuted strides, small and large.
+TEST(GpuAttention, TransposedBhsdViews) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const AttentionSizes sizes : {AttentionSizes{2, 130, 200, 8, 2, 64, 64}, AttentionSizes{1, 1000, 1000, 8, 2, 128, 128}}) {
+        GpuCase c{sizes, kHalfDtypes[n++ % kDtypeCount]};
+        c.layout = Layout::Bhsd;
+        TestMask mask = catalogue_test_mask("prefix_lm_document", sizes, sizes.kv_heads, rng);
+        check_gpu_attention(c, mask, rng);
+    }
+}
+
+// Deterministic mode: two runs give identical dq, dk, dv bits (checked inside
+// check_gpu_attention), and are within the bound like any other run. GQA makes dK / dV sum over
+// four query heads, where a non-deterministic kernel would use atomics.
+TEST(GpuAttention, DeterministicBackwardGivesIdenticalBits) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const char* name : {"causal_document", "global_sliding_window", "full"})
+        for (const AttentionSizes sizes : {AttentionSizes{2, 130, 300, 8, 2, 64, 64}, AttentionSizes{1, 1000, 1000, 8, 2, 128, 128}}) {
+            GpuCase c{sizes, kHalfDtypes[n++ % kDtypeCount]};
+            c.deterministic = true;
+            TestMask mask = catalogue_test_mask(name, sizes, sizes.kv_heads, rng);
+            check_gpu_attention(c, mask, rng);
+        }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stream argument: the work is queued behind what the caller queued on that stream.
+// ---------------------------------------------------------------------------------------------
+
+// Holds up the stream it is queued on for a while (a host function: the stream waits for it).
+void CUDART_CB hold_stream(void*) { std::this_thread::sleep_for(std::chrono::milliseconds(200)); }
+
+// On a created non-blocking stream: hold the stream, then copy the real q (and dout) into buffers
+// that hold NaN, then call the API with that stream. A call that ran anywhere but behind the copy
+// (the legacy default stream does not wait for a non-blocking stream) reads NaN and cannot match
+// the same call made with q in place from the start. The backward is deterministic so that the
+// two runs can be compared bit for bit.
+TEST(GpuAttention, RunsOnTheGivenStream) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    const AttentionSizes s{1, 300, 300, 4, 1, 64, 64};
+    const DType dtype = DType::BFloat16;
+    TestMask mask = catalogue_test_mask("document", s, 1, rng);
+    const DeviceMask device_mask(mask, s);
+    const std::vector<int64_t> q_shape{s.batch, s.nq, s.q_heads, s.head_dim}, kv_shape{s.batch, s.nk, s.kv_heads, s.head_dim},
+        lse_shape{s.batch, s.q_heads, s.nq};
+    DeviceTensor q(dtype, q_shape), k(dtype, kv_shape), v(dtype, kv_shape), dout(dtype, q_shape);
+    for (DeviceTensor* t : {&q, &k, &v, &dout}) t->fill_normal(rng());
+
+    struct Outputs {
+        DeviceTensor out, lse, dq, dk, dv;
+    };
+    auto run = [&](const DeviceTensor& q_in, const DeviceTensor& dout_in, cudaStream_t stream, Outputs& o) {
+        for (DeviceTensor* t : {&o.out, &o.lse, &o.dq, &o.dk, &o.dv}) t->poison();
+        ForwardArgs fa{q_in.view(), k.view(), v.view(), o.out.view(), o.lse.view(), device_mask.view, mask.causal};
+        fa.stream = stream;
+        forward(fa);
+        BackwardArgs ba{q_in.view(), k.view(), v.view(), o.out.view(), o.lse.view(), dout_in.view(),
+                        o.dq.view(), o.dk.view(), o.dv.view(), device_mask.view, mask.causal};
+        ba.deterministic = true;
+        ba.stream = stream;
+        backward(ba);
+    };
+    auto make_outputs = [&] {
+        return Outputs{DeviceTensor(dtype, q_shape), DeviceTensor(DType::Float32, lse_shape), DeviceTensor(dtype, q_shape),
+                       DeviceTensor(dtype, kv_shape), DeviceTensor(dtype, kv_shape)};
+    };
+    Outputs expected = make_outputs(), got = make_outputs();
+    run(q, dout, nullptr, expected);
+    FM_CUDA_CHECK(cudaDeviceSynchronize());
+
+    const Stream stream;
+    DeviceTensor late_q(dtype, q_shape), late_dout(dtype, q_shape);
+    late_q.poison();
+    late_dout.poison();
+    FM_CUDA_CHECK(cudaDeviceSynchronize());
+    FM_CUDA_CHECK(cudaLaunchHostFunc(stream.get(), hold_stream, nullptr));
+    const std::size_t bytes = std::size_t(q.numel()) * element_size(dtype);
+    FM_CUDA_CHECK(cudaMemcpyAsync(late_q.view().data, q.view().data, bytes, cudaMemcpyDeviceToDevice, stream.get()));
+    FM_CUDA_CHECK(cudaMemcpyAsync(late_dout.view().data, dout.view().data, bytes, cudaMemcpyDeviceToDevice, stream.get()));
+    run(late_q, late_dout, stream.get(), got);
+    FM_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+
+    EXPECT_TRUE(got.out.bytes() == expected.out.bytes()) << "out differs: the forward did not wait for its stream";
+    EXPECT_TRUE(got.lse.bytes() == expected.lse.bytes()) << "lse differs: the forward did not wait for its stream";
+    EXPECT_TRUE(got.dq.bytes() == expected.dq.bytes()) << "dq differs: the backward did not wait for its stream";
+    EXPECT_TRUE(got.dk.bytes() == expected.dk.bytes()) << "dk differs: the backward did not wait for its stream";
+    EXPECT_TRUE(got.dv.bytes() == expected.dv.bytes()) << "dv differs: the backward did not wait for its stream";
+}
+
+// ---------------------------------------------------------------------------------------------
+// CUDA errors come back as flashmask::Error(CudaError), and leave CUDA usable.
+// ---------------------------------------------------------------------------------------------
+
+// A device index that does not exist: cudaSetDevice fails inside the API. Expected: Error with
+// code CudaError and CUDA's message, nothing written, the caller's device unchanged, and no
+// stale error left in CUDA's last-error state (which the next check_launch() would otherwise
+// report against an innocent launch).
+TEST(GpuErrors, InvalidDeviceIndexIsCudaError) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int devices = 0, device_before = 0, device_after = -1;
+    FM_CUDA_CHECK(cudaGetDeviceCount(&devices));
+    FM_CUDA_CHECK(cudaGetDevice(&device_before));
+    const AttentionSizes s{1, 64, 64, 2, 2, 64, 64};
+    DeviceTensor q(DType::BFloat16, {1, 64, 2, 64}), k(DType::BFloat16, {1, 64, 2, 64}), v(DType::BFloat16, {1, 64, 2, 64}),
+        out(DType::BFloat16, {1, 64, 2, 64}), lse(DType::Float32, {1, 2, 64});
+    for (DeviceTensor* t : {&q, &k, &v}) t->fill_normal(rng());
+    out.poison();
+    lse.poison();
+    ForwardArgs fa{q.view(), k.view(), v.view(), out.view(), lse.view()};
+    for (TensorView* t : {&fa.q, &fa.k, &fa.v, &fa.out, &fa.lse}) t->device_index = devices;  // one past the last
+    try {
+        forward(fa);
+        ADD_FAILURE() << "forward on cuda:" << devices << " (of " << devices << " devices) did not throw";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::CudaError) << e.what();
+        EXPECT_NE(std::string(e.what()).find("cuda"), std::string::npos) << "no CUDA message in: " << e.what();
+    }
+    FM_CUDA_CHECK(cudaGetDevice(&device_after));
+    EXPECT_EQ(device_after, device_before) << "the caller's current device changed";
+    const cudaError_t stale = cudaGetLastError();  // also clears it, so that later tests are not blamed
+    EXPECT_EQ(stale, cudaSuccess) << "the failed call left CUDA's last error set: " << cudaGetErrorName(stale);
+    const std::vector<double> out_values = out.values();
+    EXPECT_TRUE(std::all_of(out_values.begin(), out_values.end(), [](double x) { return std::isnan(x); }))
+        << "out was written by a refused call";
+    // CUDA is still usable: the same call on the real device works.
+    for (TensorView* t : {&fa.q, &fa.k, &fa.v, &fa.out, &fa.lse}) t->device_index = device_before;
+    TestMask full;
+    full.name = "full";
+    check_gpu_attention(GpuCase{s, DType::BFloat16}, full, rng);
+}
+
+// Host memory passed as a CUDA tensor must be refused with an Error (InvalidArgument naming the
+// tensor, or CudaError), not fault inside a kernel: a kernel fault is sticky and would kill the
+// process's CUDA context. Run in a child process (death-test machinery, "threadsafe" style
+// re-executes this binary) so that a fault cannot take the rest of the suite with it; the child
+// exits 0 only if the API threw Error and CUDA still works afterwards.
+int host_memory_outcome() {
+    const int64_t elements = 1 * 64 * 2 * 64;
+    std::vector<uint16_t> host_q(std::size_t(elements), 0x3f80);  // bfloat16 1.0
+    DeviceTensor k(DType::BFloat16, {1, 64, 2, 64}), v(DType::BFloat16, {1, 64, 2, 64}), out(DType::BFloat16, {1, 64, 2, 64}),
+        lse(DType::Float32, {1, 2, 64});
+    k.fill_normal(1);
+    v.fill_normal(2);
+    ForwardArgs fa{k.view(), k.view(), v.view(), out.view(), lse.view()};
+    fa.q.data = host_q.data();  // a CUDA view of host memory
+    int outcome = 0;
+    try {
+        forward(fa);
+        std::fprintf(stderr, "forward accepted host memory as a CUDA tensor (no Error)\n");
+        outcome = 1;
+    } catch (const Error& e) {
+        std::fprintf(stderr, "Error(code %d, argument '%s'): %s\n", int(e.code()), e.argument().c_str(), e.what());
+        if (e.code() != ErrorCode::InvalidArgument && e.code() != ErrorCode::CudaError) outcome = 2;
+    }
+    const cudaError_t after = cudaDeviceSynchronize();
+    if (after != cudaSuccess) {
+        std::fprintf(stderr, "CUDA unusable afterwards: %s\n", cudaGetErrorString(after));
+        outcome = 3;
+    }
+    return outcome;
+}
+
+TEST(GpuErrors, HostMemoryAsCudaTensorIsErrorNotCrash) {
+    FM_SKIP_WITHOUT_GPU();
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(std::exit(host_memory_outcome()), ::testing::ExitedWithCode(0), "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test's own float32 GPU reference (used for the large cases) against the float64 one.
+// ---------------------------------------------------------------------------------------------
+TEST(GpuReference, MatchesFloat64Reference) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    {
+        const AttentionSizes s{1, 200, 200, 4, 1, 64, 64};
+        TestMask mask = catalogue_test_mask("sliding_window", s, 4, rng);
+        check_gpu_reference(s, DType::BFloat16, mask, rng);
+    }
+    {
+        const AttentionSizes s{2, 77, 130, 4, 2, 128, 128};
+        TestMask mask = catalogue_test_mask("global_sliding_window", s, 2, rng);
+        check_gpu_reference(s, DType::Float16, mask, rng);
+    }
+    for (const IndexLayout layout : kIndexLayouts) {
+        const AttentionSizes s{1, 130, 77, 4, 1, 256, 256};
+        TestMask mask = random_test_mask(layout.causal, layout.slots, true, s, 4, rng);
+        check_gpu_reference(s, DType::BFloat16, mask, rng);
+    }
+    {
+        const AttentionSizes s{1, 33, 1000, 4, 1, 64, 64};
+        TestMask mask = catalogue_test_mask("causal_document", s, 1, rng);
+        check_gpu_reference(s, DType::Float16, mask, rng);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small cases of each kernel for compute-sanitizer (memcheck): every (dtype, D) instantiation,
+// sizes that are not multiples of any tile, float64 reference (no reference kernels run).
+// ---------------------------------------------------------------------------------------------
+void sanitizer_cases(const char* mask_name, bool backward, bool deterministic, int32_t q_heads, int32_t kv_heads) {
+    auto rng = test_rng();
+    for (const int32_t d : kHeadDims)
+        for (const DType dtype : kHalfDtypes) {
+            GpuCase c{{1, 77, 130, q_heads, kv_heads, d, d}, dtype};
+            c.backward = backward;
+            c.deterministic = deterministic;
+            TestMask mask = catalogue_test_mask(mask_name, c.sizes, kv_heads, rng);
+            check_gpu_attention(c, mask, rng);
+        }
+}
+
+TEST(GpuSanitizer, Forward) {
+    FM_SKIP_WITHOUT_GPU();
+    sanitizer_cases("causal_document", false, false, 2, 2);
+}
+
+TEST(GpuSanitizer, BackwardNondeterministic) {
+    FM_SKIP_WITHOUT_GPU();
+    sanitizer_cases("causal_document", true, false, 2, 2);
+}
+
+TEST(GpuSanitizer, BackwardDeterministic) {
+    FM_SKIP_WITHOUT_GPU();
+    sanitizer_cases("causal_document", true, true, 2, 2);
+}
+
+// Partial tiles everywhere: a random C = 4 index tensor, hostile values included.
+TEST(GpuSanitizer, PartialTileMask) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const int32_t d : kHeadDims) {
+        const AttentionSizes s{1, 77, 130, 2, 2, d, d};
+        TestMask mask = random_test_mask(false, 4, true, s, 2, rng);
+        check_gpu_attention(GpuCase{s, kHalfDtypes[n++ % kDtypeCount]}, mask, rng);
+    }
+}
+
+// GQA: Hq / Hk = 4 with two KV heads and a mask per KV head.
+TEST(GpuSanitizer, Gqa) {
+    FM_SKIP_WITHOUT_GPU();
+    sanitizer_cases("document", true, false, 8, 2);
+}
+
+}  // namespace
+}  // namespace flashmask::testing
