@@ -1,0 +1,6 @@
+// Every sm80 backward kernel of (fp16, D = 256): one translation unit per (dtype, head dim).
+#include "cuda/sm80/backward_host.cuh"
+
+namespace flashmask::cuda::sm80 {
+template void run_backward<__half, 256>(const AttentionProblem&, bool, cudaStream_t);
+}  // namespace flashmask::cuda::sm80

@@ -1,0 +1,556 @@
+// The sm80 backward kernels (shapes and reasons in backward_traits.cuh).
+//
+// Notation: S = Q K^T (unscaled), P = exp(scale * S - LSE), dP = dO V^T, Di = rowsum(dO * O),
+// dS = P * (dP - Di), dV = P^T dO, dK = scale * dS^T Q, dQ = scale * dS K. Exponentials are
+// taken in base 2: P = exp2(S * scale * log2 e - LSE * log2 e), the second term precomputed per
+// row; a row with LSE = -inf stores +inf there, so P = exp2(-inf) = 0 and it contributes nothing.
+//
+// Masking: a tile is classified once (classify() on the block summary); Skipped tiles are never
+// loaded, Full tiles do no mask arithmetic, Partial tiles zero P where column_intervals() masks
+// the (row, key) pair. Keys >= Nk are masked like Partial elements (their tile is never Full);
+// rows >= Nq are zero-filled in shared memory and have P = 0 through their padded LSE.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/common/workspace.cuh"
+#include "cuda/sm80/backward_traits.cuh"
+#include "cuda/sm80/ptx.cuh"
+#include "cuda/sm80/smem_tile.cuh"
+#include "flashmask/problem.hpp"
+#include "flashmask/tiles.hpp"
+
+namespace flashmask::cuda::sm80 {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Float32 per-call scratch, rows padded to kScratchRowAlignment: row r of (batch, head) is
+// ((batch * Hq + head) * padded_nq + r).
+struct BackwardScratch {
+    float* lse_log2 = nullptr;   // LSE * log2 e; +inf for LSE = -inf and for padded rows
+    float* di = nullptr;         // rowsum(dO * O); 0 for padded rows
+    float* dq_accum = nullptr;   // [rows, D], non-deterministic mode only: unscaled dS K sums
+    int32_t padded_nq = 0;
+
+    __device__ __forceinline__ int64_t row(int32_t batch, int32_t head, int32_t q_heads, int32_t r) const {
+        return (int64_t(batch) * q_heads + head) * padded_nq + r;
+    }
+};
+
+// A column that hides every row: keys >= Nk.
+__device__ __forceinline__ ColumnIntervals all_rows_masked() { return {0, INT32_MAX, 0, 0}; }
+
+__device__ __forceinline__ ColumnIntervals key_intervals(const MaskView& mask, int32_t batch, int32_t mask_head,
+                                                         int32_t key) {
+    return key < mask.nk ? column_intervals(mask, batch, mask_head, key) : all_rows_masked();
+}
+
+template <typename Element>
+__device__ __forceinline__ const Element* element_at(const Operand& t, int32_t i0, int32_t i1, int32_t i2) {
+    return static_cast<const Element*>(t.data) + i0 * t.stride[0] + i1 * t.stride[1] + i2 * t.stride[2];
+}
+template <typename Element>
+__device__ __forceinline__ Element* mutable_element_at(const Operand& t, int32_t i0, int32_t i1, int32_t i2) {
+    return static_cast<Element*>(t.data) + i0 * t.stride[0] + i1 * t.stride[1] + i2 * t.stride[2];
+}
+
+// Two accumulator tiles side by side (columns 0-7, 8-15 of a 16-wide block), packed to 16 bits,
+// are one A fragment of the next product (ptx.cuh).
+template <typename Element>
+__device__ __forceinline__ void accumulators_to_a(uint32_t (&a)[4], const float (&left)[4], const float (&right)[4]) {
+    a[0] = ElementTraits<Element>::pack(left[0], left[1]);
+    a[1] = ElementTraits<Element>::pack(left[2], left[3]);
+    a[2] = ElementTraits<Element>::pack(right[0], right[1]);
+    a[3] = ElementTraits<Element>::pack(right[2], right[3]);
+}
+
+// acc[kTiles][4] += A (16 x 16 block at (a_row0, k0) of a row-major smem tile) * B, where B
+// is stored [n][k] (ldmatrix non-transposed), for kTiles n-tiles of 8 from b_n0, over k in
+// [0, kDepth).
+template <typename Element, typename ATile, typename BTile, int kTiles, int kDepth>
+__device__ __forceinline__ void mma_a_smem_b_nk(float (&acc)[kTiles][4], const Element* a_tile, int a_row0,
+                                                const Element* b_tile, int b_n0, int lane) {
+#pragma unroll
+    for (int k0 = 0; k0 < kDepth; k0 += 16) {
+        uint32_t a[4];
+        ldmatrix_x4(a, a_fragment_address<ATile>(a_tile, a_row0, k0, lane));
+#pragma unroll
+        for (int t = 0; t < kTiles; t += 2) {
+            uint32_t b[4];
+            ldmatrix_x4(b, b_fragment_address_nk<BTile>(b_tile, b_n0 + t * kMmaCols, k0, lane));
+            const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+            mma_16816<Element>(acc[t], a, b0);
+            mma_16816<Element>(acc[t + 1], a, b1);
+        }
+    }
+}
+
+// acc[kTiles][4] += A * B where A is in registers as accumulator tiles a_acc[kDepth / 8][4]
+// (16 rows x kDepth), and B (kDepth x cols) is stored [k][n] (ldmatrix transposed), n from b_n0.
+template <typename Element, typename BTile, int kTiles, int kDepth>
+__device__ __forceinline__ void mma_a_regs_b_kn(float (&acc)[kTiles][4], const float (&a_acc)[kDepth / kMmaCols][4],
+                                                const Element* b_tile, int b_k0, int b_n0, int lane) {
+#pragma unroll
+    for (int k = 0; k < kDepth / 16; ++k) {
+        uint32_t a[4];
+        accumulators_to_a<Element>(a, a_acc[2 * k], a_acc[2 * k + 1]);
+#pragma unroll
+        for (int t = 0; t < kTiles; t += 2) {
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, b_fragment_address_kn<BTile>(b_tile, b_k0 + 16 * k, b_n0 + t * kMmaCols, lane));
+            const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+            mma_16816<Element>(acc[t], a, b0);
+            mma_16816<Element>(acc[t + 1], a, b1);
+        }
+    }
+}
+
+// --- preprocess ------------------------------------------------------------------------------
+
+constexpr int kPreprocessThreads = 256;
+
+// One group of D / 8 threads per padded row: Di = rowsum(dO * O) in float32 from 16-byte chunks,
+// and LSE * log2 e (+inf where LSE = -inf, so that exp2(x - it) = 0; padded rows likewise).
+template <typename Element, int kHeadDim>
+__global__ void __launch_bounds__(kPreprocessThreads)
+backward_preprocess_kernel(const AttentionProblem p, const BackwardScratch scratch) {
+    constexpr int kThreadsPerRow = kHeadDim / kChunkElements;
+    static_assert(kThreadsPerRow <= kWarpSize && kWarpSize % kThreadsPerRow == 0, "a row's threads share a warp");
+    const int64_t rows = int64_t(p.batch) * p.q_heads * scratch.padded_nq;
+    const int64_t row = int64_t(blockIdx.x) * (kPreprocessThreads / kThreadsPerRow) + threadIdx.x / kThreadsPerRow;
+    const int chunk = threadIdx.x % kThreadsPerRow;
+    // No early return: every lane of the warp takes part in the shuffles below.
+    const bool in_range = row < rows;
+    const int32_t r = int32_t(row % scratch.padded_nq);
+    const int32_t head = int32_t((row / scratch.padded_nq) % p.q_heads);
+    const int32_t batch = int32_t(row / (int64_t(scratch.padded_nq) * p.q_heads));
+    float sum = 0.0f;
+    if (in_range && r < p.nq) {
+        const uint4 o = *reinterpret_cast<const uint4*>(element_at<Element>(p.out, batch, r, head) + chunk * kChunkElements);
+        const uint4 d = *reinterpret_cast<const uint4*>(element_at<Element>(p.dout, batch, r, head) + chunk * kChunkElements);
+        const Element* oe = reinterpret_cast<const Element*>(&o);
+        const Element* de = reinterpret_cast<const Element*>(&d);
+#pragma unroll
+        for (int i = 0; i < kChunkElements; ++i)
+            sum += ElementTraits<Element>::to_float(oe[i]) * ElementTraits<Element>::to_float(de[i]);
+    }
+#pragma unroll
+    for (int offset = kThreadsPerRow / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (in_range && chunk == 0) {
+        float lse_log2 = INFINITY;
+        if (r < p.nq) {
+            const float lse = static_cast<const float*>(p.lse.data)[batch * p.lse.stride[0] + head * p.lse.stride[1] +
+                                                                    r * p.lse.stride[2]];
+            lse_log2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+        }
+        scratch.lse_log2[row] = lse_log2;
+        scratch.di[row] = sum;
+    }
+}
+
+// --- dK / dV (and dQ by atomics) ---------------------------------------------------------------
+
+template <typename Element, int kHeadDim>
+struct DkDvSmem {
+    using T = DkDv<kHeadDim>;
+    using KTile = SmemTile<T::kBlockN, kHeadDim>;    // K and V of the CTA's keys
+    using QTile = SmemTile<T::kBlockM, kHeadDim>;    // Q and dO of one query block
+    using DsTile = SmemTile<T::kBlockN, T::kBlockM>; // dS^T of one tile, [key][query], for dQ = dS K
+    static constexpr int kStages = 2;                // Q / dO double-buffered: load the next block while computing
+    static constexpr int kBytes = 2 * KTile::kBytes + 2 * kStages * QTile::kBytes +
+                                  2 * kStages * T::kBlockM * int(sizeof(float)) + DsTile::kBytes;
+};
+
+// grid (key blocks, Hk * kColSplits, B); block kThreads.
+template <typename Element, int kHeadDim, bool kAccumulateDq>
+__global__ void __launch_bounds__(DkDv<kHeadDim>::kThreads, 1)
+backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, const BackwardScratch scratch) {
+    using T = DkDv<kHeadDim>;
+    using Smem = DkDvSmem<Element, kHeadDim>;
+    using KTile = typename Smem::KTile;
+    using QTile = typename Smem::QTile;
+    using DsTile = typename Smem::DsTile;
+    constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kThreads = T::kThreads;
+    constexpr int kOutCols = T::kOutCols;
+    constexpr int kQueryTiles = kBlockM / kMmaCols;  // n-tiles of S^T
+    constexpr int kOutTiles = kOutCols / kMmaCols;   // n-tiles of a dK / dV row block
+
+    extern __shared__ __align__(128) unsigned char shared_memory[];
+    Element* const k_smem = reinterpret_cast<Element*>(shared_memory);
+    Element* const v_smem = k_smem + KTile::kElements;
+    Element* const q_smem = v_smem + KTile::kElements;               // [kStages]
+    Element* const do_smem = q_smem + Smem::kStages * QTile::kElements;  // [kStages]
+    float* const lse_smem = reinterpret_cast<float*>(do_smem + Smem::kStages * QTile::kElements);  // [kStages][kBlockM]
+    float* const di_smem = lse_smem + Smem::kStages * kBlockM;
+    Element* const ds_smem = reinterpret_cast<Element*>(di_smem + Smem::kStages * kBlockM);
+
+    const int32_t key_block = blockIdx.x;
+    const int32_t kv_head = blockIdx.y / T::kColSplits;
+    const int32_t col_base = (blockIdx.y % T::kColSplits) * kOutCols;
+    const int32_t batch = blockIdx.z;
+    const int32_t key0 = key_block * kBlockN;
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+    const int group = lane / 4, quad = lane % 4;
+    const int32_t heads_per_group = p.q_heads / p.kv_heads;
+    const int32_t first_head = kv_head * heads_per_group;
+    const int32_t q_blocks = ceil_div(p.nq, kBlockM);
+    const bool keys_past_end = key0 + kBlockN > p.nk;
+    const float scale_log2 = p.scale * kLog2e;
+
+    // The tiles of this CTA, in order: (query head index in the group, query block), Skipped ones left out.
+    auto tile_kind = [&](int32_t head_index, int32_t q_block) {
+        const BlockSummary& s = summaries.at(p.mask, batch, first_head + head_index, key_block);
+        const int32_t row0 = q_block * kBlockM;
+        TileKind kind = classify(s, row0, min(row0 + kBlockM, p.nq));
+        return kind == TileKind::Full && keys_past_end ? TileKind::Partial : kind;
+    };
+    // Moves (head_index, q_block) to the next non-skipped tile; head_index == heads_per_group when none.
+    auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
+        while (true) {
+            if (++q_block == q_blocks) {
+                q_block = 0;
+                if (++head_index == heads_per_group) return;
+            }
+            kind = tile_kind(head_index, q_block);
+            if (kind != TileKind::Skipped) return;
+        }
+    };
+    auto load_query_block = [&](int stage, int32_t head_index, int32_t q_block) {
+        const int32_t head = first_head + head_index, row0 = q_block * kBlockM;
+        load_tile_async<QTile, kThreads>(q_smem + stage * QTile::kElements, element_at<Element>(p.q, batch, row0, head),
+                                         p.q.stride[1], p.nq - row0);
+        load_tile_async<QTile, kThreads>(do_smem + stage * QTile::kElements,
+                                         element_at<Element>(p.dout, batch, row0, head), p.dout.stride[1], p.nq - row0);
+        constexpr int kRowChunks = kBlockM * int(sizeof(float)) / kCopyBytes;  // 16-byte chunks of kBlockM floats
+        static_assert(2 * kRowChunks <= kThreads, "one chunk per thread");
+        const int64_t scratch_row = scratch.row(batch, head, p.q_heads, row0);
+        const int c = threadIdx.x;
+        if (c < kRowChunks)
+            cp_async_16(shared_address(lse_smem + stage * kBlockM + c * 4), scratch.lse_log2 + scratch_row + c * 4, true);
+        else if (c < 2 * kRowChunks)
+            cp_async_16(shared_address(di_smem + stage * kBlockM + (c - kRowChunks) * 4),
+                        scratch.di + scratch_row + (c - kRowChunks) * 4, true);
+    };
+
+    float dv_acc[kOutTiles][4], dk_acc[kOutTiles][4];
+#pragma unroll
+    for (int t = 0; t < kOutTiles; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dv_acc[t][e] = dk_acc[t][e] = 0.0f;
+
+    // This thread's two keys (rows group and group + 8 of the warp's 16) and their columns'
+    // intervals for the current head's mask, refreshed when a Partial tile needs them.
+    const int32_t warp_key0 = warp * kMmaRows;
+    const int32_t my_key[2] = {key0 + warp_key0 + group, key0 + warp_key0 + group + 8};
+    ColumnIntervals my_columns[2] = {all_rows_masked(), all_rows_masked()};
+    int32_t columns_head = -1;
+
+    int32_t head_index = 0, q_block = -1;
+    TileKind kind = TileKind::Skipped;
+    advance(head_index, q_block, kind);
+    if (head_index < heads_per_group) {
+        load_tile_async<KTile, kThreads>(k_smem, element_at<Element>(p.k, batch, key0, kv_head), p.k.stride[1], p.nk - key0);
+        load_tile_async<KTile, kThreads>(v_smem, element_at<Element>(p.v, batch, key0, kv_head), p.v.stride[1], p.nk - key0);
+        load_query_block(0, head_index, q_block);
+        cp_async_commit();
+    }
+    for (int stage = 0; head_index < heads_per_group; stage ^= 1) {
+        const int32_t head = first_head + head_index, row0 = q_block * kBlockM;
+        const TileKind this_kind = kind;
+        advance(head_index, q_block, kind);
+        if (head_index < heads_per_group) load_query_block(stage ^ 1, head_index, q_block);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+
+        const Element* const q_tile = q_smem + stage * QTile::kElements;
+        const Element* const do_tile = do_smem + stage * QTile::kElements;
+        const float* const lse_tile = lse_smem + stage * kBlockM;
+        const float* const di_tile = di_smem + stage * kBlockM;
+
+        // S^T = K Q^T and dP^T = V dO^T: the warp's 16 keys x kBlockM queries.
+        float st[kQueryTiles][4], dpt[kQueryTiles][4];
+#pragma unroll
+        for (int t = 0; t < kQueryTiles; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) st[t][e] = dpt[t][e] = 0.0f;
+        mma_a_smem_b_nk<Element, KTile, QTile, kQueryTiles, kHeadDim>(st, k_smem, warp_key0, q_tile, 0, lane);
+        mma_a_smem_b_nk<Element, KTile, QTile, kQueryTiles, kHeadDim>(dpt, v_smem, warp_key0, do_tile, 0, lane);
+
+        if (this_kind == TileKind::Partial && columns_head != head) {
+            const int32_t mask_head = p.mask.mask_head(head);
+            my_columns[0] = key_intervals(p.mask, batch, mask_head, my_key[0]);
+            my_columns[1] = key_intervals(p.mask, batch, mask_head, my_key[1]);
+            columns_head = head;
+        }
+        // P^T in st, dS^T in dpt. Element e of tile t: key my_key[e / 2], query 8t + 2 quad + e % 2.
+#pragma unroll
+        for (int t = 0; t < kQueryTiles; ++t) {
+            const int q = t * kMmaCols + 2 * quad;
+            const float2 lse = *reinterpret_cast<const float2*>(lse_tile + q);
+            const float2 di = *reinterpret_cast<const float2*>(di_tile + q);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float prob = exp2_approx(fmaf(st[t][e], scale_log2, -(e % 2 ? lse.y : lse.x)));
+                if (this_kind == TileKind::Partial && my_columns[e / 2].masks(row0 + q + e % 2)) prob = 0.0f;
+                st[t][e] = prob;
+                dpt[t][e] = prob * (dpt[t][e] - (e % 2 ? di.y : di.x));
+            }
+        }
+        // dV += P^T dO, dK += dS^T Q (scaled at the end).
+        mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dv_acc, st, do_tile, 0, col_base, lane);
+        mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dk_acc, dpt, q_tile, 0, col_base, lane);
+
+        if constexpr (kAccumulateDq) {
+            // dS^T to shared memory, then dQ (kBlockM x kOutCols) = dS K split among the warps.
+#pragma unroll
+            for (int t = 0; t < kQueryTiles; ++t) {
+                const int q = t * kMmaCols + 2 * quad;
+                *reinterpret_cast<uint32_t*>(ds_smem + DsTile::offset(warp_key0 + group, q)) =
+                    ElementTraits<Element>::pack(dpt[t][0], dpt[t][1]);
+                *reinterpret_cast<uint32_t*>(ds_smem + DsTile::offset(warp_key0 + group + 8, q)) =
+                    ElementTraits<Element>::pack(dpt[t][2], dpt[t][3]);
+            }
+            __syncthreads();
+            constexpr int kDqTiles = T::kDqColsPerWarp / kMmaCols;
+            const int q_row0 = (warp % T::kDqRowSlices) * kMmaRows;
+            const int dq_col0 = col_base + (warp / T::kDqRowSlices) * T::kDqColsPerWarp;
+            float dq[kDqTiles][4];
+#pragma unroll
+            for (int t = 0; t < kDqTiles; ++t)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) dq[t][e] = 0.0f;
+#pragma unroll
+            for (int k0 = 0; k0 < kBlockN; k0 += 16) {
+                uint32_t a[4];
+                ldmatrix_x4_trans(a, a_fragment_address_transposed<DsTile>(ds_smem, q_row0, k0, lane));
+#pragma unroll
+                for (int t = 0; t < kDqTiles; t += 2) {
+                    uint32_t b[4];
+                    ldmatrix_x4_trans(b, b_fragment_address_kn<KTile>(k_smem, k0, dq_col0 + t * kMmaCols, lane));
+                    const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                    mma_16816<Element>(dq[t], a, b0);
+                    mma_16816<Element>(dq[t + 1], a, b1);
+                }
+            }
+            // Padded rows exist in the accumulator (and add zeros): no bounds check needed.
+            float* const dq_rows = scratch.dq_accum + scratch.row(batch, head, p.q_heads, row0 + q_row0) * kHeadDim;
+#pragma unroll
+            for (int t = 0; t < kDqTiles; ++t) {
+                const int col = dq_col0 + t * kMmaCols + 2 * quad;
+                atomicAdd(dq_rows + group * kHeadDim + col, dq[t][0]);
+                atomicAdd(dq_rows + group * kHeadDim + col + 1, dq[t][1]);
+                atomicAdd(dq_rows + (group + 8) * kHeadDim + col, dq[t][2]);
+                atomicAdd(dq_rows + (group + 8) * kHeadDim + col + 1, dq[t][3]);
+            }
+        }
+        __syncthreads();  // the next iteration's loads overwrite this stage (and dS^T)
+    }
+
+    // dK = scale * dS^T Q and dV: this thread's two keys, pairs of columns.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        if (my_key[half] >= p.nk) continue;
+        Element* const dk_row = mutable_element_at<Element>(p.dk, batch, my_key[half], kv_head);
+        Element* const dv_row = mutable_element_at<Element>(p.dv, batch, my_key[half], kv_head);
+#pragma unroll
+        for (int t = 0; t < kOutTiles; ++t) {
+            const int col = col_base + t * kMmaCols + 2 * quad;
+            *reinterpret_cast<uint32_t*>(dk_row + col) =
+                ElementTraits<Element>::pack(p.scale * dk_acc[t][2 * half], p.scale * dk_acc[t][2 * half + 1]);
+            *reinterpret_cast<uint32_t*>(dv_row + col) =
+                ElementTraits<Element>::pack(dv_acc[t][2 * half], dv_acc[t][2 * half + 1]);
+        }
+    }
+}
+
+// --- dQ, deterministic ---------------------------------------------------------------------------
+
+template <typename Element, int kHeadDim>
+struct DqSmem {
+    using T = Dq<kHeadDim>;
+    using QTile = SmemTile<T::kBlockM, kHeadDim>;  // Q and dO of the CTA's queries
+    using KTile = SmemTile<T::kBlockN, kHeadDim>;  // K and V of one key block
+    static constexpr int kStages = 2;              // K / V double-buffered
+    static constexpr int kBytes = 2 * QTile::kBytes + 2 * kStages * KTile::kBytes +
+                                  kStages * T::kBlockN * int(sizeof(ColumnIntervals));
+};
+
+// grid (query blocks, Hq * kColSplits, B); block kThreads.
+template <typename Element, int kHeadDim>
+__global__ void __launch_bounds__(Dq<kHeadDim>::kThreads, 1)
+backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const BackwardScratch scratch) {
+    using T = Dq<kHeadDim>;
+    using Smem = DqSmem<Element, kHeadDim>;
+    using QTile = typename Smem::QTile;
+    using KTile = typename Smem::KTile;
+    constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kThreads = T::kThreads;
+    constexpr int kKeyTiles = kBlockN / kMmaCols;
+    constexpr int kOutTiles = T::kOutCols / kMmaCols;
+
+    extern __shared__ __align__(128) unsigned char shared_memory[];
+    Element* const q_smem = reinterpret_cast<Element*>(shared_memory);
+    Element* const do_smem = q_smem + QTile::kElements;
+    Element* const k_smem = do_smem + QTile::kElements;             // [kStages]
+    Element* const v_smem = k_smem + Smem::kStages * KTile::kElements;  // [kStages]
+    ColumnIntervals* const columns_smem = reinterpret_cast<ColumnIntervals*>(v_smem + Smem::kStages * KTile::kElements);
+
+    const int32_t q_block = blockIdx.x;
+    const int32_t head = blockIdx.y / T::kColSplits;
+    const int32_t col_base = (blockIdx.y % T::kColSplits) * T::kOutCols;
+    const int32_t batch = blockIdx.z;
+    const int32_t kv_head = p.kv_head(head);
+    const int32_t mask_head = p.mask.mask_head(head);
+    const int32_t row0 = q_block * kBlockM;
+    const int32_t row_end = min(row0 + kBlockM, p.nq);
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+    const int group = lane / 4, quad = lane % 4;
+    const int32_t key_blocks = ceil_div(p.nk, kBlockN);
+    const float scale_log2 = p.scale * kLog2e;
+
+    auto tile_kind = [&](int32_t key_block) {
+        const TileKind kind = classify(summaries.at(p.mask, batch, head, key_block), row0, row_end);
+        return kind == TileKind::Full && (key_block + 1) * kBlockN > p.nk ? TileKind::Partial : kind;
+    };
+    auto advance = [&](int32_t& key_block, TileKind& kind) {
+        while (++key_block < key_blocks) {
+            kind = tile_kind(key_block);
+            if (kind != TileKind::Skipped) return;
+        }
+    };
+    auto load_key_block = [&](int stage, int32_t key_block, TileKind kind) {
+        const int32_t key0 = key_block * kBlockN;
+        load_tile_async<KTile, kThreads>(k_smem + stage * KTile::kElements, element_at<Element>(p.k, batch, key0, kv_head),
+                                         p.k.stride[1], p.nk - key0);
+        load_tile_async<KTile, kThreads>(v_smem + stage * KTile::kElements, element_at<Element>(p.v, batch, key0, kv_head),
+                                         p.v.stride[1], p.nk - key0);
+        if (kind == TileKind::Partial && threadIdx.x < kBlockN)
+            columns_smem[stage * kBlockN + threadIdx.x] = key_intervals(p.mask, batch, mask_head, key0 + threadIdx.x);
+    };
+
+    // This thread's rows: group and group + 8 of the warp's 16.
+    const int32_t warp_row0 = warp * kMmaRows;
+    const int32_t my_row[2] = {row0 + warp_row0 + group, row0 + warp_row0 + group + 8};
+    float my_lse_log2[2], my_di[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int64_t r = scratch.row(batch, head, p.q_heads, my_row[half]);
+        my_lse_log2[half] = scratch.lse_log2[r];
+        my_di[half] = scratch.di[r];
+    }
+
+    float dq[kOutTiles][4];
+#pragma unroll
+    for (int t = 0; t < kOutTiles; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dq[t][e] = 0.0f;
+
+    int32_t key_block = -1;
+    TileKind kind = TileKind::Skipped;
+    advance(key_block, kind);
+    if (key_block < key_blocks) {
+        load_tile_async<QTile, kThreads>(q_smem, element_at<Element>(p.q, batch, row0, head), p.q.stride[1], p.nq - row0);
+        load_tile_async<QTile, kThreads>(do_smem, element_at<Element>(p.dout, batch, row0, head), p.dout.stride[1],
+                                         p.nq - row0);
+        load_key_block(0, key_block, kind);
+        cp_async_commit();
+    }
+    for (int stage = 0; key_block < key_blocks; stage ^= 1) {
+        const int32_t key0 = key_block * kBlockN;
+        const TileKind this_kind = kind;
+        advance(key_block, kind);
+        if (key_block < key_blocks) load_key_block(stage ^ 1, key_block, kind);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+
+        const Element* const k_tile = k_smem + stage * KTile::kElements;
+        const Element* const v_tile = v_smem + stage * KTile::kElements;
+        const ColumnIntervals* const columns = columns_smem + stage * kBlockN;
+
+        // S = Q K^T, dP = dO V^T: the warp's 16 queries x kBlockN keys.
+        float s[kKeyTiles][4], dp[kKeyTiles][4];
+#pragma unroll
+        for (int t = 0; t < kKeyTiles; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[t][e] = dp[t][e] = 0.0f;
+        mma_a_smem_b_nk<Element, QTile, KTile, kKeyTiles, kHeadDim>(s, q_smem, warp_row0, k_tile, 0, lane);
+        mma_a_smem_b_nk<Element, QTile, KTile, kKeyTiles, kHeadDim>(dp, do_smem, warp_row0, v_tile, 0, lane);
+
+        // dS in dp. Element e of tile t: row my_row[e / 2], key 8t + 2 quad + e % 2.
+#pragma unroll
+        for (int t = 0; t < kKeyTiles; ++t) {
+            const int key = t * kMmaCols + 2 * quad;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float prob = exp2_approx(fmaf(s[t][e], scale_log2, -my_lse_log2[e / 2]));
+                if (this_kind == TileKind::Partial && columns[key + e % 2].masks(my_row[e / 2])) prob = 0.0f;
+                dp[t][e] = prob * (dp[t][e] - my_di[e / 2]);
+            }
+        }
+        // dQ += dS K (scaled at the end).
+        mma_a_regs_b_kn<Element, KTile, kOutTiles, kBlockN>(dq, dp, k_tile, 0, col_base, lane);
+        (void)key0;
+        __syncthreads();  // the next iteration's loads overwrite this stage
+    }
+
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        if (my_row[half] >= p.nq) continue;
+        Element* const dq_row = mutable_element_at<Element>(p.dq, batch, my_row[half], head);
+#pragma unroll
+        for (int t = 0; t < kOutTiles; ++t) {
+            const int col = col_base + t * kMmaCols + 2 * quad;
+            *reinterpret_cast<uint32_t*>(dq_row + col) =
+                ElementTraits<Element>::pack(p.scale * dq[t][2 * half], p.scale * dq[t][2 * half + 1]);
+        }
+    }
+}
+
+// --- dQ accumulator -> dQ, and zero gradients ----------------------------------------------------
+
+constexpr int kElementwiseThreads = 256;
+
+// dQ = scale * accumulator, in the dtype, with dQ's strides; one thread per 8 values.
+template <typename Element, int kHeadDim>
+__global__ void __launch_bounds__(kElementwiseThreads)
+backward_dq_convert_kernel(const AttentionProblem p, const BackwardScratch scratch) {
+    constexpr int kChunksPerRow = kHeadDim / kChunkElements;
+    const int64_t chunks = int64_t(p.batch) * p.q_heads * p.nq * kChunksPerRow;
+    const int64_t chunk = int64_t(blockIdx.x) * kElementwiseThreads + threadIdx.x;
+    if (chunk >= chunks) return;
+    const int col = int(chunk % kChunksPerRow) * kChunkElements;
+    const int64_t row = chunk / kChunksPerRow;  // over (batch, head, r), r fastest
+    const int32_t r = int32_t(row % p.nq);
+    const int32_t head = int32_t((row / p.nq) % p.q_heads);
+    const int32_t batch = int32_t(row / (int64_t(p.nq) * p.q_heads));
+    const float* const source = scratch.dq_accum + scratch.row(batch, head, p.q_heads, r) * kHeadDim + col;
+    const float4 lo = *reinterpret_cast<const float4*>(source);
+    const float4 hi = *reinterpret_cast<const float4*>(source + 4);
+    uint4 packed;
+    packed.x = ElementTraits<Element>::pack(p.scale * lo.x, p.scale * lo.y);
+    packed.y = ElementTraits<Element>::pack(p.scale * lo.z, p.scale * lo.w);
+    packed.z = ElementTraits<Element>::pack(p.scale * hi.x, p.scale * hi.y);
+    packed.w = ElementTraits<Element>::pack(p.scale * hi.z, p.scale * hi.w);
+    *reinterpret_cast<uint4*>(mutable_element_at<Element>(p.dq, batch, r, head) + col) = packed;
+}
+
+// Zeros a strided [batches, rows, heads, kHeadDim] gradient (dK, dV with Nq = 0; dQ with Nk = 0).
+template <typename Element, int kHeadDim>
+__global__ void __launch_bounds__(kElementwiseThreads)
+zero_gradient_kernel(Operand t, int32_t batches, int32_t rows, int32_t heads) {
+    constexpr int kChunksPerRow = kHeadDim / kChunkElements;
+    const int64_t chunks = int64_t(batches) * rows * heads * kChunksPerRow;
+    const int64_t chunk = int64_t(blockIdx.x) * kElementwiseThreads + threadIdx.x;
+    if (chunk >= chunks) return;
+    const int col = int(chunk % kChunksPerRow) * kChunkElements;
+    const int64_t row = chunk / kChunksPerRow;
+    const int32_t head = int32_t(row % heads);
+    const int32_t r = int32_t((row / heads) % rows);
+    const int32_t batch = int32_t(row / (int64_t(heads) * rows));
+    *reinterpret_cast<uint4*>(mutable_element_at<Element>(t, batch, r, head) + col) = make_uint4(0, 0, 0, 0);
+}
+
+}  // namespace flashmask::cuda::sm80
