@@ -63,6 +63,17 @@ __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// --- special functions -----------------------------------------------------------------------
+
+// 2^x by the SFU (ex2.approx, relative error about 2^-22): exp(x) is exp2(x * log2 e), one FMA
+// folded into the operand. exp2_approx(-inf) = +0, which is how masked or fully masked rows
+// (LSE = -inf, stored as +inf to subtract) give P = 0 without a branch.
+__device__ __forceinline__ float exp2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // --- shared memory ---------------------------------------------------------------------------
 
 __device__ __forceinline__ uint32_t shared_address(const void* pointer) {
