@@ -41,6 +41,10 @@ inline constexpr bool kBuiltWithCuda = false;
 
 inline constexpr int kCudaWarmupRuns = 3;
 
+// The share of memory (host RAM, or the GPU's free memory) the tensors may take: the rest is
+// left to the check's buffers or the kernels' scratch, and to everything else on the machine.
+inline constexpr double kUsableMemoryFraction = 0.8;
+
 // The CPU run is split into at most this many pieces (over batch and KV heads) so that
 // progress can be shown; each piece is one library call on strided sub-views.
 inline constexpr int64_t kMaxChunks = 64;
@@ -85,8 +89,6 @@ inline double physical_memory_bytes() {
 // Refuses, before anything is allocated or printed, a problem whose tensors would not fit.
 inline void check_memory(const Shape& s, fm::DType dtype, bool backward, int32_t slots) {
     const double needed = bytes_needed(s, dtype, backward, slots);
-    // Leave room for the check's own buffers and the rest of the machine.
-    constexpr double kUsableMemoryFraction = 0.8;
     if (needed > kUsableMemoryFraction * physical_memory_bytes())
         throw UsageError(format("the tensors need %.1f GiB, more than this machine's %.1f GiB of memory allows; "
                                 "lower --batch, --seqlen, --heads or --dim",
@@ -144,6 +146,41 @@ inline Problem make_problem(const Shape& s, fm::DType dtype, fm::MaskSpec mask, 
 // ---------------------------------------------------------------------------------------------
 
 #if FLASHMASK_WITH_CUDA
+// Refuses, before anything is copied to the GPU, a problem whose tensors would not fit in the
+// current device's free memory (instead of a cudaMalloc failure halfway through the uploads).
+inline void check_device_memory(const Shape& s, fm::DType dtype, bool backward, int32_t slots) {
+    std::size_t free_bytes = 0, total_bytes = 0;
+    FM_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    const double needed = bytes_needed(s, dtype, backward, slots);
+    if (needed > kUsableMemoryFraction * double(free_bytes))
+        throw UsageError(format("the tensors need %.1f GiB on the GPU, more than its %.1f GiB free allow; "
+                                "lower --batch, --seqlen, --heads or --dim",
+                                needed / double(1ull << 30), double(free_bytes) / double(1ull << 30)));
+}
+
+// The current CUDA device as the tool prints it: "cuda:0, NVIDIA H100 80GB HBM3" (so that every
+// timing says which GPU gave it).
+inline std::string cuda_device_description() {
+    int device = 0;
+    FM_CUDA_CHECK(cudaGetDevice(&device));
+    cudaDeviceProp properties{};
+    FM_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+    return format("cuda:%d, %s", device, properties.name);
+}
+
+// A CUDA event, destroyed however the timed pass ends (a refusal or a CUDA failure throws).
+class CudaEvent {
+public:
+    CudaEvent() { FM_CUDA_CHECK(cudaEventCreate(&event_)); }
+    ~CudaEvent() { cudaEventDestroy(event_); }
+    CudaEvent(const CudaEvent&) = delete;
+    CudaEvent& operator=(const CudaEvent&) = delete;
+    cudaEvent_t get() const { return event_; }
+
+private:
+    cudaEvent_t event_ = nullptr;
+};
+
 // A device copy of a host tensor; the view describes the device memory.
 class DeviceTensor {
 public:
@@ -207,7 +244,9 @@ inline std::vector<Chunk> make_chunks(const Shape& s, bool split) {
 
 class Executor {
 public:
-    Executor(Problem& p, fm::Device device, int threads) : p_(p), device_(device), threads_(threads) {
+    // `deterministic`: the backward's identical-bits mode (BackwardArgs::deterministic).
+    Executor(Problem& p, fm::Device device, int threads, bool deterministic = false)
+        : p_(p), device_(device), threads_(threads), deterministic_(deterministic) {
         // On the CPU the run is split for progress; a GPU call is one launch, split only at a cost.
         chunks_ = make_chunks(p.shape, device == fm::Device::CPU);
         if (device == fm::Device::CPU) {
@@ -216,6 +255,7 @@ public:
             if (p.mask.has_indices()) mask_ = p.mask_indices.view();
         } else {
 #if FLASHMASK_WITH_CUDA
+            check_device_memory(p.shape, p.dtype, p.dout.numel() > 0, p.mask.slots);
             auto upload = [&](HostTensor& host) {
                 device_tensors_.emplace_back(&host, std::make_unique<DeviceTensor>(host));
                 return device_tensors_.back().second->view();
@@ -242,6 +282,7 @@ public:
             a.dq = query_heads(dq_, c);
             a.dk = kv_heads(dk_, c);
             a.dv = kv_heads(dv_, c);
+            a.deterministic = deterministic_;
             fm::backward(a);
         });
     }
@@ -290,21 +331,20 @@ private:
         });
     }
 
+    // Seconds of one pass. On the GPU: CUDA events around the calls, on the legacy default
+    // stream where the calls run (their `stream` is left null); waiting for the end event also
+    // brings any asynchronous kernel failure back here, as a CudaError.
     template <typename Body>
     double timed(Body body) {
 #if FLASHMASK_WITH_CUDA
         if (device_ == fm::Device::CUDA) {
-            cudaEvent_t start, stop;
-            FM_CUDA_CHECK(cudaEventCreate(&start));
-            FM_CUDA_CHECK(cudaEventCreate(&stop));
-            FM_CUDA_CHECK(cudaEventRecord(start));
+            const CudaEvent start, stop;
+            FM_CUDA_CHECK(cudaEventRecord(start.get()));
             body();
-            FM_CUDA_CHECK(cudaEventRecord(stop));
-            FM_CUDA_CHECK(cudaEventSynchronize(stop));
+            FM_CUDA_CHECK(cudaEventRecord(stop.get()));
+            FM_CUDA_CHECK(cudaEventSynchronize(stop.get()));
             float milliseconds = 0.0f;
-            FM_CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
-            cudaEventDestroy(start);
-            cudaEventDestroy(stop);
+            FM_CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start.get(), stop.get()));
             return milliseconds * 1e-3;
         }
 #endif
@@ -316,6 +356,7 @@ private:
     Problem& p_;
     fm::Device device_;
     int threads_;
+    bool deterministic_;
     std::vector<Chunk> chunks_;
     fm::TensorView q_, k_, v_, out_, lse_, dout_, dq_, dk_, dv_;
     std::optional<fm::TensorView> mask_;

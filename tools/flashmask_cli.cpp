@@ -10,8 +10,8 @@
 // The pieces live beside this file: cli_args (parsing), cli_mask (masks, density, tiles),
 // cli_run (tensors, device copies, timed passes, progress), cli_check (--check).
 //
-// Exit status: 0 success, 1 a --check failed, 2 a bad argument or a refused input (one line
-// on stderr, "flashmask: error: ...").
+// Exit status: 0 success, 1 a --check failed, 2 a bad argument, a refused input or a failure
+// such as a CUDA error or running out of memory (one line on stderr, "flashmask: error: ...").
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
@@ -58,7 +58,7 @@ struct RunSettings {
     Shape shape;
     fm::DType dtype = fm::DType::BFloat16;
     fm::Device device = fm::Device::CPU;
-    bool backward = false, check = false, json = false;
+    bool backward = false, check = false, json = false, deterministic = false;
     uint64_t seed = 0;
     int64_t repeats = 1;
     int threads = 0;
@@ -94,6 +94,7 @@ const std::vector<OptionSpec>& run_options() {
             {"dtype", "bf16|fp16|fp32", "input dtype (default: bf16)"},
             {"device", "auto|cpu|cuda", "where to run; auto = cuda when usable, else cpu (default: auto)"},
             {"backward", "", "also run and time the backward pass"},
+            {"deterministic", "", "backward: identical bits on every run (the CPU path always is)"},
             {"check", "", "compare with the float64 reference (SPEC §5); exit status 1 on FAIL"},
             {"repeats", "R", "timed passes, median reported (default: 1 on cpu, 20 on cuda)"},
             {"threads", "T", "CPU threads (default: 0 = all)"},
@@ -132,7 +133,8 @@ void print_main_help() {
         "                                                     check a startend_row_indices tensor (SPEC §2)\n"
         "  flashmask --help | flashmask COMMAND --help\n\n"
         "masks: %s\n\n"
-        "exit status: 0 success, 1 a --check failed, 2 a bad argument or a refused input\n",
+        "exit status: 0 success, 1 a --check failed, 2 a bad argument, a refused input or a failure\n"
+        "(a CUDA error, out of memory)\n",
         mask_names_list().c_str());
 }
 
@@ -270,6 +272,7 @@ RunSettings parse_run_args(const ParsedArgs& args, MaskArgs& m) {
     r.dtype = parse_dtype(args);
     r.threads = int(args.integer("threads", 0, 0, 1 << 16));
     r.backward = args.has("backward");
+    r.deterministic = args.has("deterministic");
     r.check = args.has("check");
     r.json = args.has("json");
     r.device = parse_device(args, r.dtype, s.head_dim, r.device_note);
@@ -316,9 +319,13 @@ int command_run(const std::vector<std::string>& argv) {
     const MaskReport report = analyse_mask(settings.mask_name, s.nq, s.nk, settings.seed, settings.block_m, settings.block_n);
     check_memory(s, settings.dtype, settings.backward, report.spec.slots);
     const int cpu_threads = fm::cpu::worker_count(settings.threads, std::numeric_limits<int32_t>::max());
+    std::string gpu;  // which GPU gave the timings: "cuda:0, NVIDIA H100 80GB HBM3"
+#if FLASHMASK_WITH_CUDA
+    if (settings.device == fm::Device::CUDA) gpu = cuda_device_description();
+#endif
     const std::string device_text = settings.device == fm::Device::CPU
                                         ? format("cpu, %d thread%s", cpu_threads, cpu_threads == 1 ? "" : "s")
-                                        : std::string("cuda");
+                                        : gpu;
     if (!settings.json) {
         print_mask_report(report, block_origin(mask_args.block_m, mask_args.block_n));
         std::printf("problem      batch %lld, query heads %lld, kv heads %lld, head dim %lld, %s\n", (long long)s.batch,
@@ -331,7 +338,7 @@ int command_run(const std::vector<std::string>& argv) {
 
     Problem problem = make_problem(s, settings.dtype, report.spec, settings.backward, settings.seed, settings.threads,
                                    /*show_progress=*/true);
-    Executor executor(problem, settings.device, settings.threads);
+    Executor executor(problem, settings.device, settings.threads, settings.deterministic);
     const double pairs = double(report.stats.visible_pairs) * double(s.batch) * double(s.q_heads);
     const double forward_flops = kForwardFlopsPerPairPerDim * double(s.head_dim) * pairs;
     struct Pass { const char* name; Timing timing; double flops; };
@@ -360,6 +367,7 @@ int command_run(const std::vector<std::string>& argv) {
         checks.push_back(check_forward(problem, settings.seed, &progress));
         if (settings.backward)
             checks.push_back(check_backward(problem, settings.mask_name, settings.seed, settings.device, settings.threads,
+                                            settings.deterministic,
                                             &progress));
         progress.finish();
     }
@@ -376,6 +384,8 @@ int command_run(const std::vector<std::string>& argv) {
         j.add("problem", shape.str()).text("dtype", short_dtype(settings.dtype));
         j.text("device", fm::to_string(settings.device));
         if (settings.device == fm::Device::CPU) j.integer("threads", cpu_threads);
+        if (!gpu.empty()) j.text("gpu", gpu);
+        if (settings.backward) j.boolean("deterministic", settings.deterministic);
         if (!settings.device_note.empty()) j.text("device_note", settings.device_note);
         j.add("seed", std::to_string(settings.seed)).integer("repeats", settings.repeats);
         std::vector<std::string> pass_json;
