@@ -29,6 +29,9 @@ public:
     }
     explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
         FM_CUDA_CHECK(cudaMemcpy(data_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+        // From pageable memory cudaMemcpy may return before the DMA lands, and work on a
+        // non-blocking stream does not wait for the legacy stream: finish it here.
+        FM_CUDA_CHECK(cudaDeviceSynchronize());
     }
     ~DeviceBuffer() { cudaFree(data_); }
     DeviceBuffer(const DeviceBuffer&) = delete;
@@ -40,7 +43,11 @@ public:
     std::size_t size() const { return count_; }
     // Every byte 0xFF: NaN in float32, float16 and bfloat16, -1 in int32. An output element still
     // holding it after a call was never written.
-    void poison() const { FM_CUDA_CHECK(cudaMemset(data_, 0xFF, count_ * sizeof(T))); }
+    // Finished before it returns, so that no later work on any stream can race with it.
+    void poison() const {
+        FM_CUDA_CHECK(cudaMemset(data_, 0xFF, count_ * sizeof(T)));
+        FM_CUDA_CHECK(cudaDeviceSynchronize());
+    }
     std::vector<T> to_host() const {
         std::vector<T> host(count_);
         FM_CUDA_CHECK(cudaMemcpy(host.data(), data_, count_ * sizeof(T), cudaMemcpyDeviceToHost));
