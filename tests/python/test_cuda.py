@@ -257,15 +257,15 @@ def test_deterministic_backward_gives_identical_bits(rng):
 
 
 def delayed_inputs(p: Problem, side) -> None:
-    """On `side`: a long sleep, then q, k, v overwritten with their own values from copies. A
-    call that does not run after these on `side` (or wait for them) reads q, k, v while they
-    are still being rewritten: here, after a NaN fill."""
+    """q, k, v hold NaN until `side`, after a long sleep, copies their values back: a call that
+    neither runs after that copy on `side` nor waits for it reads NaN."""
     sources = [x.clone() for x in (p.q, p.k, p.v)]
+    for tensor in (p.q, p.k, p.v):
+        tensor.fill_(float("nan"))
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         torch.cuda._sleep(STREAM_DELAY_CYCLES)
         for tensor, source in zip((p.q, p.k, p.v), sources):
-            tensor.fill_(float("nan"))
             tensor.copy_(source)
     for source in sources:
         source.record_stream(side)
