@@ -40,7 +40,7 @@ namespace fm = flashmask;
 namespace {
 
 using InputArray = nb::ndarray<nb::ro, nb::device::cpu>;   // read on the host; read-only arrays welcome
-// The attention calls' operands: CPU or CUDA, checked by library_device() and then by the
+X
 // library (one device per call).
 using AttentionInput = nb::ndarray<nb::ro>;  // read by the call
 using AttentionOutput = nb::ndarray<>;       // written by the call
