@@ -40,8 +40,8 @@ namespace fm = flashmask;
 namespace {
 
 using InputArray = nb::ndarray<nb::ro, nb::device::cpu>;   // read on the host; read-only arrays welcome
-X
-// library (one device per call).
+// The attention calls' operands: any DLPack device here; set_library_device() takes CPU and
+// CUDA, and the library checks that a call's tensors share one device.
 using AttentionInput = nb::ndarray<nb::ro>;  // read by the call
 using AttentionOutput = nb::ndarray<>;       // written by the call
 using Float64Array = nb::ndarray<const double, nb::c_contig, nb::device::cpu>;
