@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
+import faulthandler
 import json
 import math
 import statistics
@@ -234,8 +235,10 @@ class DefaultPoolHighWater:
 
     USED_MEM_HIGH = 8  # CU_MEMPOOL_ATTR_USED_MEM_HIGH (cuda.h, CUmemPool_attribute)
 
-    def __init__(self, device_index: int):
+    def __init__(self, device_index: Optional[int]):
         self.pool = None
+        if device_index is None:
+            return
         try:
             self.driver = ctypes.CDLL("libcuda.so.1")
             device = ctypes.c_int()
@@ -435,7 +438,7 @@ def reference_rows(problem: Problem, bounds: Sequence[torch.Tensor], rows: torch
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.float(), ref.float()
+    out, ref = out.detach().float(), ref.detach().float()
     denominator = float(torch.linalg.vector_norm(ref))
     numerator = float(torch.linalg.vector_norm(out - ref))
     return numerator / denominator if denominator > 0 else numerator
@@ -493,7 +496,10 @@ class FlexCompileCounter:
 
 
 def measure_config(config: Config, mask_names: Sequence[str], implementations: Sequence[str], args,
-                   entry: FlashMaskEntryPoints, flex_compiled, pool: DefaultPoolHighWater) -> Tuple[List[Row], dict]:
+                   entry: FlashMaskEntryPoints, flex_compiled, pool: DefaultPoolHighWater,
+                   on_row: Callable[[List[Row], dict], None] = lambda rows, stats: None) -> Tuple[List[Row], dict]:
+    """Every mask of one configuration; on_row(rows so far, FlexAttention stats) after each mask,
+    so that a run cut short still leaves its results."""
     device = BENCH_DEVICE
     generator = torch.Generator(device=device).manual_seed(args.input_seed)
     row_generator = torch.Generator().manual_seed(args.input_seed)
@@ -618,6 +624,8 @@ def measure_config(config: Config, mask_names: Sequence[str], implementations: S
         torch.cuda.empty_cache()
         rows.append(row)
         log(progress_line(row, time.perf_counter() - mask_start))
+        flex_stats["seconds"] = round(time.perf_counter() - config_start, 1)
+        on_row(rows, flex_stats)
 
     flex_stats["seconds"] = round(time.perf_counter() - config_start, 1)
     return rows, flex_stats
@@ -779,6 +787,16 @@ def as_json(rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> dic
     return {"meta": meta, "flex": flex_stats, "rows": records}
 
 
+def save_results(path: str, rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> str:
+    """Writes the markdown results to `path` and the JSON beside it; returns the JSON's path."""
+    with open(path, "w") as handle:
+        handle.write(markdown(rows, flex_stats, meta))
+    json_path = path[:-3] + ".json" if path.endswith(".md") else path + ".json"
+    with open(json_path, "w") as handle:
+        json.dump(as_json(rows, flex_stats, meta), handle, indent=1)
+    return json_path
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -801,6 +819,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--input-seed", type=int, default=None, help="random input seed (default: drawn, printed)")
     parser.add_argument("--out", default=None, help="markdown results file (a .json is written beside it)")
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse)")
+    parser.add_argument("--no-scratch-memory", action="store_true",
+                        help="do not read the CUDA default pool's high-water mark (flashmask's scratch) "
+                             "through the driver API")
     args = parser.parse_args(argv)
     args.configs = [c for c in (args.configs or ("a" if args.quick else "a,b")).split(",") if c]
     for name in args.configs:
@@ -826,6 +847,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    faulthandler.enable()  # a crash in a native library prints the Python stack that led there
     if not torch.cuda.is_available():
         log("bench_attention: no CUDA device; this benchmark runs on the GPU machine (scripts/gpu.sh bench)")
         return 2
@@ -848,24 +870,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log(f"note: {args.reps} reps is below SPEC §6's {MIN_RESULT_REPS}: a smoke run, not a result")
     # dynamic=False: one specialised kernel per configuration, as a user at a fixed length gets.
     flex_compiled = torch.compile(flex_attention, dynamic=False)
-    pool = DefaultPoolHighWater(torch.cuda.current_device())
+    pool = DefaultPoolHighWater(None if args.no_scratch_memory else torch.cuda.current_device())
     rows: List[Row] = []
     flex_stats: Dict[str, dict] = {}
     for name in args.configs:
         config = STANDARD_CONFIGS[name]
         log(f"== config {name}: B={config.batch}, H={config.heads}, N={config.n}, D={HEAD_DIM}, bf16")
-        config_rows, stats = measure_config(config, args.masks, args.impls, args, entry, flex_compiled, pool)
+
+        def save_partial(config_rows, stats, name=name):
+            if args.out:
+                save_results(args.out, rows + config_rows, {**flex_stats, name: stats}, meta)
+        config_rows, stats = measure_config(config, args.masks, args.impls, args, entry, flex_compiled, pool,
+                                            save_partial)
         rows += config_rows
         flex_stats[name] = stats
         log(f"== config {name}: {stats['seconds']} s; FlexAttention compilations for the first mask "
             f"{stats['compiles_first_mask']}, recompilations after it {stats['recompiles_after_first_mask']}")
     if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(markdown(rows, flex_stats, meta))
-        json_path = args.out[:-3] + ".json" if args.out.endswith(".md") else args.out + ".json"
-        with open(json_path, "w") as handle:
-            json.dump(as_json(rows, flex_stats, meta), handle, indent=1)
-        log(f"wrote {args.out} and {json_path}")
+        log(f"wrote {args.out} and {save_results(args.out, rows, flex_stats, meta)}")
     problems = [p for row in rows for p in row.problems]
     log(f"problems: {len(problems)}" + "".join(f"\n  - {p}" for p in problems))
     log(compact_table(rows))
