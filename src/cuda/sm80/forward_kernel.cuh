@@ -1,0 +1,404 @@
+// The portable (sm80+) forward kernel: FlashAttention-2 with FlashMask tile skipping.
+//
+// One CTA per (query block, query head, batch). The CTA first classifies the key blocks of its
+// query rows from their 32-byte block summaries (classify(), tiles.hpp), a chunk of kThreads
+// blocks at a time, compacted into a shared-memory list; only the blocks left in that list are
+// loaded. For each of them, in FlashAttention-2 order:
+//
+//     wait K(n) | issue V(n) | S = Q K^T | wait V(n) | issue K(next) | mask, softmax | O += P V
+//
+// so the load of V overlaps Q K^T and the load of the next K overlaps softmax and P V.
+// Full tiles run without any mask arithmetic; partial tiles read the canonical column
+// intervals (column_intervals(), tiles.hpp) of their kBlockN columns from a shared-memory cache.
+//
+// Warp w owns query rows [w * kWarpRows, (w + 1) * kWarpRows) of the block for both products,
+// so S, P and O stay in registers (mma C fragments of S are A fragments of P V, ptx.cuh).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "cuda/common/check.hpp"
+#include "cuda/common/workspace.cuh"
+#include "cuda/sm80/forward_traits.hpp"
+#include "cuda/sm80/ptx.cuh"
+#include "cuda/sm80/smem_tile.cuh"
+#include "flashmask/problem.hpp"
+#include "flashmask/tiles.hpp"
+
+namespace flashmask::cuda::sm80 {
+namespace forward_detail {
+
+constexpr float kLog2e = 1.4426950408889634f;     // exp(x) = exp2(x * log2(e))
+constexpr int kDefaultDynamicSmem = 48 * 1024;    // above this a kernel must opt in (cudaFuncSetAttribute)
+constexpr int kCopyAlignmentElements = kCopyBytes / 2;  // cp.async / 16-byte stores need rows at 16-byte addresses
+
+// A key block in the CTA's compacted list: its index and whether it is Partial (else Full).
+struct BlockEntry {
+    static __device__ __forceinline__ int32_t encode(int32_t kv_block, bool partial) { return kv_block * 2 + partial; }
+    static __device__ __forceinline__ int32_t kv_block(int32_t entry) { return entry >> 1; }
+    static __device__ __forceinline__ bool partial(int32_t entry) { return entry & 1; }
+    static constexpr int32_t kNone = -1;  // the list is exhausted
+};
+
+template <typename Element, int kHeadDim>
+struct SharedStorage {
+    using Traits = ForwardTraits<kHeadDim>;
+    using QTile = SmemTile<Traits::kBlockM, kHeadDim>;
+    using KVTile = SmemTile<Traits::kBlockN, kHeadDim>;
+
+    Element q[QTile::kElements];     // also the staging buffer of O in the epilogue (each warp its own rows)
+    Element k[KVTile::kElements];
+    Element v[KVTile::kElements];
+    int4 column_intervals[Traits::kBlockN];  // partial tiles: lower_start, lower_end, upper_start, upper_end
+    int32_t block_list[Traits::kThreads];    // BlockEntry values of the current chunk
+    int32_t warp_counts[Traits::kWarps];     // non-skipped blocks per warp while compacting a chunk
+
+    // advance_column_steps() (smem_tile.cuh) needs q, k and v each at a whole swizzle period.
+    static_assert(QTile::kBytes % kSwizzleBytes == 0 && KVTile::kBytes % kSwizzleBytes == 0, "tiles 128-byte aligned");
+};
+
+// ColumnIntervals::masks() on a cached column (x, y, z, w = lower_start, lower_end, upper_start,
+// upper_end), written without short-circuit operators so that the compiler emits selects, not a
+// branch per element. Canonical intervals have end >= start, so row in [start, end) is one
+// unsigned comparison.
+__device__ __forceinline__ bool masks_without_branches(const int4& c, int32_t row) {
+    const bool lower = uint32_t(row) - uint32_t(c.x) < uint32_t(c.y) - uint32_t(c.x);
+    const bool upper = uint32_t(row) - uint32_t(c.z) < uint32_t(c.w) - uint32_t(c.z);
+    return lower | upper;
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+template <typename Element, int kHeadDim>
+__global__ void __launch_bounds__(ForwardTraits<kHeadDim>::kThreads, ForwardTraits<kHeadDim>::kMinBlocksPerSM)
+forward_kernel(const AttentionProblem p, const SummaryTable table, const int32_t query_blocks) {
+    using Traits = ForwardTraits<kHeadDim>;
+    using Storage = SharedStorage<Element, kHeadDim>;
+    using QTile = typename Storage::QTile;
+    using KVTile = typename Storage::KVTile;
+    constexpr int kThreads = Traits::kThreads, kWarps = Traits::kWarps;
+    constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
+    constexpr int kMTiles = Traits::kMTiles, kNTiles = Traits::kNTiles, kDTiles = Traits::kDTiles;
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+    extern __shared__ __align__(kSwizzleBytes) unsigned char shared_raw[];  // advance_column_steps() needs 128-byte tiles
+    Storage& smem = *reinterpret_cast<Storage*>(shared_raw);
+
+    const int thread = int(threadIdx.x), warp = thread / kWarpSize, lane = thread % kWarpSize;
+    const int group = lane / 4, quad = lane % 4;  // mma fragment coordinates (ptx.cuh)
+
+    // Query blocks vary fastest so that the CTAs running together share one head's K/V in L2;
+    // within a head the last (for causal-like masks the heaviest) query blocks start first.
+    const int64_t cta = blockIdx.x;
+    const int32_t q_block = query_blocks - 1 - int32_t(cta % query_blocks);
+    const int64_t batch_head = cta / query_blocks;
+    const int32_t head = int32_t(batch_head % p.q_heads), batch = int32_t(batch_head / p.q_heads);
+    // Local copies: taking the address of a kernel parameter (a reference into p) would copy all of p to the stack.
+    const MaskView mask = p.mask;
+    const int32_t nq = p.nq, nk = p.nk;
+    const int32_t kv_head = p.kv_head(head), mask_head = mask.mask_head(head);
+    const int32_t row_begin = q_block * kBlockM;
+    const int32_t row_end = int32_t(min(int64_t(row_begin) + kBlockM, int64_t(nq)));  // no int32 overflow near 2^31
+    const int warp_row = warp * Traits::kWarpRows;  // first row of this warp inside the block
+
+    const Element* q = static_cast<const Element*>(p.q.data) + batch * p.q.stride[0] + row_begin * p.q.stride[1] +
+                       head * p.q.stride[2];
+    const Element* k = static_cast<const Element*>(p.k.data) + batch * p.k.stride[0] + kv_head * p.k.stride[2];
+    const Element* v = static_cast<const Element*>(p.v.data) + batch * p.v.stride[0] + kv_head * p.v.stride[2];
+
+    load_tile_async<QTile, kThreads>(smem.q, q, p.q.stride[1], row_end - row_begin);
+    cp_async_commit();
+
+    // --- which key blocks to visit ------------------------------------------------------------
+    const int32_t kv_blocks = table.blocks;
+    const bool ragged_last_block = nk % kBlockN != 0;  // its columns >= Nk must be masked
+    // Classifies blocks [first, first + kThreads) and compacts the non-skipped ones into
+    // smem.block_list in key order. Returns their count (the same in every thread).
+    auto classify_chunk = [&](int32_t first) -> int32_t {
+        const int32_t kv_block = first + thread;
+        TileKind kind = TileKind::Skipped;
+        if (kv_block < kv_blocks) {
+            kind = classify(table.at(mask, batch, head, kv_block), row_begin, row_end);
+            if (kind == TileKind::Full && ragged_last_block && kv_block == kv_blocks - 1) kind = TileKind::Partial;
+        }
+        const bool keep = kind != TileKind::Skipped;
+        const unsigned ballot = __ballot_sync(0xffffffffu, keep);
+        if (lane == 0) smem.warp_counts[warp] = __popc(ballot);
+        __syncthreads();
+        int32_t offset = 0, total = 0;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) {
+            const int32_t count = smem.warp_counts[w];
+            offset += w < warp ? count : 0;
+            total += count;
+        }
+        if (keep)
+            smem.block_list[offset + __popc(ballot & ((1u << lane) - 1u))] =
+                BlockEntry::encode(kv_block, kind == TileKind::Partial);
+        __syncthreads();
+        return total;
+    };
+    int32_t next_chunk = 0, chunk_count = 0, position = 0;
+    // The first entry of the next non-empty chunk, or kNone. Uniform across the CTA.
+    auto refill = [&]() -> int32_t {
+        chunk_count = 0;
+        position = 0;
+        while (chunk_count == 0 && next_chunk < kv_blocks) {
+            chunk_count = classify_chunk(next_chunk);
+            next_chunk += kThreads;
+        }
+        return chunk_count > 0 ? smem.block_list[0] : BlockEntry::kNone;
+    };
+
+    auto load_kv_async = [&](Element* shared, const Element* head_base, int64_t row_stride, int32_t kv_block) {
+        const int64_t first_key = int64_t(kv_block) * kBlockN;
+        const int valid_rows = int(min(int64_t(kBlockN), int64_t(nk) - first_key));
+        load_tile_async<KVTile, kThreads>(shared, head_base + first_key * row_stride, row_stride, valid_rows);
+        cp_async_commit();
+    };
+
+    int32_t entry = refill();
+    if (entry != BlockEntry::kNone) load_kv_async(smem.k, k, p.k.stride[1], BlockEntry::kv_block(entry));
+
+    // --- the key loop -------------------------------------------------------------------------
+    float o[kMTiles][kDTiles][4];
+    float row_max[kMTiles][2], row_sum[kMTiles][2];  // per row: [mt][0] row group, [mt][1] row group + 8
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+        for (int dt = 0; dt < kDTiles; ++dt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[mt][dt][e] = 0.0f;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            row_max[mt][half] = kNegInf;
+            row_sum[mt][half] = 0.0f;
+        }
+    }
+    const float scale_log2 = p.scale * kLog2e;
+
+    // Per-lane ldmatrix addresses at column 0; every other fragment is a constant step away.
+    const uint32_t q_fragments = a_fragment_address<QTile>(smem.q, warp_row, 0, lane);
+    const uint32_t k_fragments = b_fragment_address_nk<KVTile>(smem.k, 0, 0, lane);
+    const uint32_t v_fragments = b_fragment_address_kn<KVTile>(smem.v, 0, 0, lane);
+    constexpr uint32_t k16RowsQ = 16 * QTile::kColsCount * sizeof(Element);    // bytes of 16 tile rows
+    constexpr uint32_t k16RowsKV = 16 * KVTile::kColsCount * sizeof(Element);
+
+    while (entry != BlockEntry::kNone) {
+        const int32_t kv_block = BlockEntry::kv_block(entry);
+        const bool partial = BlockEntry::partial(entry);
+
+        cp_async_wait<0>();  // K(n) (and Q on the first pass)
+        __syncthreads();     // ... visible to all; every warp is done with V(n-1)
+        load_kv_async(smem.v, v, p.v.stride[1], kv_block);
+
+        if (partial && thread < kBlockN) {
+            // Published by the barrier below; the previous tile's readers passed the one above.
+            const int64_t column = int64_t(kv_block) * kBlockN + thread;
+            ColumnIntervals c{0, nq, 0, nq};  // columns past Nk: every row masked
+            if (column < nk) c = column_intervals(mask, batch, mask_head, int32_t(column));
+            smem.column_intervals[thread] = make_int4(c.lower_start, c.lower_end, c.upper_start, c.upper_end);
+        }
+
+        // S = Q K^T
+        float s[kMTiles][kNTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+            const uint32_t q_step = advance_column_steps(q_fragments, kk);
+            const uint32_t k_step = advance_column_steps(k_fragments, kk);
+            uint32_t a[kMTiles][4];
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(a[mt], q_step + mt * k16RowsQ);
+#pragma unroll
+            for (int np = 0; np < kNTiles / 2; ++np) {
+                uint32_t b[4];
+                ldmatrix_x4(b, k_step + np * k16RowsKV);
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+#pragma unroll
+                for (int mt = 0; mt < kMTiles; ++mt) {
+                    mma_16816<Element>(s[mt][2 * np], a[mt], b0);
+                    mma_16816<Element>(s[mt][2 * np + 1], a[mt], b1);
+                }
+            }
+        }
+
+        cp_async_wait<0>();  // V(n)
+        __syncthreads();     // ... visible to all, the column cache too; every warp is done with K(n)
+        ++position;
+        const int32_t next = position < chunk_count ? smem.block_list[position] : refill();
+        if (next != BlockEntry::kNone) load_kv_async(smem.k, k, p.k.stride[1], BlockEntry::kv_block(next));
+
+        // Partial tiles: -inf where the column's intervals mask the row (columns >= Nk: all rows).
+        if (partial) {
+#pragma unroll
+            for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+                for (int pair = 0; pair < 2; ++pair) {
+                    const int4 c = smem.column_intervals[nt * 8 + 2 * quad + pair];
+#pragma unroll
+                    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+                        for (int half = 0; half < 2; ++half) {
+                            const int32_t row = row_begin + warp_row + mt * 16 + group + 8 * half;
+                            if (masks_without_branches(c, row)) s[mt][nt][2 * half + pair] = kNegInf;
+                        }
+                }
+        }
+
+        // Online softmax in float32. A row whose maximum is still -inf (nothing visible yet)
+        // uses 0 as its base, so exp2 gives 0 for every masked element, never NaN.
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                float tile_max = kNegInf;
+#pragma unroll
+                for (int nt = 0; nt < kNTiles; ++nt)
+                    tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+                const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max));
+                const float base = new_max == kNegInf ? 0.0f : new_max * scale_log2;
+                const float correction = exp2f(row_max[mt][half] * scale_log2 - base);
+                row_max[mt][half] = new_max;
+                float sum = 0.0f;
+#pragma unroll
+                for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+                    for (int pair = 0; pair < 2; ++pair) {
+                        float& x = s[mt][nt][2 * half + pair];
+                        x = exp2f(fmaf(x, scale_log2, -base));
+                        sum += x;
+                    }
+                row_sum[mt][half] = row_sum[mt][half] * correction + sum;
+#pragma unroll
+                for (int dt = 0; dt < kDTiles; ++dt) {
+                    o[mt][dt][2 * half] *= correction;
+                    o[mt][dt][2 * half + 1] *= correction;
+                }
+            }
+
+        // O += P V: S's C fragments of n-tiles 2kk, 2kk+1 are P's A fragment for keys 16kk..16kk+15.
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+            uint32_t a[kMTiles][4];
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) {
+                a[mt][0] = ElementTraits<Element>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                a[mt][1] = ElementTraits<Element>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                a[mt][2] = ElementTraits<Element>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                a[mt][3] = ElementTraits<Element>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int dp = 0; dp < kDTiles / 2; ++dp) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, advance_column_steps(v_fragments, dp) + kk * k16RowsKV);
+                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+#pragma unroll
+                for (int mt = 0; mt < kMTiles; ++mt) {
+                    mma_16816<Element>(o[mt][2 * dp], a[mt], b0);
+                    mma_16816<Element>(o[mt][2 * dp + 1], a[mt], b1);
+                }
+            }
+        }
+        entry = next;
+    }
+
+    // --- epilogue -----------------------------------------------------------------------------
+    // With no key block the Q copy may still be in flight into rows other warps stage O in.
+    cp_async_wait<0>();
+    __syncthreads();
+
+    float* lse = static_cast<float*>(p.lse.data) + batch * p.lse.stride[0] + head * p.lse.stride[1];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const float sum = quad_sum(row_sum[mt][half]);
+            // l == 0: no visible key (fully masked row, or Nk == 0): O = 0, LSE = -inf.
+            const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+            const int local_row = warp_row + mt * 16 + group + 8 * half;
+#pragma unroll
+            for (int dt = 0; dt < kDTiles; ++dt) {
+                const uint32_t packed = ElementTraits<Element>::pack(o[mt][dt][2 * half] * inverse,
+                                                                     o[mt][dt][2 * half + 1] * inverse);
+                *reinterpret_cast<uint32_t*>(smem.q + QTile::offset(local_row, dt * 8 + 2 * quad)) = packed;
+            }
+            const int32_t row = row_begin + local_row;
+            if (quad == 0 && row < nq)
+                lse[row * p.lse.stride[2]] = sum > 0.0f ? row_max[mt][half] * p.scale + logf(sum) : kNegInf;
+        }
+    __syncwarp();
+
+    // Each warp writes its own rows, 16 bytes per lane, consecutive lanes along a row.
+    Element* out = static_cast<Element*>(p.out.data) + batch * p.out.stride[0] + row_begin * p.out.stride[1] +
+                   head * p.out.stride[2];
+    constexpr int kWarpChunks = Traits::kWarpRows * QTile::kChunksPerRow;
+    static_assert(kWarpChunks % kWarpSize == 0, "every lane stores the same number of chunks");
+#pragma unroll
+    for (int i = 0; i < kWarpChunks / kWarpSize; ++i) {
+        const int chunk = i * kWarpSize + lane;
+        const int local_row = warp_row + chunk / QTile::kChunksPerRow;
+        const int col = (chunk % QTile::kChunksPerRow) * kChunkElements;
+        if (row_begin + local_row < nq)
+            *reinterpret_cast<int4*>(out + local_row * p.out.stride[1] + col) =
+                *reinterpret_cast<const int4*>(smem.q + QTile::offset(local_row, col));
+    }
+}
+
+// cp.async and the 16-byte stores need every row of q, k, v and out at a 16-byte address.
+inline bool rows_aligned(const Operand& t) {
+    const bool base = reinterpret_cast<std::uintptr_t>(t.data) % kCopyBytes == 0;
+    return base && t.stride[0] % kCopyAlignmentElements == 0 && t.stride[1] % kCopyAlignmentElements == 0 &&
+           t.stride[2] % kCopyAlignmentElements == 0;
+}
+
+}  // namespace forward_detail
+
+template <typename Element, int kHeadDim>
+void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
+    using namespace forward_detail;
+    using Traits = ForwardTraits<kHeadDim>;
+    if (p.batch == 0 || p.nq == 0) return;  // nothing to write
+
+    const struct { const char* name; const Operand* operand; } operands[] = {
+        {"q", &p.q}, {"k", &p.k}, {"v", &p.v}, {"out", &p.out}};
+    for (const auto& t : operands)
+        if (!rows_aligned(*t.operand))
+            throw Error(ErrorCode::Unsupported, t.name,
+                        std::string("flashmask::forward: ") + t.name +
+                            ": the CUDA kernel expects 16-byte aligned rows (data pointer and strides of "
+                            "dimensions 0-2 multiples of 8 elements)");
+
+    const int32_t query_blocks = ceil_div(p.nq, Traits::kBlockM);
+    const int64_t ctas = int64_t(query_blocks) * p.q_heads * p.batch;
+    if (ctas > std::numeric_limits<int32_t>::max())
+        throw Error(ErrorCode::Unsupported, "q",
+                    "flashmask::forward: " + std::to_string(ctas) + " query blocks x heads x batch exceed the grid limit");
+
+    const BlockSummaries summaries(p.mask, p.batch, p.q_heads, Traits::kBlockN, stream);
+    auto* kernel = forward_kernel<Element, kHeadDim>;
+    constexpr int kSmemBytes = int(sizeof(SharedStorage<Element, kHeadDim>));
+    if (kSmemBytes > kDefaultDynamicSmem)
+        FM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    kernel<<<unsigned(ctas), Traits::kThreads, kSmemBytes, stream>>>(p, summaries.table(), query_blocks);
+    check_launch("flashmask sm80 forward_kernel");
+}
+
+}  // namespace flashmask::cuda::sm80
