@@ -187,20 +187,24 @@ struct Inputs {
 
 }  // namespace
 
-const char* to_string(Layout layout) { return layout == Layout::Bshd ? "BSHD" : "BHSD (transposed view)"; }
+const char* to_string(Layout layout) {
+    switch (layout) {
+        case Layout::Bshd: return "BSHD";
+        case Layout::Bhsd: return "BHSD (transposed view)";
+        case Layout::PaddedBshd: return "BSHD with padded rows";
+    }
+    return "?";
+}
 
 float default_scale(int32_t head_dim) { return float(1.0 / std::sqrt(double(head_dim))); }
 
 DeviceTensor::DeviceTensor(DType dtype, std::vector<int64_t> shape, Layout layout)
-    : dtype_(dtype),
-      shape_(std::move(shape)),
-      strides_(shape_.size()),
-      numel_([this] {
-          int64_t n = 1;
-          for (int64_t e : shape_) n *= e;
-          return n;
-      }()),
-      storage_(std::size_t(numel_) * element_size(dtype)) {
+    : DeviceTensor(dtype, std::move(shape), layout, layout == Layout::PaddedBshd ? kRowPadding : 0) {}
+
+DeviceTensor::DeviceTensor(DType dtype, std::vector<int64_t> shape, Layout layout, int64_t row_padding)
+    : dtype_(dtype), shape_(std::move(shape)), strides_(shape_.size()), numel_(1), storage_elements_(1),
+      storage_(0) {
+    for (int64_t e : shape_) numel_ *= e;
     // Memory order of the dimensions, outermost first: BHSD swaps S (1) and H (2).
     std::vector<int> order(shape_.size());
     for (std::size_t d = 0; d < order.size(); ++d) order[d] = int(d);
@@ -208,8 +212,10 @@ DeviceTensor::DeviceTensor(DType dtype, std::vector<int64_t> shape, Layout layou
     int64_t stride = 1;
     for (std::size_t o = order.size(); o-- > 0;) {
         strides_[order[o]] = stride;
-        stride *= shape_[order[o]];
+        stride *= shape_[order[o]] + (o + 1 == order.size() ? row_padding : 0);
     }
+    storage_elements_ = stride;
+    storage_ = DeviceBuffer<uint8_t>(std::size_t(storage_elements_) * element_size(dtype));
 }
 
 TensorView DeviceTensor::view() const {
@@ -223,13 +229,12 @@ void DeviceTensor::fill_normal(uint64_t seed) {
     synchronize(nullptr);
 }
 
-std::vector<double> DeviceTensor::values() const {
-    const std::vector<uint8_t> raw = bytes();
-    std::vector<double> out(static_cast<std::size_t>(numel_));
+std::vector<int64_t> DeviceTensor::storage_offsets() const {
+    std::vector<int64_t> offsets(static_cast<std::size_t>(numel_));
     std::vector<int64_t> index(shape_.size(), 0);  // odometer over the logical shape
     int64_t offset = 0;
     for (int64_t n = 0; n < numel_; ++n) {
-        out[std::size_t(n)] = cpu::load_element(dtype_, raw.data(), offset);
+        offsets[std::size_t(n)] = offset;
         for (std::size_t d = shape_.size(); d-- > 0;) {
             offset += strides_[d];
             if (++index[d] < shape_[d]) break;
@@ -237,7 +242,28 @@ std::vector<double> DeviceTensor::values() const {
             index[d] = 0;
         }
     }
+    return offsets;
+}
+
+std::vector<double> DeviceTensor::values() const {
+    const std::vector<uint8_t> raw = bytes();
+    const std::vector<int64_t> offsets = storage_offsets();
+    std::vector<double> out(offsets.size());
+    for (std::size_t n = 0; n < offsets.size(); ++n) out[n] = cpu::load_element(dtype_, raw.data(), offsets[n]);
     return out;
+}
+
+int64_t DeviceTensor::padding_written() const {
+    if (storage_elements_ == numel_) return 0;
+    std::vector<uint8_t> in_view(std::size_t(storage_elements_), 0);
+    for (int64_t offset : storage_offsets()) in_view[std::size_t(offset)] = 1;
+    const std::vector<uint8_t> raw = bytes();
+    const std::size_t size = element_size(dtype_);
+    int64_t written = 0;
+    for (std::size_t e = 0; e < in_view.size(); ++e)
+        if (!in_view[e])
+            written += std::any_of(raw.begin() + e * size, raw.begin() + (e + 1) * size, [](uint8_t b) { return b != 0xFF; });
+    return written;
 }
 
 DeviceBuffer<float> DeviceTensor::to_float() const {
@@ -279,7 +305,8 @@ void check_gpu_attention(const GpuCase& c, TestMask& mask, std::mt19937_64& rng)
     Inputs in(s, c.dtype, c.layout, rng);
     const std::vector<int64_t> q_shape{s.batch, s.nq, s.q_heads, s.head_dim}, kv_shape{s.batch, s.nk, s.kv_heads, s.head_dim},
         lse_shape{s.batch, s.q_heads, s.nq};
-    DeviceTensor out(c.dtype, q_shape, c.layout), lse(DType::Float32, lse_shape);
+    DeviceTensor out(c.dtype, q_shape, c.layout),
+        lse(DType::Float32, lse_shape, Layout::Bshd, c.layout == Layout::Bshd ? 0 : kLseRowPadding);
     out.poison();
     lse.poison();
     auto set_shared_args = [&](auto& args) {
@@ -326,6 +353,8 @@ void check_gpu_attention(const GpuCase& c, TestMask& mask, std::mt19937_64& rng)
     const std::vector<double> out_values = out.values(), lse_values = lse.values();
     ASSERT_EQ(count_nan(out_values), 0) << "out not fully written (or NaN)";
     ASSERT_EQ(count_nan(lse_values), 0) << "lse not fully written (or NaN)";
+    EXPECT_EQ(out.padding_written(), 0) << "out: elements written between rows (padding of the strided view)";
+    EXPECT_EQ(lse.padding_written(), 0) << "lse: elements written between rows (padding of the strided view)";
     expect_within_bound("out", c.dtype, out_values, ref.out, ref.naive_out, q_shape, ref.name);
     int64_t lse_mismatches = 0;
     for (std::size_t n = 0; n < ref.lse.size(); ++n) {
@@ -345,6 +374,8 @@ void check_gpu_attention(const GpuCase& c, TestMask& mask, std::mt19937_64& rng)
     ASSERT_EQ(count_nan(dq_values), 0) << "dq not fully written (or NaN)";
     ASSERT_EQ(count_nan(dk_values), 0) << "dk not fully written (or NaN)";
     ASSERT_EQ(count_nan(dv_values), 0) << "dv not fully written (or NaN)";
+    for (const auto& [name, t] : {std::pair{"dq", &*dq}, std::pair{"dk", &*dk}, std::pair{"dv", &*dv}})
+        EXPECT_EQ(t->padding_written(), 0) << name << ": elements written between rows (padding of the strided view)";
     expect_within_bound("dq", c.dtype, dq_values, ref.dq, ref.naive_dq, q_shape, ref.name);
     expect_within_bound("dk", c.dtype, dk_values, ref.dk, ref.naive_dk, kv_shape, ref.name);
     expect_within_bound("dv", c.dtype, dv_values, ref.dv, ref.naive_dv, kv_shape, ref.name);

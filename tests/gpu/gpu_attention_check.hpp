@@ -24,16 +24,25 @@
 
 namespace flashmask::testing {
 
-// How a [B, S, H, D] operand lies in memory: BSHD (contiguous), or a contiguous [B, H, S, D]
+// How a [B, S, H, D] operand lies in memory: BSHD (contiguous); a contiguous [B, H, S, D]
 // buffer passed as a transposed view (SPEC §1: "a [B, H, N, D] tensor passed as a transposed
-// view works unchanged").
-enum class Layout { Bshd, Bhsd };
+// view works unchanged"); or BSHD rows of D elements kRowPadding apart (a slice of a wider
+// buffer, e.g. q out of a fused qkv tensor), with the LSE's rows padded too.
+enum class Layout { Bshd, Bhsd, PaddedBshd };
+inline constexpr Layout kLayouts[] = {Layout::Bshd, Layout::Bhsd, Layout::PaddedBshd};
 const char* to_string(Layout layout);
+// Padding after each D-element row of PaddedBshd: 8 elements keeps every row 16-byte aligned for
+// 16-bit dtypes (what vectorised loads need), while no stride equals D.
+inline constexpr int64_t kRowPadding = 8;
+// Padding after each LSE row [Nq] whenever the operands are not plain BSHD (4 floats: 16 bytes).
+inline constexpr int64_t kLseRowPadding = 4;
 
 // An owning device tensor (rank 3 or 4) of any float dtype, with its view and host read-back.
+// `row_padding` elements follow each innermost row in memory (none for Bshd / Bhsd by default).
 class DeviceTensor {
 public:
     DeviceTensor(DType dtype, std::vector<int64_t> shape, Layout layout = Layout::Bshd);
+    DeviceTensor(DType dtype, std::vector<int64_t> shape, Layout layout, int64_t row_padding);
 
     const std::vector<int64_t>& shape() const { return shape_; }
     DType dtype() const { return dtype_; }
@@ -48,11 +57,16 @@ public:
     std::vector<uint8_t> bytes() const { return storage_.to_host(); }
     // A contiguous float32 device copy (rank 4 only), for the GPU reference.
     DeviceBuffer<float> to_float() const;
+    // Storage elements outside the view (padding) that no longer hold poison() bytes: an output
+    // written out of bounds.
+    int64_t padding_written() const;
 
 private:
+    std::vector<int64_t> storage_offsets() const;  // of every element, in logical row-major order
+
     DType dtype_;
     std::vector<int64_t> shape_, strides_;
-    int64_t numel_;
+    int64_t numel_, storage_elements_;
     DeviceBuffer<uint8_t> storage_;
 };
 
@@ -72,9 +86,10 @@ enum class ReferenceKind {
     Float64Cpu,
     Float32Gpu,
 };
-// B * Hq * Nq * Nk * D up to which Auto takes the float64 CPU reference: its forward + backward
-// and the naive ones cost about 16 such products, a fraction of a second single-threaded.
-inline constexpr int64_t kFloat64ReferenceBudget = int64_t(1) << 24;
+// B * Hq * Nq * Nk * D up to which Auto takes the float64 CPU reference: the reference and naive
+// forward + backward of 10M (77 x 130, 4 heads, D = 256) took 0.035 s single-threaded on the
+// build machine, so this budget costs at most about a quarter of a second per case.
+inline constexpr int64_t kFloat64ReferenceBudget = int64_t(1) << 26;
 
 struct GpuCase {
     AttentionSizes sizes;

@@ -2,7 +2,7 @@
 // against the float64 CPU reference (small cases) or the float32 GPU reference (large ones),
 // SPEC §5: every catalogue mask, bfloat16 and float16, D = 64 / 128 / 256, GQA (Hq / Hk = 4),
 // mask heads 1, Hk and Hq, sizes 1, 17, 1000, 4099 and 8192, Nq != Nk with the bottom-right
-// causal diagonal, transposed BHSD views, explicit scales, hostile masks, the deterministic
+// causal diagonal, transposed BHSD and padded BSHD views, explicit scales, hostile masks, the deterministic
 // backward, the stream argument and CUDA errors. Each case's dtype, head dim, layout and scale
 // rotate with the mask kind, so that every combination is met without running all of them.
 //
@@ -61,7 +61,7 @@ protected:
         const int r = kind_index() + n;
         const int32_t d = kHeadDims[r % kHeadDimCount];
         GpuCase c{{batch, nq, nk, kGqaGroup, 1, d, d}, kHalfDtypes[r % kDtypeCount]};
-        c.layout = (r / 2) % 2 ? Layout::Bhsd : Layout::Bshd;
+        c.layout = kLayouts[(r / 2) % std::size(kLayouts)];
         if ((r / 3) % 2 == 1) c.scale = random_scale(rng);
         return c;
     }
@@ -90,7 +90,7 @@ TEST_P(GpuCatalogue, HeadDimsAndDtypes) {
         for (const DType dtype : kHalfDtypes) {
             const bool wide = (kind_index() + n) % 2 == 0;
             GpuCase c{{1, wide ? 77 : 130, wide ? 130 : 77, kGqaGroup, 1, d, d}, dtype};
-            c.layout = n % 2 ? Layout::Bhsd : Layout::Bshd;
+            c.layout = kLayouts[n % std::size(kLayouts)];
             if (n % 3 == 2) c.scale = random_scale(rng);
             TestMask mask = mask_for(c.sizes, rotated_mask_heads(n++, c), rng);
             check_gpu_attention(c, mask, rng);
@@ -219,17 +219,19 @@ TEST(GpuAttention, ExplicitScaleWithoutIndexTensor) {
         }
 }
 
-// Every operand a [B, H, N, D] buffer passed with permuted strides, small and large.
-TEST(GpuAttention, TransposedBhsdViews) {
+// Every operand a [B, H, N, D] buffer passed with permuted strides, or BSHD rows kRowPadding
+// apart (LSE rows padded too), small (float64 reference) and large (float32 GPU reference).
+TEST(GpuAttention, TransposedAndPaddedViews) {
     FM_SKIP_WITHOUT_GPU();
     auto rng = test_rng();
     int n = 0;
-    for (const AttentionSizes sizes : {AttentionSizes{2, 130, 200, 8, 2, 64, 64}, AttentionSizes{1, 1000, 1000, 8, 2, 128, 128}}) {
-        GpuCase c{sizes, kHalfDtypes[n++ % kDtypeCount]};
-        c.layout = Layout::Bhsd;
-        TestMask mask = catalogue_test_mask("prefix_lm_document", sizes, sizes.kv_heads, rng);
-        check_gpu_attention(c, mask, rng);
-    }
+    for (const Layout layout : {Layout::Bhsd, Layout::PaddedBshd})
+        for (const AttentionSizes sizes : {AttentionSizes{2, 130, 200, 8, 2, 64, 64}, AttentionSizes{1, 1000, 1000, 8, 2, 128, 128}}) {
+            GpuCase c{sizes, kHalfDtypes[n++ % kDtypeCount]};
+            c.layout = layout;
+            TestMask mask = catalogue_test_mask("prefix_lm_document", sizes, sizes.kv_heads, rng);
+            check_gpu_attention(c, mask, rng);
+        }
 }
 
 // Deterministic mode: two runs give identical dq, dk, dv bits (checked inside
