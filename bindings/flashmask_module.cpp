@@ -34,6 +34,11 @@
 #include "flashmask/api.hpp"
 #include "flashmask/mask.hpp"
 
+#ifdef FLASHMASK_WITH_CUDA
+#include "cuda/common/workspace.cuh"
+#include "cuda/sm80/forward_traits.hpp"
+#endif
+
 namespace nb = nanobind;
 namespace fm = flashmask;
 
@@ -194,7 +199,8 @@ void require_in_range(int64_t value, int64_t lowest, int64_t end, const char* ar
 
 // A checked mask for an attention problem of the given sizes (the index array, if any, must
 // outlive the returned view).
-fm::MaskView checked_mask_view(const std::optional<InputArray>& index_array, bool causal, int64_t batch, int64_t nq,
+template <typename Array>
+fm::MaskView checked_mask_view(const std::optional<Array>& index_array, bool causal, int64_t batch, int64_t nq,
                                int64_t nk, int64_t q_heads, int64_t kv_heads) {
     const std::optional<fm::TensorView> indices = index_view(index_array);
     // Sizes the library stores as int32 in MaskView; the upper bound keeps the cast exact.
@@ -304,6 +310,52 @@ fm::MaskView reference_mask(const std::optional<InputArray>& indices, bool causa
 
 double scale_or_default(std::optional<double> scale, int32_t head_dim) {
     return scale ? *scale : 1.0 / std::sqrt(double(head_dim));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The forward's per-call preprocessing alone (a benchmark hook)
+// ---------------------------------------------------------------------------------------------
+
+// What cuda::forward() runs before its kernel: the block summaries at the forward kernel's
+// key-block size, into stream-ordered scratch that is freed on the same stream. The benchmark
+// (bench/bench_attention.py) times it against FlexAttention's create_block_mask (the issue's
+// preprocessing targets). Refused with Unsupported in a build without CUDA kernels.
+void run_forward_preprocessing(const std::optional<fm::TensorView>& indices, const fm::MaskView& mask, int64_t batch,
+                               int64_t q_heads, int64_t head_dim, std::uintptr_t stream) {
+#ifdef FLASHMASK_WITH_CUDA
+    if (indices && indices->device != fm::Device::CUDA)
+        throw fm::Error(fm::ErrorCode::InvalidArgument, kIndexArgument,
+                        std::string(kIndexArgument) + " is on the cpu; expected a CUDA tensor (the preprocessing "
+                                                      "runs on the GPU)");
+    int32_t block_n = 0;
+    switch (head_dim) {
+        case 64: block_n = fm::cuda::sm80::ForwardTileShape<64>::kBlockN; break;
+        case 128: block_n = fm::cuda::sm80::ForwardTileShape<128>::kBlockN; break;
+        case 256: block_n = fm::cuda::sm80::ForwardTileShape<256>::kBlockN; break;
+        default:
+            throw fm::Error(fm::ErrorCode::Unsupported, "head_dim",
+                            "head_dim = " + std::to_string(head_dim) + "; the CUDA kernels support 64, 128 and 256");
+    }
+    // Runs on the current device: a hook has no reason to switch devices (forward() does, with
+    // its device guard), so an index tensor elsewhere is refused.
+    int current_device = 0;
+    fm::cuda::check_cuda(cudaGetDevice(&current_device), "cudaGetDevice");
+    if (indices && indices->device_index != current_device)
+        throw fm::Error(fm::ErrorCode::InvalidArgument, kIndexArgument,
+                        std::string(kIndexArgument) + " is on cuda:" + std::to_string(indices->device_index) +
+                            "; expected the current device, cuda:" + std::to_string(current_device));
+    const fm::cuda::BlockSummaries summaries(mask, int32_t(batch), int32_t(q_heads), block_n,
+                                             reinterpret_cast<cudaStream_t>(stream));
+#else
+    (void)indices;
+    (void)mask;
+    (void)batch;
+    (void)q_heads;
+    (void)head_dim;
+    (void)stream;
+    throw fm::Error(fm::ErrorCode::Unsupported, kIndexArgument,
+                    "block_summaries_cuda: this build has no CUDA kernels (configured without nvcc)");
+#endif
 }
 
 }  // namespace
@@ -504,6 +556,25 @@ NB_MODULE(_flashmask, m) {
           nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("scale").none(),
           nb::arg("deterministic"), nb::arg("num_threads"), nb::arg("bfloat16_bits"), nb::arg("stream"));
     m.def("cuda_available", &fm::cuda_available);
+    // The forward's per-call preprocessing alone on `stream` (see run_forward_preprocessing);
+    // B is the index tensor's (1 without one), Nk its key dimension (nq without one).
+    m.def("block_summaries_cuda",
+          [](const std::optional<AttentionInput>& index_array, bool causal, int64_t nq, int64_t q_heads,
+             std::uintptr_t stream, std::optional<int64_t> nk, std::optional<int64_t> kv_heads, int64_t head_dim) {
+              // Read from the tensor only at rank 4; checked_mask_view() refuses any other rank.
+              constexpr std::size_t kIndexRank = 4;
+              const bool rank4 = index_array && index_array->ndim() == kIndexRank;
+              const int64_t batch = rank4 ? int64_t(index_array->shape(0)) : 1;
+              const int64_t keys = nk ? *nk : rank4 ? int64_t(index_array->shape(2)) : nq;
+              const fm::MaskView mask =
+                  checked_mask_view(index_array, causal, batch, nq, keys, q_heads, kv_heads ? *kv_heads : q_heads);
+              const std::optional<fm::TensorView> indices = index_view(index_array);
+              nb::gil_scoped_release unlocked;
+              run_forward_preprocessing(indices, mask, batch, q_heads, head_dim, stream);
+          },
+          nb::arg("startend_row_indices").none(), nb::kw_only(), nb::arg("causal"), nb::arg("nq"), nb::arg("q_heads"),
+          nb::arg("stream") = 0, nb::arg("nk").none() = nb::none(), nb::arg("kv_heads").none() = nb::none(),
+          nb::arg("head_dim") = 128);
 
     // --- the float64 reference (tests): returns new float64 arrays -------------------------------
     m.def("reference_forward",

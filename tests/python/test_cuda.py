@@ -381,3 +381,25 @@ def test_backward_refuses_before_writing(rng):
     assert refused.value.argument == "dv"
     torch.cuda.synchronize()
     assert torch.isnan(p.dq.float()).all() and torch.isnan(p.dk.float()).all()
+
+
+# --- the preprocessing hook -----------------------------------------------------------------------
+
+
+def test_the_preprocessing_hook_runs_on_the_stream_and_refuses_a_cpu_mask(rng):
+    """_flashmask.block_summaries_cuda (bench/bench_attention.py times it): forward's block
+    summaries alone, with and without an index tensor; CUDA errors would surface at the
+    synchronize. An index tensor on the CPU is refused like forward_into refuses it."""
+    n = int(rng.integers(100, 3000))
+    mask = masks.causal_document([n // 2, n - n // 2])
+    indices = torch.from_numpy(mask.startend_row_indices).cuda()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    for index_tensor, causal in ((indices, True), (None, True), (None, False)):
+        result = flashmask._flashmask.block_summaries_cuda(index_tensor, causal=causal, nq=n, q_heads=8,
+                                                           stream=side.cuda_stream)
+        assert result is None
+    side.synchronize()
+    with pytest.raises(ValueError) as refused:
+        flashmask._flashmask.block_summaries_cuda(indices.cpu(), causal=True, nq=n, q_heads=8)
+    assert refused.value.argument == "startend_row_indices"
