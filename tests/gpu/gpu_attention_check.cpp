@@ -225,7 +225,7 @@ TensorView DeviceTensor::view() const {
 }
 
 void DeviceTensor::fill_normal(uint64_t seed) {
-    gpu_fill_normal(dtype_, storage_.get(), numel_, seed);
+    gpu_fill_normal(dtype_, storage_.get(), storage_elements_, seed);  // padding too: never NaN
     synchronize(nullptr);
 }
 
