@@ -353,6 +353,10 @@ class FlashMaskEntryPoints:
         self.missing: Optional[str] = None
         if self.forward_into is None or self.backward_into is None:
             self.missing = "flashmask.forward_into/backward_into are not in this build"
+        elif not flashmask.cuda_available():
+            # Not called at all then: a CPU-only module handed CUDA tensors must refuse them, but
+            # one seen here (2026-11-25, FLASHMASK_CUDA=OFF) crashed instead.
+            self.missing = "flashmask.cuda_available() is False (a module built without the CUDA kernels)"
 
     @staticmethod
     def _find_preprocess_hook():
@@ -475,6 +479,13 @@ class Row:
     create_block_mask_ms: Optional[float] = None
     peak_bytes: Dict[str, Optional[int]] = field(default_factory=dict)  # incl. inputs
     sdpa_peak_bytes: Optional[int] = None  # SDPA FA2 without a mask, same problem, incl. inputs
+    # Which run the row came from when --merge joins several (0 for a single run): ratios to a
+    # full-mask row are taken within one run only.
+    part: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.config.name + (f"#{self.part}" if self.part else "")
     problems: List[str] = field(default_factory=list)
 
     def tflops(self, impl: str, direction: str) -> Optional[float]:
@@ -638,10 +649,13 @@ def measure_config(config: Config, mask_names: Sequence[str], implementations: S
 TABLE_IMPLS = (FLASHMASK, FLEX, CUDNN, FLASH, DENSE)
 
 
+NOT_RUN = "off"  # left out with --impls
+
+
 def cell_tflops(row: Row, impl: str, direction: str) -> str:
     m = row.results.get(impl)
     if m is None:
-        return ""
+        return NOT_RUN
     if m.status:
         return m.status
     value = row.tflops(impl, direction)
@@ -662,13 +676,13 @@ def fmt(value: Optional[float], digits: int = 2) -> str:
 
 def own_full(rows: Sequence[Row], row: Row, direction: str) -> Optional[float]:
     for other in rows:
-        if other.config == row.config and other.mask == "full":
+        if other.config == row.config and other.part == row.part and other.mask == "full":
             return ratio(row.tflops(FLASHMASK, direction), other.tflops(FLASHMASK, direction))
     return None
 
 
 def progress_line(row: Row, seconds: float) -> str:
-    parts = [f"[{row.config.name}] {row.mask:<22} density {row.density:.3f}"]
+    parts = [f"[{row.label}] {row.mask:<22} density {row.density:.3f}"]
     for impl in TABLE_IMPLS:
         if impl in row.results:
             parts.append(f"{impl} {cell_tflops(row, impl, 'fwd')}/{cell_tflops(row, impl, 'bwd')}")
@@ -690,7 +704,7 @@ def compact_table(rows: Sequence[Row]) -> str:
             return "/".join(fmt(ratio(row.tflops(FLASHMASK, d), row.tflops(other, d))) for d in ("fwd", "bwd"))
         fa2 = pair(FLASH) if row.mask in MASKS_WITHOUT_INDICES else NOT_APPLICABLE
         full = "/".join(fmt(own_full(rows, row, d)) for d in ("fwd", "bwd"))
-        lines.append(f"{row.config.name:<3} {row.mask:<22} {row.density:>5.2f} | {cells} | "
+        lines.append(f"{row.label:<3} {row.mask:<22} {row.density:>5.2f} | {cells} | "
                      f"{pair(FLEX):<10} {fa2:<10} {full}")
     return "\n".join(lines)
 
@@ -708,14 +722,15 @@ def markdown(rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> st
                    f"recompilations after it {stats['recompiles_after_first_mask']}; {stats['seconds']} s")
     out.append("")
 
-    def config_label(c: Config) -> str:
-        return f"{c.name} (B={c.batch}, H={c.heads}, N={c.n})"
+    def config_label(row: Row) -> str:
+        c = row.config
+        return f"{row.label} (B={c.batch}, H={c.heads}, N={c.n})"
 
     out += ["## Effective TFLOP/s (forward / backward)", "",
             "| config | mask | density | flashmask | flex | cuDNN | FA2 | dense-mask SDPA |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         cells = " | ".join(f"{cell_tflops(row, i, 'fwd')} / {cell_tflops(row, i, 'bwd')}" for i in TABLE_IMPLS)
-        out.append(f"| {config_label(row.config)} | {row.mask} | {row.density:.3f} | {cells} |")
+        out.append(f"| {config_label(row)} | {row.mask} | {row.density:.3f} | {cells} |")
 
     out += ["", "## Ratios (flashmask over peer, forward / backward; own full = over flashmask's full-mask TFLOP/s)", "",
             "| config | mask | vs flex | vs cuDNN | vs FA2 | vs dense | vs own full (target) |", "|---|---|---|---|---|---|---|"]
@@ -725,7 +740,7 @@ def markdown(rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> st
                 return NOT_APPLICABLE
             return " / ".join(fmt(ratio(row.tflops(FLASHMASK, d), row.tflops(other, d))) for d in ("fwd", "bwd"))
         full = " / ".join(fmt(own_full(rows, row, d)) for d in ("fwd", "bwd"))
-        out.append(f"| {row.config.name} | {row.mask} | {pair(FLEX)} | {pair(CUDNN)} | {pair(FLASH)} | {pair(DENSE)} | "
+        out.append(f"| {row.label} | {row.mask} | {pair(FLEX)} | {pair(CUDNN)} | {pair(FLASH)} | {pair(DENSE)} | "
                    f"{full} (≥ {row.config.own_full_target}) |")
 
     out += ["", "## Per-call preprocessing (flashmask block summaries vs FlexAttention create_block_mask)", "",
@@ -736,7 +751,7 @@ def markdown(rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> st
     for row in rows:
         forward = row.results.get(FLASHMASK, Measurement()).forward_ms
         share = ratio(row.preprocess_ms, forward)
-        out.append(f"| {row.config.name} | {row.mask} | {fmt(row.preprocess_ms, 4)} | {fmt(forward, 3)} | "
+        out.append(f"| {row.label} | {row.mask} | {fmt(row.preprocess_ms, 4)} | {fmt(forward, 3)} | "
                    f"{UNAVAILABLE if share is None else f'{share:.2%}'} | {fmt(row.create_block_mask_ms, 2)} | "
                    f"{fmt(ratio(row.create_block_mask_ms, row.preprocess_ms), 0)} |")
 
@@ -749,7 +764,7 @@ def markdown(rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> st
     for row in rows:
         base = row.sdpa_peak_bytes
         fm_peak, flex_peak = row.peak_bytes.get(FLASHMASK), row.peak_bytes.get(FLEX)
-        out.append(f"| {row.config.name} | {row.mask} | {fmt(None if fm_peak is None else fm_peak / gib, 3)} | "
+        out.append(f"| {row.label} | {row.mask} | {fmt(None if fm_peak is None else fm_peak / gib, 3)} | "
                    f"{fmt(None if flex_peak is None else flex_peak / gib, 3)} | {fmt(None if base is None else base / gib, 3)} | "
                    f"{fmt(ratio(fm_peak, base), 3)} |")
 
@@ -763,9 +778,9 @@ def markdown(rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> st
             if m is None or m.status == NOT_APPLICABLE:
                 continue
             note = m.status + (" " if m.status and m.note else "") + m.note
-            out.append(f"| {row.config.name} | {row.mask} | {impl} | {fmt(m.forward_error, 4)} | "
+            out.append(f"| {row.label} | {row.mask} | {impl} | {fmt(m.forward_error, 4)} | "
                        f"{fmt(m.gradient_error, 4)} | {note.replace('|', '/')} |")
-    problems = [f"- {row.config.name} {row.mask}: {p}" for row in rows for p in row.problems]
+    problems = [f"- {row.label} {row.mask}: {p}" for row in rows for p in row.problems]
     if problems:
         out += ["", "## Problems", ""] + problems
     out += ["", "## Compact table", "", "```text", compact_table(rows), "```", ""]
@@ -779,7 +794,7 @@ def as_json(rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> dic
                   "mask": row.mask, "density": row.density, "pairs_per_sequence": row.pairs_per_sequence,
                   "forward_flops": row.forward_flops, "preprocess_ms": row.preprocess_ms,
                   "create_block_mask_ms": row.create_block_mask_ms, "peak_bytes": row.peak_bytes,
-                  "problems": row.problems, "results": {}}
+                  "sdpa_peak_bytes": row.sdpa_peak_bytes, "problems": row.problems, "results": {}}
         for impl, m in row.results.items():
             record["results"][impl] = {**m.__dict__, "forward_tflops": row.tflops(impl, "fwd"),
                                        "backward_tflops": row.tflops(impl, "bwd")}
@@ -795,6 +810,44 @@ def save_results(path: str, rows: Sequence[Row], flex_stats: Dict[str, dict], me
     with open(json_path, "w") as handle:
         json.dump(as_json(rows, flex_stats, meta), handle, indent=1)
     return json_path
+
+
+def load_results(path: str, part: int) -> Tuple[List[Row], Dict[str, dict], dict]:
+    """Rows, FlexAttention stats and meta of a JSON written by save_results()."""
+    with open(path) as handle:
+        data = json.load(handle)
+    rows = []
+    for r in data["rows"]:
+        config = STANDARD_CONFIGS.get(r["config"]) or Config(r["config"], r["batch"], r["heads"], r["n"], math.nan)
+        row = Row(config, r["mask"], r["density"], r["pairs_per_sequence"], r["forward_flops"],
+                  preprocess_ms=r["preprocess_ms"], create_block_mask_ms=r["create_block_mask_ms"],
+                  peak_bytes=r["peak_bytes"], sdpa_peak_bytes=r.get("sdpa_peak_bytes"), problems=r["problems"],
+                  part=part)
+        for impl, m in r["results"].items():
+            row.results[impl] = Measurement(**{k: v for k, v in m.items() if k in Measurement.__dataclass_fields__})
+        rows.append(row)
+    return rows, data["flex"], data["meta"]
+
+
+def merge_results(paths: Sequence[str], out: str) -> List[Row]:
+    """One results file from several runs' JSON (e.g. config b split over two device calls).
+    Rows keep their run (b#2, ...) when more than one is merged."""
+    rows: List[Row] = []
+    flex_stats: Dict[str, dict] = {}
+    metas = []
+    for index, path in enumerate(paths):
+        part = index + 1 if len(paths) > 1 else 0
+        part_rows, part_flex, meta = load_results(path, part)
+        rows += part_rows
+        for name, stats in part_flex.items():
+            flex_stats[name + (f"#{part}" if part else "")] = stats
+        metas.append(meta)
+    merged = dict(metas[0])
+    for key in ("date", "commit", "gpu", "command", "input_seed"):
+        values = [str(m.get(key)) for m in metas]
+        merged[key] = values[0] if len(set(values)) == 1 else "; ".join(f"#{i + 1}: {v}" for i, v in enumerate(values))
+    save_results(out, rows, flex_stats, merged)
+    return rows
 
 
 def git_commit() -> str:
@@ -819,6 +872,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--input-seed", type=int, default=None, help="random input seed (default: drawn, printed)")
     parser.add_argument("--out", default=None, help="markdown results file (a .json is written beside it)")
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                        help="measure nothing: join the JSON results of several runs into --out")
     parser.add_argument("--no-scratch-memory", action="store_true",
                         help="do not read the CUDA default pool's high-water mark (flashmask's scratch) "
                              "through the driver API")
@@ -847,6 +902,14 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        if not args.out:
+            log("bench_attention: --merge needs --out")
+            return 2
+        rows = merge_results(args.merge, args.out)
+        log(f"wrote {args.out} from {len(args.merge)} runs")
+        log(compact_table(rows))
+        return 0
     faulthandler.enable()  # a crash in a native library prints the Python stack that led there
     if not torch.cuda.is_available():
         log("bench_attention: no CUDA device; this benchmark runs on the GPU machine (scripts/gpu.sh bench)")
