@@ -66,45 +66,81 @@ __device__ __forceinline__ void accumulators_to_a(uint32_t (&a)[4], const float 
     a[3] = ElementTraits<Element>::pack(right[2], right[3]);
 }
 
-// acc[kTiles][4] += A (16 x 16 block at (a_row0, k0) of a row-major smem tile) * B, where B
-// is stored [n][k] (ldmatrix non-transposed), for kTiles n-tiles of 8 from b_n0, over k in
-// [0, kDepth).
-template <typename Element, typename ATile, typename BTile, int kTiles, int kDepth>
-__device__ __forceinline__ void mma_a_smem_b_nk(float (&acc)[kTiles][4], const Element* a_tile, int a_row0,
-                                                const Element* b_tile, int b_n0, int lane) {
-#pragma unroll
-    for (int k0 = 0; k0 < kDepth; k0 += 16) {
+// The two values of a packed pair as floats (low half first).
+template <typename Element>
+__device__ __forceinline__ float2 unpack(uint32_t pair) {
+    const Element* e = reinterpret_cast<const Element*>(&pair);
+    return make_float2(ElementTraits<Element>::to_float(e[0]), ElementTraits<Element>::to_float(e[1]));
+}
+
+// Fragment addresses are formed once per tile and stepped with constants. Rows: a step of 16
+// rows keeps row % 8, hence the swizzle, so it is a plain add. Columns: the lane's chunk at
+// column step s (16 columns = 2 chunks) is (2s + c) ^ (row % 8) with c in {0, 1}, which equals
+// (2s) ^ (c ^ row % 8): from the step-0 address, flip chunk bits by (2s mod 8) and add whole
+// swizzle periods (8 chunks = 128 bytes). Valid when the step-0 column is a multiple of 64 and
+// the tile starts 128-byte aligned (both hold for every tile here). This keeps one base register
+// per operand instead of one per fragment, which is what keeps the dK/dV kernel out of spills.
+constexpr uint32_t kSwizzlePeriodBytes = kSwizzleRows * kCopyBytes;  // 128
+
+__device__ __forceinline__ uint32_t column_steps(uint32_t address0, int steps) {
+    const int chunks = 2 * steps;
+    return (address0 ^ uint32_t((chunks % kSwizzleRows) * kCopyBytes)) + uint32_t(chunks / kSwizzleRows) * kSwizzlePeriodBytes;
+}
+template <typename Tile>
+__device__ __forceinline__ constexpr uint32_t row_bytes(int rows) { return uint32_t(rows * Tile::kColsCount * 2); }
+
+// acc[kTiles][4] += A * B over k in [0, kDepth): A is 16 rows of a row-major smem tile (ldmatrix
+// address a0 at k = 0), B is stored [n][k] (ldmatrix non-transposed; address b0 at n = 0, k = 0),
+// kTiles n-tiles of 8.
+//
+// Unrolled kSmemStepUnroll k-steps at a time, not in full: fully unrolled, ptxas hoists the
+// fragment loads of every step ahead of the products (5 x 4 registers a step) and the dK/dV
+// kernel spills at D = 128; two steps at a time leave it without spills (-Xptxas -v).
+constexpr int kSmemStepUnroll = 2;
+
+template <typename Element, typename BTile, int kTiles, int kDepth>
+__device__ __forceinline__ void mma_a_smem_b_nk(float (&acc)[kTiles][4], uint32_t a0, uint32_t b0) {
+#pragma unroll kSmemStepUnroll
+    for (int s = 0; s < kDepth / 16; ++s) {
         uint32_t a[4];
-        ldmatrix_x4(a, a_fragment_address<ATile>(a_tile, a_row0, k0, lane));
+        ldmatrix_x4(a, column_steps(a0, s));
+        const uint32_t b_step = column_steps(b0, s);
 #pragma unroll
         for (int t = 0; t < kTiles; t += 2) {
             uint32_t b[4];
-            ldmatrix_x4(b, b_fragment_address_nk<BTile>(b_tile, b_n0 + t * kMmaCols, k0, lane));
-            const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-            mma_16816<Element>(acc[t], a, b0);
-            mma_16816<Element>(acc[t + 1], a, b1);
+            ldmatrix_x4(b, b_step + row_bytes<BTile>(t * kMmaCols));
+            const uint32_t left[2] = {b[0], b[1]}, right[2] = {b[2], b[3]};
+            mma_16816<Element>(acc[t], a, left);
+            mma_16816<Element>(acc[t + 1], a, right);
         }
     }
 }
 
-// acc[kTiles][4] += A * B where A is in registers as accumulator tiles a_acc[kDepth / 8][4]
-// (16 rows x kDepth), and B (kDepth x cols) is stored [k][n] (ldmatrix transposed), n from b_n0.
+// acc[kTiles][4] += A * B where A is in registers, packed (a[kDepth / 16][4], one A fragment per
+// 16 k), and B (kDepth x 8 kTiles) is stored [k][n] (ldmatrix transposed; address b0 at k = 0,
+// n = 0 of the columns wanted).
 template <typename Element, typename BTile, int kTiles, int kDepth>
-__device__ __forceinline__ void mma_a_regs_b_kn(float (&acc)[kTiles][4], const float (&a_acc)[kDepth / kMmaCols][4],
-                                                const Element* b_tile, int b_k0, int b_n0, int lane) {
-#pragma unroll
+__device__ __forceinline__ void mma_a_regs_b_kn(float (&acc)[kTiles][4], const uint32_t (&a)[kDepth / 16][4],
+                                                uint32_t b0) {
+#pragma unroll  // in full: a[k] must stay in registers, and a runtime k would put it in local memory
     for (int k = 0; k < kDepth / 16; ++k) {
-        uint32_t a[4];
-        accumulators_to_a<Element>(a, a_acc[2 * k], a_acc[2 * k + 1]);
 #pragma unroll
         for (int t = 0; t < kTiles; t += 2) {
             uint32_t b[4];
-            ldmatrix_x4_trans(b, b_fragment_address_kn<BTile>(b_tile, b_k0 + 16 * k, b_n0 + t * kMmaCols, lane));
-            const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-            mma_16816<Element>(acc[t], a, b0);
-            mma_16816<Element>(acc[t + 1], a, b1);
+            ldmatrix_x4_trans(b, column_steps(b0, t / 2) + row_bytes<BTile>(16 * k));
+            const uint32_t left[2] = {b[0], b[1]}, right[2] = {b[2], b[3]};
+            mma_16816<Element>(acc[t], a[k], left);
+            mma_16816<Element>(acc[t + 1], a[k], right);
         }
     }
+}
+
+template <int kTiles>
+__device__ __forceinline__ void zero(float (&acc)[kTiles][4]) {
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[t][e] = 0.0f;
 }
 
 // --- preprocess ------------------------------------------------------------------------------
@@ -158,9 +194,11 @@ struct DkDvSmem {
     using KTile = SmemTile<T::kBlockN, kHeadDim>;    // K and V of the CTA's keys
     using QTile = SmemTile<T::kBlockM, kHeadDim>;    // Q and dO of one query block
     using DsTile = SmemTile<T::kBlockN, T::kBlockM>; // dS^T of one tile, [key][query], for dQ = dS K
-    static constexpr int kStages = 2;                // Q / dO double-buffered: load the next block while computing
+    // Q / dO double-buffered: the next block loads while this one is computed. dS^T as well:
+    // tile i's dQ = dS K runs in iteration i + 1, after the one barrier per iteration.
+    static constexpr int kStages = 2;
     static constexpr int kBytes = 2 * KTile::kBytes + 2 * kStages * QTile::kBytes +
-                                  2 * kStages * T::kBlockM * int(sizeof(float)) + DsTile::kBytes;
+                                  2 * kStages * T::kBlockM * int(sizeof(float)) + kStages * DsTile::kBytes;
 };
 
 // grid (key blocks, Hk * kColSplits, B); block kThreads.
@@ -184,7 +222,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     Element* const do_smem = q_smem + Smem::kStages * QTile::kElements;  // [kStages]
     float* const lse_smem = reinterpret_cast<float*>(do_smem + Smem::kStages * QTile::kElements);  // [kStages][kBlockM]
     float* const di_smem = lse_smem + Smem::kStages * kBlockM;
-    Element* const ds_smem = reinterpret_cast<Element*>(di_smem + Smem::kStages * kBlockM);
+    Element* const ds_smem = reinterpret_cast<Element*>(di_smem + Smem::kStages * kBlockM);  // [kStages]
 
     const int32_t key_block = blockIdx.x;
     const int32_t kv_head = blockIdx.y / T::kColSplits;
@@ -235,14 +273,56 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     };
 
     float dv_acc[kOutTiles][4], dk_acc[kOutTiles][4];
+    zero(dv_acc);
+    zero(dk_acc);
+
+    // Per-lane ldmatrix addresses at step 0 (stepped with constants in the products).
+    const int32_t warp_key0 = warp * kMmaRows;
+    const uint32_t k_fragment = a_fragment_address<KTile>(k_smem, warp_key0, 0, lane);
+    const uint32_t v_fragment = a_fragment_address<KTile>(v_smem, warp_key0, 0, lane);
+    const uint32_t q_address = shared_address(q_smem), do_address = shared_address(do_smem);
+    // Offsets from a Q / dO stage's start: B as [query][d] (S^T, dP^T), B as [query][col] (dV, dK).
+    const uint32_t q_nk_lane = b_fragment_address_nk<QTile>(q_smem, 0, 0, lane) - q_address;
+    const uint32_t out_kn_lane = b_fragment_address_kn<QTile>(q_smem, 0, col_base, lane) - q_address;
+    // dQ of one tile: this warp's 16 query rows and kDqColsPerWarp columns.
+    const int dq_row0 = (warp % T::kDqRowSlices) * kMmaRows;
+    const int dq_col0 = col_base + (warp / T::kDqRowSlices) * T::kDqColsPerWarp;
+    const uint32_t ds_fragment = a_fragment_address_transposed<DsTile>(ds_smem, dq_row0, 0, lane);
+    // Stepped from col_base (a multiple of 64, as column_steps() needs; dq_col0 need not be).
+    const uint32_t dq_k_fragment = b_fragment_address_kn<KTile>(k_smem, 0, col_base, lane);
+    const int dq_first_step = (dq_col0 - col_base) / 16;
+
+    // dQ (kBlockM x kOutCols) += dS K of one tile, split among the warps, added into the float32
+    // accumulator. Padded rows exist there (and add zeros): no bounds check needed.
+    auto accumulate_dq = [&](int ds_stage, int32_t head, int32_t row_begin) {
+        constexpr int kDqTiles = T::kDqColsPerWarp / kMmaCols;
+        const uint32_t ds_tile = ds_fragment + ds_stage * DsTile::kBytes;
+        float dq[kDqTiles][4];
+        zero(dq);
 #pragma unroll
-    for (int t = 0; t < kOutTiles; ++t)
+        for (int k0 = 0; k0 < kBlockN; k0 += 16) {
+            uint32_t a[4];
+            ldmatrix_x4_trans(a, ds_tile + row_bytes<DsTile>(k0));
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dv_acc[t][e] = dk_acc[t][e] = 0.0f;
+            for (int t = 0; t < kDqTiles; t += 2) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, column_steps(dq_k_fragment, dq_first_step + t / 2) + row_bytes<KTile>(k0));
+                const uint32_t left[2] = {b[0], b[1]}, right[2] = {b[2], b[3]};
+                mma_16816<Element>(dq[t], a, left);
+                mma_16816<Element>(dq[t + 1], a, right);
+            }
+        }
+        float* const dq_rows = scratch.dq_accum + scratch.row(batch, head, p.q_heads, row_begin + dq_row0) * kHeadDim;
+#pragma unroll
+        for (int t = 0; t < kDqTiles; ++t) {
+            const int col = dq_col0 + t * kMmaCols + 2 * quad;
+            red_add_pair(dq_rows + group * kHeadDim + col, dq[t][0], dq[t][1]);
+            red_add_pair(dq_rows + (group + 8) * kHeadDim + col, dq[t][2], dq[t][3]);
+        }
+    };
 
     // This thread's two keys (rows group and group + 8 of the warp's 16) and their columns'
     // intervals for the current head's mask, refreshed when a Partial tile needs them.
-    const int32_t warp_key0 = warp * kMmaRows;
     const int32_t my_key[2] = {key0 + warp_key0 + group, key0 + warp_key0 + group + 8};
     ColumnIntervals my_columns[2] = {all_rows_masked(), all_rows_masked()};
     int32_t columns_head = -1;
@@ -256,28 +336,30 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         load_query_block(0, head_index, q_block);
         cp_async_commit();
     }
+    // dQ of the previous tile, whose dS^T waits in ds_smem[dq_stage] (non-deterministic mode).
+    bool dq_pending = false;
+    int32_t dq_head = 0, dq_row_begin = 0, dq_stage = 0;
+    // One barrier per iteration: after it, this tile's Q / dO have landed for every thread, and
+    // every warp is done with the previous iteration, so its Q / dO stage may be overwritten by
+    // the next block's loads and its dS^T (written before the barrier) may be read.
     for (int stage = 0; head_index < heads_per_group; stage ^= 1) {
         const int32_t head = first_head + head_index, row0 = q_block * kBlockM;
         const TileKind this_kind = kind;
-        advance(head_index, q_block, kind);
-        if (head_index < heads_per_group) load_query_block(stage ^ 1, head_index, q_block);
-        cp_async_commit();
-        cp_async_wait<1>();
+        cp_async_wait<0>();
         __syncthreads();
+        advance(head_index, q_block, kind);
+        if (head_index < heads_per_group) {
+            load_query_block(stage ^ 1, head_index, q_block);
+            cp_async_commit();
+        }
+        if constexpr (kAccumulateDq) {
+            if (dq_pending) accumulate_dq(dq_stage, dq_head, dq_row_begin);
+        }
 
-        const Element* const q_tile = q_smem + stage * QTile::kElements;
-        const Element* const do_tile = do_smem + stage * QTile::kElements;
+        const uint32_t q_tile = q_address + stage * QTile::kBytes;
+        const uint32_t do_tile = do_address + stage * QTile::kBytes;
         const float* const lse_tile = lse_smem + stage * kBlockM;
         const float* const di_tile = di_smem + stage * kBlockM;
-
-        // S^T = K Q^T and dP^T = V dO^T: the warp's 16 keys x kBlockM queries.
-        float st[kQueryTiles][4], dpt[kQueryTiles][4];
-#pragma unroll
-        for (int t = 0; t < kQueryTiles; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) st[t][e] = dpt[t][e] = 0.0f;
-        mma_a_smem_b_nk<Element, KTile, QTile, kQueryTiles, kHeadDim>(st, k_smem, warp_key0, q_tile, 0, lane);
-        mma_a_smem_b_nk<Element, KTile, QTile, kQueryTiles, kHeadDim>(dpt, v_smem, warp_key0, do_tile, 0, lane);
 
         if (this_kind == TileKind::Partial && columns_head != head) {
             const int32_t mask_head = p.mask.mask_head(head);
@@ -285,68 +367,78 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             my_columns[1] = key_intervals(p.mask, batch, mask_head, my_key[1]);
             columns_head = head;
         }
-        // P^T in st, dS^T in dpt. Element e of tile t: key my_key[e / 2], query 8t + 2 quad + e % 2.
-#pragma unroll
-        for (int t = 0; t < kQueryTiles; ++t) {
-            const int q = t * kMmaCols + 2 * quad;
-            const float2 lse = *reinterpret_cast<const float2*>(lse_tile + q);
-            const float2 di = *reinterpret_cast<const float2*>(di_tile + q);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float prob = exp2_approx(fmaf(st[t][e], scale_log2, -(e % 2 ? lse.y : lse.x)));
-                if (this_kind == TileKind::Partial && my_columns[e / 2].masks(row0 + q + e % 2)) prob = 0.0f;
-                st[t][e] = prob;
-                dpt[t][e] = prob * (dpt[t][e] - (e % 2 ? di.y : di.x));
-            }
-        }
-        // dV += P^T dO, dK += dS^T Q (scaled at the end).
-        mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dv_acc, st, do_tile, 0, col_base, lane);
-        mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dk_acc, dpt, q_tile, 0, col_base, lane);
 
-        if constexpr (kAccumulateDq) {
-            // dS^T to shared memory, then dQ (kBlockM x kOutCols) = dS K split among the warps.
+        // S^T = K Q^T (the warp's 16 keys x kBlockM queries), then P^T, packed to 16 bits as the
+        // A operand of dV += P^T dO. Element e of tile t: key my_key[e / 2], query 8t + 2 quad + e % 2.
+        uint32_t pt[kBlockM / 16][4];
+        {
+            float st[kQueryTiles][4];
+            zero(st);
+            mma_a_smem_b_nk<Element, QTile, kQueryTiles, kHeadDim>(st, k_fragment, q_tile + q_nk_lane);
 #pragma unroll
             for (int t = 0; t < kQueryTiles; ++t) {
                 const int q = t * kMmaCols + 2 * quad;
-                *reinterpret_cast<uint32_t*>(ds_smem + DsTile::offset(warp_key0 + group, q)) =
-                    ElementTraits<Element>::pack(dpt[t][0], dpt[t][1]);
-                *reinterpret_cast<uint32_t*>(ds_smem + DsTile::offset(warp_key0 + group + 8, q)) =
-                    ElementTraits<Element>::pack(dpt[t][2], dpt[t][3]);
-            }
-            __syncthreads();
-            constexpr int kDqTiles = T::kDqColsPerWarp / kMmaCols;
-            const int q_row0 = (warp % T::kDqRowSlices) * kMmaRows;
-            const int dq_col0 = col_base + (warp / T::kDqRowSlices) * T::kDqColsPerWarp;
-            float dq[kDqTiles][4];
+                const float2 lse = *reinterpret_cast<const float2*>(lse_tile + q);
 #pragma unroll
-            for (int t = 0; t < kDqTiles; ++t)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) dq[t][e] = 0.0f;
-#pragma unroll
-            for (int k0 = 0; k0 < kBlockN; k0 += 16) {
-                uint32_t a[4];
-                ldmatrix_x4_trans(a, a_fragment_address_transposed<DsTile>(ds_smem, q_row0, k0, lane));
-#pragma unroll
-                for (int t = 0; t < kDqTiles; t += 2) {
-                    uint32_t b[4];
-                    ldmatrix_x4_trans(b, b_fragment_address_kn<KTile>(k_smem, k0, dq_col0 + t * kMmaCols, lane));
-                    const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-                    mma_16816<Element>(dq[t], a, b0);
-                    mma_16816<Element>(dq[t + 1], a, b1);
+                for (int e = 0; e < 4; ++e) {
+                    float prob = exp2_approx(fmaf(st[t][e], scale_log2, -(e % 2 ? lse.y : lse.x)));
+                    if (this_kind == TileKind::Partial && my_columns[e / 2].masks(row0 + q + e % 2)) prob = 0.0f;
+                    st[t][e] = prob;
                 }
             }
-            // Padded rows exist in the accumulator (and add zeros): no bounds check needed.
-            float* const dq_rows = scratch.dq_accum + scratch.row(batch, head, p.q_heads, row0 + q_row0) * kHeadDim;
 #pragma unroll
-            for (int t = 0; t < kDqTiles; ++t) {
-                const int col = dq_col0 + t * kMmaCols + 2 * quad;
-                atomicAdd(dq_rows + group * kHeadDim + col, dq[t][0]);
-                atomicAdd(dq_rows + group * kHeadDim + col + 1, dq[t][1]);
-                atomicAdd(dq_rows + (group + 8) * kHeadDim + col, dq[t][2]);
-                atomicAdd(dq_rows + (group + 8) * kHeadDim + col + 1, dq[t][3]);
-            }
+            for (int k = 0; k < kBlockM / 16; ++k) accumulators_to_a<Element>(pt[k], st[2 * k], st[2 * k + 1]);
         }
-        __syncthreads();  // the next iteration's loads overwrite this stage (and dS^T)
+        mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dv_acc, pt, do_tile + out_kn_lane);
+
+        // dP^T = V dO^T, dS^T = P^T * (dP^T - Di), packed: the A operand of dK += dS^T Q (scaled
+        // at the end) and, through shared memory, of dQ += dS K. P^T is taken back from its
+        // packed 16-bit form: the value that entered dV.
+        uint32_t dst[kBlockM / 16][4];
+        {
+            float dpt[kQueryTiles][4];
+            zero(dpt);
+            mma_a_smem_b_nk<Element, QTile, kQueryTiles, kHeadDim>(dpt, v_fragment, do_tile + q_nk_lane);
+#pragma unroll
+            for (int t = 0; t < kQueryTiles; ++t) {
+                const int q = t * kMmaCols + 2 * quad;
+                const float2 di = *reinterpret_cast<const float2*>(di_tile + q);
+                // tile t is the left (even t) or right half of A fragment t / 2: registers 0, 1 or 2, 3
+                const float2 p_top = unpack<Element>(pt[t / 2][(t % 2) * 2]);
+                const float2 p_bottom = unpack<Element>(pt[t / 2][(t % 2) * 2 + 1]);
+                dpt[t][0] = p_top.x * (dpt[t][0] - di.x);
+                dpt[t][1] = p_top.y * (dpt[t][1] - di.y);
+                dpt[t][2] = p_bottom.x * (dpt[t][2] - di.x);
+                dpt[t][3] = p_bottom.y * (dpt[t][3] - di.y);
+            }
+#pragma unroll
+            for (int k = 0; k < kBlockM / 16; ++k) accumulators_to_a<Element>(dst[k], dpt[2 * k], dpt[2 * k + 1]);
+        }
+        mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dk_acc, dst, q_tile + out_kn_lane);
+
+        if constexpr (kAccumulateDq) {
+            // dS^T to shared memory, [key][query], for dQ in the next iteration. Fragment k's
+            // registers: (key, query 16k + 2 quad) for keys group, group + 8 and queries +0, +8.
+            Element* const ds_tile = ds_smem + stage * DsTile::kElements;
+#pragma unroll
+            for (int k = 0; k < kBlockM / 16; ++k) {
+                const int q = 16 * k + 2 * quad;
+                *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group, q)) = dst[k][0];
+                *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group + 8, q)) = dst[k][1];
+                *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group, q + 8)) = dst[k][2];
+                *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group + 8, q + 8)) = dst[k][3];
+            }
+            dq_pending = true;
+            dq_head = head;
+            dq_row_begin = row0;
+            dq_stage = stage;
+        }
+    }
+    if constexpr (kAccumulateDq) {
+        if (dq_pending) {
+            __syncthreads();
+            accumulate_dq(dq_stage, dq_head, dq_row_begin);
+        }
     }
 
     // dK = scale * dS^T Q and dV: this thread's two keys, pairs of columns.
@@ -442,10 +534,15 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
     }
 
     float dq[kOutTiles][4];
-#pragma unroll
-    for (int t = 0; t < kOutTiles; ++t)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dq[t][e] = 0.0f;
+    zero(dq);
+
+    // Per-lane ldmatrix addresses at step 0 (stepped with constants in the products).
+    const uint32_t q_fragment = a_fragment_address<QTile>(q_smem, warp_row0, 0, lane);
+    const uint32_t do_fragment = a_fragment_address<QTile>(do_smem, warp_row0, 0, lane);
+    const uint32_t k_address = shared_address(k_smem), v_address = shared_address(v_smem);
+    // Offsets from a K / V stage's start: B as [key][d] (S, dP) and as [key][col] (dQ).
+    const uint32_t kv_nk_lane = b_fragment_address_nk<KTile>(k_smem, 0, 0, lane) - k_address;
+    const uint32_t k_kn_lane = b_fragment_address_kn<KTile>(k_smem, 0, col_base, lane) - k_address;
 
     int32_t key_block = -1;
     TileKind kind = TileKind::Skipped;
@@ -457,43 +554,60 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         load_key_block(0, key_block, kind);
         cp_async_commit();
     }
+    // One barrier per iteration, as in the dK/dV kernel: after it this block's K / V (and column
+    // intervals) are visible, and the previous stage is free for the next block's loads.
     for (int stage = 0; key_block < key_blocks; stage ^= 1) {
-        const int32_t key0 = key_block * kBlockN;
         const TileKind this_kind = kind;
-        advance(key_block, kind);
-        if (key_block < key_blocks) load_key_block(stage ^ 1, key_block, kind);
-        cp_async_commit();
-        cp_async_wait<1>();
+        cp_async_wait<0>();
         __syncthreads();
+        advance(key_block, kind);
+        if (key_block < key_blocks) {
+            load_key_block(stage ^ 1, key_block, kind);
+            cp_async_commit();
+        }
 
-        const Element* const k_tile = k_smem + stage * KTile::kElements;
-        const Element* const v_tile = v_smem + stage * KTile::kElements;
+        const uint32_t k_tile = k_address + stage * KTile::kBytes;
+        const uint32_t v_tile = v_address + stage * KTile::kBytes;
         const ColumnIntervals* const columns = columns_smem + stage * kBlockN;
 
-        // S = Q K^T, dP = dO V^T: the warp's 16 queries x kBlockN keys.
-        float s[kKeyTiles][4], dp[kKeyTiles][4];
+        // S = Q K^T, dP = dO V^T: the warp's 16 queries x kBlockN keys; dS = P * (dP - Di) in dp.
+        // Element e of tile t: row my_row[e / 2], key 8t + 2 quad + e % 2.
+        uint32_t ds[kBlockN / 16][4];
+        {
+            float s[kKeyTiles][4], dp[kKeyTiles][4];
+            zero(s);
+            zero(dp);
+            mma_a_smem_b_nk<Element, KTile, kKeyTiles, kHeadDim>(s, q_fragment, k_tile + kv_nk_lane);
+            mma_a_smem_b_nk<Element, KTile, kKeyTiles, kHeadDim>(dp, do_fragment, v_tile + kv_nk_lane);
 #pragma unroll
-        for (int t = 0; t < kKeyTiles; ++t)
+            for (int t = 0; t < kKeyTiles; ++t) {
+                const int key = t * kMmaCols + 2 * quad;
 #pragma unroll
-            for (int e = 0; e < 4; ++e) s[t][e] = dp[t][e] = 0.0f;
-        mma_a_smem_b_nk<Element, QTile, KTile, kKeyTiles, kHeadDim>(s, q_smem, warp_row0, k_tile, 0, lane);
-        mma_a_smem_b_nk<Element, QTile, KTile, kKeyTiles, kHeadDim>(dp, do_smem, warp_row0, v_tile, 0, lane);
-
-        // dS in dp. Element e of tile t: row my_row[e / 2], key 8t + 2 quad + e % 2.
+                for (int e = 0; e < 4; ++e) {
+                    float prob = exp2_approx(fmaf(s[t][e], scale_log2, -my_lse_log2[e / 2]));
+                    if (this_kind == TileKind::Partial && columns[key + e % 2].masks(my_row[e / 2])) prob = 0.0f;
+                    // P rounded to the dtype as in the dK/dV kernel, so both kernels use one dS.
+                    s[t][e] = prob;
+                }
+            }
 #pragma unroll
-        for (int t = 0; t < kKeyTiles; ++t) {
-            const int key = t * kMmaCols + 2 * quad;
+            for (int k = 0; k < kBlockN / 16; ++k) {
+                uint32_t p_packed[4];
+                accumulators_to_a<Element>(p_packed, s[2 * k], s[2 * k + 1]);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float prob = exp2_approx(fmaf(s[t][e], scale_log2, -my_lse_log2[e / 2]));
-                if (this_kind == TileKind::Partial && columns[key + e % 2].masks(my_row[e / 2])) prob = 0.0f;
-                dp[t][e] = prob * (dp[t][e] - my_di[e / 2]);
+                for (int half = 0; half < 2; ++half) {  // left (tile 2k) and right (2k + 1) halves
+                    float (&d)[4] = dp[2 * k + half];
+                    const float2 top = unpack<Element>(p_packed[2 * half]), bottom = unpack<Element>(p_packed[2 * half + 1]);
+                    d[0] = top.x * (d[0] - my_di[0]);
+                    d[1] = top.y * (d[1] - my_di[0]);
+                    d[2] = bottom.x * (d[2] - my_di[1]);
+                    d[3] = bottom.y * (d[3] - my_di[1]);
+                }
+                accumulators_to_a<Element>(ds[k], dp[2 * k], dp[2 * k + 1]);
             }
         }
         // dQ += dS K (scaled at the end).
-        mma_a_regs_b_kn<Element, KTile, kOutTiles, kBlockN>(dq, dp, k_tile, 0, col_base, lane);
-        (void)key0;
-        __syncthreads();  // the next iteration's loads overwrite this stage
+        mma_a_regs_b_kn<Element, KTile, kOutTiles, kBlockN>(dq, ds, k_tile + k_kn_lane);
     }
 
 #pragma unroll

@@ -32,7 +32,7 @@ template <int kHeadDim> struct DkDvTraits;
 // D = 64 and 128: 8 warps x 16 keys = 128 keys per CTA, 64 queries per step. Registers per
 // thread: dK + dV accumulators 2 * (D / 8) * 4 floats (64 / 128), S^T and dP^T 2 * 32 floats:
 // about 230 at D = 128 with addresses, so one CTA of 256 threads per SM (255 registers allowed).
-// Shared memory at D = 128: K, V 2 * 32 KB + Q, dO double-buffered 4 * 16 KB + dS^T 16 KB = 144 KB.
+// Shared memory at D = 128: K, V 2 * 32 KB + Q, dO double-buffered 4 * 16 KB + dS^T double-buffered 2 * 16 KB = 160 KB.
 template <> struct DkDvTraits<64> {
     static constexpr int kWarps = 8;
     static constexpr int kBlockM = 64;   // queries per step: S^T is 16 x 64 per warp (32 floats)
@@ -46,7 +46,7 @@ template <> struct DkDvTraits<128> {
 // D = 256: the accumulators of all 256 columns (2 * 128 floats) do not fit next to S^T and dP^T,
 // so the grid's y dimension splits the output columns into halves of 128; S^T and dP^T are
 // recomputed in full by both halves. K and V of 128 keys x 256 would take 128 KB on their own,
-// so 4 warps (64 keys): K, V 2 * 32 KB + Q, dO double-buffered 4 * 32 KB + dS^T 8 KB = 200 KB.
+// so 4 warps (64 keys): K, V 2 * 32 KB + Q, dO double-buffered 4 * 32 KB + dS^T 2 * 8 KB = 208 KB.
 template <> struct DkDvTraits<256> {
     static constexpr int kWarps = 4;
     static constexpr int kBlockM = 64;

@@ -74,6 +74,20 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return y;
 }
 
+// --- global reductions -----------------------------------------------------------------------
+
+// *address += (a, b) on two adjacent floats (address 8-byte aligned), as one vector reduction
+// where the architecture has it (sm_90: red.global.add.v2.f32), else as two atomicAdds. The
+// result is not returned, so the L2 performs it without a round trip to the thread.
+__device__ __forceinline__ void red_add_pair(float* address, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(address), "f"(a), "f"(b) : "memory");
+#else
+    atomicAdd(address, a);
+    atomicAdd(address + 1, b);
+#endif
+}
+
 // --- shared memory ---------------------------------------------------------------------------
 
 __device__ __forceinline__ uint32_t shared_address(const void* pointer) {
