@@ -68,14 +68,25 @@ protected:
     static int32_t rotated_mask_heads(int n, const GpuCase& c) { return n % 2 ? 1 : c.sizes.q_heads; }
 };
 
-// Sizes 1 and 17 on both axes, two batch entries, float64 reference.
+// Sizes 1 and 17 on both axes, float64 reference. A single query row gets 8 batch entries and
+// 8 query heads (2 KV heads): its dQ and dK carry the rounding of O in rowsum(dO * O), one
+// error shared by the whole row that the naive computation (rowsum(P * dP)) does not make, so
+// over only 8 rows the error ratio to the naive one strays past 2 for a few percent of draws
+// even on the tiled CPU path (measured with this checker: 18 of 240 draws with explicit scales at
+// B = 2, Hq = 4; none at B = 8, Hq = 8).
 TEST_P(GpuCatalogue, SizesOneAndSeventeen) {
     FM_SKIP_WITHOUT_GPU();
     auto rng = test_rng();
     const int32_t extents[][2] = {{1, 1}, {1, 17}, {17, 1}, {17, 17}};
+    constexpr int32_t kSingleRowBatch = 8, kSingleRowQueryHeads = 8;
     int n = 0;
     for (const auto& [nq, nk] : extents) {
         GpuCase c = rotated_case(n, 2, nq, nk, rng);
+        if (nq == 1) {
+            c.sizes.batch = kSingleRowBatch;
+            c.sizes.q_heads = kSingleRowQueryHeads;
+            c.sizes.kv_heads = kSingleRowQueryHeads / kGqaGroup;
+        }
         TestMask mask = mask_for(c.sizes, rotated_mask_heads(n++, c), rng);
         check_gpu_attention(c, mask, rng);
     }
