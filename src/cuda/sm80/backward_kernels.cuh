@@ -238,21 +238,31 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     const float scale_log2 = p.scale * kLog2e;
 
     // The tiles of this CTA, in order: (query head index in the group, query block), Skipped ones left out.
-    auto tile_kind = [&](int32_t head_index, int32_t q_block) {
-        const BlockSummary& s = summaries.at(p.mask, batch, first_head + head_index, key_block);
+    auto tile_kind = [&](const BlockSummary& s, int32_t q_block) {
         const int32_t row0 = q_block * kBlockM;
-        TileKind kind = classify(s, row0, min(row0 + kBlockM, p.nq));
+        const TileKind kind = classify(s, row0, min(row0 + kBlockM, p.nq));
         return kind == TileKind::Full && keys_past_end ? TileKind::Partial : kind;
     };
-    // Moves (head_index, q_block) to the next non-skipped tile; head_index == heads_per_group when none.
+    // Moves (head_index, q_block) to the next non-skipped tile; head_index == heads_per_group when
+    // none. The 32 lanes of each warp classify 32 query blocks at once and the first live one
+    // wins (every thread calls this, so every lane takes part): a mask that skips most blocks
+    // costs a few rounds per CTA, not one dependent summary read per block.
     auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
         while (true) {
-            if (++q_block == q_blocks) {
-                q_block = 0;
+            if (q_block + 1 >= q_blocks) {
+                q_block = -1;
                 if (++head_index == heads_per_group) return;
             }
-            kind = tile_kind(head_index, q_block);
-            if (kind != TileKind::Skipped) return;
+            const BlockSummary s = summaries.at(p.mask, batch, first_head + head_index, key_block);
+            const int32_t candidate = q_block + 1 + lane;
+            const bool live = candidate < q_blocks && tile_kind(s, candidate) != TileKind::Skipped;
+            const unsigned found = __ballot_sync(0xffffffffu, live);
+            if (found != 0) {
+                q_block += __ffs(found);
+                kind = tile_kind(s, q_block);
+                return;
+            }
+            q_block += kWarpSize;
         }
     };
     auto load_query_block = [&](int stage, int32_t head_index, int32_t q_block) {
@@ -506,11 +516,21 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         const TileKind kind = classify(summaries.at(p.mask, batch, head, key_block), row0, row_end);
         return kind == TileKind::Full && (key_block + 1) * kBlockN > p.nk ? TileKind::Partial : kind;
     };
+    // Moves key_block to the next non-skipped block (key_blocks when none), 32 candidates per
+    // round, one per lane, as in the dK/dV kernel.
     auto advance = [&](int32_t& key_block, TileKind& kind) {
-        while (++key_block < key_blocks) {
-            kind = tile_kind(key_block);
-            if (kind != TileKind::Skipped) return;
+        while (key_block + 1 < key_blocks) {
+            const int32_t candidate = key_block + 1 + lane;
+            const bool live = candidate < key_blocks && tile_kind(candidate) != TileKind::Skipped;
+            const unsigned found = __ballot_sync(0xffffffffu, live);
+            if (found != 0) {
+                key_block += __ffs(found);
+                kind = tile_kind(key_block);
+                return;
+            }
+            key_block += kWarpSize;
         }
+        key_block = key_blocks;
     };
     auto load_key_block = [&](int stage, int32_t key_block, TileKind kind) {
         const int32_t key0 = key_block * kBlockN;
