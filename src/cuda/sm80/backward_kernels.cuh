@@ -87,7 +87,7 @@ __device__ __forceinline__ uint32_t column_steps(uint32_t address0, int steps) {
     return (address0 ^ uint32_t((chunks % kSwizzleRows) * kCopyBytes)) + uint32_t(chunks / kSwizzleRows) * kSwizzlePeriodBytes;
 }
 template <typename Tile>
-__device__ __forceinline__ constexpr uint32_t row_bytes(int rows) { return uint32_t(rows * Tile::kColsCount * 2); }
+__device__ __forceinline__ constexpr uint32_t row_bytes(int rows) { return uint32_t(rows * (Tile::kBytes / Tile::kRowsCount)); }
 
 // acc[kTiles][4] += A * B over k in [0, kDepth): A is 16 rows of a row-major smem tile (ldmatrix
 // address a0 at k = 0), B is stored [n][k] (ldmatrix non-transposed; address b0 at n = 0, k = 0),
