@@ -222,7 +222,7 @@ AttentionProblem make_problem(const Sizes& s, DType dtype, const std::optional<T
 
 // CUDA tensors need a build with the kernels, a usable device, and a kernel for the problem's
 // (dtype, D, Dv). Refused with Unsupported otherwise, before anything runs.
-void check_cuda_path(const Validator& check, const AttentionProblem& p) {
+void check_cuda_path(const Validator& check, const AttentionProblem& p, const std::vector<NamedTensor>& tensors) {
 #ifdef FLASHMASK_WITH_CUDA
     if (!cuda_available())
         check.refuse(ErrorCode::Unsupported, "q",
@@ -235,8 +235,29 @@ void check_cuda_path(const Validator& check, const AttentionProblem& p) {
                                 : "head dim D = " + std::to_string(p.head_dim) +
                                       ", the CUDA kernels support D in {64, 128, 256} (the CPU path takes any D)");
     }
+    // A host pointer labelled CUDA would fault inside a kernel (and poison the CUDA context for
+    // the rest of the process), so every operand's memory is asked where it lives first.
+    for (const NamedTensor& t : tensors) {
+        const TensorView& v = *t.view;
+        if (v.numel() == 0) continue;
+        cudaPointerAttributes where{};
+        const cudaError_t status = cudaPointerGetAttributes(&where, v.data);
+        (void)cudaGetLastError();  // an unknown pointer must not linger as the last error
+        const bool on_device = status == cudaSuccess &&
+                               (where.type == cudaMemoryTypeDevice || where.type == cudaMemoryTypeManaged);
+        if (!on_device || where.device != v.device_index) {
+            const std::string found = status != cudaSuccess ? std::string("unknown to CUDA (") + cudaGetErrorName(status) + ")"
+                                      : where.type == cudaMemoryTypeUnregistered ? "ordinary host memory"
+                                      : where.type == cudaMemoryTypeHost         ? "page-locked host memory"
+                                      : "memory of cuda:" + std::to_string(where.device);
+            check.refuse(ErrorCode::InvalidArgument, t.name,
+                         "labelled " + Validator::device_string(v) + " but its data pointer is " + found +
+                             "; expected memory allocated on " + Validator::device_string(v));
+        }
+    }
 #else
     (void)p;
+    (void)tensors;
     check.refuse(ErrorCode::Unsupported, "q",
                  "a CUDA tensor, but this build has no CUDA kernels (configured without nvcc); expected CPU "
                  "tensors (the CPU path takes float32, float16 and bfloat16)");
@@ -274,7 +295,13 @@ AttentionProblem resolve(const char* function, const Args& a, const std::vector<
     p.v = operand(a.v);
     p.out = operand(a.out);
     p.lse = operand(a.lse);
-    if (a.q.device == Device::CUDA) check_cuda_path(check, p);
+    if (a.q.device == Device::CUDA) {
+        std::vector<NamedTensor> operands = {{"q", &a.q, "", false}, {"k", &a.k, "", false}, {"v", &a.v, "", false},
+                                             {"out", &a.out, "", false}, {"lse", &a.lse, "", false}};
+        operands.insert(operands.end(), extra.begin(), extra.end());
+        if (a.startend_row_indices) operands.push_back({"startend_row_indices", &*a.startend_row_indices, "", false});
+        check_cuda_path(check, p, operands);
+    }
     return p;
 }
 

@@ -11,9 +11,13 @@
 namespace flashmask::cuda {
 
 inline void check_cuda(cudaError_t status, const char* what) {
-    if (status != cudaSuccess)
+    if (status != cudaSuccess) {
+        // Clear the error this call left as the "last error" (unless it is sticky), so that the
+        // next check_launch does not blame an innocent launch for it.
+        (void)cudaGetLastError();
         throw Error(ErrorCode::CudaError, "", std::string(what) + ": " + cudaGetErrorName(status) + ": " +
                                                   cudaGetErrorString(status));
+    }
 }
 
 // After a <<<...>>> launch: configuration errors show up here, not at the launch.
