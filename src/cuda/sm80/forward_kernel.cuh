@@ -8,8 +8,10 @@
 //     wait K(n) | issue V(n) | S = Q K^T | wait V(n) | issue K(next) | mask, softmax | O += P V
 //
 // so the load of V overlaps Q K^T and the load of the next K overlaps softmax and P V.
-// Full tiles run without any mask arithmetic; partial tiles read the canonical column
-// intervals (column_intervals(), tiles.hpp) of their kBlockN columns from a shared-memory cache.
+// Full tiles run without any mask arithmetic. For a partial tile, one thread per column reads
+// the column's canonical intervals (column_intervals(), tiles.hpp) and turns them into one
+// 32-bit word of masked rows per warp in shared memory; each S element then costs one bit test.
+// The last key block, when Nk % kBlockN != 0, is always partial: its columns >= Nk are masked.
 //
 // Warp w owns query rows [w * kWarpRows, (w + 1) * kWarpRows) of the block for both products,
 // so S, P and O stay in registers (mma C fragments of S are A fragments of P V, ptx.cuh).
@@ -17,7 +19,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -54,7 +58,9 @@ struct SharedStorage {
     Element q[QTile::kElements];     // also the staging buffer of O in the epilogue (each warp its own rows)
     Element k[KVTile::kElements];
     Element v[KVTile::kElements];
-    int4 column_intervals[Traits::kBlockN];  // partial tiles: lower_start, lower_end, upper_start, upper_end
+    // Partial tiles: bit r of masked_rows[w][j] says whether row r of warp w's rows is masked in
+    // column j of the tile (from column_intervals(); every row for columns >= Nk).
+    uint32_t masked_rows[Traits::kWarps][Traits::kBlockN];
     int32_t block_list[Traits::kThreads];    // BlockEntry values of the current chunk
     int32_t warp_counts[Traits::kWarps];     // non-skipped blocks per warp while compacting a chunk
 
@@ -62,14 +68,10 @@ struct SharedStorage {
     static_assert(QTile::kBytes % kSwizzleBytes == 0 && KVTile::kBytes % kSwizzleBytes == 0, "tiles 128-byte aligned");
 };
 
-// ColumnIntervals::masks() on a cached column (x, y, z, w = lower_start, lower_end, upper_start,
-// upper_end), written without short-circuit operators so that the compiler emits selects, not a
-// branch per element. Canonical intervals have end >= start, so row in [start, end) is one
-// unsigned comparison.
-__device__ __forceinline__ bool masks_without_branches(const int4& c, int32_t row) {
-    const bool lower = uint32_t(row) - uint32_t(c.x) < uint32_t(c.y) - uint32_t(c.x);
-    const bool upper = uint32_t(row) - uint32_t(c.z) < uint32_t(c.w) - uint32_t(c.z);
-    return lower | upper;
+// Rows [begin, end) of a window of 32 rows starting at 0, as bits (bounds relative to the window).
+__device__ __forceinline__ uint32_t row_bits(int32_t begin, int32_t end) {
+    auto below = [](int32_t x) -> uint32_t { return x <= 0 ? 0u : x >= 32 ? ~0u : (1u << x) - 1u; };
+    return below(end) & ~below(begin);
 }
 
 __device__ __forceinline__ float quad_max(float x) {
@@ -105,8 +107,8 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const int32_t
     const int32_t q_block = query_blocks - 1 - int32_t(cta % query_blocks);
     const int64_t batch_head = cta / query_blocks;
     const int32_t head = int32_t(batch_head % p.q_heads), batch = int32_t(batch_head / p.q_heads);
-    // Local copies: taking the address of a kernel parameter (a reference into p) would copy all of p to the stack.
-    const MaskView mask = p.mask;
+    // Read in place from the kernel's parameter space: a local copy would hold 15 more registers.
+    const MaskView& mask = p.mask;
     const int32_t nq = p.nq, nk = p.nk;
     const int32_t kv_head = p.kv_head(head), mask_head = mask.mask_head(head);
     const int32_t row_begin = q_block * kBlockM;
@@ -162,10 +164,11 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const int32_t
         return chunk_count > 0 ? smem.block_list[0] : BlockEntry::kNone;
     };
 
+    const TileLoader<KVTile, kThreads> kv_loader(thread);  // the same per-thread offsets for K and V
     auto load_kv_async = [&](Element* shared, const Element* head_base, int64_t row_stride, int32_t kv_block) {
         const int64_t first_key = int64_t(kv_block) * kBlockN;
         const int valid_rows = int(min(int64_t(kBlockN), int64_t(nk) - first_key));
-        load_tile_async<KVTile, kThreads>(shared, head_base + first_key * row_stride, row_stride, valid_rows);
+        kv_loader.load_async(shared, head_base + first_key * row_stride, row_stride, valid_rows);
         cp_async_commit();
     };
 
@@ -209,7 +212,12 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const int32_t
             const int64_t column = int64_t(kv_block) * kBlockN + thread;
             ColumnIntervals c{0, nq, 0, nq};  // columns past Nk: every row masked
             if (column < nk) c = column_intervals(mask, batch, mask_head, int32_t(column));
-            smem.column_intervals[thread] = make_int4(c.lower_start, c.lower_end, c.upper_start, c.upper_end);
+#pragma unroll
+            for (int w = 0; w < kWarps; ++w) {
+                const int32_t first_row = row_begin + w * Traits::kWarpRows;  // bounds are in [0, Nq]: no overflow
+                smem.masked_rows[w][thread] = row_bits(c.lower_start - first_row, c.lower_end - first_row) |
+                                              row_bits(c.upper_start - first_row, c.upper_end - first_row);
+            }
         }
 
         // S = Q K^T
@@ -241,25 +249,24 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const int32_t
         }
 
         cp_async_wait<0>();  // V(n)
-        __syncthreads();     // ... visible to all, the column cache too; every warp is done with K(n)
+        __syncthreads();     // ... visible to all, the masked-row bits too; every warp is done with K(n)
         ++position;
         const int32_t next = position < chunk_count ? smem.block_list[position] : refill();
         if (next != BlockEntry::kNone) load_kv_async(smem.k, k, p.k.stride[1], BlockEntry::kv_block(next));
 
-        // Partial tiles: -inf where the column's intervals mask the row (columns >= Nk: all rows).
+        // Partial tiles: -inf where the column masks the row. This thread's rows are bits
+        // group + 8 * half + 16 * mt of its warp's word: one shift per column, one test per element.
         if (partial) {
 #pragma unroll
             for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
                 for (int pair = 0; pair < 2; ++pair) {
-                    const int4 c = smem.column_intervals[nt * 8 + 2 * quad + pair];
+                    const uint32_t bits = smem.masked_rows[warp][nt * 8 + 2 * quad + pair] >> group;
 #pragma unroll
                     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-                        for (int half = 0; half < 2; ++half) {
-                            const int32_t row = row_begin + warp_row + mt * 16 + group + 8 * half;
-                            if (masks_without_branches(c, row)) s[mt][nt][2 * half + pair] = kNegInf;
-                        }
+                        for (int half = 0; half < 2; ++half)
+                            if (bits & (1u << (16 * mt + 8 * half))) s[mt][nt][2 * half + pair] = kNegInf;
                 }
         }
 
@@ -275,7 +282,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const int32_t
                     tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
                 const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max));
                 const float base = new_max == kNegInf ? 0.0f : new_max * scale_log2;
-                const float correction = exp2f(row_max[mt][half] * scale_log2 - base);
+                const float correction = exp2_approx(row_max[mt][half] * scale_log2 - base);
                 row_max[mt][half] = new_max;
                 float sum = 0.0f;
 #pragma unroll
@@ -283,7 +290,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const int32_t
 #pragma unroll
                     for (int pair = 0; pair < 2; ++pair) {
                         float& x = s[mt][nt][2 * half + pair];
-                        x = exp2f(fmaf(x, scale_log2, -base));
+                        x = exp2_approx(fmaf(x, scale_log2, -base));
                         sum += x;
                     }
                 row_sum[mt][half] = row_sum[mt][half] * correction + sum;
@@ -362,12 +369,80 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const int32_t
     }
 }
 
-// cp.async and the 16-byte stores need every row of q, k, v and out at a 16-byte address.
-inline bool rows_aligned(const Operand& t) {
-    const bool base = reinterpret_cast<std::uintptr_t>(t.data) % kCopyBytes == 0;
-    return base && t.stride[0] % kCopyAlignmentElements == 0 && t.stride[1] % kCopyAlignmentElements == 0 &&
-           t.stride[2] % kCopyAlignmentElements == 0;
+// --- operands whose rows are not 16-byte aligned ------------------------------------------------
+// cp.async and the 16-byte stores need every row of q, k, v and out at a 16-byte address. SPEC §1
+// accepts any strides with a contiguous last dimension, so an operand that breaks this (a data
+// pointer or a stride of a dimension longer than 1 that is not a multiple of 8 elements) is
+// repacked into contiguous scratch memory around the kernel: correct for every view, and free
+// for the aligned ones every framework produces.
+
+constexpr int kRepackThreads = 256;       // one element per thread per step: a plain copy kernel
+constexpr int kRepackMaxBlocks = 4096;    // grid-stride beyond this; enough to saturate the copy
+
+// A [B, N, H, X] view of 16-bit values in BSHD index order (element strides, last dim contiguous).
+struct RowsView {
+    uint16_t* data;
+    int64_t stride[3];
+};
+
+// A template only so that the six instantiation units that include this header share one
+// definition (a plain __global__ here would be defined six times).
+template <typename RowsViewT>
+__global__ void repack_rows_kernel(const RowsViewT from, const RowsViewT to, const int32_t n, const int32_t heads,
+                                   const int32_t dim, const int64_t elements) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < elements; i += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t row = i / dim, b_n = row / heads, b = b_n / n;
+        const int64_t d = i % dim, h = row % heads, s = b_n % n;
+        to.data[b * to.stride[0] + s * to.stride[1] + h * to.stride[2] + d] =
+            from.data[b * from.stride[0] + s * from.stride[1] + h * from.stride[2] + d];
+    }
 }
+
+// One operand of extents [batch, n, heads, dim] as the kernel sees it: the caller's own when its
+// rows are aligned, else a contiguous copy in scratch memory (copied in, or out, on `stream`).
+class KernelOperand {
+public:
+    KernelOperand(const Operand& caller, int32_t batch, int32_t n, int32_t heads, int32_t dim, cudaStream_t stream)
+        : caller_(caller), extents_{batch, n, heads, dim}, stream_(stream),
+          repacked_(!rows_aligned(caller, extents_)),
+          scratch_(repacked_ ? sizeof(uint16_t) * std::size_t(batch) * n * heads * dim : 0, stream),
+          operand_(caller) {
+        if (!repacked_) return;
+        operand_.data = scratch_.as<void>();
+        operand_.stride[3] = 1;
+        operand_.stride[2] = dim;
+        operand_.stride[1] = int64_t(heads) * dim;
+        operand_.stride[0] = int64_t(n) * heads * dim;
+    }
+    const Operand& operand() const { return operand_; }
+    void copy_in() const { if (repacked_) repack(caller_, operand_); }
+    void copy_out() const { if (repacked_) repack(operand_, caller_); }
+
+private:
+    static bool rows_aligned(const Operand& t, const int32_t (&extents)[4]) {
+        if (reinterpret_cast<std::uintptr_t>(t.data) % kCopyBytes != 0) return false;
+        for (int d = 0; d < 3; ++d)
+            if (extents[d] > 1 && t.stride[d] % kCopyAlignmentElements != 0) return false;
+        return true;
+    }
+    void repack(const Operand& from, const Operand& to) const {
+        const int64_t elements = int64_t(extents_[0]) * extents_[1] * extents_[2] * extents_[3];
+        if (elements == 0) return;
+        const RowsView source{static_cast<uint16_t*>(from.data), {from.stride[0], from.stride[1], from.stride[2]}};
+        const RowsView destination{static_cast<uint16_t*>(to.data), {to.stride[0], to.stride[1], to.stride[2]}};
+        const int64_t blocks = std::min<int64_t>(kRepackMaxBlocks, (elements + kRepackThreads - 1) / kRepackThreads);
+        repack_rows_kernel<RowsView><<<unsigned(blocks), kRepackThreads, 0, stream_>>>(source, destination, extents_[1],
+                                                                             extents_[2], extents_[3], elements);
+        check_launch("flashmask sm80 repack_rows_kernel");
+    }
+
+    Operand caller_;
+    int32_t extents_[4];
+    cudaStream_t stream_;
+    bool repacked_;
+    DeviceScratch scratch_;
+    Operand operand_;
+};
 
 }  // namespace forward_detail
 
@@ -377,15 +452,6 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
     using Traits = ForwardTraits<kHeadDim>;
     if (p.batch == 0 || p.nq == 0) return;  // nothing to write
 
-    const struct { const char* name; const Operand* operand; } operands[] = {
-        {"q", &p.q}, {"k", &p.k}, {"v", &p.v}, {"out", &p.out}};
-    for (const auto& t : operands)
-        if (!rows_aligned(*t.operand))
-            throw Error(ErrorCode::Unsupported, t.name,
-                        std::string("flashmask::forward: ") + t.name +
-                            ": the CUDA kernel expects 16-byte aligned rows (data pointer and strides of "
-                            "dimensions 0-2 multiples of 8 elements)");
-
     const int32_t query_blocks = ceil_div(p.nq, Traits::kBlockM);
     const int64_t ctas = int64_t(query_blocks) * p.q_heads * p.batch;
     if (ctas > std::numeric_limits<int32_t>::max())
@@ -393,12 +459,26 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
                     "flashmask::forward: " + std::to_string(ctas) + " query blocks x heads x batch exceed the grid limit");
 
     const BlockSummaries summaries(p.mask, p.batch, p.q_heads, Traits::kBlockN, stream);
+    const KernelOperand q(p.q, p.batch, p.nq, p.q_heads, p.head_dim, stream);
+    const KernelOperand k(p.k, p.batch, p.nk, p.kv_heads, p.head_dim, stream);
+    const KernelOperand v(p.v, p.batch, p.nk, p.kv_heads, p.value_dim, stream);
+    const KernelOperand out(p.out, p.batch, p.nq, p.q_heads, p.value_dim, stream);
+    q.copy_in();
+    k.copy_in();
+    v.copy_in();
+    AttentionProblem kernel_problem = p;
+    kernel_problem.q = q.operand();
+    kernel_problem.k = k.operand();
+    kernel_problem.v = v.operand();
+    kernel_problem.out = out.operand();
+
     auto* kernel = forward_kernel<Element, kHeadDim>;
     constexpr int kSmemBytes = int(sizeof(SharedStorage<Element, kHeadDim>));
     if (kSmemBytes > kDefaultDynamicSmem)
         FM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    kernel<<<unsigned(ctas), Traits::kThreads, kSmemBytes, stream>>>(p, summaries.table(), query_blocks);
+    kernel<<<unsigned(ctas), Traits::kThreads, kSmemBytes, stream>>>(kernel_problem, summaries.table(), query_blocks);
     check_launch("flashmask sm80 forward_kernel");
+    out.copy_out();
 }
 
 }  // namespace flashmask::cuda::sm80

@@ -1,6 +1,16 @@
 // The tile shapes of the portable (sm80+) forward kernel, one row per head dim, and the entry
 // point that the explicit-instantiation units (src/cuda/instantiations/forward_sm80_*.cu) define.
 // Every constant says why it has its value; change them here and nowhere else.
+//
+// Measured on an H100 80GB HBM3 (bf16, B = 2, H = 32, N = 8192, CLI median of 20-30, effective
+// TFLOP/s; PyTorch SDPA's FlashAttention-2 backend on the same kind of card: D=64 296/279,
+// D=128 354/333, D=256 331/313 full/causal). Tried and not kept, at D = 128:
+//   kBlockN = 32:                         full 323 vs 330, causal 303 vs 305 (more barriers per key)
+//   kBlockM = 64 (16 rows/warp, 4 CTAs/SM): full 294 vs 335, causal 284 vs 314 (K/V fragments
+//                                          feed one mma instead of two: shared-memory bound)
+//   K double-buffered (K(next) issued before S(n)): full 337 vs 335, masks 1-4 % slower
+//   O rescale skipped when no row max changed (warp vote): full 330-335, masks 2-15 % slower
+// and at D = 64 kBlockN = 128: full 298 vs 299, causal 278 vs 274 (no gain).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -15,25 +25,25 @@ namespace flashmask::cuda::sm80 {
 // the S tile kMTiles * kBlockN / 2 floats; both live through the whole key loop.
 template <int kHeadDim> struct ForwardTileShape;
 
-// D = 64: O 64 + S 64 floats per thread with 4 warps of 32 rows. kBlockN = 64 keeps the
-// partial-tile column cache and the key loop granularity the same as D = 128.
+// D = 64: O 64 + S 64 floats per thread with 4 warps of 32 rows (232 registers, no spills).
 template <> struct ForwardTileShape<64> {
-    static constexpr int kWarps = 4;            // 128 threads: 4 CTAs/SM by registers
+    static constexpr int kWarps = 4;            // 128 threads
     static constexpr int kBlockM = 128;         // 32 rows (2 m16 tiles) per warp: each K/V fragment feeds 2 mma
-    static constexpr int kBlockN = 64;          // S tile of 64 floats/thread
+    static constexpr int kBlockN = 64;          // 128 measured no faster (above)
     static constexpr int kMinBlocksPerSM = 2;   // caps registers at 255 (65536 / (128 * 2))
 };
 
-// D = 128: O 128 + S 64 floats per thread, the FlashAttention-2 shape for Hopper/Ampere.
+// D = 128: O 128 + S 64 floats per thread, the FlashAttention-2 shape for Hopper/Ampere
+// (255 registers, about 100 bytes of spills outside the mma sequences).
 template <> struct ForwardTileShape<128> {
     static constexpr int kWarps = 4;            // 128 threads
-    static constexpr int kBlockM = 128;         // 32 rows (2 m16 tiles) per warp
-    static constexpr int kBlockN = 64;          // 128 + 64 accumulators fit 255 registers; 128 would not
-    static constexpr int kMinBlocksPerSM = 2;   // 2 x 64 KB shared memory and 2 x 32K registers per SM
+    static constexpr int kBlockM = 128;         // 32 rows (2 m16 tiles) per warp; 64 measured 12 % slower
+    static constexpr int kBlockN = 64;          // 128 would not fit the registers; 32 measured slower
+    static constexpr int kMinBlocksPerSM = 2;   // 2 x 65 KB shared memory and 2 x 32K registers per SM
 };
 
 // D = 256: O alone is 128 floats per thread at 16 rows per warp, so the rows are spread over
-// 8 warps (one m16 tile each) to leave room for S.
+// 8 warps (one m16 tile each) to leave room for S (253 registers, no spills).
 template <> struct ForwardTileShape<256> {
     static constexpr int kWarps = 8;            // 256 threads
     static constexpr int kBlockM = 128;         // 16 rows (1 m16 tile) per warp
@@ -51,7 +61,9 @@ struct ForwardTraits : ForwardTileShape<kHeadDim_> {
     static constexpr int kNTiles = Shape::kBlockN / 8;                // n8 tiles of S per warp
     static constexpr int kDTiles = kHeadDim / 8;                      // n8 tiles of O per warp
     static_assert(kWarpRows % 16 == 0, "each warp owns whole m16 tiles");
+    static_assert(kWarpRows <= 32, "a partial tile's masked rows of one warp fit one 32-bit word per column");
     static_assert(Shape::kBlockN % 16 == 0 && kHeadDim % 16 == 0, "k16 steps of the two products");
+    static_assert(Shape::kBlockN <= kThreads, "one thread per column fills the partial-tile mask");
 };
 
 // Writes p.out and p.lse for one (dtype, head dim): builds the block summaries at kBlockN

@@ -84,4 +84,57 @@ __device__ __forceinline__ uint32_t a_fragment_address_transposed(const Element*
     return shared_address(shared + Tile::offset(col0 + (matrix / 2) * 8 + lane % 8, row0 + (matrix % 2) * kChunkElements));
 }
 
+
+// load_tile_async() with its per-thread work done once. When kThreads is a multiple of the
+// chunks per row, a thread copies the same column chunk of rows first_row, first_row + kRowStep,
+// ...; with kRowStep a multiple of the swizzle period that chunk sits at the same swizzled
+// position in each of those rows, so the thread's shared offsets are one base plus constants and
+// its global offsets one base plus multiples of kRowStep rows: a loop-carried kernel keeps two
+// values instead of an address pair per copy. Same copies, same zero fill as load_tile_async().
+template <typename Tile, int kThreads>
+struct TileLoader {
+    static_assert(kThreads % Tile::kChunksPerRow == 0, "each thread copies one column chunk");
+    static constexpr int kRowStep = kThreads / Tile::kChunksPerRow;
+    static_assert(kRowStep % kSwizzleRows == 0, "the swizzled chunk repeats every kRowStep rows");
+    static_assert(Tile::kRowsCount % kRowStep == 0, "every thread copies the same number of chunks");
+    static constexpr int kCopies = Tile::kRowsCount / kRowStep;
+
+    int first_row, col, shared_offset;  // of this thread; shared_offset in elements
+
+    __device__ __forceinline__ explicit TileLoader(int thread)
+        : first_row(thread / Tile::kChunksPerRow),
+          col((thread % Tile::kChunksPerRow) * kChunkElements),
+          shared_offset(Tile::offset(first_row, col)) {}
+
+    // Rows [0, kRowsCount) of the row-major global tile at `global` (row r at global + r *
+    // row_stride); rows >= valid_rows zero filled. Issues cp.async only: the caller commits.
+    template <typename Element>
+    __device__ __forceinline__ void load_async(Element* shared, const Element* global, int64_t row_stride,
+                                               int valid_rows) const {
+        const uint32_t destination = shared_address(shared + shared_offset);
+        const Element* source = global + first_row * row_stride + col;
+#pragma unroll
+        for (int i = 0; i < kCopies; ++i) {
+            const bool valid = first_row + i * kRowStep < valid_rows;
+            cp_async_16(destination + uint32_t(i * kRowStep * Tile::kColsCount * 2),
+                        valid ? source + int64_t(i * kRowStep) * row_stride : global, valid);
+        }
+    }
+};
+
+// The fragment addresses above, advanced by `step` whole 16-column steps (col0 + 16 * step)
+// without recomputing the swizzle: with c = the lane's chunk within the 16 columns (0 or 1) and
+// r = row % 8, the chunk of step s is (2s + c) ^ r == (2s) ^ (c ^ r), because 2s is even and
+// c < 2. So from the step-0 address the step flips chunk bits 1-2 (an XOR of (2s mod 8) chunks)
+// and adds whole swizzle periods of 8 chunks. A constant XOR and a constant add per step lets the
+// compiler keep one base register per operand instead of one address register per fragment.
+// Requires: `address0` from a *_fragment_address helper at col0 = 0 (or any multiple of 128
+// columns), and the tile's shared address 128-byte aligned (a whole swizzle period).
+constexpr int kSwizzleBytes = kSwizzleRows * kCopyBytes;  // 128: one swizzle period of 8 chunks
+
+__device__ __forceinline__ uint32_t advance_column_steps(uint32_t address0, int step) {
+    const int chunks = 2 * step;  // 16 columns = 2 chunks
+    return (address0 ^ uint32_t((chunks % kSwizzleRows) * kCopyBytes)) + uint32_t((chunks / kSwizzleRows) * kSwizzleBytes);
+}
+
 }  // namespace flashmask::cuda::sm80
