@@ -235,6 +235,13 @@ void check_cuda_path(const Validator& check, const AttentionProblem& p, const st
                                 : "head dim D = " + std::to_string(p.head_dim) +
                                       ", the CUDA kernels support D in {64, 128, 256} (the CPU path takes any D)");
     }
+    int devices = 0;
+    FM_CUDA_CHECK(cudaGetDeviceCount(&devices));
+    if (p.batch >= 0 && (tensors.front().view->device_index < 0 || tensors.front().view->device_index >= devices))
+        check.refuse(ErrorCode::InvalidArgument, tensors.front().name,
+                     "is on " + Validator::device_string(*tensors.front().view) + ", but this process sees " +
+                         std::to_string(devices) + " CUDA device(s); expected an index in [0, " +
+                         std::to_string(devices) + ")");
     // A host pointer labelled CUDA would fault inside a kernel (and poison the CUDA context for
     // the rest of the process), so every operand's memory is asked where it lives first.
     for (const NamedTensor& t : tensors) {

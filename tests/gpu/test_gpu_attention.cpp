@@ -334,11 +334,11 @@ TEST(GpuAttention, RunsOnTheGivenStream) {
 // CUDA errors come back as flashmask::Error(CudaError), and leave CUDA usable.
 // ---------------------------------------------------------------------------------------------
 
-// A device index that does not exist: cudaSetDevice fails inside the API. Expected: Error with
-// code CudaError and CUDA's message, nothing written, the caller's device unchanged, and no
-// stale error left in CUDA's last-error state (which the next check_launch() would otherwise
-// report against an innocent launch).
-TEST(GpuErrors, InvalidDeviceIndexIsCudaError) {
+// A device index that does not exist is refused before anything runs: Error(InvalidArgument)
+// naming q and the device count, nothing written, the caller's device unchanged, and no stale
+// error left in CUDA's last-error state (which the next check_launch() would otherwise report
+// against an innocent launch).
+TEST(GpuErrors, InvalidDeviceIndexIsRefused) {
     FM_SKIP_WITHOUT_GPU();
     auto rng = test_rng();
     int devices = 0, device_before = 0, device_after = -1;
@@ -356,8 +356,10 @@ TEST(GpuErrors, InvalidDeviceIndexIsCudaError) {
         forward(fa);
         ADD_FAILURE() << "forward on cuda:" << devices << " (of " << devices << " devices) did not throw";
     } catch (const Error& e) {
-        EXPECT_EQ(e.code(), ErrorCode::CudaError) << e.what();
-        EXPECT_NE(std::string(e.what()).find("cuda"), std::string::npos) << "no CUDA message in: " << e.what();
+        EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
+        EXPECT_EQ(e.argument(), "q") << e.what();
+        EXPECT_NE(std::string(e.what()).find("cuda:" + std::to_string(devices)), std::string::npos)
+            << "the refused device is not named in: " << e.what();
     }
     FM_CUDA_CHECK(cudaGetDevice(&device_after));
     EXPECT_EQ(device_after, device_before) << "the caller's current device changed";
