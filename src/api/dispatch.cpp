@@ -237,7 +237,7 @@ void check_cuda_path(const Validator& check, const AttentionProblem& p, const st
     }
     int devices = 0;
     FM_CUDA_CHECK(cudaGetDeviceCount(&devices));
-    if (p.batch >= 0 && (tensors.front().view->device_index < 0 || tensors.front().view->device_index >= devices))
+    if (tensors.front().view->device_index < 0 || tensors.front().view->device_index >= devices)
         check.refuse(ErrorCode::InvalidArgument, tensors.front().name,
                      "is on " + Validator::device_string(*tensors.front().view) + ", but this process sees " +
                          std::to_string(devices) + " CUDA device(s); expected an index in [0, " +
