@@ -73,19 +73,10 @@ __device__ __forceinline__ float2 unpack(uint32_t pair) {
     return make_float2(ElementTraits<Element>::to_float(e[0]), ElementTraits<Element>::to_float(e[1]));
 }
 
-// Fragment addresses are formed once per tile and stepped with constants. Rows: a step of 16
-// rows keeps row % 8, hence the swizzle, so it is a plain add. Columns: the lane's chunk at
-// column step s (16 columns = 2 chunks) is (2s + c) ^ (row % 8) with c in {0, 1}, which equals
-// (2s) ^ (c ^ row % 8): from the step-0 address, flip chunk bits by (2s mod 8) and add whole
-// swizzle periods (8 chunks = 128 bytes). Valid when the step-0 column is a multiple of 64 and
-// the tile starts 128-byte aligned (both hold for every tile here). This keeps one base register
-// per operand instead of one per fragment, which is what keeps the dK/dV kernel out of spills.
-constexpr uint32_t kSwizzlePeriodBytes = kSwizzleRows * kCopyBytes;  // 128
-
-__device__ __forceinline__ uint32_t column_steps(uint32_t address0, int steps) {
-    const int chunks = 2 * steps;
-    return (address0 ^ uint32_t((chunks % kSwizzleRows) * kCopyBytes)) + uint32_t(chunks / kSwizzleRows) * kSwizzlePeriodBytes;
-}
+// Fragment addresses are formed once per tile and stepped with constants: rows by 16 (keeps
+// row % 8, hence the swizzle: a plain add), columns by advance_column_steps() (smem_tile.cuh).
+// One base register per operand instead of one per fragment is what keeps the dK/dV kernel out
+// of spills.
 template <typename Tile>
 __device__ __forceinline__ constexpr uint32_t row_bytes(int rows) { return uint32_t(rows * (Tile::kBytes / Tile::kRowsCount)); }
 
@@ -103,8 +94,8 @@ __device__ __forceinline__ void mma_a_smem_b_nk(float (&acc)[kTiles][4], uint32_
 #pragma unroll kSmemStepUnroll
     for (int s = 0; s < kDepth / 16; ++s) {
         uint32_t a[4];
-        ldmatrix_x4(a, column_steps(a0, s));
-        const uint32_t b_step = column_steps(b0, s);
+        ldmatrix_x4(a, advance_column_steps(a0, s));
+        const uint32_t b_step = advance_column_steps(b0, s);
 #pragma unroll
         for (int t = 0; t < kTiles; t += 2) {
             uint32_t b[4];
@@ -127,7 +118,7 @@ __device__ __forceinline__ void mma_a_regs_b_kn(float (&acc)[kTiles][4], const u
 #pragma unroll
         for (int t = 0; t < kTiles; t += 2) {
             uint32_t b[4];
-            ldmatrix_x4_trans(b, column_steps(b0, t / 2) + row_bytes<BTile>(16 * k));
+            ldmatrix_x4_trans(b, advance_column_steps(b0, t / 2) + row_bytes<BTile>(16 * k));
             const uint32_t left[2] = {b[0], b[1]}, right[2] = {b[2], b[3]};
             mma_16816<Element>(acc[t], a[k], left);
             mma_16816<Element>(acc[t + 1], a[k], right);
@@ -298,7 +289,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     const int dq_row0 = (warp % T::kDqRowSlices) * kMmaRows;
     const int dq_col0 = col_base + (warp / T::kDqRowSlices) * T::kDqColsPerWarp;
     const uint32_t ds_fragment = a_fragment_address_transposed<DsTile>(ds_smem, dq_row0, 0, lane);
-    // Stepped from col_base (a multiple of 64, as column_steps() needs; dq_col0 need not be).
+    // Stepped from col_base (a multiple of 64, as advance_column_steps() needs; dq_col0 need not be).
     const uint32_t dq_k_fragment = b_fragment_address_kn<KTile>(k_smem, 0, col_base, lane);
     const int dq_first_step = (dq_col0 - col_base) / 16;
 
@@ -316,7 +307,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
 #pragma unroll
             for (int t = 0; t < kDqTiles; t += 2) {
                 uint32_t b[4];
-                ldmatrix_x4_trans(b, column_steps(dq_k_fragment, dq_first_step + t / 2) + row_bytes<KTile>(k0));
+                ldmatrix_x4_trans(b, advance_column_steps(dq_k_fragment, dq_first_step + t / 2) + row_bytes<KTile>(k0));
                 const uint32_t left[2] = {b[0], b[1]}, right[2] = {b[2], b[3]};
                 mma_16816<Element>(dq[t], a, left);
                 mma_16816<Element>(dq[t + 1], a, right);
