@@ -24,8 +24,6 @@
 
 namespace flashmask::cuda::sm80 {
 
-constexpr float kLog2e = 1.4426950408889634f;
-
 // Float32 per-call scratch, rows padded to kScratchRowAlignment: row r of (batch, head) is
 // ((batch * Hq + head) * padded_nq + r).
 struct BackwardScratch {

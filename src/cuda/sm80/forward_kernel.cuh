@@ -37,7 +37,6 @@
 namespace flashmask::cuda::sm80 {
 namespace forward_detail {
 
-constexpr float kLog2e = 1.4426950408889634f;     // exp(x) = exp2(x * log2(e))
 constexpr int kDefaultDynamicSmem = 48 * 1024;    // above this a kernel must opt in (cudaFuncSetAttribute)
 constexpr int kCopyAlignmentElements = kCopyBytes / 2;  // cp.async / 16-byte stores need rows at 16-byte addresses
 

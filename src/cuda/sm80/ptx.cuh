@@ -65,6 +65,10 @@ __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t 
 
 // --- special functions -----------------------------------------------------------------------
 
+// exp(x) = exp2(x * kLog2e): the kernels fold this factor into their scale and LSE so that every
+// exponential is one exp2_approx().
+constexpr float kLog2e = 1.4426950408889634f;
+
 // 2^x by the SFU (ex2.approx, relative error about 2^-22): exp(x) is exp2(x * log2 e), one FMA
 // folded into the operand. exp2_approx(-inf) = +0, which is how masked or fully masked rows
 // (LSE = -inf, stored as +inf to subtract) give P = 0 without a branch.
