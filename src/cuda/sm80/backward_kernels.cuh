@@ -71,12 +71,10 @@ __device__ __forceinline__ float2 unpack(uint32_t pair) {
     return make_float2(ElementTraits<Element>::to_float(e[0]), ElementTraits<Element>::to_float(e[1]));
 }
 
-// Fragment addresses are formed once per tile and stepped with constants: rows by 16 (keeps
-// row % 8, hence the swizzle: a plain add), columns by advance_column_steps() (smem_tile.cuh).
-// One base register per operand instead of one per fragment is what keeps the dK/dV kernel out
-// of spills.
-template <typename Tile>
-__device__ __forceinline__ constexpr uint32_t row_bytes(int rows) { return uint32_t(rows * (Tile::kBytes / Tile::kRowsCount)); }
+// Fragment addresses are formed once per tile and stepped with constants: rows by whole multiples
+// of 8 through row_bytes() (keeps row % 8, hence the swizzle: a plain add), columns by
+// advance_column_steps() (smem_tile.cuh). One base register per operand instead of one per
+// fragment is what keeps the dK/dV kernel out of spills.
 
 // acc[kTiles][4] += A * B over k in [0, kDepth): A is 16 rows of a row-major smem tile (ldmatrix
 // address a0 at k = 0), B is stored [n][k] (ldmatrix non-transposed; address b0 at n = 0, k = 0),

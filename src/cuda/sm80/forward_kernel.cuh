@@ -195,8 +195,8 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const int32_t
     const uint32_t q_fragments = a_fragment_address<QTile>(smem.q, warp_row, 0, lane);
     const uint32_t k_fragments = b_fragment_address_nk<KVTile>(smem.k, 0, 0, lane);
     const uint32_t v_fragments = b_fragment_address_kn<KVTile>(smem.v, 0, 0, lane);
-    constexpr uint32_t k16RowsQ = 16 * QTile::kColsCount * sizeof(Element);    // bytes of 16 tile rows
-    constexpr uint32_t k16RowsKV = 16 * KVTile::kColsCount * sizeof(Element);
+    constexpr uint32_t k16RowsQ = row_bytes<QTile>(16);  // from one m16 tile's fragments to the next
+    constexpr uint32_t k16RowsKV = row_bytes<KVTile>(16);
 
     while (entry != BlockEntry::kNone) {
         const int32_t kv_block = BlockEntry::kv_block(entry);

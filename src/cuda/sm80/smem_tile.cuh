@@ -35,6 +35,11 @@ struct SmemTile {
     }
 };
 
+// Bytes spanned by `rows` rows of a tile: the step from a shared address to the same column
+// `rows` rows further on, unchanged by the swizzle when rows % kSwizzleRows == 0.
+template <typename Tile>
+__device__ __forceinline__ constexpr uint32_t row_bytes(int rows) { return uint32_t(rows * (Tile::kBytes / Tile::kRowsCount)); }
+
 // Copies rows [0, kRows) x cols [0, kCols) of a row-major global tile (row r at
 // global + r * row_stride) into `shared`, with kThreads threads; rows >= valid_rows are zero
 // filled. Issues cp.async only: the caller commits and waits.
@@ -116,7 +121,7 @@ struct TileLoader {
 #pragma unroll
         for (int i = 0; i < kCopies; ++i) {
             const bool valid = first_row + i * kRowStep < valid_rows;
-            cp_async_16(destination + uint32_t(i * kRowStep * Tile::kColsCount * 2),
+            cp_async_16(destination + row_bytes<Tile>(i * kRowStep),
                         valid ? source + int64_t(i * kRowStep) * row_stride : global, valid);
         }
     }
