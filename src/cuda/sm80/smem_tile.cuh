@@ -89,7 +89,6 @@ __device__ __forceinline__ uint32_t a_fragment_address_transposed(const Element*
     return shared_address(shared + Tile::offset(col0 + (matrix / 2) * 8 + lane % 8, row0 + (matrix % 2) * kChunkElements));
 }
 
-
 // load_tile_async() with its per-thread work done once. When kThreads is a multiple of the
 // chunks per row, a thread copies the same column chunk of rows first_row, first_row + kRowStep,
 // ...; with kRowStep a multiple of the swizzle period that chunk sits at the same swizzled
@@ -133,8 +132,9 @@ struct TileLoader {
 // c < 2. So from the step-0 address the step flips chunk bits 1-2 (an XOR of (2s mod 8) chunks)
 // and adds whole swizzle periods of 8 chunks. A constant XOR and a constant add per step lets the
 // compiler keep one base register per operand instead of one address register per fragment.
-// Requires: `address0` from a *_fragment_address helper at col0 = 0 (or any multiple of 128
-// columns), and the tile's shared address 128-byte aligned (a whole swizzle period).
+// Requires: `address0` from a *_fragment_address helper at a col0 that is a multiple of 64
+// columns (128 bytes: whole swizzle periods, so col0 leaves chunk bits 0-2 alone), and the
+// tile's shared address 128-byte aligned (a whole swizzle period).
 constexpr int kSwizzleBytes = kSwizzleRows * kCopyBytes;  // 128: one swizzle period of 8 chunks
 
 __device__ __forceinline__ uint32_t advance_column_steps(uint32_t address0, int step) {
