@@ -368,8 +368,7 @@ TEST(GpuErrors, InvalidDeviceIndexIsRefused) {
     const std::vector<double> out_values = out.values();
     EXPECT_TRUE(std::all_of(out_values.begin(), out_values.end(), [](double x) { return std::isnan(x); }))
         << "out was written by a refused call";
-    // CUDA is still usable: the same call on the real device works.
-    for (TensorView* t : {&fa.q, &fa.k, &fa.v, &fa.out, &fa.lse}) t->device_index = device_before;
+    // CUDA is still usable: a full-mask case of the same sizes on the real device passes the checker.
     TestMask full;
     full.name = "full";
     check_gpu_attention(GpuCase{s, DType::BFloat16}, full, rng);
