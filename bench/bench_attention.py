@@ -646,9 +646,6 @@ def measure_config(config: Config, mask_names: Sequence[str], implementations: S
 # Reporting
 # ---------------------------------------------------------------------------------------------
 
-TABLE_IMPLS = (FLASHMASK, FLEX, CUDNN, FLASH, DENSE)
-
-
 NOT_RUN = "off"  # left out with --impls
 
 
@@ -683,7 +680,7 @@ def own_full(rows: Sequence[Row], row: Row, direction: str) -> Optional[float]:
 
 def progress_line(row: Row, seconds: float) -> str:
     parts = [f"[{row.label}] {row.mask:<22} density {row.density:.3f}"]
-    for impl in TABLE_IMPLS:
+    for impl in IMPLEMENTATIONS:
         if impl in row.results:
             parts.append(f"{impl} {cell_tflops(row, impl, 'fwd')}/{cell_tflops(row, impl, 'bwd')}")
     parts.append(f"({seconds:.1f} s)")
@@ -694,11 +691,11 @@ def progress_line(row: Row, seconds: float) -> str:
 
 def compact_table(rows: Sequence[Row]) -> str:
     """The table printed last: TFLOP/s fwd/bwd per implementation and flashmask's ratios."""
-    head = (f"{'cfg':<3} {'mask':<22} {'dens':>5} | " + " ".join(f"{i:>11}" for i in TABLE_IMPLS)
+    head = (f"{'cfg':<3} {'mask':<22} {'dens':>5} | " + " ".join(f"{i:>11}" for i in IMPLEMENTATIONS)
             + " | fm/flex    fm/fa2     fm/full")
     lines = ["effective TFLOP/s fwd/bwd (visible pairs only); ratios fwd/bwd", head, "-" * len(head)]
     for row in rows:
-        cells = " ".join(f"{cell_tflops(row, i, 'fwd') + '/' + cell_tflops(row, i, 'bwd'):>11}" for i in TABLE_IMPLS)
+        cells = " ".join(f"{cell_tflops(row, i, 'fwd') + '/' + cell_tflops(row, i, 'bwd'):>11}" for i in IMPLEMENTATIONS)
 
         def pair(other: str) -> str:
             return "/".join(fmt(ratio(row.tflops(FLASHMASK, d), row.tflops(other, d))) for d in ("fwd", "bwd"))
@@ -729,7 +726,7 @@ def markdown(rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> st
     out += ["## Effective TFLOP/s (forward / backward)", "",
             "| config | mask | density | flashmask | flex | cuDNN | FA2 | dense-mask SDPA |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        cells = " | ".join(f"{cell_tflops(row, i, 'fwd')} / {cell_tflops(row, i, 'bwd')}" for i in TABLE_IMPLS)
+        cells = " | ".join(f"{cell_tflops(row, i, 'fwd')} / {cell_tflops(row, i, 'bwd')}" for i in IMPLEMENTATIONS)
         out.append(f"| {config_label(row)} | {row.mask} | {row.density:.3f} | {cells} |")
 
     out += ["", "## Ratios (flashmask over peer, forward / backward; own full = over flashmask's full-mask TFLOP/s)", "",
@@ -773,7 +770,7 @@ def markdown(rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> st
             f"gradients: max relative difference of dq, dk, dv to FlexAttention's (tolerance {GRADIENT_TOLERANCE}).", "",
             "| config | mask | implementation | forward rows | gradients vs flex | note |", "|---|---|---|---|---|---|"]
     for row in rows:
-        for impl in TABLE_IMPLS:
+        for impl in IMPLEMENTATIONS:
             m = row.results.get(impl)
             if m is None or m.status == NOT_APPLICABLE:
                 continue
