@@ -245,7 +245,7 @@ inline std::vector<Chunk> make_chunks(const Shape& s, bool split) {
 class Executor {
 public:
     // `deterministic`: the backward's identical-bits mode (BackwardArgs::deterministic).
-    Executor(Problem& p, fm::Device device, int threads, bool deterministic = false)
+    Executor(Problem& p, fm::Device device, int threads, bool deterministic)
         : p_(p), device_(device), threads_(threads), deterministic_(deterministic) {
         // On the CPU the run is split for progress; a GPU call is one launch, split only at a cost.
         chunks_ = make_chunks(p.shape, device == fm::Device::CPU);

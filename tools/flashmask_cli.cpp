@@ -94,7 +94,7 @@ const std::vector<OptionSpec>& run_options() {
             {"dtype", "bf16|fp16|fp32", "input dtype (default: bf16)"},
             {"device", "auto|cpu|cuda", "where to run; auto = cuda when usable, else cpu (default: auto)"},
             {"backward", "", "also run and time the backward pass"},
-            {"deterministic", "", "backward: identical bits on every run (the CPU path always is)"},
+            {"deterministic", "", "with --backward: identical bits on every run (the CPU path always is)"},
             {"check", "", "compare with the float64 reference (SPEC §5); exit status 1 on FAIL"},
             {"repeats", "R", "timed passes, median reported (default: 1 on cpu, 20 on cuda)"},
             {"threads", "T", "CPU threads (default: 0 = all)"},
@@ -229,7 +229,7 @@ std::optional<std::string> cuda_unusable_reason(fm::DType dtype, int64_t head_di
         one_token.nq = one_token.nk = 1;
         one_token.head_dim = head_dim;
         Problem probe = make_problem(one_token, dtype, fm::full_mask(1), false, 0, 1);
-        Executor(probe, fm::Device::CUDA, 1).forward(nullptr);
+        Executor(probe, fm::Device::CUDA, 1, /*deterministic=*/false).forward(nullptr);
     } catch (const fm::Error& e) {
         return std::string(e.what());
     }
@@ -273,6 +273,8 @@ RunSettings parse_run_args(const ParsedArgs& args, MaskArgs& m) {
     r.threads = int(args.integer("threads", 0, 0, 1 << 16));
     r.backward = args.has("backward");
     r.deterministic = args.has("deterministic");
+    if (r.deterministic && !r.backward)
+        throw UsageError("--deterministic selects the backward pass's mode, but --backward is not given; add --backward");
     r.check = args.has("check");
     r.json = args.has("json");
     r.device = parse_device(args, r.dtype, s.head_dim, r.device_note);
