@@ -13,11 +13,19 @@ tensor on the tensors' device):
     flashmask.forward_into(q, k, v, out, lse, gpu_mask, stream=stream)
     flashmask.backward_into(dout, q, k, v, out, lse, dq, dk, dv, gpu_mask, stream=stream)
 
-Needs only NumPy: `import flashmask` imports no PyTorch and does not initialise CUDA. Refused
+For PyTorch users, a differentiable operator that works under torch.compile and in CUDA graphs
+(docs/torch.md):
+
+    out = flashmask.flashmask_attention(q, k, v, startend_row_indices, causal=True)
+
+Needs only NumPy: `import flashmask` imports no PyTorch and does not initialise CUDA (the torch
+names are imported on first use; see _LAZY_SUBMODULES). Refused
 inputs raise TypeError (dtype), ValueError (shape, value, device, option) or
 NotImplementedError (not in this build), with a message naming the argument; the exception's
 `argument` attribute holds that name. A CUDA failure raises RuntimeError with CUDA's message.
 """
+
+import importlib
 
 from . import _flashmask, masks
 from .attention import (attention_backward, attention_forward, backward_into, forward_into, naive_backward,
@@ -48,6 +56,31 @@ def cuda_available() -> bool:
     return bool(_flashmask.cuda_available())
 
 
+# Submodules that import torch, and the names the package exposes from each. They are imported
+# on first access of one of these names (or of the submodule itself), never by `import
+# flashmask`: PEP 562's module __getattr__ below. A torch module adds its names here, one line.
+_LAZY_SUBMODULES = {
+    "torch_op": ("flashmask_attention",),
+}
+_LAZY_NAMES = {name: submodule for submodule, names in _LAZY_SUBMODULES.items() for name in names}
+
+
+def __getattr__(name: str):
+    """The lazily imported names of _LAZY_SUBMODULES (and the submodules themselves)."""
+    submodule = _LAZY_NAMES.get(name, name if name in _LAZY_SUBMODULES else None)
+    if submodule is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f".{submodule}", __name__)
+    value = module if name == submodule else getattr(module, name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_LAZY_SUBMODULES))
+
+
+# The lazy names are left out of __all__: `from flashmask import *` must not import torch.
 __all__ = [
     "BLOCK_SUMMARY_FIELDS", "CPU_BLOCK_M", "CPU_BLOCK_N", "Mask", "TileCounts", "__version__",
     "attention_backward", "attention_forward", "backward_into", "block_summaries", "catalogue", "catalogue_names",
