@@ -49,7 +49,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --) shift; bench_args=("$@"); break ;;
     build|test|sanitize|python|bench) steps+=("$1") ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;  # the header comment
     *) echo "gpu.sh: unknown step '$1'; expected any of: ${ALL_STEPS[*]} (then -- and benchmark arguments)" >&2; exit 2 ;;
   esac
   shift
