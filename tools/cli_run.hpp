@@ -172,7 +172,7 @@ inline std::string cuda_device_description() {
 class CudaEvent {
 public:
     CudaEvent() { FM_CUDA_CHECK(cudaEventCreate(&event_)); }
-    ~CudaEvent() { cudaEventDestroy(event_); }
+    ~CudaEvent() { (void)cudaEventDestroy(event_); }  // a destructor cannot throw; a failure here leaks one event
     CudaEvent(const CudaEvent&) = delete;
     CudaEvent& operator=(const CudaEvent&) = delete;
     cudaEvent_t get() const { return event_; }
@@ -193,7 +193,7 @@ public:
     DeviceTensor(const DeviceTensor&) = delete;
     DeviceTensor& operator=(const DeviceTensor&) = delete;
     ~DeviceTensor() {
-        if (data_) cudaFree(data_);
+        if (data_) (void)cudaFree(data_);  // a destructor cannot throw
     }
     fm::TensorView view() const {
         fm::TensorView t = host_->view();
