@@ -881,31 +881,37 @@ def _describe_column(summary: _DenseSummary, is_causal: bool, slots: int, nq: in
 def _mask_from_summary(summary: _DenseSummary, shape: Tuple[int, int], causal_flag: Optional[bool],
                        slots: Optional[int], nq: int, argument: str, where: str) -> Mask:
     """The smallest exact layout for the summarised dense mask, or ValueError naming the first
-    column (in (batch, head, column) order) that has none."""
+    column (in (batch, head, column) order) that has none.
+
+    causal_flag None tries causal = True first when nothing above the diagonal is visible
+    anywhere (the kernels then skip those tiles without reading indices), then causal = False;
+    a given C that exists with only one setting (1: causal, 4: not) decides it."""
     batch, heads = shape
     nk = int(summary.runs.count.shape[1])
-    if causal_flag is None and slots in _SLOTS_ONLY_WITH:
-        causal_flag = _SLOTS_ONLY_WITH[slots]  # C = 1 exists only with causal, C = 4 only without
-    if causal_flag is None:
-        # Causal when nothing above the diagonal is visible anywhere: the kernels then skip those tiles.
-        causal_flag = not bool((summary.first_visible_above < nq).any().item())
-    is_causal = bool(causal_flag)
-    allowed = (0,) + _SLOTS_FOR_CAUSAL[is_causal]
-    if slots is not None and slots not in allowed:
-        raise refusal(ValueError, "slots",
-                      f"{where}: C = {slots} is not allowed with causal = {is_causal} (expected one of {allowed})")
-    runs = summary.runs_below_diagonal if is_causal else summary.runs
-    diagonal_ok = (summary.first_visible_above >= nq) if is_causal else torch.ones_like(runs.count, dtype=torch.bool)
-    candidates = _SLOTS_FOR_CAUSAL[is_causal] if slots is None else (slots,)
-    for candidate in candidates:
-        fits = diagonal_ok & _layout_fits(runs, is_causal, candidate, nq)
-        offending = _first_true(~fits)
-        if offending is None:
-            if candidate == 0:
-                return Mask(None, is_causal)
-            vectors = _layout_values(runs, is_causal, candidate, nq)
-            indices = torch.stack(vectors, dim=-1).reshape(batch, heads, nk, candidate)
-            return Mask(indices.to(INDEX_DTYPE).contiguous(), is_causal)
+    if causal_flag is not None:
+        settings = [bool(causal_flag)]
+    elif slots in _SLOTS_ONLY_WITH:
+        settings = [_SLOTS_ONLY_WITH[slots]]
+    elif bool((summary.first_visible_above < nq).any().item()):
+        settings = [False]
+    else:
+        settings = [True, False]
+    for is_causal in settings:
+        allowed = (0,) + _SLOTS_FOR_CAUSAL[is_causal]
+        if slots is not None and slots not in allowed:
+            raise refusal(ValueError, "slots",
+                          f"{where}: C = {slots} is not allowed with causal = {is_causal} (expected one of {allowed})")
+        runs = summary.runs_below_diagonal if is_causal else summary.runs
+        diagonal_ok = summary.first_visible_above >= nq if is_causal else torch.ones_like(runs.count, dtype=torch.bool)
+        for candidate in _SLOTS_FOR_CAUSAL[is_causal] if slots is None else (slots,):
+            offending = _first_true(~(diagonal_ok & _layout_fits(runs, is_causal, candidate, nq)))
+            if offending is None:
+                if candidate == 0:
+                    return Mask(None, is_causal)
+                vectors = _layout_values(runs, is_causal, candidate, nq)
+                indices = torch.stack(vectors, dim=-1).reshape(batch, heads, nk, candidate)
+                return Mask(indices.to(INDEX_DTYPE).contiguous(), is_causal)
+    # The last setting and C tried (the most general) name the column.
     g, column = offending
     place = f"column {column}" if batch * heads == 1 else f"column {column} (batch {g // heads}, head {g % heads})"
     raise refusal(ValueError, argument,
@@ -921,10 +927,10 @@ def from_dense(dense_mask: torch.Tensor, causal: Optional[bool] = None, slots: O
     """The exact FlashMask form of a dense boolean mask, [Nq, Nk] or [B, H, Nq, Nk] (True, or
     nonzero, = visible), on the dense mask's device: indices [1, 1, Nk, C] or [B, H, Nk, C].
 
-    `causal` None chooses causal = True when nothing above the bottom-right diagonal is visible;
-    `slots` (C) None picks the smallest C allowed with `causal` that is exact for every
-    (batch, head) (flashmask.from_dense's rule). Raises ValueError naming the first column with
-    no such form. The same values as flashmask.from_dense, computed with torch ops in column
+    `causal` None chooses causal = True when nothing above the bottom-right diagonal is visible
+    and a causal layout is exact, else causal = False; `slots` (C) None picks the smallest C
+    allowed with `causal` that is exact for every (batch, head) (flashmask.from_dense's rule).
+    Raises ValueError naming the first column with no such form. The same values as flashmask.from_dense, computed with torch ops in column
     chunks."""
     where = "from_dense"
     argument = "dense_mask"
