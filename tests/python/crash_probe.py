@@ -6,7 +6,9 @@ and so did a forward_into on CUDA torch tensors; the same build's command-line t
 CUDA path and its checks cleanly. This script runs one small call per case, each in a fresh
 interpreter with faulthandler on, and prints OK / CRASH (signal) per case; for the first
 crash it reruns that case under cuda-gdb or gdb, when one is installed, for a native
-backtrace.
+backtrace. (That crash was the module exporting its static libraries' symbols, which then
+interposed with other extensions' copies: fixed by linking with --exclude-libs,ALL, see
+bindings/CMakeLists.txt. The script stays for the next native crash.)
 
     python3 tests/python/crash_probe.py            # after pip install of the package
 """
