@@ -265,8 +265,11 @@ TEST(GpuAttention, DeterministicBackwardGivesIdenticalBits) {
 // The stream argument: the work is queued behind what the caller queued on that stream.
 // ---------------------------------------------------------------------------------------------
 
-// Holds up the stream it is queued on for a while (a host function: the stream waits for it).
-void CUDART_CB hold_stream(void*) { std::this_thread::sleep_for(std::chrono::milliseconds(200)); }
+// Holds up the stream it is queued on (a host function: the stream waits for it) for much longer
+// than this test's forward + backward take, so that a call that does not wait for the stream
+// runs before the inputs are copied in.
+constexpr auto kStreamHold = std::chrono::milliseconds(200);
+void CUDART_CB hold_stream(void*) { std::this_thread::sleep_for(kStreamHold); }
 
 // On a created non-blocking stream: hold the stream, then copy the real q (and dout) into buffers
 // that hold NaN, then call the API with that stream. A call that ran anywhere but behind the copy
