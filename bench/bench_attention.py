@@ -120,6 +120,7 @@ BENCH_DEVICE = torch.device("cuda")
 NOT_APPLICABLE = "—"      # the peer cannot express this mask
 UNAVAILABLE = "n/a"       # the implementation is missing from this build / machine
 OUT_OF_MEMORY = "OOM"
+ERROR_NOTE_CHARS = 160   # of an exception's first line, kept in a log line or a table note
 
 
 def log(message: str) -> None:
@@ -414,7 +415,7 @@ def unmasked_sdpa_peak_bytes(problem: Problem, pool: DefaultPoolHighWater) -> Op
     try:
         extra, _ = peak_bytes_above_inputs(autograd_runner(problem, sdpa).run_both, pool)
     except RuntimeError as error:
-        log(f"SDPA FA2 memory baseline: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
+        log(f"SDPA FA2 memory baseline: {type(error).__name__}: {str(error).splitlines()[0][:ERROR_NOTE_CHARS]}")
         return None
     return problem.input_bytes() + extra
 
@@ -622,7 +623,7 @@ def measure_config(config: Config, mask_names: Sequence[str], implementations: S
             except RuntimeError as error:
                 # e.g. no cuDNN kernel for this card: report, keep measuring the others.
                 measurement.status = UNAVAILABLE
-                measurement.note = f"RuntimeError: {str(error).splitlines()[0][:160]}"
+                measurement.note = f"RuntimeError: {str(error).splitlines()[0][:ERROR_NOTE_CHARS]}"
             finally:
                 if impl == DENSE:
                     dense_mask = None
