@@ -11,6 +11,8 @@ import pytest
 import flashmask
 from flashmask import masks
 
+from accuracy_util import relative_error
+
 try:
     import ml_dtypes
 except ImportError:  # bfloat16 arrays need ml_dtypes; the uint16-bits spelling does not
@@ -95,12 +97,6 @@ def as_float64(values: np.ndarray, dtype: str) -> np.ndarray:
 def storage_dtype(dtype: str) -> str:
     """The dtype the library computes in for a test dtype."""
     return "bfloat16" if dtype == "bfloat16_bits" else dtype
-
-
-def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
-    reference_norm = np.linalg.norm(reference)
-    assert reference_norm > 0, "the reference is all zeros: the test's mask hides everything"
-    return float(np.linalg.norm(value - reference) / reference_norm)
 
 
 def operands(rng, case: Case, dtype: str):

@@ -18,6 +18,8 @@ import pytest
 import flashmask
 from flashmask import masks
 
+from accuracy_util import relative_error
+
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device visible to torch", allow_module_level=True)
@@ -31,6 +33,9 @@ SCALE_SPREAD = (0.5, 2.0)
 # GPU clock cycles that torch.cuda._sleep keeps a stream busy: long enough (milliseconds) for
 # work wrongly queued on another stream to run before the inputs it reads are written.
 STREAM_DELAY_CYCLES = 50_000_000
+# The stream tests check ordering, not accuracy: a call that read the NaN-filled inputs gives NaN
+# and one that read them half-copied an O(1) error, so a loose bound on the forward suffices.
+STREAM_TEST_TOLERANCE = 2e-2
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -131,12 +136,6 @@ def host_storage(tensor, dtype: str) -> np.ndarray:
 
 def naive_dtype_argument(dtype: str) -> Optional[str]:
     return "bfloat16" if dtype == "bfloat16" else None
-
-
-def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
-    reference_norm = np.linalg.norm(reference)
-    assert reference_norm > 0, "the reference is all zeros: the test's mask hides everything"
-    return float(np.linalg.norm(value - reference) / reference_norm)
 
 
 def expect_within_spec(name: str, dtype: str, value, reference: np.ndarray, naive: np.ndarray) -> None:
@@ -289,7 +288,7 @@ def test_the_kernels_run_on_the_given_stream(rng):
         p.forward(stream=side.cuda_stream)
     side.synchronize()
     expect_all_written([("out", p.out)])
-    assert relative_error(host_float64(p.out), forward_reference(p)) < 2e-2
+    assert relative_error(host_float64(p.out), forward_reference(p)) < STREAM_TEST_TOLERANCE
 
 
 @pytest.mark.skipif(not hasattr(torch.cuda, "_sleep"), reason="torch.cuda._sleep is not available")
@@ -304,7 +303,7 @@ def test_the_default_stream_waits_for_the_producers_stream(rng):
         p.forward(stream=None)
     torch.cuda.synchronize()
     expect_all_written([("out", p.out)])
-    assert relative_error(host_float64(p.out), forward_reference(p)) < 2e-2
+    assert relative_error(host_float64(p.out), forward_reference(p)) < STREAM_TEST_TOLERANCE
 
 
 # --- refusals -------------------------------------------------------------------------------------
