@@ -628,20 +628,19 @@ def window(nq: int, nk: int, left: int, right: int, causal: bool = False, *, bat
            device: DeviceLike = None) -> Mask:
     """FlashAttention's window_size = (left, right), bottom-right aligned: row i sees key j iff
     i + (nk - nq) - left <= j <= i + (nk - nq) + right. A negative bound is unbounded; with
-    causal, right is 0 (C = 1), else C = 2."""
+    causal, right is 0 (C = 1), else C = 2. The values are flashmask_attention's own for
+    window_size (torch_op.window_indices, one implementation), here checked and contiguous."""
+    from .torch_op import window_indices  # registers the attention ops; torch is loaded already
+
     where = "window"
     nq = _check_length(nq, "nq", where)
     nk = _check_length(nk, "nk", where)
     batch = _check_batch(batch, where)
-    offset = nk - nq
-    unbounded = nq + nk + 1  # a window wider than both sequences; capping keeps the arithmetic exact
-    left = unbounded if left < 0 else min(int(left), unbounded)
-    right = unbounded if right < 0 else min(int(right), unbounded)
-    j = _columns(nk, batch, _device(device))
-    lower_start = (j - offset + left + 1).clamp(0, nq)
-    if causal:
-        return Mask(_index_tensor([lower_start]), True)
-    return Mask(_index_tensor([lower_start, (j - offset - right).clamp(0, nq)]), False)
+    for name, bound in (("left", left), ("right", right)):
+        if isinstance(bound, bool) or not isinstance(bound, (int, np.integer)):
+            raise refusal(TypeError, name, f"{where}: {name} must be an int (negative = unbounded); got {bound!r}")
+    indices = window_indices(nq, nk, (int(left), int(right)), bool(causal), batch=batch, device=_device(device))
+    return Mask(indices.contiguous(), bool(causal))
 
 
 def as_torch(mask: Mask, *, device: DeviceLike = None, batch: int = 1) -> Mask:
