@@ -31,8 +31,8 @@ template <int kHeadDim> struct DkDvTraits;
 
 // D = 64 and 128: 8 warps x 16 keys = 128 keys per CTA, 64 queries per step. Registers per
 // thread: dK + dV accumulators 2 * (D / 8) * 4 floats (64 / 128), then S^T or dP^T (32 floats)
-// and the packed P^T (16): -Xptxas -v reports 254 at D = 128 and 214 at D = 64 (sm_90a, no
-// spills), so one CTA of 256 threads per SM. Shared memory at D = 128: K, V 2 * 32 KB + Q, dO
+// and the packed P^T (16): -Xptxas -v reports 254 (255 in deterministic mode) at D = 128 and
+// 214 at D = 64 (sm_90a, no spills), so one CTA of 256 threads per SM. Shared memory at D = 128: K, V 2 * 32 KB + Q, dO
 // double-buffered 4 * 16 KB + dS^T double-buffered 2 * 16 KB = 161 KB with LSE / Di (fits the
 // 163 KB of sm_80 and the 227 KB of sm_90, not the 99 KB of sm_86 / sm_89: refused there).
 // Measured (H100, 8192, B 2, H 32, bf16): 4 warps x 2 CTAs per SM at D = 128 ran no faster.
@@ -61,7 +61,7 @@ template <> struct DkDvTraits<256> {
 template <int kHeadDim> struct DqTraits;
 
 // 8 warps x 16 queries = 128 queries per CTA, 64 keys per step: S and dP are 16 x 64 per warp
-// (2 * 32 floats), the dQ accumulator (D / 8) * 4 floats: 214 registers at D = 128. Shared
+// (2 * 32 floats), the dQ accumulator (D / 8) * 4 floats: 217 registers at D = 128 (sm_90a). Shared
 // memory at D = 128: Q, dO 2 * 32 KB + K, V double-buffered 4 * 16 KB = 128 KB.
 template <> struct DqTraits<64> {
     static constexpr int kWarps = 8;
