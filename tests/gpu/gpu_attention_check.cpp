@@ -192,6 +192,7 @@ const char* to_string(Layout layout) {
         case Layout::Bshd: return "BSHD";
         case Layout::Bhsd: return "BHSD (transposed view)";
         case Layout::PaddedBshd: return "BSHD with padded rows";
+        case Layout::UnalignedBshd: return "BSHD with rows off 16-byte addresses";
     }
     return "?";
 }
@@ -199,7 +200,10 @@ const char* to_string(Layout layout) {
 float default_scale(int32_t head_dim) { return float(1.0 / std::sqrt(double(head_dim))); }
 
 DeviceTensor::DeviceTensor(DType dtype, std::vector<int64_t> shape, Layout layout)
-    : DeviceTensor(dtype, std::move(shape), layout, layout == Layout::PaddedBshd ? kRowPadding : 0) {}
+    : DeviceTensor(dtype, std::move(shape), layout,
+                   layout == Layout::PaddedBshd      ? kRowPadding
+                   : layout == Layout::UnalignedBshd ? kUnalignedRowPadding
+                                                     : 0) {}
 
 DeviceTensor::DeviceTensor(DType dtype, std::vector<int64_t> shape, Layout layout, int64_t row_padding)
     : dtype_(dtype), shape_(std::move(shape)), strides_(shape_.size()), numel_(1), storage_elements_(1),

@@ -28,12 +28,17 @@ namespace flashmask::testing {
 // buffer passed as a transposed view (SPEC §1: "a [B, H, N, D] tensor passed as a transposed
 // view works unchanged"); or BSHD rows of D elements kRowPadding apart (a slice of a wider
 // buffer, e.g. q out of a fused qkv tensor), with the LSE's rows padded too.
-enum class Layout { Bshd, Bhsd, PaddedBshd };
+// UnalignedBshd: rows kUnalignedRowPadding apart, so that rows do not start on 16-byte
+// addresses; not in kLayouts (the backward refuses it), its own tests only.
+enum class Layout { Bshd, Bhsd, PaddedBshd, UnalignedBshd };
 inline constexpr Layout kLayouts[] = {Layout::Bshd, Layout::Bhsd, Layout::PaddedBshd};
 const char* to_string(Layout layout);
 // Padding after each D-element row of PaddedBshd: 8 elements keeps every row 16-byte aligned for
 // 16-bit dtypes (what vectorised loads need), while no stride equals D.
 inline constexpr int64_t kRowPadding = 8;
+// Padding after each D-element row of UnalignedBshd: row r starts 2 r bytes past a 16-byte
+// boundary (mod 16), so 7 rows in 8 are off one (a slice of a buffer whose rows hold D + 1 values).
+inline constexpr int64_t kUnalignedRowPadding = 1;
 // Padding after each LSE row [Nq] whenever the operands are not plain BSHD (4 floats: 16 bytes).
 inline constexpr int64_t kLseRowPadding = 4;
 

@@ -245,6 +245,24 @@ TEST(GpuAttention, TransposedAndPaddedViews) {
         }
 }
 
+// Rows off 16-byte addresses (Layout::UnalignedBshd): the forward repacks q, k, v and out
+// through contiguous scratch around its kernel (KernelOperand, forward_kernel.cuh), so the
+// results are those of any other view and nothing lands in the padding. With Hk = 1 the K / V
+// head stride is never stepped over and the sequence stride is the misaligned one.
+TEST(GpuAttention, ForwardRepacksRowsOffSixteenByteAddresses) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const AttentionSizes sizes : {AttentionSizes{2, 130, 200, 8, 2, 64, 64}, AttentionSizes{1, 77, 1000, 4, 1, 128, 128},
+                                       AttentionSizes{1, 33, 70, 4, 4, 256, 256}}) {
+        GpuCase c{sizes, kHalfDtypes[n++ % kDtypeCount]};
+        c.layout = Layout::UnalignedBshd;
+        c.backward = false;  // refused for these views: next test
+        TestMask mask = catalogue_test_mask("causal_document", sizes, sizes.kv_heads, rng);
+        check_gpu_attention(c, mask, rng);
+    }
+}
+
 // Deterministic mode: two runs give identical dq, dk, dv bits (checked inside
 // check_gpu_attention), and are within the bound like any other run. GQA makes dK / dV sum over
 // four query heads, where a non-deterministic kernel would use atomics.
@@ -375,6 +393,39 @@ TEST(GpuErrors, InvalidDeviceIndexIsRefused) {
     TestMask full;
     full.name = "full";
     check_gpu_attention(GpuCase{s, DType::BFloat16}, full, rng);
+}
+
+// The backward moves rows in 16-byte chunks and has no repacking: a view whose rows are off
+// 16-byte addresses is refused before anything runs (Error(Unsupported) naming the tensor,
+// backward.cu check_alignment), and dq, dk, dv keep their poison.
+TEST(GpuErrors, BackwardRefusesRowsOffSixteenByteAddresses) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    const AttentionSizes s{1, 64, 64, 2, 2, 64, 64};
+    const DType dtype = DType::BFloat16;
+    const std::vector<int64_t> q_shape{s.batch, s.nq, s.q_heads, s.head_dim}, kv_shape{s.batch, s.nk, s.kv_heads, s.head_dim},
+        lse_shape{s.batch, s.q_heads, s.nq};
+    DeviceTensor q(dtype, q_shape, Layout::UnalignedBshd), k(dtype, kv_shape), v(dtype, kv_shape), out(dtype, q_shape),
+        lse(DType::Float32, lse_shape), dout(dtype, q_shape), dq(dtype, q_shape), dk(dtype, kv_shape), dv(dtype, kv_shape);
+    for (DeviceTensor* t : {&q, &k, &v, &dout}) t->fill_normal(rng());
+    ForwardArgs fa{q.view(), k.view(), v.view(), out.view(), lse.view()};
+    forward(fa);  // a real out and lse (the forward repacks q)
+    FM_CUDA_CHECK(cudaDeviceSynchronize());
+    for (DeviceTensor* t : {&dq, &dk, &dv}) t->poison();
+    BackwardArgs ba{q.view(), k.view(), v.view(), out.view(), lse.view(), dout.view(), dq.view(), dk.view(), dv.view()};
+    try {
+        backward(ba);
+        ADD_FAILURE() << "backward accepted q with rows off 16-byte addresses";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::Unsupported) << e.what();
+        EXPECT_EQ(e.argument(), "q") << e.what();
+    }
+    FM_CUDA_CHECK(cudaDeviceSynchronize());
+    for (const auto& [name, t] : {std::pair{"dq", &dq}, std::pair{"dk", &dk}, std::pair{"dv", &dv}}) {
+        const std::vector<double> values = t->values();
+        EXPECT_TRUE(std::all_of(values.begin(), values.end(), [](double x) { return std::isnan(x); }))
+            << name << " was written by a refused call";
+    }
 }
 
 // Host memory passed as a CUDA tensor must be refused with an Error (InvalidArgument naming the
