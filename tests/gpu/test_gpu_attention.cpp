@@ -2,8 +2,9 @@
 // against the float64 CPU reference (small cases) or the float32 GPU reference (large ones),
 // SPEC §5: every catalogue mask, bfloat16 and float16, D = 64 / 128 / 256, GQA (Hq / Hk = 4),
 // mask heads 1, Hk and Hq, sizes 1, 17, 1000, 4099 and 8192, Nq != Nk with the bottom-right
-// causal diagonal, transposed BHSD and padded BSHD views, explicit scales, hostile masks, the deterministic
-// backward, the stream argument and CUDA errors. Each case's dtype, head dim, layout and scale
+// causal diagonal, transposed BHSD and padded BSHD views, rows off 16-byte addresses (forward
+// repacked, backward refused), explicit scales, hostile masks, the deterministic backward, the
+// stream argument and CUDA errors. Each case's dtype, head dim, layout and scale
 // rotate with the mask kind, so that every combination is met without running all of them.
 //
 // The *Sanitizer* tests are the small cases for compute-sanitizer (see CMakeLists.txt).
