@@ -37,7 +37,8 @@ from .masks import Mask
 __all__ = [
     "as_torch", "causal", "causal_blockwise", "causal_document", "document", "eviction", "from_dense",
     "from_mask_mod", "full", "global_sliding_window", "prefix_lm_causal", "prefix_lm_document", "qk_sparse",
-    "random_eviction", "share_question", "sliding_window", "to_block_mask", "to_dense", "to_mask_mod", "window",
+    "random_eviction", "share_question", "sliding_window", "to_block_mask", "to_dense", "to_mask_mod", "varlen",
+    "window",
 ]
 
 # Rows and columns are int32 (SPEC §2): no sequence may be longer (as mask_checks.hpp says).
@@ -234,8 +235,7 @@ def _cu_from_lengths(document_lengths, device: torch.device, where: str) -> _Doc
     return _documents_from_cu(cu, counts, argument, where)
 
 
-def _cu_from_cu_seqlens(cu_seqlens, device: torch.device, where: str) -> _Documents:
-    argument = "cu_seqlens"
+def _cu_from_cu_seqlens(cu_seqlens, device: torch.device, where: str, argument: str = "cu_seqlens") -> _Documents:
     if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.ndim in (1, 2):
         if cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype.is_complex or cu_seqlens.dtype == torch.bool:
             raise refusal(TypeError, argument, f"{where}: {argument} has dtype {cu_seqlens.dtype}; expected an integer dtype")
@@ -641,6 +641,60 @@ def window(nq: int, nk: int, left: int, right: int, causal: bool = False, *, bat
             raise refusal(TypeError, name, f"{where}: {name} must be an int (negative = unbounded); got {bound!r}")
     indices = window_indices(nq, nk, (int(left), int(right)), bool(causal), batch=batch, device=_device(device))
     return Mask(indices.contiguous(), bool(causal))
+
+
+def _window_bounds(window_size, where: str) -> Tuple[int, int]:
+    """(left, right) from window_size: None (unbounded), one int for both, or a pair; a
+    negative bound is unbounded (FlashAttention's -1)."""
+    if window_size is None:
+        return -1, -1
+    pair = (window_size, window_size) if isinstance(window_size, (int, np.integer)) else tuple(window_size)
+    if len(pair) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) for b in pair):
+        raise refusal(TypeError, "window_size",
+                      f"{where}: window_size must be None, an int or a pair (left, right) of ints; got {window_size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def varlen(cu_seqlens_q, cu_seqlens_k=None, *, causal: bool = False, window_size=None,
+           device: DeviceLike = None) -> Mask:
+    """The mask of FlashAttention's flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
+    ..., causal, window_size) over the packed sequences: query rows of document d see only keys
+    of document d, with causal and window_size applied per document and aligned bottom-right
+    within it (as FlashAttention does when a document's query and key lengths differ).
+
+    cu_seqlens_q / cu_seqlens_k: [D + 1] (one packed row: q [1, total_q, H, D]) or [B, D + 1],
+    the same number of documents in both; cu_seqlens_k None means the same as cu_seqlens_q
+    (self-attention). Nq = total_q, Nk = total_k. When the two are equal and causal, the mask
+    is causal (C = 1: the kernels skip the upper triangle); otherwise not causal, C = 2."""
+    where = "varlen"
+    left, right = _window_bounds(window_size, where)
+    if device is None and isinstance(cu_seqlens_q, torch.Tensor):
+        device = cu_seqlens_q.device
+    device = _device(device)
+    queries = _cu_from_cu_seqlens(cu_seqlens_q, device, where, "cu_seqlens_q")
+    keys = queries if cu_seqlens_k is None else _cu_from_cu_seqlens(cu_seqlens_k, device, where, "cu_seqlens_k")
+    if keys.cu_seqlens.shape != queries.cu_seqlens.shape:
+        raise refusal(ValueError, "cu_seqlens_k",
+                      f"{where}: cu_seqlens_k has shape {list(keys.cu_seqlens.shape)} but cu_seqlens_q has "
+                      f"{list(queries.cu_seqlens.shape)}; expected one entry per document in both")
+    nq = queries.n
+    # Per key token j of document d: the document's query rows [qs, qe) and its keys' end ke.
+    qs = queries.cu_seqlens.gather(1, keys.index)
+    qe = queries.cu_seqlens.gather(1, (keys.index + 1).clamp(max=queries.cu_seqlens.shape[1] - 1))
+    ke = keys.end
+    # Row i of document d sees key j iff (j - ks) - (i - qs) - ((ke - ks) - (qe - qs)) lies in
+    # [-left, right], i.e. i in [j - ke + qe - right, j - ke + qe + left], within [qs, qe).
+    j = _columns(keys.n, keys.batch, ke.device)
+    diagonal_row = j - ke + qe  # the row on document d's bottom-right aligned diagonal
+    unbounded = nq + keys.n + 1
+    left = unbounded if left < 0 else min(left, unbounded)
+    right = 0 if causal else (unbounded if right < 0 else min(right, unbounded))
+    lower_start = torch.minimum(qe, diagonal_row + left + 1).clamp(0, nq)
+    self_attention = cu_seqlens_k is None or torch.equal(queries.cu_seqlens, keys.cu_seqlens)
+    if causal and self_attention:
+        return Mask(_index_tensor([lower_start]), True)
+    upper_end = torch.maximum(qs, diagonal_row - right).clamp(0, nq)
+    return Mask(_index_tensor([lower_start, upper_end]), False)
 
 
 def as_torch(mask: Mask, *, device: DeviceLike = None, batch: int = 1) -> Mask:

@@ -231,6 +231,43 @@ def test_window_builders_match_cpp(size, rng):
         assert_same_mask(tm.window(nq, nk, left, right, is_causal), masks.window(nq, nk, left, right, is_causal))
 
 
+def varlen_dense(q_lengths, k_lengths, left, right, is_causal):
+    """FlashAttention varlen's mask built from the C++ window builder, one document at a time
+    (bottom-right aligned within each document) on the block diagonal."""
+    dense = np.zeros((sum(q_lengths), sum(k_lengths)), dtype=bool)
+    q0 = k0 = 0
+    for nq, nk in zip(q_lengths, k_lengths):
+        if nq > 0 and nk > 0:
+            block = flashmask.to_dense(masks.window(nq, nk, left, right, is_causal), nq=nq)
+            dense[q0:q0 + nq, k0:k0 + nk] = block
+        q0, k0 = q0 + nq, k0 + nk
+    return dense
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("windowed", [False, True])
+def test_varlen_is_flash_attention_varlen(is_causal, windowed, rng):
+    documents = int(rng.integers(1, 6))
+    q_lengths = [int(x) for x in rng.integers(0, 30, size=documents)]
+    k_lengths = [int(x) for x in rng.integers(0, 30, size=documents)]
+    left, right = (int(x) for x in rng.integers(-1, 12, size=2)) if windowed else (-1, -1)
+    window_size = (left, right) if windowed else None
+    cu_q = torch.tensor(cu_seqlens_of(q_lengths), dtype=torch.int32)
+    cu_k = torch.tensor(cu_seqlens_of(k_lengths), dtype=torch.int32)
+    mask = tm.varlen(cu_q, cu_k, causal=is_causal, window_size=window_size)
+    assert mask.causal is False and mask.startend_row_indices.shape == (1, 1, sum(k_lengths), 2)
+    dense = tm.to_dense(mask, nq=sum(q_lengths))[0, 0].numpy()
+    np.testing.assert_array_equal(dense, varlen_dense(q_lengths, k_lengths, left, right, is_causal))
+    # Self-attention: the document masks themselves (causal, C = 1, when causal).
+    same = tm.varlen(cu_q, causal=is_causal, window_size=window_size)
+    assert same.causal is is_causal
+    np.testing.assert_array_equal(tm.to_dense(same)[0, 0].numpy(),
+                                  varlen_dense(q_lengths, q_lengths, left, right, is_causal))
+    if not windowed:
+        expected = (tm.causal_document if is_causal else tm.document)(q_lengths)
+        assert torch.equal(same.startend_row_indices, expected.startend_row_indices)
+
+
 @pytest.mark.parametrize("size", SIZES + ["random"])
 def test_prefix_lm_causal_matches_cpp(size, rng):
     n = random_size(rng, size)
@@ -301,6 +338,8 @@ def test_random_eviction_with_a_torch_generator(seed):
     (lambda: tm.causal_document(cu_seqlens=torch.tensor([0.0, 2.0])), "cu_seqlens", r"dtype"),
     (lambda: tm.causal_document(position_ids=torch.tensor([[0, 1, 3]])), "position_ids", r"\[0, 2\] = 3; expected 0"),
     (lambda: tm.causal_document(position_ids=torch.tensor([1, 2])), "position_ids", r"\[0, 0\] = 1"),
+    (lambda: tm.varlen([0, 3, 5], [0, 4]), "cu_seqlens_k", r"expected one entry per document in both"),
+    (lambda: tm.varlen([0, 3], window_size=(1, 2, 3)), "window_size", r"a pair \(left, right\)"),
     (lambda: tm.causal_document([2], cu_seqlens=[0, 2]), "document_lengths", r"exactly one form"),
     (lambda: tm.causal_document(), "document_lengths", r"got none"),
     (lambda: tm.prefix_lm_document([3, 2], [4, 0]), "prefix_lengths", r"\[0\]\[0\] = 4 must be in \[0, document length = 3\]"),
@@ -621,6 +660,8 @@ def builder_calls(rng, n):
         "eviction": lambda device: tm.eviction(list(range(1, n + 1)), device=device),
         "random_eviction": lambda device: tm.random_eviction(n, seed=7, device=device),
         "window": lambda device: tm.window(n, n, 2, 1, device=device),
+        "varlen": lambda device: tm.varlen(torch.tensor(cu_seqlens_of(lengths)), causal=True, window_size=(4, 0),
+                                           device=device),
     }
 
 
