@@ -68,6 +68,10 @@ FORWARD_FLOPS_PER_PAIR_PER_DIM = 4      # QK^T and PV, 2 flops per multiply-add
 BACKWARD_FLOPS_OVER_FORWARD = 2.5       # SPEC §6's convention (5 matrix products over 2)
 MIN_RESULT_REPS = 100                   # SPEC §6: median of at least 100 repetitions
 QUICK_REPS = 20                         # --quick: a smoke run, not a result
+# Untimed calls before each timed series: a tenth of the repetitions, at least 3, so that
+# clocks, caches and lazily initialised state (cuBLAS/cuDNN handles, allocator pools) settle.
+WARMUP_REPS_DIVISOR = 10
+MIN_WARMUP_CALLS = 3
 
 
 @dataclass(frozen=True)
@@ -526,7 +530,7 @@ def measure_config(config: Config, mask_names: Sequence[str], implementations: S
 
     flex_stats = {"compiles_first_mask": None, "recompiles_after_first_mask": 0}
     rows: List[Row] = []
-    warmup = max(3, args.reps // 10)
+    warmup = max(MIN_WARMUP_CALLS, args.reps // WARMUP_REPS_DIVISOR)
     config_start = time.perf_counter()
     sdpa_peak_bytes = unmasked_sdpa_peak_bytes(problem, pool) if FLASH in implementations else None
 
