@@ -629,6 +629,24 @@ def test_paddle_arguments_in_flashmask_attention(rng):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_every_builder_in_flashmask_attention_matches_sdpa(rng):
+    attention = getattr(flashmask, "flashmask_attention", None)
+    if attention is None:
+        pytest.skip("flashmask.flashmask_attention is not in this build yet")
+    n, batch = int(rng.integers(2, 60)), 2
+    q, k, v = (torch.from_numpy(rng.standard_normal((batch, n, 2, 64))).float() for _ in range(3))
+    for name, call in builder_calls(rng, n).items():
+        mask = call("cpu")
+        out = attention(q, k, v, mask)  # the Mask itself: its B = 1 serves both rows
+        dense = tm.to_dense(mask)
+        sees_some_key = dense.any(dim=-1)  # [1, 1, N]: SDPA gives NaN for the other rows
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=dense).transpose(1, 2)
+        rows = sees_some_key[0, 0]
+        torch.testing.assert_close(out[:, rows], expected[:, rows], atol=1e-5, rtol=1e-5, msg=name)
+        assert bool((out[:, ~rows] == 0).all()), name  # SPEC §1: a row with no visible key is 0
+
+
 # --- devices -------------------------------------------------------------------------------------------
 
 
