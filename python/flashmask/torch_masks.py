@@ -825,18 +825,19 @@ class _ColumnRuns(NamedTuple):
 def _column_runs(hidden: torch.Tensor) -> _ColumnRuns:
     """The runs of a bool [G, Nq, c] chunk of hidden rows."""
     nq = hidden.shape[1]
-    rows = torch.arange(nq, dtype=_WORK_DTYPE, device=hidden.device).view(1, nq, 1)
-    above = torch.nn.functional.pad(hidden[:, :-1], (0, 0, 1, 0))   # the row above, False at row 0
-    below = torch.nn.functional.pad(hidden[:, 1:], (0, 0, 0, 1))    # the row below, False past Nq
-    run_starts = hidden & ~above
-    run_last_rows = hidden & ~below
-    return _ColumnRuns(
-        run_starts.sum(dim=1),
+    # Row numbers in int32 (they fit: Nq < 2**31) halve the memory traffic of the reductions.
+    rows = torch.arange(nq, dtype=torch.int32, device=hidden.device).view(1, nq, 1)
+    run_starts = hidden.clone()
+    run_starts[:, 1:] &= ~hidden[:, :-1]       # hidden here, not in the row above
+    run_last_rows = hidden.clone()
+    run_last_rows[:, :-1] &= ~hidden[:, 1:]    # hidden here, not in the row below
+    return _ColumnRuns(*(field.to(_WORK_DTYPE) for field in (
+        run_starts.sum(dim=1, dtype=torch.int32),
         torch.where(run_starts, rows, nq).amin(dim=1),
         torch.where(run_last_rows, rows + 1, nq).amin(dim=1),
         torch.where(run_starts, rows, -1).amax(dim=1),
         torch.where(run_last_rows, rows + 1, -1).amax(dim=1),
-    )
+    )))
 
 
 class _DenseSummary(NamedTuple):
@@ -852,7 +853,7 @@ class _DenseSummary(NamedTuple):
 def _summarise(chunks, groups: int, nq: int, nk: int, device) -> _DenseSummary:
     """Folds the column chunks (column_start, visible bool [G, Nq, c]) into a _DenseSummary."""
     parts_all, parts_below, parts_above = [], [], []
-    rows = torch.arange(nq, dtype=_WORK_DTYPE, device=device).view(1, nq, 1)
+    rows = torch.arange(nq, dtype=torch.int32, device=device).view(1, nq, 1)
     for column_start, visible in chunks:
         columns = torch.arange(column_start, column_start + visible.shape[2], dtype=_WORK_DTYPE,
                                device=device).view(1, 1, -1)
@@ -861,7 +862,7 @@ def _summarise(chunks, groups: int, nq: int, nk: int, device) -> _DenseSummary:
         hidden = ~visible
         parts_all.append(_column_runs(hidden))
         parts_below.append(_column_runs(hidden & ~above_diagonal))
-        parts_above.append(torch.where(visible & above_diagonal, rows, nq).amin(dim=1))
+        parts_above.append(torch.where(visible & above_diagonal, rows, nq).amin(dim=1).to(_WORK_DTYPE))
 
     def cat(parts: List[_ColumnRuns]) -> _ColumnRuns:
         if not parts:
