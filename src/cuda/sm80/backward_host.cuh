@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cuda/common/check.hpp"
+#include "cuda/common/shared_memory.hpp"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/backward_kernels.cuh"
 #include "cuda/sm80/backward_launch.cuh"
@@ -27,26 +28,6 @@ inline void check_grid(int64_t y, int64_t z) {
         throw Error(ErrorCode::Unsupported, "q",
                     "flashmask::backward: heads x column splits = " + std::to_string(y) + " and batch = " +
                         std::to_string(z) + " must each be at most 65535 on the CUDA path");
-}
-
-// A device that offers less shared memory per block than a kernel needs (sm_86 / sm_89: 99 KB;
-// sm_80: 163 KB, short of D = 256) is refused with Unsupported, saying what was needed, before
-// anything runs.
-inline void check_shared_memory(int bytes, const char* kernel) {
-    int device = 0, available = 0;
-    FM_CUDA_CHECK(cudaGetDevice(&device));
-    FM_CUDA_CHECK(cudaDeviceGetAttribute(&available, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (bytes > available)
-        throw Error(ErrorCode::Unsupported, "q",
-                    std::string("flashmask::backward: ") + kernel + " needs " + std::to_string(bytes) +
-                        " bytes of shared memory per block for this head dim; this device offers " +
-                        std::to_string(available));
-}
-
-// Opts the kernel in to `bytes` of dynamic shared memory (above the default 48 KB).
-template <typename Kernel>
-void allow_shared_memory(Kernel kernel, int bytes) {
-    FM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
 template <typename Element, int kHeadDim>
@@ -77,8 +58,8 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
     }
     check_grid(int64_t(p.kv_heads) * DkDvT::kColSplits, p.batch);
     check_grid(int64_t(p.q_heads) * DqT::kColSplits, p.batch);
-    check_shared_memory(DkDvSmem<Element, kHeadDim>::kBytes, "backward_dkdv_kernel");
-    if (deterministic) check_shared_memory(DqSmem<Element, kHeadDim>::kBytes, "backward_dq_kernel");
+    check_shared_memory("backward", DkDvSmem<Element, kHeadDim>::kBytes, "backward_dkdv_kernel");
+    if (deterministic) check_shared_memory("backward", DqSmem<Element, kHeadDim>::kBytes, "backward_dq_kernel");
 
     // Scratch: LSE * log2 e and Di per padded row, and the dQ accumulator when not deterministic.
     BackwardScratch scratch;

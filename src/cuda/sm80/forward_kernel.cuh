@@ -27,6 +27,7 @@
 #include <string>
 
 #include "cuda/common/check.hpp"
+#include "cuda/common/shared_memory.hpp"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/forward_traits.hpp"
 #include "cuda/sm80/ptx.cuh"
@@ -457,6 +458,10 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
         throw Error(ErrorCode::Unsupported, "q",
                     "flashmask::forward: " + std::to_string(ctas) + " query blocks x heads x batch exceed the grid limit");
 
+    auto* kernel = forward_kernel<Element, kHeadDim>;
+    constexpr int kSmemBytes = int(sizeof(SharedStorage<Element, kHeadDim>));
+    check_shared_memory("forward", kSmemBytes, "forward_kernel");  // before any work is queued
+
     const BlockSummaries summaries(p.mask, p.batch, p.q_heads, Traits::kBlockN, stream);
     const KernelOperand q(p.q, p.batch, p.nq, p.q_heads, p.head_dim, stream);
     const KernelOperand k(p.k, p.batch, p.nk, p.kv_heads, p.head_dim, stream);
@@ -471,10 +476,7 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
     kernel_problem.v = v.operand();
     kernel_problem.out = out.operand();
 
-    auto* kernel = forward_kernel<Element, kHeadDim>;
-    constexpr int kSmemBytes = int(sizeof(SharedStorage<Element, kHeadDim>));
-    if (kSmemBytes > kDefaultDynamicSmem)
-        FM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    if (kSmemBytes > kDefaultDynamicSmem) allow_shared_memory(kernel, kSmemBytes);
     kernel<<<unsigned(ctas), Traits::kThreads, kSmemBytes, stream>>>(kernel_problem, summaries.table(), query_blocks);
     check_launch("flashmask sm80 forward_kernel");
     out.copy_out();

@@ -1,0 +1,34 @@
+// Shared-memory limits of the current device, checked before a kernel that needs more than the
+// default 48 KB runs: one implementation for every CUDA path.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "cuda/common/check.hpp"
+#include "flashmask/types.hpp"
+
+namespace flashmask::cuda {
+
+// A device that offers less shared memory per block than a kernel needs (sm_86 / sm_89: 99 KB;
+// sm_80: 163 KB) is refused with Unsupported, saying what was needed, before anything runs.
+// `function` is the API entry point ("forward", "backward") named in the message.
+inline void check_shared_memory(const char* function, int bytes, const char* kernel) {
+    int device = 0, available = 0;
+    FM_CUDA_CHECK(cudaGetDevice(&device));
+    FM_CUDA_CHECK(cudaDeviceGetAttribute(&available, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (bytes > available)
+        throw Error(ErrorCode::Unsupported, "q",
+                    std::string("flashmask::") + function + ": " + kernel + " needs " + std::to_string(bytes) +
+                        " bytes of shared memory per block for this head dim; this device offers " +
+                        std::to_string(available));
+}
+
+// Opts the kernel in to `bytes` of dynamic shared memory (needed above the default 48 KB).
+template <typename Kernel>
+void allow_shared_memory(Kernel kernel, int bytes) {
+    FM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+}  // namespace flashmask::cuda
