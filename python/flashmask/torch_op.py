@@ -62,8 +62,8 @@ def _refused(exception_type: type, argument: str, message: str) -> Exception:
 
     While torch.compile traces, the exception is a plain one: Dynamo cannot trace setting an
     attribute on an exception (it would report that instead of the refusal). Without
-    fullgraph, Dynamo then runs the frame eagerly, which raises the full exception; with
-    fullgraph, its error quotes this message."""
+    fullgraph, Dynamo raises this exception as it is (the message names the argument); with
+    fullgraph, its own error quotes the message."""
     text = f"{_FUNCTION}: {argument}: {message}"
     if torch.compiler.is_compiling():
         return exception_type(text)
@@ -340,7 +340,7 @@ def flashmask_attention(q: Tensor, k: Tensor, v: Tensor, startend_row_indices: U
     indices, causal = _mask_operands(q, k, v, startend_row_indices, causal, window_size)
     # The operators refuse the same, but from inside a fake implementation torch.compile reports
     # a refusal as its own TorchRuntimeError; raised here, in traced Python, it stays a
-    # TypeError/ValueError (torch.compile without fullgraph runs the frame eagerly to raise it).
+    # TypeError/ValueError under torch.compile without fullgraph.
     _refuse_bad_operands(q, k, v, indices, causal)
     out, lse = attention_forward_op(q, k, v, indices, causal, None if scale is None else float(scale),
                                     bool(deterministic))
