@@ -651,8 +651,9 @@ def test_cuda_runs_on_the_current_stream(rng):
     """Inputs written on a side stream and the operator called there: it must run on that
     stream (the current one), after the writes."""
     n, batch, heads, dim = 300, 1, 2, 64
-    side = torch.cuda.Stream()
     problem = random_problem(rng, CUDA_DTYPE, batch, n, n, heads, heads, dim, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())  # k and v were made on the default stream
     with torch.cuda.stream(side):
         torch.cuda._sleep(50_000_000)  # keeps the side stream busy while the inputs are rewritten there
         q = problem.q.detach() * 1.0
