@@ -1,7 +1,8 @@
 """flashmask.flashmask_attention, the torch operator (python/flashmask/torch_op.py).
 
-CPU (always, when torch is installed): forward and backward within SPEC §5 of the float64
-reference for masks of every layout (builder Masks, random index tensors per head, window_size,
+CPU (always, when torch is installed): every catalogue mask against SDPA with the dense mask,
+forward and backward; forward and backward within SPEC §5 of the float64 reference for masks
+of every layout (builder Masks, random index tensors per head, window_size,
 None), Nq != Nk, GQA and BHSD views; torch.autograd.gradcheck (float32: see test_gradcheck);
 torch.library.opcheck of both operators; window_size's index tensor equal to the C++ builder's;
 torch.compile(fullgraph=True, dynamic=True) with no graph break and no recompilation across
@@ -9,8 +10,9 @@ sequence lengths and masks, results equal to eager; every refused input raising
 TypeError/ValueError naming the argument before the library is reached, in eager mode, in the
 fake (meta) implementations and under torch.compile; `import flashmask` importing no torch.
 
-CUDA (skipped without a GPU or a build with kernels): eager, torch.compile and CUDA graph
-capture/replay, and every catalogue mask against SDPA with the dense mask, forward and backward.
+CUDA (skipped without a GPU or a build with kernels): eager, the current stream, torch.compile,
+CUDA graph capture/replay, and every catalogue mask against SDPA with the dense mask, forward
+and backward.
 """
 
 import os
@@ -675,20 +677,20 @@ def sdpa_reference(q, k, v, dout, dense_visible):
     return [out.transpose(1, 2)] + [leaf.grad.transpose(1, 2) for leaf in leaves]
 
 
-@needs_cuda
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("name", masks.catalogue_names())
-def test_cuda_every_catalogue_mask_against_sdpa(name, rng):
-    """Each SPEC §3 mask: flashmask_attention within SPEC §5 of the float64 reference, and
-    within SPEC §5's 16-bit cap of SDPA with the same mask as a dense boolean tensor, out, dq,
-    dk and dv."""
+def test_every_catalogue_mask_against_sdpa(name, device, rng):
+    """Each SPEC §3 mask, bfloat16: flashmask_attention within SPEC §5 of the float64
+    reference, and within SPEC §5's 16-bit cap of SDPA with the same mask as a dense boolean
+    tensor, out, dq, dk and dv."""
     n, batch, heads, dim = int(rng.integers(200, 400)), 2, 4, 128
     mask = masks.catalogue(name, n, seed=int(rng.integers(0, 2**31)))
-    problem = random_problem(rng, CUDA_DTYPE, batch, n, n, heads, heads, dim, device="cuda")
-    indices = None if mask.startend_row_indices is None else torch_indices(mask.startend_row_indices, "cuda")
+    problem = random_problem(rng, torch.bfloat16, batch, n, n, heads, heads, dim, device=device)
+    indices = None if mask.startend_row_indices is None else torch_indices(mask.startend_row_indices, device)
     out, grads = run_forward_backward(problem, startend_row_indices=flashmask.Mask(indices, mask.causal))
     results = (out, *grads)
     assert_within_spec(problem, results, (mask, False), None, "bfloat16")
-    dense = torch.from_numpy(masks.to_dense(mask, nq=n, nk=n)).cuda()
+    dense = torch.from_numpy(masks.to_dense(mask, nq=n, nk=n)).to(device)
     sdpa = sdpa_reference(problem.q, problem.k, problem.v, problem.dout, dense)
     for tensor_name, ours, theirs in zip(("out", "dq", "dk", "dv"), results, sdpa):
         difference = relative_error(float64_of(ours), float64_of(theirs))
