@@ -70,10 +70,6 @@ def _refused(exception_type: type, argument: str, message: str) -> Exception:
     return refusal(exception_type, argument, text)
 
 
-def _shape(tensor: Tensor) -> list:
-    return list(tensor.shape)
-
-
 def _refuse_bad_operands(q: Tensor, k: Tensor, v: Tensor, indices: Optional[Tensor], causal: bool) -> None:
     """Raises TypeError (dtype) or ValueError (rank, shape, device, strides, Hq % Hk) naming the
     first bad argument, from the tensors' metadata only.
@@ -85,7 +81,8 @@ def _refuse_bad_operands(q: Tensor, k: Tensor, v: Tensor, indices: Optional[Tens
     guards (equalities, divisibility) rather than specialise on a value."""
     for name, tensor, layout in (("q", q, _Q_LAYOUT), ("k", k, _K_LAYOUT), ("v", v, _V_LAYOUT)):
         if tensor.dim() != 4:
-            raise _refused(ValueError, name, f"rank {tensor.dim()} (shape {_shape(tensor)}), expected rank 4 {layout}")
+            raise _refused(ValueError, name,
+                           f"rank {tensor.dim()} (shape {list(tensor.shape)}), expected rank 4 {layout}")
     operands = [("k", k), ("v", v)] + ([("startend_row_indices", indices)] if indices is not None else [])
     for name, tensor in operands:
         if tensor.device != q.device:
@@ -103,7 +100,8 @@ def _refuse_bad_operands(q: Tensor, k: Tensor, v: Tensor, indices: Optional[Tens
             raise _refused(TypeError, name, f"dtype {tensor.dtype}, expected {q.dtype} (the dtype of q)")
 
     for name, tensor in (("q", q), ("k", k), ("v", v)):
-        # `or` keeps a symbolic head dim out of the test when the stride is 1, as it nearly always is.
+        # The stride is tested first: when it is 1, as nearly always, a symbolic head dim is
+        # never compared (no guard on it).
         if tensor.stride(-1) != 1 and tensor.shape[-1] > 1:
             raise _refused(ValueError, name, f"strides {list(tensor.stride())}, expected stride 1 in the last "
                                              "dimension (contiguous rows; a [B, H, N, D] tensor passes as "
@@ -112,10 +110,11 @@ def _refuse_bad_operands(q: Tensor, k: Tensor, v: Tensor, indices: Optional[Tens
     batch, _, q_heads, head_dim = q.shape
     _, nk, kv_heads, _ = k.shape
     if k.shape[0] != batch or k.shape[3] != head_dim:
-        raise _refused(ValueError, "k", f"shape {_shape(k)}, expected {_K_LAYOUT} with B and D of q {_shape(q)}")
+        raise _refused(ValueError, "k",
+                       f"shape {list(k.shape)}, expected {_K_LAYOUT} with B and D of q {list(q.shape)}")
     if v.shape[0] != batch or v.shape[1] != nk or v.shape[2] != kv_heads:
-        raise _refused(ValueError, "v", f"shape {_shape(v)}, expected {_V_LAYOUT} with B of q {_shape(q)} and "
-                                        f"Nk, Hk of k {_shape(k)}")
+        raise _refused(ValueError, "v", f"shape {list(v.shape)}, expected {_V_LAYOUT} with B of q {list(q.shape)} and "
+                                        f"Nk, Hk of k {list(k.shape)}")
     if kv_heads < 1 or q_heads % kv_heads != 0:
         raise _refused(ValueError, "k", f"Hk = {kv_heads} does not divide Hq = {q_heads}; expected Hq % Hk == 0 "
                                         "(grouped-query attention)")
@@ -128,11 +127,11 @@ def _refuse_bad_indices(indices: Tensor, causal: bool, batch, nk, q_heads, kv_he
     if indices.dtype != _INDEX_DTYPE:
         raise _refused(TypeError, name, f"dtype {indices.dtype}, expected torch.int32")
     if indices.dim() != 4:
-        raise _refused(ValueError, name, f"rank {indices.dim()} (shape {_shape(indices)}), expected rank 4 "
+        raise _refused(ValueError, name, f"rank {indices.dim()} (shape {list(indices.shape)}), expected rank 4 "
                                          f"{_INDEX_LAYOUT}")
     index_batch, mask_heads, columns, slots = indices.shape
     if index_batch != batch:
-        raise _refused(ValueError, name, f"shape {_shape(indices)}, expected B = {batch} (that of q) in "
+        raise _refused(ValueError, name, f"shape {list(indices.shape)}, expected B = {batch} (that of q) in "
                                          f"{_INDEX_LAYOUT}")
     if not (mask_heads == 1 or mask_heads == kv_heads or mask_heads == q_heads):
         raise _refused(ValueError, name, f"head dimension is Hm = {mask_heads}, expected 1, Hk = {kv_heads} or "
@@ -285,7 +284,8 @@ def _require_tensor(value, argument: str) -> None:
         raise _refused(TypeError, argument, f"got {type(value).__name__}, expected a torch.Tensor")
 
 
-def _mask_operands(q: Tensor, k: Tensor, v: Tensor, startend_row_indices, causal, window_size) -> Tuple[Optional[Tensor], bool]:
+def _mask_operands(q: Tensor, k: Tensor, v: Tensor, startend_row_indices, causal,
+                   window_size) -> Tuple[Optional[Tensor], bool]:
     """(index tensor or None, causal) for flashmask::forward from the public arguments."""
     if window_size is not None:
         if startend_row_indices is not None:
