@@ -61,6 +61,9 @@ def cuda_available() -> bool:
 # flashmask`: PEP 562's module __getattr__ below. A torch module adds its names here, one line.
 _LAZY_SUBMODULES = {
     "torch_op": ("flashmask_attention",),
+    # Its builders share names with the NumPy ones (to_dense, from_dense, causal, full), so the
+    # module is exposed as a whole: flashmask.torch_masks.causal_document(...).
+    "torch_masks": (),
 }
 _LAZY_NAMES = {name: submodule for submodule, names in _LAZY_SUBMODULES.items() for name in names}
 
