@@ -12,7 +12,8 @@
 
 namespace flashmask {
 
-enum class DType { Float32, Float16, BFloat16, Int32 };
+// Float64 is a CPU-only storage and arithmetic dtype: the exact path for gradcheck and checks.
+enum class DType { Float32, Float16, BFloat16, Int32, Float64 };
 enum class Device { CPU, CUDA };
 
 const char* to_string(DType dtype);

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/float64.hpp"
 #include "cpu/tiled.hpp"
 #include "flashmask/api.hpp"
 #include "flashmask/problem.hpp"
@@ -157,11 +158,15 @@ Sizes validate(const Validator& check, const TensorView& q, const TensorView& k,
     for (const NamedTensor& t : tensors) check.check_device(t.name, *t.view, q);
     if (indices) check.check_device("startend_row_indices", *indices, q);
 
-    if (q.dtype != DType::BFloat16 && q.dtype != DType::Float16 && q.dtype != DType::Float32)
+    const bool cpu_only_dtype = q.dtype == DType::Float32 || q.dtype == DType::Float64;
+    if (q.dtype != DType::BFloat16 && q.dtype != DType::Float16 && !cpu_only_dtype)
         check.refuse(ErrorCode::WrongDType, "q",
-                     std::string("dtype ") + to_string(q.dtype) + ", expected bfloat16, float16 or float32 (CPU only)");
-    if (q.dtype == DType::Float32 && q.device != Device::CPU)
-        check.refuse(ErrorCode::WrongDType, "q", "dtype float32 on cuda, expected bfloat16 or float16 (float32 is CPU only)");
+                     std::string("dtype ") + to_string(q.dtype) +
+                         ", expected bfloat16, float16, float32 or float64 (float32 and float64 CPU only)");
+    if (cpu_only_dtype && q.device != Device::CPU)
+        check.refuse(ErrorCode::WrongDType, "q",
+                     std::string("dtype ") + to_string(q.dtype) + " on cuda, expected bfloat16 or float16 (" +
+                         to_string(q.dtype) + " is CPU only)");
     for (const NamedTensor& t : tensors) {
         if (t.view == &q) continue;
         if (t.view == &lse) check.check_dtype("lse", lse, DType::Float32, "the log-sum-exp is always float32");
@@ -267,7 +272,7 @@ void check_cuda_path(const Validator& check, const AttentionProblem& p, const st
     (void)tensors;
     check.refuse(ErrorCode::Unsupported, "q",
                  "a CUDA tensor, but this build has no CUDA kernels (configured without nvcc); expected CPU "
-                 "tensors (the CPU path takes float32, float16 and bfloat16)");
+                 "tensors (the CPU path takes float64, float32, float16 and bfloat16)");
 #endif
 }
 
@@ -323,7 +328,8 @@ void forward(const ForwardArgs& a) {
         return;
     }
 #endif
-    cpu::tiled_forward(p, a.num_threads);
+    if (p.dtype == DType::Float64) cpu::float64_forward(p, a.num_threads);
+    else cpu::tiled_forward(p, a.num_threads);
 }
 
 void backward(const BackwardArgs& a) {
@@ -343,7 +349,8 @@ void backward(const BackwardArgs& a) {
         return;
     }
 #endif
-    cpu::tiled_backward(p, a.num_threads);
+    if (p.dtype == DType::Float64) cpu::float64_backward(p, a.num_threads);
+    else cpu::tiled_backward(p, a.num_threads);
 }
 
 bool cuda_available() {

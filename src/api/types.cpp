@@ -10,6 +10,7 @@ const char* to_string(DType dtype) {
         case DType::Float16: return "float16";
         case DType::BFloat16: return "bfloat16";
         case DType::Int32: return "int32";
+        case DType::Float64: return "float64";
     }
     return "unknown";
 }
@@ -17,7 +18,14 @@ const char* to_string(DType dtype) {
 const char* to_string(Device device) { return device == Device::CPU ? "cpu" : "cuda"; }
 
 std::size_t element_size(DType dtype) {
-    return dtype == DType::Float16 || dtype == DType::BFloat16 ? 2 : 4;
+    switch (dtype) {
+        case DType::Float16:
+        case DType::BFloat16: return 2;
+        case DType::Float32:
+        case DType::Int32: return 4;
+        case DType::Float64: return 8;
+    }
+    return 0;
 }
 
 namespace {

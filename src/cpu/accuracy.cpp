@@ -47,6 +47,7 @@ double unit_roundoff(DType dtype) {
 
 double spec_bound(DType dtype, double naive_relative_error) {
     if (dtype == DType::Float32) return kFloat32Bound;
+    if (dtype == DType::Float64) return kFloat64Bound;
     return std::min(kHalfBoundCap, std::max(kHalfBoundNaiveFactor * naive_relative_error, unit_roundoff(dtype)));
 }
 

@@ -25,12 +25,17 @@ namespace flashmask::cpu {
 
 // SPEC §5 bounds on ||x - ref|| / ||ref|| for O, dQ, dK and dV.
 inline constexpr double kFloat32Bound = 1e-5;        // float32 inputs
+// float64 inputs (the CPU path's exact dtype, beyond SPEC §5): float64 arithmetic on both sides,
+// so only a few hundred ulps of summation-order difference remain.
+inline constexpr double kFloat64Bound = 1e-12;
 inline constexpr double kHalfBoundNaiveFactor = 2.0;  // 16-bit inputs: this many times the naive error ...
 inline constexpr double kHalfBoundCap = 2e-2;         // ... and never above this
 
 // x rounded to the nearest value of a storage dtype (round to nearest even, through float);
-// float32 rounds to float, Int32 is not a storage dtype of attention and also rounds to float.
+// float32 rounds to float, float64 keeps x, Int32 is not a storage dtype of attention and also
+// rounds to float.
 inline double round_to(DType dtype, double x) {
+    if (dtype == DType::Float64) return x;
     const float f = float(x);
     switch (dtype) {
         case DType::BFloat16: return bfloat16_to_float(float_to_bfloat16(f));
@@ -43,7 +48,8 @@ inline double round_to(DType dtype, double x) {
 // rounding a result to the dtype once.
 double unit_roundoff(DType dtype);
 
-// The SPEC §5 bound for one tensor, given the naive in-dtype error (ignored for float32):
+// The SPEC §5 bound for one tensor, given the naive in-dtype error (ignored for float32, and
+// kFloat64Bound for float64):
 // min(kHalfBoundCap, max(kHalfBoundNaiveFactor * naive, unit_roundoff(dtype))). The floor is
 // there because the naive computation can be exact where no rounding implementation can be
 // asked to be: where every row sees a single key (Nq = Nk = 1, say), the naive P is exactly 1,

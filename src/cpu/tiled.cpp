@@ -599,6 +599,7 @@ void with_storage(const AttentionProblem& problem, const char* function, Run run
         case DType::Float32: return run(Float32Storage{});
         case DType::BFloat16: return run(BFloat16Storage{});
         case DType::Float16: return run(Float16Storage{});
+        case DType::Float64:  // float64.hpp's path
         case DType::Int32: break;
     }
     throw Error(ErrorCode::WrongDType, "q",

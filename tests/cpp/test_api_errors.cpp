@@ -140,6 +140,15 @@ const BadInput kBadInputs[] = {
          for (TensorView* t : c.all()) t->dtype = DType::Float32;
      },
      EC::WrongDType, "q"},
+    {"float64_on_cuda",
+     [](CallViews& c) {
+         on_cuda(c);
+         for (TensorView* t : c.all()) t->dtype = DType::Float64;
+         c.lse.dtype = DType::Float32;
+     },
+     EC::WrongDType, "q"},
+    {"lse_float64", [](CallViews& c) { c.lse.dtype = DType::Float64; }, EC::WrongDType, "lse"},
+    {"k_float64_differs", [](CallViews& c) { c.k.dtype = DType::Float64; }, EC::WrongDType, "k"},
     // ranks and shapes
     {"q_rank_3", [](CallViews& c) { c.q.rank = 3; }, EC::InvalidArgument, "q"},
     {"lse_rank_4", [](CallViews& c) { c.lse.rank = 4; c.lse.shape[3] = 1; c.lse.strides[3] = 1; }, EC::InvalidArgument, "lse"},

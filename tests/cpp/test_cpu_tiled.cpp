@@ -1,8 +1,9 @@
 // The tiled CPU path (through forward()/backward()) against the float64 reference, SPEC §5:
 // every catalogue mask, random and hostile index tensors of every layout, Nq != Nk, GQA
 // (Hq / Hk = 4), mask heads 1, Hk and Hq, head dims 64 / 128 / 256, sizes 1, 17, 1000 and
-// 4099, float32 / bfloat16 / float16. Inputs are fresh normals every run; outputs are poisoned
-// with NaN first, so every element is checked to have been written.
+// 4099, float32 / bfloat16 / float16; and the float64 path (cpu/float64.hpp), also through
+// forward()/backward(), to kFloat64Bound. Inputs are fresh normals every run; outputs are
+// poisoned with NaN first, so every element is checked to have been written.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -103,7 +104,7 @@ void check_attention(const AttentionSizes& s, DType dtype, TestMask& mask, std::
     const cpu::ReferenceForward ref = cpu::reference_forward(s.reference_shape(), mask_view, scale, qd.data(),
                                                              kd.data(), vd.data(), options.rows);
     // SPEC §5 measures 16-bit inputs against the same attention computed naively in the dtype.
-    const bool low_precision = dtype != DType::Float32;
+    const bool low_precision = dtype != DType::Float32 && dtype != DType::Float64;
     std::optional<std::vector<double>> naive_out;
     if (low_precision)
         naive_out = cpu::naive_forward(dtype, s.reference_shape(), mask_view, scale, qd.data(), kd.data(), vd.data(),
@@ -208,6 +209,21 @@ TEST_P(CatalogueMask, MatchesReferenceFloat32) {
     for (const auto& c : cases) {
         TestMask mask = catalogue_test_mask(GetParam(), c.sizes, c.mask_heads, rng);
         check_attention(c.sizes, DType::Float32, mask, rng);
+    }
+}
+
+// The float64 path on the same cases, to kFloat64Bound: float64 arithmetic throughout, the
+// backward's included (it recomputes the LSE in double rather than reading the float32 one).
+TEST_P(CatalogueMask, MatchesReferenceFloat64) {
+    auto rng = test_rng();
+    const struct { AttentionSizes sizes; int32_t mask_heads; } cases[] = {
+        {{2, 200, 200, 8, 2, 64, 64}, 8},
+        {{1, 150, 230, 8, 2, 64, 64}, 1},
+        {{1, 230, 150, 8, 2, 64, 64}, 2},
+    };
+    for (const auto& c : cases) {
+        TestMask mask = catalogue_test_mask(GetParam(), c.sizes, c.mask_heads, rng);
+        check_attention(c.sizes, DType::Float64, mask, rng);
     }
 }
 
@@ -321,7 +337,7 @@ TEST(TiledAttention, HeadDimsAndDtypes) {
     const std::vector<std::string>& names = catalogue_names();
     std::size_t next_mask = std::uniform_int_distribution<std::size_t>(0, names.size() - 1)(rng);
     for (const int32_t head_dim : {64, 128, 256})
-        for (const DType dtype : {DType::Float32, DType::BFloat16, DType::Float16}) {
+        for (const DType dtype : {DType::Float32, DType::BFloat16, DType::Float16, DType::Float64}) {
             const AttentionSizes sizes{1, 130, 100, 4, 1, head_dim, head_dim};
             TestMask mask = catalogue_test_mask(names[next_mask++ % names.size()], sizes, sizes.q_heads, rng);
             check_attention(sizes, dtype, mask, rng);
@@ -334,6 +350,7 @@ TEST(TiledAttention, ValueDimDiffersFromHeadDim) {
         const AttentionSizes sizes{2, 70, 90, 4, 2, head_dim, value_dim};
         TestMask mask = catalogue_test_mask("prefix_lm_document", sizes, 2, rng);
         check_attention(sizes, DType::Float32, mask, rng);
+        check_attention(sizes, DType::Float64, mask, rng);
     }
 }
 
@@ -346,6 +363,7 @@ TEST(TiledAttention, ExplicitScaleAndNoIndexTensor) {
         mask.name = causal ? "causal" : "full";
         const float scale = std::uniform_real_distribution<float>(0.05f, 0.3f)(rng);
         check_attention(sizes, DType::Float32, mask, rng, {.scale = scale});
+        check_attention(sizes, DType::Float64, mask, rng, {.scale = scale});
     }
 }
 
@@ -369,6 +387,7 @@ TEST(TiledAttention, FullyMaskedRowsGiveZerosAndMinusInfinity) {
         }
         check_attention(sizes, DType::Float32, mask, rng);
         check_attention(sizes, DType::BFloat16, mask, rng);
+        check_attention(sizes, DType::Float64, mask, rng);
     }
 }
 
@@ -385,27 +404,30 @@ TEST(TiledAttention, HiddenKeysAreNeverMixedIn) {
         indices.at(0, 0, j, 1) = 0;
     }
     const std::optional<TensorView> mask = indices.view();
-    HostTensor q(DType::Float32, {1, sizes.nq, 2, 64}), k(DType::Float32, {1, sizes.nk, 1, 64}),
-        v(DType::Float32, {1, sizes.nk, 1, 64}), dout(DType::Float32, {1, sizes.nq, 2, 64});
-    for (HostTensor* t : {&q, &k, &v, &dout}) t->fill_normal(rng);
-    auto run = [&](HostTensor& kk, HostTensor& vv) {
-        HostTensor out(DType::Float32, {1, sizes.nq, 2, 64}), lse(DType::Float32, {1, 2, sizes.nq});
-        HostTensor dq(DType::Float32, {1, sizes.nq, 2, 64}), dk(DType::Float32, {1, sizes.nk, 1, 64}),
-            dv(DType::Float32, {1, sizes.nk, 1, 64});
-        forward({q.view(), kk.view(), vv.view(), out.view(), lse.view(), mask, false});
-        backward({q.view(), kk.view(), vv.view(), out.view(), lse.view(), dout.view(), dq.view(), dk.view(), dv.view(),
-                  mask, false});
-        return std::vector<std::vector<uint32_t>>{out.bits(), lse.bits(), dq.bits()};
-    };
-    const auto clean = run(k, v);
-    HostTensor k_bad = k, v_bad = v;
-    for (int32_t j = 0; j < sizes.nk; ++j)
-        if (hidden[j])
-            for (int32_t d = 0; d < 64; ++d) {
-                k_bad.set(j * 64 + d, d % 2 ? std::numeric_limits<double>::quiet_NaN() : kInf);
-                v_bad.set(j * 64 + d, d % 2 ? -kInf : std::numeric_limits<double>::quiet_NaN());
-            }
-    EXPECT_EQ(run(k_bad, v_bad), clean);
+    for (const DType dtype : {DType::Float32, DType::Float64}) {
+        SCOPED_TRACE(to_string(dtype));
+        HostTensor q(dtype, {1, sizes.nq, 2, 64}), k(dtype, {1, sizes.nk, 1, 64}),
+            v(dtype, {1, sizes.nk, 1, 64}), dout(dtype, {1, sizes.nq, 2, 64});
+        for (HostTensor* t : {&q, &k, &v, &dout}) t->fill_normal(rng);
+        auto run = [&](HostTensor& kk, HostTensor& vv) {
+            HostTensor out(dtype, {1, sizes.nq, 2, 64}), lse(DType::Float32, {1, 2, sizes.nq});
+            HostTensor dq(dtype, {1, sizes.nq, 2, 64}), dk(dtype, {1, sizes.nk, 1, 64}),
+                dv(dtype, {1, sizes.nk, 1, 64});
+            forward({q.view(), kk.view(), vv.view(), out.view(), lse.view(), mask, false});
+            backward({q.view(), kk.view(), vv.view(), out.view(), lse.view(), dout.view(), dq.view(), dk.view(), dv.view(),
+                      mask, false});
+            return std::vector<std::vector<uint32_t>>{out.bits(), lse.bits(), dq.bits()};
+        };
+        const auto clean = run(k, v);
+        HostTensor k_bad = k, v_bad = v;
+        for (int32_t j = 0; j < sizes.nk; ++j)
+            if (hidden[j])
+                for (int32_t d = 0; d < 64; ++d) {
+                    k_bad.set(j * 64 + d, d % 2 ? std::numeric_limits<double>::quiet_NaN() : kInf);
+                    v_bad.set(j * 64 + d, d % 2 ? -kInf : std::numeric_limits<double>::quiet_NaN());
+                }
+        EXPECT_EQ(run(k_bad, v_bad), clean);
+    }
 }
 
 // The same bits whatever the thread count, run after run (SPEC: the CPU path is deterministic).
