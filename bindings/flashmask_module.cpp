@@ -100,12 +100,13 @@ std::string dlpack_dtype_name(nb::dlpack::dtype dtype) {
 }
 
 // The library dtype of an array, or an Error(WrongDType) naming the argument when the library
-// has no such dtype (float64, int64, ...). Whether the dtype suits the argument is the
+// has no such dtype (int64, complex, ...). Whether the dtype suits the argument is the
 // library's call, not this function's.
 fm::DType library_dtype(nb::dlpack::dtype dtype, const char* argument, const char* expected, bool bfloat16_bits) {
     using Code = nb::dlpack::dtype_code;
     const Code code = Code(dtype.code);
     if (dtype.lanes == 1) {
+        if (code == Code::Float && dtype.bits == 64) return fm::DType::Float64;
         if (code == Code::Float && dtype.bits == 32) return fm::DType::Float32;
         if (code == Code::Float && dtype.bits == 16) return fm::DType::Float16;
         if (code == Code::Bfloat && dtype.bits == 16) return fm::DType::BFloat16;
@@ -177,7 +178,7 @@ fm::TensorView tensor_view(const Array& array, const char* argument, const char*
     return view;
 }
 
-constexpr const char* kFloatDTypes = "float32, float16 or bfloat16";
+constexpr const char* kFloatDTypes = "bfloat16, float16, float32 or float64 (float32 and float64 on the CPU only)";
 constexpr const char* kIndexDType = "int32";
 constexpr const char* kIndexArgument = "startend_row_indices";
 
@@ -614,6 +615,7 @@ NB_MODULE(_flashmask, m) {
     // --- SPEC §5's naive in-dtype attention and bound (tests; see src/cpu/accuracy.hpp) --------
     // Operands are float64 arrays holding values already rounded to `dtype`.
     nb::enum_<fm::DType>(m, "DType")
+        .value("float64", fm::DType::Float64)
         .value("float32", fm::DType::Float32)
         .value("float16", fm::DType::Float16)
         .value("bfloat16", fm::DType::BFloat16);

@@ -6,7 +6,8 @@ float64 reference it is tested against, and SPEC §5's naive in-dtype attention 
 Layouts (SPEC §1), BSHD: q [B, Nq, Hq, D], k [B, Nk, Hk, D], v [B, Nk, Hk, Dv],
 out [B, Nq, Hq, Dv], lse float32 [B, Hq, Nq]. Any strides with a contiguous last dimension
 (so a [B, H, N, D] array passed as ``x.transpose(0, 2, 1, 3)`` works unchanged).
-dtypes: float32, float16, bfloat16 (see flashmask._arrays for how bfloat16 is spelled).
+dtypes: float64, float32, float16, bfloat16 (see flashmask._arrays for how bfloat16 is spelled);
+float64 runs in float64 arithmetic throughout (the exact path, e.g. for gradient checks).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def forward_into(q, k, v, out, lse, startend_row_indices=None, *, causal: bool =
     lse float32 [B, Hq, Nq] are written in place. Any arrays with DLPack support, all on one
     device: torch tensors (CPU or CUDA, bfloat16 included), NumPy arrays, ... Any strides with
     a contiguous last dimension, so a [B, H, N, D] tensor passes as ``x.transpose(1, 2)``.
-    dtypes: bfloat16 and float16 on CUDA; float32 too on the CPU.
+    dtypes: bfloat16 and float16 on CUDA; float32 and float64 too on the CPU.
 
     startend_row_indices: int32 [B, Hm, Nk, C] on the same device, a Mask, or None.
     stream: the cudaStream_t the kernels run on, as an int (e.g.
@@ -176,10 +177,11 @@ def reference_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.nda
 
 
 # The storage dtypes of attention, by NumPy dtype (bfloat16 is spelled separately; see _arrays).
-_LIBRARY_DTYPES = {np.dtype(np.float32): _flashmask.DType.float32, np.dtype(np.float16): _flashmask.DType.float16}
-_DTYPE_NAMES = {"float32": _flashmask.DType.float32, "float16": _flashmask.DType.float16,
-                BFLOAT16: _flashmask.DType.bfloat16}
-_EXPECTED_DTYPES = "float32, float16 or bfloat16"
+_LIBRARY_DTYPES = {np.dtype(np.float64): _flashmask.DType.float64, np.dtype(np.float32): _flashmask.DType.float32,
+                   np.dtype(np.float16): _flashmask.DType.float16}
+_DTYPE_NAMES = {"float64": _flashmask.DType.float64, "float32": _flashmask.DType.float32,
+                "float16": _flashmask.DType.float16, BFLOAT16: _flashmask.DType.bfloat16}
+_EXPECTED_DTYPES = "float64, float32, float16 or bfloat16"
 
 
 def _input_dtype(arrays, bfloat16_bits: bool):
@@ -224,7 +226,8 @@ def naive_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray
 
 def spec_bound(dtype: Union[str, np.dtype, type], naive_error: float) -> float:
     """SPEC §5's bound on ||x - ref|| / ||ref|| for one tensor of inputs of `dtype` ("float32",
-    "float16", "bfloat16" or a NumPy dtype): 1e-5 for float32; for 16-bit dtypes twice
+    "float16", "bfloat16", "float64" or a NumPy dtype): 1e-5 for float32 (1e-12 for float64, beyond
+    SPEC §5: float64 arithmetic on both sides); for 16-bit dtypes twice
     `naive_error` (naive_* against reference_*), at least one rounding of the dtype, at most 2e-2."""
     return float(_flashmask.spec_bound(_named_dtype(dtype), float(naive_error)))
 

@@ -43,9 +43,10 @@ _K_LAYOUT = "[B, Nk, Hk, D]"
 _V_LAYOUT = "[B, Nk, Hk, Dv]"
 _INDEX_LAYOUT = "[B, Hm, Nk, C]"
 
-# What the library takes (SPEC §1, §2); float32 only on the CPU path.
-_ATTENTION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_CPU_ONLY_DTYPES = (torch.float32,)
+# What the library takes (SPEC §1, §2); float32 and float64 only on the CPU path (float64 in
+# float64 arithmetic throughout: what torch.autograd.gradcheck needs).
+_ATTENTION_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+_CPU_ONLY_DTYPES = (torch.float32, torch.float64)
 _CUDA = "cuda"  # the device type whose kernels refuse _CPU_ONLY_DTYPES (meta tensors pass: shapes only)
 _INDEX_DTYPE = torch.int32
 # The index tensor's slot count C allowed with each causal setting (SPEC §2's table).
@@ -90,11 +91,11 @@ def _refuse_bad_operands(q: Tensor, k: Tensor, v: Tensor, indices: Optional[Tens
                                              "tensors of a call must be on one device")
 
     if q.dtype not in _ATTENTION_DTYPES:
-        raise _refused(TypeError, "q", f"dtype {q.dtype}, expected torch.bfloat16, torch.float16 or torch.float32 "
-                                       "(float32 on the CPU only)")
+        raise _refused(TypeError, "q", f"dtype {q.dtype}, expected torch.bfloat16, torch.float16, torch.float32 "
+                                       "or torch.float64 (float32 and float64 on the CPU only)")
     if q.dtype in _CPU_ONLY_DTYPES and q.device.type == _CUDA:
         raise _refused(TypeError, "q", f"dtype {q.dtype} on {q.device}, expected torch.bfloat16 or torch.float16 "
-                                       "(float32 is taken on the CPU only)")
+                                       f"({q.dtype} is taken on the CPU only)")
     for name, tensor in (("k", k), ("v", v)):
         if tensor.dtype != q.dtype:
             raise _refused(TypeError, name, f"dtype {tensor.dtype}, expected {q.dtype} (the dtype of q)")
@@ -315,9 +316,9 @@ def flashmask_attention(q: Tensor, k: Tensor, v: Tensor, startend_row_indices: U
     q [B, Nq, Hq, D], k [B, Nk, Hk, D], v [B, Nk, Hk, Dv] on one device, any strides with a
     contiguous last dimension (BHSD tensors: pass ``x.transpose(1, 2)``; transpose the output
     back the same way). Hq % Hk == 0 (grouped-query attention). dtypes: bfloat16, float16;
-    float32 on the CPU too. Returns out [B, Nq, Hq, Dv] (contiguous, q's dtype), or
-    (out, lse) with return_lse, lse float32 [B, Hq, Nq] (natural log of the softmax
-    denominator, scale applied; -inf for a row that sees no key; no gradient flows through it).
+    float32 and float64 on the CPU too (float64 in float64 arithmetic, for gradcheck).
+    Returns out [B, Nq, Hq, Dv] (contiguous, q's dtype), or (out, lse) with return_lse, lse
+    float32 [B, Hq, Nq] (natural log of the softmax denominator, scale applied; -inf for a row that sees no key; no gradient flows through it).
 
     startend_row_indices: int32 [B, Hm, Nk, C] on q's device (Hm in {1, Hk, Hq}; C in {1, 2}
     with causal, {2, 4} without), as in Paddle's flashmask_attention (SPEC §2); or a

@@ -32,8 +32,16 @@ def assert_names(refused, argument):
 def test_query_of_an_unsupported_dtype(rng):
     q, k, v = tensors(rng)
     with pytest.raises(TypeError) as refused:
-        flashmask.attention_forward(q.astype(np.float64), k, v)
+        flashmask.attention_forward(q.astype(np.int64), k, v)
     assert_names(refused, "q")
+    assert "int64" in str(refused.value) and "float64" in str(refused.value)  # given, and the expected list
+
+
+def test_float64_key_with_a_float32_query(rng):
+    q, k, v = tensors(rng)
+    with pytest.raises(TypeError) as refused:
+        flashmask.attention_forward(q, k.astype(np.float64), v)
+    assert_names(refused, "k")
     assert "float64" in str(refused.value)
 
 

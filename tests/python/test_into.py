@@ -52,7 +52,10 @@ def random_problem(rng, dtype, batch=2, q_heads=4, kv_heads=2, head_dim=64):
     return q, k, v, dout, indices
 
 
-NUMPY_DTYPES = ["float32", "float16", "bfloat16"]
+NUMPY_DTYPES = ["float64", "float32", "float16", "bfloat16"]
+# float64 runs in float64 arithmetic (src/cpu/float64.hpp): only summation order differs from the
+# reference's.
+FLOAT64_TOLERANCE = 1e-12
 
 
 def numpy_dtype(name: str):
@@ -85,6 +88,30 @@ def test_numpy_into_matches_the_allocating_calls(dtype_name, rng):
                             num_threads=THREADS)
     for name, grad, expected in zip(("dq", "dk", "dv"), grads, expected_grads):
         np.testing.assert_array_equal(grad, expected, err_msg=name)
+
+
+def test_float64_arrays_match_the_reference(rng):
+    """float64 NumPy arrays of fresh float64 normals (not float32 values widened): out, dq, dk, dv
+    within FLOAT64_TOLERANCE of the float64 reference, and lse (float32) within its rounding."""
+    batch, q_heads, kv_heads, head_dim = 2, 4, 2, 48
+    nq, nk = (int(n) for n in rng.integers(1, 150, size=2))
+    q = rng.standard_normal((batch, nq, q_heads, head_dim))
+    k, v = (rng.standard_normal((batch, nk, kv_heads, head_dim)) for _ in range(2))
+    dout = rng.standard_normal(q.shape)
+    indices = rng.integers(0, nq + 1, size=(batch, kv_heads, nk, 4)).astype(np.int32)
+    scale = float(rng.uniform(0.5, 2.0) / np.sqrt(head_dim))
+    out, lse = flashmask.attention_forward(q, k, v, indices, scale=scale, num_threads=THREADS)
+    assert out.dtype == np.float64 and lse.dtype == np.float32
+    grads = flashmask.attention_backward(dout, q, k, v, out, lse, indices, scale=scale, num_threads=THREADS)
+    # The library's scale is a float32 (SPEC §1): the reference takes the same value.
+    ref_scale = float(np.float32(scale))
+    ref_out, ref_lse = flashmask.reference_forward(q, k, v, indices, scale=ref_scale)
+    ref_grads = flashmask.reference_backward(dout, q, k, v, indices, scale=ref_scale)
+    for name, value, ref in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref_out, *ref_grads)):
+        assert value.dtype == np.float64, name
+        error = np.linalg.norm(value - ref) / max(np.linalg.norm(ref), np.finfo(np.float64).tiny)
+        assert error < FLOAT64_TOLERANCE, (name, error)
+    np.testing.assert_allclose(lse, ref_lse, rtol=float(np.finfo(np.float32).eps), atol=0)
 
 
 def test_numpy_into_with_a_builder_mask_broadcast_over_the_batch(rng):
@@ -200,11 +227,11 @@ def float64_of(tensor) -> np.ndarray:
 
 
 @needs_torch
-@pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("dtype_name", ["float64", "float32", "float16", "bfloat16"])
 def test_torch_cpu_tensors(dtype_name, rng):
     """Torch tensors through DLPack: BHSD views keep their strides, bfloat16 arrives as
     bfloat16, inputs that require grad are read, and the results are the NumPy path's bits
-    (float32, float16) or within SPEC §5 of the float64 reference (bfloat16)."""
+    (float64, float32, float16) or within SPEC §5 of the float64 reference (bfloat16)."""
     torch_dtype = getattr(torch, dtype_name)
     q64, k64, v64, dout64, indices = random_problem(rng, np.float32)
     q, k, v, dout = (torch_copy(x, torch_dtype, bhsd=True) for x in (q64, k64, v64, dout64))

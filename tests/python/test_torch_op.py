@@ -3,7 +3,8 @@
 CPU (always, when torch is installed): every catalogue mask against SDPA with the dense mask,
 forward and backward; forward and backward within SPEC §5 of the float64 reference for masks
 of every layout (builder Masks, random index tensors per head, window_size,
-None), Nq != Nk, GQA and BHSD views; torch.autograd.gradcheck (float32: see test_gradcheck);
+None), Nq != Nk, GQA and BHSD views, float64 included; torch.autograd.gradcheck in float64 with
+its default tolerances (and in float32 on the tiled path: see test_gradcheck_float32);
 torch.library.opcheck of both operators; window_size's index tensor equal to the C++ builder's;
 torch.compile(fullgraph=True, dynamic=True) with no graph break and no recompilation across
 sequence lengths and masks, results equal to eager; every refused input raising
@@ -33,8 +34,12 @@ import torch._dynamo.testing  # noqa: E402  (CompileCounterWithBackend)
 
 from flashmask import torch_op  # noqa: E402
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+                "bfloat16": torch.bfloat16}
 FLOAT32_TOLERANCE = 1e-5  # SPEC §5
+# float64 inputs run in float64 arithmetic (src/cpu/float64.hpp): only summation order differs
+# from the reference's (the C++ tests' kFloat64Bound).
+FLOAT64_TOLERANCE = 1e-12
 # The LSE is float32 arithmetic summed in another order than the reference's (as test_cuda.py).
 LSE_TOLERANCE = 1e-4
 # An explicit scale around the default 1/sqrt(D).
@@ -63,7 +68,7 @@ class Problem(NamedTuple):
 def random_tensor(rng, shape, dtype, device="cpu", bhsd=False):
     """Fresh normals of BSHD `shape` as a leaf that requires grad, and its BSHD view: with bhsd
     the leaf is [B, H, N, D] storage and the view is leaf.transpose(1, 2)."""
-    values = rng.standard_normal(shape, dtype=np.float32)
+    values = rng.standard_normal(shape, dtype=np.float64 if dtype == torch.float64 else np.float32)
     if bhsd:
         values = np.ascontiguousarray(values.transpose(0, 2, 1, 3))
     leaf = torch.from_numpy(values).to(device=device, dtype=dtype).requires_grad_(True)
@@ -74,7 +79,8 @@ def random_problem(rng, dtype, batch, nq, nk, q_heads, kv_heads, head_dim, devic
     q_leaf, q = random_tensor(rng, (batch, nq, q_heads, head_dim), dtype, device, bhsd)
     k_leaf, k = random_tensor(rng, (batch, nk, kv_heads, head_dim), dtype, device, bhsd)
     v_leaf, v = random_tensor(rng, (batch, nk, kv_heads, head_dim), dtype, device, bhsd)
-    dout = torch.from_numpy(rng.standard_normal((batch, nq, q_heads, head_dim), dtype=np.float32)).to(device, dtype)
+    numpy_dtype = np.float64 if dtype == torch.float64 else np.float32
+    dout = torch.from_numpy(rng.standard_normal((batch, nq, q_heads, head_dim), dtype=numpy_dtype)).to(device, dtype)
     return Problem((q_leaf, k_leaf, v_leaf), q, k, v, dout)
 
 
@@ -172,14 +178,19 @@ def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
 
 def assert_within_spec(problem: Problem, results, mask_reference, scale, dtype_name: str):
     """out, dq, dk, dv (BSHD tensors) within SPEC §5 of the float64 reference on the same input
-    values: 1e-5 for float32, spec_bound(dtype, naive error) for 16-bit dtypes."""
+    values: 1e-5 for float32, 1e-12 for float64, spec_bound(dtype, naive error) for 16-bit dtypes."""
     indices, causal = mask_reference
     values = [float64_of(x) for x in (problem.q, problem.k, problem.v, problem.dout)]
+    # The library's scale is a float32 (SPEC §1), explicit or 1/sqrt(D); the reference takes that
+    # value (float64 results would show the difference).
+    scale = float(np.float32(scale if scale is not None else 1 / np.sqrt(values[0].shape[3])))
     reference_out, _ = flashmask.reference_forward(*values[:3], indices, causal=causal, scale=scale)
     reference_grads = flashmask.reference_backward(values[3], *values[:3], indices, causal=causal, scale=scale)
     references = (reference_out, *reference_grads)
     if dtype_name == "float32":
         bounds = [FLOAT32_TOLERANCE] * 4
+    elif dtype_name == "float64":
+        bounds = [FLOAT64_TOLERANCE] * 4
     else:
         storage = [storage_of(x, dtype_name) for x in (problem.q, problem.k, problem.v, problem.dout)]
         dtype_argument = "bfloat16" if dtype_name == "bfloat16" else None
@@ -226,12 +237,14 @@ CPU_CASES = [
     Case("bidirectional_c4_per_kv_head", "bfloat16", 4, 2, 64, False, True, True),
     Case("window", "float32", 4, 2, 64, False, True, False),
     Case("causal_window", "float16", 4, 4, 64, False, False, False),
+    Case("causal_c2_one_head", "float64", 4, 2, 64, False, True, True),
+    Case("bidirectional_c4_per_kv_head", "float64", 4, 2, 32, False, False, False),
 ]
 
 
 @pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: f"{c.mask}-{c.dtype}{'-bhsd' if c.bhsd else ''}")
 def test_forward_and_backward_match_the_reference(case: Case, rng):
-    lengths = LENGTHS if case.dtype == "float32" else LENGTHS_16_BIT
+    lengths = LENGTHS if case.dtype in ("float32", "float64") else LENGTHS_16_BIT
     nq = int(rng.integers(*lengths))
     nk = nq if case.square else int(rng.integers(*lengths))
     batch = 2
@@ -298,27 +311,32 @@ def test_the_gradient_of_a_sum_passes_an_expanded_gradient(rng):
 
 # --- CPU: gradcheck ---------------------------------------------------------------------------------
 
-# torch.autograd.gradcheck compares the backward with central differences of the forward. The
-# library computes in float32 on every path (it refuses float64 inputs), so the check runs on
-# float32 inputs with tolerances set by float32 arithmetic: a difference quotient with step h
-# carries the forward's rounding, about FLOAT32_EPSILON * |out| per evaluation, divided by h.
-# With h = 1e-3 that is ~1e-4; the tolerance leaves a factor GRADCHECK_MARGIN above it, while a
-# wrong gradient (a missing scale, a head summed into the wrong KV head, a transposed operand)
-# is off by O(1). The truncation error, O(h^2) ~ 1e-6, is negligible.
-GRADCHECK_STEP = 1e-3
-GRADCHECK_MARGIN = 10
-GRADCHECK_TOLERANCE = GRADCHECK_MARGIN * float(np.finfo(np.float32).eps) / GRADCHECK_STEP
+# torch.autograd.gradcheck compares the backward with central differences of the forward. On
+# float64 tensors the CPU path computes in float64 throughout (src/cpu/float64.hpp; the backward
+# recomputes the LSE in double rather than reading the float32 one), so gradcheck runs with its
+# own defaults: step 1e-6, atol 1e-5, rtol 1e-3, and its checks of undefined output gradients.
+# Every case has GQA (Hq / Hk = 2); Nq != Nk unless the mask needs a square problem; BHSD views
+# alternate with BSHD tensors.
+GRADCHECK_CASES = [  # (mask, BHSD views)
+    ("bidirectional_c4_per_kv_head", True),
+    ("causal_c2_one_head", False),
+    ("causal", True),
+    ("causal_window", False),
+    ("bidirectional_c2_per_q_head", True),
+    ("causal_document_builder_mask", False),
+]
+SQUARE_MASKS = ("causal_document_builder_mask",)  # masks built for Nq == Nk
+KEY_LENGTH_OFFSETS = (-2, -1, 1, 2, 3)  # Nk - Nq of the other cases: shorter and longer key sequences
 
 
-@pytest.mark.parametrize("mask_name", ["bidirectional_c4_per_kv_head", "causal_c2_one_head", "causal",
-                                       "causal_window", "causal_document_builder_mask"])
-def test_gradcheck(mask_name, rng):
+def gradcheck_problem(rng, dtype, mask_name, bhsd):
+    """A small random problem (torch.autograd.gradcheck perturbs every input element) and a
+    function of the three leaves that returns flashmask_attention's out."""
     batch, q_heads, kv_heads = 2, 4, 2
-    nq = int(rng.integers(3, 12))
-    nk = nq if mask_name == "causal_document_builder_mask" else int(rng.integers(3, 12))
+    nq = int(rng.integers(4, 12))
+    nk = nq if mask_name in SQUARE_MASKS else nq + int(rng.choice(KEY_LENGTH_OFFSETS))
     head_dim = int(rng.integers(2, 7))
-    problem = random_problem(rng, torch.float32, batch, nq, nk, q_heads, kv_heads, head_dim,
-                             bhsd=bool(rng.integers(0, 2)))
+    problem = random_problem(rng, dtype, batch, nq, nk, q_heads, kv_heads, head_dim, bhsd=bhsd)
     arguments = MASK_CASES[mask_name](rng, (batch, nq, nk, q_heads, kv_heads)).arguments
 
     def attention(q_leaf, k_leaf, v_leaf):
@@ -326,6 +344,30 @@ def test_gradcheck(mask_name, rng):
                  for leaf, view in zip((q_leaf, k_leaf, v_leaf), (problem.q, problem.k, problem.v))]
         return flashmask.flashmask_attention(*views, **arguments)
 
+    return problem, attention
+
+
+@pytest.mark.parametrize("mask_name, bhsd", GRADCHECK_CASES)
+def test_gradcheck(mask_name, bhsd, rng):
+    problem, attention = gradcheck_problem(rng, torch.float64, mask_name, bhsd)
+    assert all(leaf.dtype == torch.float64 for leaf in problem.leaves)
+    assert torch.autograd.gradcheck(attention, problem.leaves)
+
+
+# The float64 path above is its own implementation; this checks the tiled path users run (float32
+# arithmetic) the same way, with tolerances set by float32 arithmetic: a difference quotient with
+# step h carries the forward's rounding, about FLOAT32_EPSILON * |out| per evaluation, divided by
+# h. With h = 1e-3 that is ~1e-4; the tolerance leaves a factor GRADCHECK_MARGIN above it, while a
+# wrong gradient (a missing scale, a head summed into the wrong KV head, a transposed operand) is
+# off by O(1). The truncation error, O(h^2) ~ 1e-6, is negligible.
+GRADCHECK_STEP = 1e-3
+GRADCHECK_MARGIN = 10
+GRADCHECK_TOLERANCE = GRADCHECK_MARGIN * float(np.finfo(np.float32).eps) / GRADCHECK_STEP
+
+
+@pytest.mark.parametrize("mask_name, bhsd", GRADCHECK_CASES[:3])
+def test_gradcheck_float32(mask_name, bhsd, rng):
+    problem, attention = gradcheck_problem(rng, torch.float32, mask_name, bhsd)
     with pytest.warns(UserWarning, match="double precision"):  # torch's note on float32 gradcheck
         assert torch.autograd.gradcheck(attention, problem.leaves, eps=GRADCHECK_STEP, atol=GRADCHECK_TOLERANCE,
                                         rtol=GRADCHECK_TOLERANCE, nondet_tol=0.0)
@@ -511,7 +553,8 @@ class Refusal(NamedTuple):
 
 
 REFUSALS = {
-    "float64_q": Refusal(TypeError, "q", lambda c: dict(q=c["q"].double()), True),
+    "int32_q": Refusal(TypeError, "q", lambda c: dict(q=c["q"].detach().int()), True),
+    "float64_k_with_float32_q": Refusal(TypeError, "k", lambda c: dict(k=c["k"].double()), True),
     "float16_k_with_float32_q": Refusal(TypeError, "k", lambda c: dict(k=c["k"].half()), True),
     "int64_index_tensor": Refusal(TypeError, "startend_row_indices",
                                   lambda c: dict(startend_row_indices=c["startend_row_indices"].long()), True),
