@@ -3,7 +3,8 @@
 //   Skipped - nothing is computed and the key block's K/V are never read;
 //   Full    - scores go straight into the softmax, no mask arithmetic;
 //   Partial - the canonical column intervals (tiles.hpp) are applied element-wise.
-// Storage float32, float16 or bfloat16; every product and sum in float32.
+// Storage float32, float16 or bfloat16; every product and sum in float32 (float64 tensors take
+// float64.hpp's path instead).
 //
 // Callers pass a validated AttentionProblem (src/api/dispatch.cpp validates); nothing here
 // re-checks arguments, and index values are only ever read through column_intervals(), which
