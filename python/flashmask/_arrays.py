@@ -137,9 +137,9 @@ def device_operand(value, argument: str, stream_handle: int, *, floating: bool =
             return value.view(np.uint16)
         if floating and value.dtype == np.uint16:
             raise refusal(TypeError, argument,
-                          f"{argument} has dtype uint16; expected float32, float16 or bfloat16 (ml_dtypes.bfloat16 "
-                          "for NumPy; uint16 bfloat16 bits are taken only by attention_forward/backward with "
-                          "dtype=\"bfloat16\")")
+                          f"{argument} has dtype uint16; expected float64, float32, float16 or bfloat16 "
+                          "(ml_dtypes.bfloat16 for NumPy; uint16 bfloat16 bits are taken only by "
+                          "attention_forward/backward with dtype=\"bfloat16\")")
         return value
     if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
         value = value.detach()

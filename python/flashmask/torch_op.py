@@ -318,7 +318,8 @@ def flashmask_attention(q: Tensor, k: Tensor, v: Tensor, startend_row_indices: U
     back the same way). Hq % Hk == 0 (grouped-query attention). dtypes: bfloat16, float16;
     float32 and float64 on the CPU too (float64 in float64 arithmetic, for gradcheck).
     Returns out [B, Nq, Hq, Dv] (contiguous, q's dtype), or (out, lse) with return_lse, lse
-    float32 [B, Hq, Nq] (natural log of the softmax denominator, scale applied; -inf for a row that sees no key; no gradient flows through it).
+    float32 [B, Hq, Nq] (natural log of the softmax denominator, scale applied; -inf for a row
+    that sees no key; no gradient flows through it).
 
     startend_row_indices: int32 [B, Hm, Nk, C] on q's device (Hm in {1, Hk, Hq}; C in {1, 2}
     with causal, {2, 4} without), as in Paddle's flashmask_attention (SPEC §2); or a
