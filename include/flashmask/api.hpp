@@ -5,6 +5,8 @@
 // Layouts (SPEC §1), any strides with a contiguous last dimension:
 //   q [B, Nq, Hq, D]   k [B, Nk, Hk, D]   v [B, Nk, Hk, Dv]
 //   out [B, Nq, Hq, Dv]   lse [B, Hq, Nq] (float32)   startend_row_indices [B, Hm, Nk, C] (int32)
+// dtypes: bfloat16 and float16 everywhere; float32 and float64 on the CPU only (float64 computes
+// in float64 throughout, for gradient checks). The LSE is float32 in every case.
 #pragma once
 
 #include <optional>
