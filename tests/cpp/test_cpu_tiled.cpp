@@ -199,7 +199,7 @@ class CatalogueMask : public ::testing::TestWithParam<std::string> {};
 
 // Sizes not multiples of any tile, Nq < Nk, Nq > Nk and Nq == Nk; Hq / Hk = 4 with Hk = 2 so
 // that Hm = 1, Hk and Hq are three different mask-head counts.
-TEST_P(CatalogueMask, MatchesReferenceFloat32) {
+void check_catalogue_mask(const std::string& name, DType dtype) {
     auto rng = test_rng();
     const struct { AttentionSizes sizes; int32_t mask_heads; } cases[] = {
         {{2, 200, 200, 8, 2, 64, 64}, 8},
@@ -207,25 +207,16 @@ TEST_P(CatalogueMask, MatchesReferenceFloat32) {
         {{1, 230, 150, 8, 2, 64, 64}, 2},
     };
     for (const auto& c : cases) {
-        TestMask mask = catalogue_test_mask(GetParam(), c.sizes, c.mask_heads, rng);
-        check_attention(c.sizes, DType::Float32, mask, rng);
+        TestMask mask = catalogue_test_mask(name, c.sizes, c.mask_heads, rng);
+        check_attention(c.sizes, dtype, mask, rng);
     }
 }
 
+TEST_P(CatalogueMask, MatchesReferenceFloat32) { check_catalogue_mask(GetParam(), DType::Float32); }
+
 // The float64 path on the same cases, to kFloat64Bound: float64 arithmetic throughout, the
 // backward's included (it recomputes the LSE in double rather than reading the float32 one).
-TEST_P(CatalogueMask, MatchesReferenceFloat64) {
-    auto rng = test_rng();
-    const struct { AttentionSizes sizes; int32_t mask_heads; } cases[] = {
-        {{2, 200, 200, 8, 2, 64, 64}, 8},
-        {{1, 150, 230, 8, 2, 64, 64}, 1},
-        {{1, 230, 150, 8, 2, 64, 64}, 2},
-    };
-    for (const auto& c : cases) {
-        TestMask mask = catalogue_test_mask(GetParam(), c.sizes, c.mask_heads, rng);
-        check_attention(c.sizes, DType::Float64, mask, rng);
-    }
-}
+TEST_P(CatalogueMask, MatchesReferenceFloat64) { check_catalogue_mask(GetParam(), DType::Float64); }
 
 TEST_P(CatalogueMask, MatchesReferenceBFloat16) {
     auto rng = test_rng();
