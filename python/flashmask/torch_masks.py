@@ -32,7 +32,7 @@ import torch
 
 from . import masks as _host_masks
 from ._arrays import refusal
-from .masks import Mask
+from .masks import _SLOTS_FOR_CAUSAL, Mask
 
 __all__ = [
     "as_torch", "causal", "causal_blockwise", "causal_document", "document", "eviction", "from_dense",
@@ -713,9 +713,7 @@ def as_torch(mask: Mask, *, device: DeviceLike = None, batch: int = 1) -> Mask:
 # Reading a mask: canonical column intervals (column_intervals() in include/flashmask/tiles.hpp)
 # --------------------------------------------------------------------------------------------
 
-# The slot counts allowed for each causal setting (SPEC §2), as flashmask.masks has them, and
-# the counts that decide the causal setting by themselves.
-_SLOTS_FOR_CAUSAL = {True: (1, 2), False: (2, 4)}
+# The slot counts that decide the causal setting by themselves (of _SLOTS_FOR_CAUSAL, SPEC §2).
 _SLOTS_ONLY_WITH = {1: True, 4: False}
 
 

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ._arrays import refusal
 from .attention import backward_into, forward_into
-from .masks import Mask, mask_arguments
+from .masks import _SLOTS_FOR_CAUSAL, Mask, mask_arguments
 
 __all__ = ["flashmask_attention", "window_indices"]
 
@@ -49,8 +49,6 @@ _ATTENTION_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64
 _CPU_ONLY_DTYPES = (torch.float32, torch.float64)
 _CUDA = "cuda"  # the device type whose kernels refuse _CPU_ONLY_DTYPES (meta tensors pass: shapes only)
 _INDEX_DTYPE = torch.int32
-# The index tensor's slot count C allowed with each causal setting (SPEC §2's table).
-_SLOTS_FOR_CAUSAL = {True: (1, 2), False: (2, 4)}
 
 
 # --------------------------------------------------------------------------------------------
