@@ -18,7 +18,7 @@ import pytest
 import flashmask
 from flashmask import masks
 
-from accuracy_util import relative_error
+from accuracy_util import float64_of, relative_error, storage_of
 
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
@@ -123,17 +123,6 @@ def poisoned_like(shape, dtype, bhsd: bool):
     return torch.full(shape, float("nan"), dtype=dtype, device="cuda")
 
 
-def host_float64(tensor) -> np.ndarray:
-    return tensor.detach().to(torch.float64).cpu().numpy()
-
-
-def host_storage(tensor, dtype: str) -> np.ndarray:
-    """The tensor's values as the NumPy arrays naive_* take: float16, or uint16 bfloat16 bits."""
-    if dtype == "bfloat16":
-        return tensor.detach().contiguous().view(torch.int16).cpu().numpy().view(np.uint16)
-    return tensor.detach().contiguous().cpu().numpy()
-
-
 def naive_dtype_argument(dtype: str) -> Optional[str]:
     return "bfloat16" if dtype == "bfloat16" else None
 
@@ -141,7 +130,7 @@ def naive_dtype_argument(dtype: str) -> Optional[str]:
 def expect_within_spec(name: str, dtype: str, value, reference: np.ndarray, naive: np.ndarray) -> None:
     naive_error = relative_error(naive, reference)
     bound = flashmask.spec_bound(dtype, naive_error)
-    error = relative_error(host_float64(value), reference)
+    error = relative_error(float64_of(value), reference)
     assert error < bound, f"{name}: relative error {error:.3e}, bound {bound:.3e} (naive {dtype} {naive_error:.3e})"
 
 
@@ -192,10 +181,10 @@ class Problem:
                                 self.gpu_mask, deterministic=deterministic, stream=stream, **self.options())
 
     def host_inputs(self):
-        return [host_float64(x) for x in (self.q, self.k, self.v, self.dout)]
+        return [float64_of(x) for x in (self.q, self.k, self.v, self.dout)]
 
     def host_storage(self):
-        return [host_storage(x, self.case.dtype) for x in (self.q, self.k, self.v, self.dout)]
+        return [storage_of(x, self.case.dtype) for x in (self.q, self.k, self.v, self.dout)]
 
 
 # --- accuracy -------------------------------------------------------------------------------------
@@ -231,8 +220,8 @@ def test_forward_and_backward_match_the_reference(case: Case, rng):
     np.testing.assert_array_equal(np.isneginf(lse), unseen)
     np.testing.assert_allclose(lse[~unseen], ref_lse[~unseen], rtol=LSE_TOLERANCE, atol=LSE_TOLERANCE)
     unseen_rows = unseen.transpose(0, 2, 1)  # [B, Nq, Hq]
-    assert not np.any(host_float64(p.out)[unseen_rows])
-    assert not np.any(host_float64(p.dq)[unseen_rows])
+    assert not np.any(float64_of(p.out)[unseen_rows])
+    assert not np.any(float64_of(p.dq)[unseen_rows])
 
     ref_grads = flashmask.reference_backward(dout, q, k, v, p.host_mask, **kwargs)
     naive_grads = flashmask.naive_backward(bits[3], *bits[:3], p.host_mask, **naive_kwargs)
@@ -288,7 +277,7 @@ def test_the_kernels_run_on_the_given_stream(rng):
         p.forward(stream=side.cuda_stream)
     side.synchronize()
     expect_all_written([("out", p.out)])
-    assert relative_error(host_float64(p.out), forward_reference(p)) < STREAM_TEST_TOLERANCE
+    assert relative_error(float64_of(p.out), forward_reference(p)) < STREAM_TEST_TOLERANCE
 
 
 @pytest.mark.skipif(not hasattr(torch.cuda, "_sleep"), reason="torch.cuda._sleep is not available")
@@ -303,7 +292,7 @@ def test_the_default_stream_waits_for_the_producers_stream(rng):
         p.forward(stream=None)
     torch.cuda.synchronize()
     expect_all_written([("out", p.out)])
-    assert relative_error(host_float64(p.out), forward_reference(p)) < STREAM_TEST_TOLERANCE
+    assert relative_error(float64_of(p.out), forward_reference(p)) < STREAM_TEST_TOLERANCE
 
 
 # --- refusals -------------------------------------------------------------------------------------

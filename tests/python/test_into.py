@@ -13,6 +13,8 @@ import pytest
 import flashmask
 from flashmask import masks
 
+from accuracy_util import float64_of, relative_error, storage_of
+
 try:
     import torch
 except ImportError:  # the torch CPU tests skip; everything else runs on NumPy alone
@@ -222,10 +224,6 @@ def torch_copy(values: np.ndarray, torch_dtype, bhsd: bool):
     return tensor.transpose(1, 2).contiguous().transpose(1, 2) if bhsd else tensor
 
 
-def float64_of(tensor) -> np.ndarray:
-    return tensor.detach().to(torch.float64).numpy()
-
-
 @needs_torch
 @pytest.mark.parametrize("dtype_name", ["float64", "float32", "float16", "bfloat16"])
 def test_torch_cpu_tensors(dtype_name, rng):
@@ -259,15 +257,15 @@ def test_torch_cpu_tensors(dtype_name, rng):
         return
     # bfloat16 (NumPy has none): the float64 reference on the same bfloat16 values.
     values = [float64_of(x) for x in (q, k, v, dout)]
-    bits = [x.detach().contiguous().view(torch.int16).numpy().view(np.uint16) for x in (q, k, v, dout)]
+    bits = [storage_of(x, "bfloat16") for x in (q, k, v, dout)]
     ref_out, _ = flashmask.reference_forward(*values[:3], indices)
     naive_out = flashmask.naive_forward(*bits[:3], indices, dtype="bfloat16")
     ref_grads = flashmask.reference_backward(values[3], *values[:3], indices)
     naive_grads = flashmask.naive_backward(bits[3], *bits[:3], indices, dtype="bfloat16")
     for name, value, ref, naive in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref_out, *ref_grads),
                                        (naive_out, *naive_grads)):
-        naive_error = np.linalg.norm(naive - ref) / np.linalg.norm(ref)
-        error = np.linalg.norm(float64_of(value) - ref) / np.linalg.norm(ref)
+        naive_error = relative_error(naive, ref)
+        error = relative_error(float64_of(value), ref)
         assert error < flashmask.spec_bound("bfloat16", naive_error), (name, error, naive_error)
 
 

@@ -27,6 +27,8 @@ import pytest
 import flashmask
 from flashmask import masks
 
+from accuracy_util import float64_of, storage_of
+
 torch = pytest.importorskip("torch")
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402  (after the importorskip)
 
@@ -151,17 +153,6 @@ MASK_CASES = {
 
 
 # --- reference ------------------------------------------------------------------------------------
-
-
-def float64_of(tensor) -> np.ndarray:
-    return tensor.detach().to(torch.float64).cpu().numpy()
-
-
-def storage_of(tensor, dtype_name: str) -> np.ndarray:
-    """The tensor's values as naive_* takes them: float16/float32 arrays, or uint16 bfloat16 bits."""
-    if dtype_name == "bfloat16":
-        return tensor.detach().contiguous().view(torch.int16).cpu().numpy().view(np.uint16)
-    return tensor.detach().contiguous().cpu().numpy()
 
 
 def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
