@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cpu/parallel.hpp"
+#include "cpu/reference.hpp"  // dot_product
 #include "cpu/tiled.hpp"
 #include "flashmask/mask.hpp"
 
@@ -17,12 +18,6 @@ constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 // Element [b, s, h, 0] of a float64 BSHD operand (the last dimension is contiguous).
 double* row_pointer(const Operand& operand, int64_t b, int64_t s, int64_t h) {
     return static_cast<double*>(operand.data) + b * operand.stride[0] + s * operand.stride[1] + h * operand.stride[2];
-}
-
-double dot(const double* a, const double* b, int32_t n) {
-    double sum = 0.0;
-    for (int32_t d = 0; d < n; ++d) sum += a[d] * b[d];
-    return sum;
 }
 
 // out[d] += weight * x[d] for d < n.
@@ -64,7 +59,7 @@ double score_row(const Classification& c, int32_t b, int32_t h, int32_t i, std::
         for (int32_t j = first; j < end; ++j) {
             const bool hidden = kind == TileKind::Skipped ||
                                 (kind == TileKind::Partial && column_intervals(p.mask, b, mask_head, j).masks(i));
-            scores[j] = hidden ? kNegInf : scale * dot(q, row_pointer(p.k, b, j, kvh), p.head_dim);
+            scores[j] = hidden ? kNegInf : scale * dot_product(q, row_pointer(p.k, b, j, kvh), p.head_dim);
             row_max = std::max(row_max, scores[j]);
         }
     }
@@ -109,7 +104,7 @@ void dq_row(const Classification& c, int64_t item, std::vector<double>& scores, 
     const auto [b, h, i] = row_of(p, item);
     const int32_t kvh = p.kv_head(h);
     const double* d_o = row_pointer(p.dout, b, i, h);
-    delta[item] = dot(row_pointer(p.out, b, i, h), d_o, p.value_dim);
+    delta[item] = dot_product(row_pointer(p.out, b, i, h), d_o, p.value_dim);
     lse[item] = log_sum_exp(scores, p.nk, score_row(c, b, h, i, scores));
     double* dq = row_pointer(p.dq, b, i, h);
     std::fill(dq, dq + p.head_dim, 0.0);
@@ -117,7 +112,7 @@ void dq_row(const Classification& c, int64_t item, std::vector<double>& scores, 
     for (int32_t j = 0; j < p.nk; ++j) {
         if (scores[j] == kNegInf) continue;
         const double prob = std::exp(scores[j] - lse[item]);
-        const double dprob = dot(d_o, row_pointer(p.v, b, j, kvh), p.value_dim);
+        const double dprob = dot_product(d_o, row_pointer(p.v, b, j, kvh), p.value_dim);
         add_scaled(dq, prob * (dprob - delta[item]), row_pointer(p.k, b, j, kvh), p.head_dim);
     }
     for (int32_t d = 0; d < p.head_dim; ++d) dq[d] *= p.scale;
@@ -149,9 +144,9 @@ void dkdv_key(const Classification& c, int64_t item, const std::vector<double>& 
                 if (lse[at] == kNegInf) continue;  // a visible key has a finite LSE unless its score is -inf
                 const double* q = row_pointer(p.q, b, i, h);
                 const double* d_o = row_pointer(p.dout, b, i, h);
-                const double prob = std::exp(p.scale * dot(q, k, p.head_dim) - lse[at]);
+                const double prob = std::exp(p.scale * dot_product(q, k, p.head_dim) - lse[at]);
                 add_scaled(dv, prob, d_o, p.value_dim);
-                add_scaled(dk, prob * (dot(d_o, v, p.value_dim) - delta[at]), q, p.head_dim);
+                add_scaled(dk, prob * (dot_product(d_o, v, p.value_dim) - delta[at]), q, p.head_dim);
             }
         }
     }

@@ -10,7 +10,8 @@
 // blocks are never read, full ones take no mask arithmetic, partial ones test each key's
 // canonical intervals. Work items are single query rows (forward, dQ) and single keys (dK, dV),
 // spread over threads like the tiled path's (parallel.hpp). It stays separate from the float64
-// oracle (reference.hpp), which reads the mask on its own and is what tests check this against.
+// oracle (reference.hpp; only its dot_product is shared), which reads the mask on its own and is
+// what tests check this against.
 //
 // Rows with no visible key: O = 0, LSE = -inf, and no gradient flows through them. Keys and
 // values hidden from a row are never read for it, so Inf or NaN in them cannot leak.
