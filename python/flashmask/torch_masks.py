@@ -982,8 +982,8 @@ def from_dense(dense_mask: torch.Tensor, causal: Optional[bool] = None, slots: O
     `causal` None chooses causal = True when nothing above the bottom-right diagonal is visible
     and a causal layout is exact, else causal = False; `slots` (C) None picks the smallest C
     allowed with `causal` that is exact for every (batch, head) (flashmask.from_dense's rule).
-    Raises ValueError naming the first column with no such form. The same values as flashmask.from_dense, computed with torch ops in column
-    chunks."""
+    Raises ValueError naming the first column with no such form. The same values as
+    flashmask.from_dense, computed with torch ops in column chunks."""
     where = "from_dense"
     argument = "dense_mask"
     if not isinstance(dense_mask, torch.Tensor):

@@ -324,8 +324,10 @@ def flashmask_attention(q: Tensor, k: Tensor, v: Tensor, startend_row_indices: U
     flashmask.Mask holding such a tensor with B = 1 (broadcast over the batch; its causal
     flag applies); or None: full attention, or plain causal with causal=True (the diagonal
     aligned bottom-right when Nq != Nk).
-    window_size: (left, right) or one int for both: row i sees keys i - left .. i + right
-    (right = 0 with causal; negative = unbounded); not together with startend_row_indices.
+    window_size: (left, right) or one int for both: row i sees keys i - left .. i + right, both
+    shifted by Nk - Nq when Nq != Nk (the bottom-right aligned diagonal, as window_indices
+    builds it); right = 0 with causal; negative = unbounded; not together with
+    startend_row_indices.
     scale: None = 1/sqrt(D). deterministic: identical gradient bits on every run (the CPU
     path always is).
 

@@ -373,11 +373,11 @@ def test_opcheck(mask_name, rng):
     schema, fake implementation (shapes, dtypes, strides, symbolic sizes), autograd
     registration and AOT dispatch."""
     nq, nk = (int(n) for n in rng.integers(2, 70, size=2))
-    batch, q_heads, kv_heads = 2, 4, 2
-    problem = random_problem(rng, torch.float32, batch, nq, nk, q_heads, kv_heads, 32, bhsd=True)
+    batch, q_heads, kv_heads, head_dim = 2, 4, 2, 32
+    problem = random_problem(rng, torch.float32, batch, nq, nk, q_heads, kv_heads, head_dim, bhsd=True)
     mask = MASK_CASES[mask_name](rng, (batch, nq, nk, q_heads, kv_heads)).arguments
     indices, causal = mask.get("startend_row_indices"), mask["causal"]
-    scale = float(rng.uniform(*SCALE_SPREAD) / np.sqrt(32))
+    scale = float(rng.uniform(*SCALE_SPREAD) / np.sqrt(head_dim))
     forward_arguments = (problem.q, problem.k, problem.v, indices, causal, scale, False)
     torch.library.opcheck(torch.ops.flashmask.forward.default, forward_arguments)
     out, lse = torch.ops.flashmask.forward.default(*forward_arguments)
