@@ -1,9 +1,22 @@
-"""What several Python test files share to measure accuracy (a helper, not a test file).
+"""What several Python test files share: random index tensors and accuracy measures (a
+helper, not a test file).
 
 The tensor helpers take torch tensors but import torch only when called: test_attention.py
 imports this module in environments without torch."""
 
 import numpy as np
+
+
+def random_intervals(rng, batch, mask_heads, nq, nk, slots) -> np.ndarray:
+    """Random int32 [B, Hm, Nk, C] in [0, Nq], each pair's bounds sorted in about half of the
+    columns so that empty and non-empty intervals both occur."""
+    shape = (batch, mask_heads, nk, slots)
+    indices = rng.integers(0, nq + 1, size=shape).astype(np.int32)
+    if slots >= 2:
+        sort_pairs = rng.random(shape[:3]) < 0.5
+        pairs = indices.reshape(shape[:3] + (slots // 2, 2))
+        pairs[sort_pairs] = np.sort(pairs[sort_pairs], axis=-1)
+    return indices
 
 
 def relative_error(value: np.ndarray, reference: np.ndarray) -> float:

@@ -11,7 +11,7 @@ import pytest
 import flashmask
 from flashmask import masks
 
-from accuracy_util import relative_error
+from accuracy_util import random_intervals, relative_error
 
 try:
     import ml_dtypes
@@ -51,17 +51,11 @@ CASES = [
 
 
 def random_indices(rng, case: Case) -> Optional[np.ndarray]:
-    """Random int32 [B, Hm, Nk, C] in [0, Nq]; each interval's bounds are sorted in about half
-    of the columns so that both empty and non-empty intervals occur."""
+    """accuracy_util.random_intervals of the case's shape, or None for a case without an index
+    tensor (slots = 0)."""
     if case.slots == 0:
         return None
-    shape = (case.batch, case.mask_heads, case.nk, case.slots)
-    indices = rng.integers(0, case.nq + 1, size=shape).astype(np.int32)
-    if case.slots >= 2:
-        sort_pairs = rng.random(shape[:3]) < 0.5
-        pairs = indices.reshape(shape[:3] + (case.slots // 2, 2))
-        pairs[sort_pairs] = np.sort(pairs[sort_pairs], axis=-1)
-    return indices
+    return random_intervals(rng, case.batch, case.mask_heads, case.nq, case.nk, case.slots)
 
 
 def float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import pytest
 import flashmask
 from flashmask import masks
 
-from accuracy_util import float64_of, relative_error, storage_of
+from accuracy_util import float64_of, random_intervals, relative_error, storage_of
 
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
@@ -65,16 +65,9 @@ class Case(NamedTuple):
     side_stream: bool  # run on an explicit torch.cuda.Stream instead of the default stream
 
 
-def random_intervals(rng, case: Case, mask_heads: int, slots: int) -> np.ndarray:
-    """Random int32 [B, Hm, Nk, C] in [0, Nq], each pair's bounds sorted in about half of the
-    columns so that empty and non-empty intervals both occur."""
-    shape = (case.batch, mask_heads, case.nk, slots)
-    indices = rng.integers(0, case.nq + 1, size=shape).astype(np.int32)
-    if slots >= 2:
-        sort_pairs = rng.random(shape[:3]) < 0.5
-        pairs = indices.reshape(shape[:3] + (slots // 2, 2))
-        pairs[sort_pairs] = np.sort(pairs[sort_pairs], axis=-1)
-    return indices
+def case_intervals(rng, case: Case, mask_heads: int, slots: int) -> np.ndarray:
+    """accuracy_util.random_intervals of the case's B, Nq and Nk."""
+    return random_intervals(rng, case.batch, mask_heads, case.nq, case.nk, slots)
 
 
 # Each mask: (rng, case) -> (index array or a builder's Mask or None, causal).
@@ -83,9 +76,9 @@ MASKS = {
     "causal": lambda rng, c: (None, True),
     # A builder's Mask (B = 1), broadcast over the batch.
     "causal_document": lambda rng, c: (masks.causal_document([c.nq // 3, c.nq - c.nq // 3]), True),
-    "causal_c2_per_kv_head": lambda rng, c: (random_intervals(rng, c, c.kv_heads, 2), True),
-    "bidirectional_c4_per_q_head": lambda rng, c: (random_intervals(rng, c, c.q_heads, 4), False),
-    "bidirectional_c2_one_head": lambda rng, c: (random_intervals(rng, c, 1, 2), False),
+    "causal_c2_per_kv_head": lambda rng, c: (case_intervals(rng, c, c.kv_heads, 2), True),
+    "bidirectional_c4_per_q_head": lambda rng, c: (case_intervals(rng, c, c.q_heads, 4), False),
+    "bidirectional_c2_one_head": lambda rng, c: (case_intervals(rng, c, 1, 2), False),
 }
 
 CASES = [

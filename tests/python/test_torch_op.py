@@ -27,7 +27,7 @@ import pytest
 import flashmask
 from flashmask import masks
 
-from accuracy_util import float64_of, storage_of
+from accuracy_util import float64_of, random_intervals, storage_of
 
 torch = pytest.importorskip("torch")
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402  (after the importorskip)
@@ -84,18 +84,6 @@ def random_problem(rng, dtype, batch, nq, nk, q_heads, kv_heads, head_dim, devic
     numpy_dtype = np.float64 if dtype == torch.float64 else np.float32
     dout = torch.from_numpy(rng.standard_normal((batch, nq, q_heads, head_dim), dtype=numpy_dtype)).to(device, dtype)
     return Problem((q_leaf, k_leaf, v_leaf), q, k, v, dout)
-
-
-def random_intervals(rng, batch, mask_heads, nq, nk, slots) -> np.ndarray:
-    """Random int32 [B, Hm, Nk, C] in [0, Nq], each pair sorted in about half of the columns so
-    that empty and non-empty intervals both occur."""
-    shape = (batch, mask_heads, nk, slots)
-    indices = rng.integers(0, nq + 1, size=shape).astype(np.int32)
-    if slots >= 2:
-        sort_pairs = rng.random(shape[:3]) < 0.5
-        pairs = indices.reshape(shape[:3] + (slots // 2, 2))
-        pairs[sort_pairs] = np.sort(pairs[sort_pairs], axis=-1)
-    return indices
 
 
 def random_window(rng, nq, nk):
