@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flashmask import torch_masks
-from tiny_gpt import Attend, TinyGPT, flashmask_attend, sdpa_attend
+from tiny_gpt import Attend, TinyGPT, flashmask_attend, sdpa_attend, torch_device
 
 # Largest relative difference accepted between the packed and the separate runs. float32
 # differs only in summation order; bf16 autocast rounds every projection (~3 significant digits).
@@ -101,9 +101,7 @@ def parse_arguments():
 
 def main():
     args = parse_arguments()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda, but torch sees no GPU; pass --device cpu")
+    device = torch_device(args.device)
     print(f"seed {args.seed}")
     torch.manual_seed(args.seed)
     longest = args.question_length + sum(args.answer_lengths)

@@ -12,6 +12,7 @@ flashmask takes without a copy. The SDPA adapter transposes them to BHSD itself.
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import torch
@@ -25,6 +26,14 @@ Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # GPT-2's initialisation: small weights keep the residual stream well scaled at init.
 INIT_STD = 0.02
+
+
+def torch_device(name: str) -> torch.device:
+    """The --device of an example; exits with a hint when CUDA is asked for but torch sees no GPU."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda, but torch sees no GPU; pass --device cpu")
+    return device
 
 
 def flashmask_attend(mask: flashmask.Mask) -> Attend:

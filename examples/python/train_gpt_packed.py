@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from flashmask import torch_masks
-from tiny_gpt import TinyGPT, causal_document_dense, flashmask_attend, sdpa_attend
+from tiny_gpt import TinyGPT, causal_document_dense, flashmask_attend, sdpa_attend, torch_device
 
 # Cross-entropy ignores these targets: the last token of a document has no next token in it.
 IGNORE_TARGET = -100
@@ -201,9 +201,7 @@ def parse_arguments():
 
 def main():
     args = parse_arguments()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda, but torch sees no GPU; pass --device cpu")
+    device = torch_device(args.device)
     source = DocumentSource(args.vocab, args.seq_len, args.seed)
     check_masks_agree(source, args, device)
     dtype = "bfloat16 autocast" if device.type == "cuda" else "float32"
