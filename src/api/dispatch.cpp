@@ -131,6 +131,20 @@ private:
     const char* function_;
 };
 
+// The tensors of one call, by name, in the order they are checked and reported: q, k, v, out
+// and lse (outputs of forward, inputs of backward) followed by backward's `extra` ones.
+std::vector<NamedTensor> call_tensors(const TensorView& q, const TensorView& k, const TensorView& v,
+                                      const TensorView& out, const TensorView& lse,
+                                      const std::vector<NamedTensor>& extra) {
+    std::vector<NamedTensor> tensors = {{"q", &q, "[B, Nq, Hq, D]", false},
+                                        {"k", &k, "[B, Nk, Hk, D]", false},
+                                        {"v", &v, "[B, Nk, Hk, Dv]", false},
+                                        {"out", &out, "[B, Nq, Hq, Dv]", extra.empty()},
+                                        {"lse", &lse, "[B, Hq, Nq]", extra.empty()}};
+    tensors.insert(tensors.end(), extra.begin(), extra.end());
+    return tensors;
+}
+
 // Checks what forward and backward share: q, k, v, out, lse (+ dout, dq, dk, dv in `extra`),
 // the index tensor, scale and num_threads. Returns the sizes.
 Sizes validate(const Validator& check, const TensorView& q, const TensorView& k, const TensorView& v,
@@ -147,12 +161,7 @@ Sizes validate(const Validator& check, const TensorView& q, const TensorView& k,
         check.refuse(ErrorCode::InvalidArgument, "num_threads",
                      "got " + std::to_string(num_threads) + ", expected >= 0 (0 = all hardware threads)");
 
-    std::vector<NamedTensor> tensors = {{"q", &q, "[B, Nq, Hq, D]", false},
-                                        {"k", &k, "[B, Nk, Hk, D]", false},
-                                        {"v", &v, "[B, Nk, Hk, Dv]", false},
-                                        {"out", &out, "[B, Nq, Hq, Dv]", extra.empty()},
-                                        {"lse", &lse, "[B, Hq, Nq]", extra.empty()}};
-    tensors.insert(tensors.end(), extra.begin(), extra.end());
+    const std::vector<NamedTensor> tensors = call_tensors(q, k, v, out, lse, extra);
     for (const NamedTensor& t : tensors) check.check_structure(t, t.view == &lse ? 3 : 4);
 
     for (const NamedTensor& t : tensors) check.check_device(t.name, *t.view, q);
@@ -308,9 +317,7 @@ AttentionProblem resolve(const char* function, const Args& a, const std::vector<
     p.out = operand(a.out);
     p.lse = operand(a.lse);
     if (a.q.device == Device::CUDA) {
-        std::vector<NamedTensor> operands = {{"q", &a.q, "", false}, {"k", &a.k, "", false}, {"v", &a.v, "", false},
-                                             {"out", &a.out, "", false}, {"lse", &a.lse, "", false}};
-        operands.insert(operands.end(), extra.begin(), extra.end());
+        std::vector<NamedTensor> operands = call_tensors(a.q, a.k, a.v, a.out, a.lse, extra);
         if (a.startend_row_indices) operands.push_back({"startend_row_indices", &*a.startend_row_indices, "", false});
         check_cuda_path(check, p, operands);
     }
