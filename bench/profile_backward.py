@@ -1,0 +1,60 @@
+"""One forward + backward of flashmask and of SDPA's FlashAttention-2 backend on the same inputs,
+for a profiler to pick the backward kernels out of (bench/NOTES.md, "backward"):
+
+    ncu --set full -k regex:'backward_dkdv|flash_bwd_dq_dk_dv' --launch-skip 2 -c 2 \
+        -o bwd python3 bench/profile_backward.py --mask full
+
+Not a benchmark (bench_attention.py is): it runs each side once after one warm-up, so that the
+profiler sees exactly one launch of each backward kernel per side after the warm-up's.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import flashmask
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seqlen", type=int, default=8192)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--mask", choices=("full", "causal"), default="full")
+    parser.add_argument("--sides", default="flashmask,flash", help="comma-separated: flashmask, flash (SDPA FA2)")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    shape = (args.batch, args.seqlen, args.heads, args.head_dim)  # BSHD
+    q, k, v, dout = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    causal = args.mask == "causal"
+    sides = args.sides.split(",")
+
+    def flashmask_step() -> None:
+        qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+        out = flashmask.flashmask_attention(qg, kg, vg, causal=causal)
+        out.backward(dout)
+
+    def flash_step() -> None:
+        qg, kg, vg = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            out = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+        out.backward(dout.transpose(1, 2))
+
+    steps = {"flashmask": flashmask_step, "flash": flash_step}
+    for side in sides:
+        steps[side]()  # warm-up: --launch-skip 2 leaves these two backward launches out
+    torch.cuda.synchronize()
+    for side in sides:
+        steps[side]()
+    torch.cuda.synchronize()
+    print("profiled sides:", ", ".join(sides), "mask", args.mask, "shape BSHD", shape)
+
+
+if __name__ == "__main__":
+    main()
