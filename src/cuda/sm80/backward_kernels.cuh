@@ -14,7 +14,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
+#include "cuda/common/row_bits.cuh"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/backward_traits.cuh"
 #include "cuda/sm80/ptx.cuh"
@@ -76,7 +78,15 @@ __device__ __forceinline__ float2 unpack(uint32_t pair) {
 // advance_column_steps() (smem_tile.cuh). One base register per operand instead of one per
 // fragment is what keeps the dK/dV kernel out of spills.
 
-// acc[kTiles][4] += A * B over k in [0, kDepth): A is 16 rows of a row-major smem tile (ldmatrix
+template <int kTiles>
+__device__ __forceinline__ void zero(float (&acc)[kTiles][4]) {
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[t][e] = 0.0f;
+}
+
+// acc[kTiles][4] = A * B over k in [0, kDepth): A is 16 rows of a row-major smem tile (ldmatrix
 // address a0 at k = 0), B is stored [n][k] (ldmatrix non-transposed; address b0 at n = 0, k = 0),
 // kTiles n-tiles of 8.
 //
@@ -85,22 +95,32 @@ __device__ __forceinline__ float2 unpack(uint32_t pair) {
 // kernel spills at D = 128; two steps at a time leave it without spills (-Xptxas -v).
 constexpr int kSmemStepUnroll = 2;
 
+template <typename Element, typename BTile, int kTiles>
+__device__ __forceinline__ void mma_a_smem_b_nk_step(float (&acc)[kTiles][4], uint32_t a0, uint32_t b0, int s) {
+    uint32_t a[4];
+    ldmatrix_x4(a, advance_column_steps(a0, s));
+    const uint32_t b_step = advance_column_steps(b0, s);
+#pragma unroll
+    for (int t = 0; t < kTiles; t += 2) {
+        uint32_t b[4];
+        ldmatrix_x4(b, b_step + row_bytes<BTile>(t * kMmaCols));
+        const uint32_t left[2] = {b[0], b[1]}, right[2] = {b[2], b[3]};
+        mma_16816<Element>(acc[t], a, left);
+        mma_16816<Element>(acc[t + 1], a, right);
+    }
+}
+
+// acc = A * B (the accumulators are zeroed here). The first kSmemStepUnroll steps are peeled out
+// of the loop so that the zeros feed the first products directly (ptxas then reads them from the
+// zero register instead of clearing kTiles * 4 accumulator registers first).
 template <typename Element, typename BTile, int kTiles, int kDepth>
 __device__ __forceinline__ void mma_a_smem_b_nk(float (&acc)[kTiles][4], uint32_t a0, uint32_t b0) {
-#pragma unroll kSmemStepUnroll
-    for (int s = 0; s < kDepth / 16; ++s) {
-        uint32_t a[4];
-        ldmatrix_x4(a, advance_column_steps(a0, s));
-        const uint32_t b_step = advance_column_steps(b0, s);
+    static_assert(kDepth / 16 >= kSmemStepUnroll, "the peeled steps exist");
+    zero(acc);
 #pragma unroll
-        for (int t = 0; t < kTiles; t += 2) {
-            uint32_t b[4];
-            ldmatrix_x4(b, b_step + row_bytes<BTile>(t * kMmaCols));
-            const uint32_t left[2] = {b[0], b[1]}, right[2] = {b[2], b[3]};
-            mma_16816<Element>(acc[t], a, left);
-            mma_16816<Element>(acc[t + 1], a, right);
-        }
-    }
+    for (int s = 0; s < kSmemStepUnroll; ++s) mma_a_smem_b_nk_step<Element, BTile, kTiles>(acc, a0, b0, s);
+#pragma unroll kSmemStepUnroll
+    for (int s = kSmemStepUnroll; s < kDepth / 16; ++s) mma_a_smem_b_nk_step<Element, BTile, kTiles>(acc, a0, b0, s);
 }
 
 // acc[kTiles][4] += A * B where A is in registers, packed (a[kDepth / 16][4], one A fragment per
@@ -120,14 +140,6 @@ __device__ __forceinline__ void mma_a_regs_b_kn(float (&acc)[kTiles][4], const u
             mma_16816<Element>(acc[t + 1], a[k], right);
         }
     }
-}
-
-template <int kTiles>
-__device__ __forceinline__ void zero(float (&acc)[kTiles][4]) {
-#pragma unroll
-    for (int t = 0; t < kTiles; ++t)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[t][e] = 0.0f;
 }
 
 // --- preprocess ------------------------------------------------------------------------------
@@ -234,19 +246,25 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     // none. The 32 lanes of each warp classify 32 query blocks at once and the first live one
     // wins (every thread calls this, so every lane takes part): a mask that skips most blocks
     // costs a few rounds per CTA, not one dependent summary read per block.
+    // The summary of (current head, this key block): its address is formed when the head changes
+    // (mask_head() divides), and each round reads it through the read-only cache.
+    const BlockSummary* head_summary = &summaries.at(p.mask, batch, first_head, key_block);
     auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
         while (true) {
             if (q_block + 1 >= q_blocks) {
                 q_block = -1;
                 if (++head_index == heads_per_group) return;
+                head_summary = &summaries.at(p.mask, batch, first_head + head_index, key_block);
             }
-            const BlockSummary s = summaries.at(p.mask, batch, first_head + head_index, key_block);
+            const BlockSummary s = read_only_summary(head_summary);
             const int32_t candidate = q_block + 1 + lane;
-            const bool live = candidate < q_blocks && tile_kind(s, candidate) != TileKind::Skipped;
-            const unsigned found = __ballot_sync(0xffffffffu, live);
+            const TileKind candidate_kind = candidate < q_blocks ? tile_kind(s, candidate) : TileKind::Skipped;
+            const unsigned found = __ballot_sync(0xffffffffu, candidate_kind != TileKind::Skipped);
+            const unsigned full = __ballot_sync(0xffffffffu, candidate_kind == TileKind::Full);
             if (found != 0) {
-                q_block += __ffs(found);
-                kind = tile_kind(s, q_block);
+                const int winner = __ffs(found) - 1;  // lane of the first live candidate
+                q_block += winner + 1;
+                kind = (full >> winner) & 1u ? TileKind::Full : TileKind::Partial;
                 return;
             }
             q_block += kWarpSize;
@@ -254,10 +272,16 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     };
     auto load_query_block = [&](int stage, int32_t head_index, int32_t q_block) {
         const int32_t head = first_head + head_index, row0 = q_block * kBlockM;
-        load_tile_async<QTile, kThreads>(q_smem + stage * QTile::kElements, element_at<Element>(p.q, batch, row0, head),
-                                         p.q.stride[1], p.nq - row0);
-        load_tile_async<QTile, kThreads>(do_smem + stage * QTile::kElements,
-                                         element_at<Element>(p.dout, batch, row0, head), p.dout.stride[1], p.nq - row0);
+        const Element* const q_rows = element_at<Element>(p.q, batch, row0, head);
+        const Element* const do_rows = element_at<Element>(p.dout, batch, row0, head);
+        if constexpr (kTileLoaderFits<QTile, kThreads>) {  // per-thread offsets formed once (D = 64, 128)
+            const TileLoader<QTile, kThreads> loader(threadIdx.x);
+            loader.load_async(q_smem + stage * QTile::kElements, q_rows, p.q.stride[1], p.nq - row0);
+            loader.load_async(do_smem + stage * QTile::kElements, do_rows, p.dout.stride[1], p.nq - row0);
+        } else {
+            load_tile_async<QTile, kThreads>(q_smem + stage * QTile::kElements, q_rows, p.q.stride[1], p.nq - row0);
+            load_tile_async<QTile, kThreads>(do_smem + stage * QTile::kElements, do_rows, p.dout.stride[1], p.nq - row0);
+        }
         constexpr int kRowChunks = kBlockM * int(sizeof(float)) / kCopyBytes;  // 16-byte chunks of kBlockM floats
         static_assert(2 * kRowChunks <= kThreads, "one chunk per thread");
         const int64_t scratch_row = scratch.row(batch, head, p.q_heads, row0);
@@ -309,12 +333,14 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 mma_16816<Element>(dq[t + 1], a, right);
             }
         }
-        float* const dq_rows = scratch.dq_accum + scratch.row(batch, head, p.q_heads, row_begin + dq_row0) * kHeadDim;
+        // This thread's first pair (row group, column dq_col0 + 2 quad); the others are constant
+        // offsets from it, which ptxas folds into the reductions' immediates.
+        float* const dq_pair = scratch.dq_accum +
+                               (scratch.row(batch, head, p.q_heads, row_begin + dq_row0 + group) * kHeadDim + dq_col0 + 2 * quad);
 #pragma unroll
         for (int t = 0; t < kDqTiles; ++t) {
-            const int col = dq_col0 + t * kMmaCols + 2 * quad;
-            red_add_pair(dq_rows + group * kHeadDim + col, dq[t][0], dq[t][1]);
-            red_add_pair(dq_rows + (group + 8) * kHeadDim + col, dq[t][2], dq[t][3]);
+            red_add_pair(dq_pair + t * kMmaCols, dq[t][0], dq[t][1]);
+            red_add_pair(dq_pair + 8 * kHeadDim + t * kMmaCols, dq[t][2], dq[t][3]);
         }
     };
 
@@ -344,13 +370,16 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         const TileKind this_kind = kind;
         cp_async_wait<0>();
         __syncthreads();
+        // The previous tile's dQ first: its reductions drain to L2 while the next tile is found
+        // and its loads are issued (issued after them, a burst of reductions stalled the first
+        // products of this tile on the registers they still held: ncu, bench/NOTES.md).
+        if constexpr (kAccumulateDq) {
+            if (dq_pending) accumulate_dq(dq_stage, dq_head, dq_row_begin);
+        }
         advance(head_index, q_block, kind);
         if (head_index < heads_per_group) {
             load_query_block(stage ^ 1, head_index, q_block);
             cp_async_commit();
-        }
-        if constexpr (kAccumulateDq) {
-            if (dq_pending) accumulate_dq(dq_stage, dq_head, dq_row_begin);
         }
 
         const uint32_t q_tile = q_address + stage * QTile::kBytes;
@@ -370,19 +399,44 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         uint32_t pt[kBlockM / 16][4];
         {
             float st[kQueryTiles][4];
-            zero(st);
             mma_a_smem_b_nk<Element, QTile, kQueryTiles, kHeadDim>(st, k_fragment, q_tile + q_nk_lane);
+            // One branch per tile, not per element: Full tiles run no mask code at all; Partial
+            // tiles turn this thread's two columns into bits over the block's rows, shifted so
+            // that bit 8 t' + j is query 8 t + 2 quad + j (t' = t within its 32-row window), and
+            // zero P with one bit test per element.
+            auto probabilities = [&](auto masked) {
+                constexpr int kWindows = kBlockM / kRowBitsWindow;
+                uint32_t hidden[2][kWindows];
+                if constexpr (decltype(masked)::value) {
 #pragma unroll
-            for (int t = 0; t < kQueryTiles; ++t) {
-                const int q = t * kMmaCols + 2 * quad;
-                const float2 lse = *reinterpret_cast<const float2*>(lse_tile + q);
+                    for (int half = 0; half < 2; ++half)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float prob = exp2_approx(fmaf(st[t][e], scale_log2, -(e % 2 ? lse.y : lse.x)));
-                    if (this_kind == TileKind::Partial && my_columns[e / 2].masks(row0 + q + e % 2)) prob = 0.0f;
-                    st[t][e] = prob;
+                        for (int w = 0; w < kWindows; ++w) {
+                            const ColumnIntervals& c = my_columns[half];
+                            const int32_t first = row0 + w * kRowBitsWindow;
+                            hidden[half][w] = (row_bits(c.lower_start - first, c.lower_end - first) |
+                                               row_bits(c.upper_start - first, c.upper_end - first)) >> (2 * quad);
+                        }
                 }
-            }
+#pragma unroll
+                for (int t = 0; t < kQueryTiles; ++t) {
+                    const int q = t * kMmaCols + 2 * quad;
+                    const float2 lse = *reinterpret_cast<const float2*>(lse_tile + q);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float prob = exp2_approx(fmaf(st[t][e], scale_log2, -(e % 2 ? lse.y : lse.x)));
+                        if constexpr (decltype(masked)::value) {
+                            const uint32_t bit = 1u << ((t * kMmaCols) % kRowBitsWindow + e % 2);
+                            if (hidden[e / 2][t * kMmaCols / kRowBitsWindow] & bit) prob = 0.0f;
+                        }
+                        st[t][e] = prob;
+                    }
+                }
+            };
+            if (this_kind == TileKind::Partial)
+                probabilities(std::true_type{});
+            else
+                probabilities(std::false_type{});
 #pragma unroll
             for (int k = 0; k < kBlockM / 16; ++k) accumulators_to_a<Element>(pt[k], st[2 * k], st[2 * k + 1]);
         }
@@ -394,7 +448,6 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         uint32_t dst[kBlockM / 16][4];
         {
             float dpt[kQueryTiles][4];
-            zero(dpt);
             mma_a_smem_b_nk<Element, QTile, kQueryTiles, kHeadDim>(dpt, v_fragment, do_tile + q_nk_lane);
 #pragma unroll
             for (int t = 0; t < kQueryTiles; ++t) {
@@ -582,21 +635,30 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         uint32_t ds[kBlockN / 16][4];
         {
             float s[kKeyTiles][4], dp[kKeyTiles][4];
-            zero(s);
-            zero(dp);
             mma_a_smem_b_nk<Element, KTile, kKeyTiles, kHeadDim>(s, q_fragment, k_tile + kv_nk_lane);
             mma_a_smem_b_nk<Element, KTile, kKeyTiles, kHeadDim>(dp, do_fragment, v_tile + kv_nk_lane);
+            // One branch per tile, not per element, as in the dK/dV kernel: Full tiles run no mask
+            // code; Partial tiles test each element's column (this thread's rows are fixed here,
+            // its columns vary, so the intervals are read per element from shared memory).
+            auto probabilities = [&](auto masked) {
 #pragma unroll
-            for (int t = 0; t < kKeyTiles; ++t) {
-                const int key = t * kMmaCols + 2 * quad;
+                for (int t = 0; t < kKeyTiles; ++t) {
+                    const int key = t * kMmaCols + 2 * quad;
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float prob = exp2_approx(fmaf(s[t][e], scale_log2, -my_lse_log2[e / 2]));
-                    if (this_kind == TileKind::Partial && columns[key + e % 2].masks(my_row[e / 2])) prob = 0.0f;
-                    // P rounded to the dtype as in the dK/dV kernel, so both kernels use one dS.
-                    s[t][e] = prob;
+                    for (int e = 0; e < 4; ++e) {
+                        float prob = exp2_approx(fmaf(s[t][e], scale_log2, -my_lse_log2[e / 2]));
+                        if constexpr (decltype(masked)::value) {
+                            if (columns[key + e % 2].masks(my_row[e / 2])) prob = 0.0f;
+                        }
+                        // P rounded to the dtype as in the dK/dV kernel, so both kernels use one dS.
+                        s[t][e] = prob;
+                    }
                 }
-            }
+            };
+            if (this_kind == TileKind::Partial)
+                probabilities(std::true_type{});
+            else
+                probabilities(std::false_type{});
 #pragma unroll
             for (int k = 0; k < kBlockN / 16; ++k) {
                 uint32_t p_packed[4];

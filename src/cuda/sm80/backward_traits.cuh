@@ -98,6 +98,7 @@ template <int kHeadDim> struct DkDv : DerivedTraits<DkDvTraits<kHeadDim>, kHeadD
     static constexpr int kDqColsPerWarp = Base::kOutCols / kDqColSlices;
     static_assert(Base::kWarps % kDqRowSlices == 0 && kDqColsPerWarp % 16 == 0, "dQ split among warps");
     static_assert(kScratchRowAlignment % Base::kBlockM == 0, "query blocks tile the padded scratch rows");
+    static_assert(Base::kBlockM % 32 == 0, "Partial tiles hold masked rows in whole 32-bit words (row_bits.cuh)");
 };
 
 template <int kHeadDim> struct Dq : DerivedTraits<DqTraits<kHeadDim>, kHeadDim> {

@@ -27,6 +27,7 @@
 #include <string>
 
 #include "cuda/common/check.hpp"
+#include "cuda/common/row_bits.cuh"
 #include "cuda/common/shared_memory.hpp"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/forward_traits.hpp"
@@ -67,12 +68,6 @@ struct SharedStorage {
     // advance_column_steps() (smem_tile.cuh) needs q, k and v each at a whole swizzle period.
     static_assert(QTile::kBytes % kSwizzleBytes == 0 && KVTile::kBytes % kSwizzleBytes == 0, "tiles 128-byte aligned");
 };
-
-// Rows [begin, end) of a window of 32 rows starting at 0, as bits (bounds relative to the window).
-__device__ __forceinline__ uint32_t row_bits(int32_t begin, int32_t end) {
-    auto below = [](int32_t x) -> uint32_t { return x <= 0 ? 0u : x >= 32 ? ~0u : (1u << x) - 1u; };
-    return below(end) & ~below(begin);
-}
 
 __device__ __forceinline__ float quad_max(float x) {
     x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));

@@ -96,6 +96,11 @@ __device__ __forceinline__ uint32_t a_fragment_address_transposed(const Element*
 // its global offsets one base plus multiples of kRowStep rows: a loop-carried kernel keeps two
 // values instead of an address pair per copy. Same copies, same zero fill as load_tile_async().
 template <typename Tile, int kThreads>
+constexpr bool kTileLoaderFits = kThreads % Tile::kChunksPerRow == 0 &&
+                                 (kThreads / Tile::kChunksPerRow) % kSwizzleRows == 0 &&
+                                 Tile::kRowsCount % (kThreads / Tile::kChunksPerRow) == 0;
+
+template <typename Tile, int kThreads>
 struct TileLoader {
     static_assert(kThreads % Tile::kChunksPerRow == 0, "each thread copies one column chunk");
     static constexpr int kRowStep = kThreads / Tile::kChunksPerRow;
