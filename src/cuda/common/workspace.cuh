@@ -49,12 +49,15 @@ struct SummaryTable {
 // A summary read through the read-only data cache: kernels that read the same summary once per
 // tile keep it in L1 instead of waiting on L2 each time. The table is never written while a
 // kernel reads it, and its entries are 32 bytes at a 256-byte aligned allocation (two 16-byte loads).
+// (Device code only: the host-compiled bindings include this header too.)
+#if defined(__CUDACC__)
 static_assert(sizeof(BlockSummary) == 2 * sizeof(int4), "a summary is two 16-byte loads");
 __device__ __forceinline__ BlockSummary read_only_summary(const BlockSummary* summary) {
     const int4 low = __ldg(reinterpret_cast<const int4*>(summary));
     const int4 high = __ldg(reinterpret_cast<const int4*>(summary) + 1);
     return {low.x, low.y, low.z, low.w, high.x, high.y, high.z, high.w};
 }
+#endif
 
 // The summaries of one call at key-block granularity block_n, computed on `stream` into scratch
 // memory owned by this object.
