@@ -137,9 +137,9 @@ def backward_into(dout, q, k, v, out, lse, dq, dk, dv, startend_row_indices=None
 
     out and lse are forward_into's on the same inputs. With GQA, dk/dv sum over the query heads
     sharing a KV head. deterministic=True gives identical bits on every run (the CPU path
-    always does). On CUDA every row of the nine tensors but lse must start on a 16-byte address
-    (data pointer and strides but the last multiples of 8 elements): other views raise
-    NotImplementedError naming the tensor (forward_into takes them, repacking through scratch)."""
+    always does). On CUDA, as in forward_into, a view whose rows are off 16-byte addresses (data
+    pointer or a stride but the last not a multiple of 8 elements) is copied through contiguous
+    scratch around the kernels."""
     handle = cuda_stream_handle(stream)
     indices, causal = mask_arguments(startend_row_indices, causal, _batch_of(q), any_array=True)
     named = [("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse), ("dout", dout), ("dq", dq), ("dk", dk),

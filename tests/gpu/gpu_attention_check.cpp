@@ -193,6 +193,7 @@ const char* to_string(Layout layout) {
         case Layout::Bhsd: return "BHSD (transposed view)";
         case Layout::PaddedBshd: return "BSHD with padded rows";
         case Layout::UnalignedBshd: return "BSHD with rows off 16-byte addresses";
+        case Layout::OffsetBshd: return "BSHD with its data pointer off a 16-byte address";
     }
     return "?";
 }
@@ -207,7 +208,7 @@ DeviceTensor::DeviceTensor(DType dtype, std::vector<int64_t> shape, Layout layou
 
 DeviceTensor::DeviceTensor(DType dtype, std::vector<int64_t> shape, Layout layout, int64_t row_padding)
     : dtype_(dtype), shape_(std::move(shape)), strides_(shape_.size()), numel_(1), storage_elements_(1),
-      storage_(0) {
+      base_offset_(layout == Layout::OffsetBshd ? kUnalignedBaseOffset : 0), storage_(0) {
     for (int64_t e : shape_) numel_ *= e;
     // Memory order of the dimensions, outermost first: BHSD swaps S (1) and H (2).
     std::vector<int> order(shape_.size());
@@ -218,12 +219,14 @@ DeviceTensor::DeviceTensor(DType dtype, std::vector<int64_t> shape, Layout layou
         strides_[order[o]] = stride;
         stride *= shape_[order[o]] + (o + 1 == order.size() ? row_padding : 0);
     }
-    storage_elements_ = stride;
+    storage_elements_ = base_offset_ + stride;
     storage_ = DeviceBuffer<uint8_t>(std::size_t(storage_elements_) * element_size(dtype));
 }
 
+uint8_t* DeviceTensor::first_element() const { return storage_.get() + base_offset_ * element_size(dtype_); }
+
 TensorView DeviceTensor::view() const {
-    TensorView t = make_contiguous_view(storage_.get(), dtype_, shape_, Device::CUDA, current_device());
+    TensorView t = make_contiguous_view(first_element(), dtype_, shape_, Device::CUDA, current_device());
     for (std::size_t d = 0; d < shape_.size(); ++d) t.strides[d] = strides_[d];
     return t;
 }
@@ -236,7 +239,7 @@ void DeviceTensor::fill_normal(uint64_t seed) {
 std::vector<int64_t> DeviceTensor::storage_offsets() const {
     std::vector<int64_t> offsets(static_cast<std::size_t>(numel_));
     std::vector<int64_t> index(shape_.size(), 0);  // odometer over the logical shape
-    int64_t offset = 0;
+    int64_t offset = base_offset_;
     for (int64_t n = 0; n < numel_; ++n) {
         offsets[std::size_t(n)] = offset;
         for (std::size_t d = shape_.size(); d-- > 0;) {
@@ -273,7 +276,7 @@ int64_t DeviceTensor::padding_written() const {
 DeviceBuffer<float> DeviceTensor::to_float() const {
     if (shape_.size() != 4) throw Error(ErrorCode::InvalidArgument, "tensor", "to_float() takes rank-4 tensors");
     DeviceBuffer<float> out(static_cast<std::size_t>(numel_));
-    gpu_to_float(dtype_, storage_.get(), shape_.data(), strides_.data(), out.get());
+    gpu_to_float(dtype_, first_element(), shape_.data(), strides_.data(), out.get());
     synchronize(nullptr);
     return out;
 }
@@ -293,7 +296,8 @@ DeviceMask::DeviceMask(TestMask& mask, const AttentionSizes& s) {
 
 std::string GpuCase::describe() const {
     std::ostringstream s;
-    s << sizes.describe() << " " << flashmask::to_string(dtype) << " " << to_string(layout) << " scale "
+    s << sizes.describe() << " " << flashmask::to_string(dtype) << " " << to_string(layout)
+      << (gradient_layout ? std::string(", gradients ") + to_string(*gradient_layout) : std::string()) << " scale "
       << (scale ? std::to_string(*scale) : "default") << (backward ? (deterministic ? " +backward(deterministic)" : " +backward") : "")
       << (stream ? " on a created stream" : "");
     return s.str();
@@ -329,7 +333,9 @@ void check_gpu_attention(const GpuCase& c, TestMask& mask, std::mt19937_64& rng)
     // against the call that made it).
     std::optional<DeviceTensor> dq, dk, dv;
     if (c.backward) {
-        dq.emplace(c.dtype, q_shape, c.layout), dk.emplace(c.dtype, kv_shape, c.layout), dv.emplace(c.dtype, kv_shape, c.layout);
+        const Layout gradient_layout = c.gradient_layout.value_or(c.layout);
+        dq.emplace(c.dtype, q_shape, gradient_layout), dk.emplace(c.dtype, kv_shape, gradient_layout),
+            dv.emplace(c.dtype, kv_shape, gradient_layout);
         auto run_backward = [&](DeviceTensor& gq, DeviceTensor& gk, DeviceTensor& gv) {
             gq.poison(), gk.poison(), gv.poison();
             BackwardArgs ba;
@@ -341,7 +347,8 @@ void check_gpu_attention(const GpuCase& c, TestMask& mask, std::mt19937_64& rng)
         };
         run_backward(*dq, *dk, *dv);
         if (c.deterministic) {
-            DeviceTensor dq2(c.dtype, q_shape, c.layout), dk2(c.dtype, kv_shape, c.layout), dv2(c.dtype, kv_shape, c.layout);
+            DeviceTensor dq2(c.dtype, q_shape, gradient_layout), dk2(c.dtype, kv_shape, gradient_layout),
+                dv2(c.dtype, kv_shape, gradient_layout);
             run_backward(dq2, dk2, dv2);
             EXPECT_TRUE(dq->bytes() == dq2.bytes()) << "deterministic backward: dq differs between two runs";
             EXPECT_TRUE(dk->bytes() == dk2.bytes()) << "deterministic backward: dk differs between two runs";

@@ -28,9 +28,12 @@ namespace flashmask::testing {
 // buffer passed as a transposed view (SPEC §1: "a [B, H, N, D] tensor passed as a transposed
 // view works unchanged"); or BSHD rows of D elements kRowPadding apart (a slice of a wider
 // buffer, e.g. q out of a fused qkv tensor), with the LSE's rows padded too.
-// UnalignedBshd: rows kUnalignedRowPadding apart, so that rows do not start on 16-byte
-// addresses; not in kLayouts (the backward refuses it), its own tests only.
-enum class Layout { Bshd, Bhsd, PaddedBshd, UnalignedBshd };
+// Rows off 16-byte addresses, which the CUDA path copies through contiguous scratch around its
+// kernels (KernelOperand, src/cuda/sm80/kernel_operand.cuh): UnalignedBshd has rows
+// kUnalignedRowPadding apart (a stride that is not a multiple of 8 elements), OffsetBshd is
+// contiguous BSHD whose data pointer is kUnalignedBaseOffset elements past a 16-byte address.
+// Neither is in kLayouts: the copy path has its own tests.
+enum class Layout { Bshd, Bhsd, PaddedBshd, UnalignedBshd, OffsetBshd };
 inline constexpr Layout kLayouts[] = {Layout::Bshd, Layout::Bhsd, Layout::PaddedBshd};
 const char* to_string(Layout layout);
 // Padding after each D-element row of PaddedBshd: 8 elements keeps every row 16-byte aligned for
@@ -39,11 +42,15 @@ inline constexpr int64_t kRowPadding = 8;
 // Padding after each D-element row of UnalignedBshd: row r starts 2 r bytes past a 16-byte
 // boundary (mod 16), so 7 rows in 8 are off one (a slice of a buffer whose rows hold D + 1 values).
 inline constexpr int64_t kUnalignedRowPadding = 1;
+// Storage elements before element 0 of an OffsetBshd tensor: its data pointer is 2 bytes past the
+// allocation (cudaMalloc gives 256-byte addresses), and with D a multiple of 8 so is every row.
+inline constexpr int64_t kUnalignedBaseOffset = 1;
 // Padding after each LSE row [Nq] whenever the operands are not plain BSHD (4 floats: 16 bytes).
 inline constexpr int64_t kLseRowPadding = 4;
 
 // An owning device tensor (rank 3 or 4) of any float dtype, with its view and host read-back.
-// `row_padding` elements follow each innermost row in memory (none for Bshd / Bhsd by default).
+// `row_padding` elements follow each innermost row in memory (none for Bshd / Bhsd by default);
+// for OffsetBshd the view starts kUnalignedBaseOffset elements into the storage.
 class DeviceTensor {
 public:
     DeviceTensor(DType dtype, std::vector<int64_t> shape, Layout layout = Layout::Bshd);
@@ -68,10 +75,12 @@ public:
 
 private:
     std::vector<int64_t> storage_offsets() const;  // of every element, in logical row-major order
+    uint8_t* first_element() const;                // the view's data pointer
 
     DType dtype_;
     std::vector<int64_t> shape_, strides_;
     int64_t numel_, storage_elements_;
+    int64_t base_offset_;  // storage elements before element 0 (padding, like row_padding's)
     DeviceBuffer<uint8_t> storage_;
 };
 
@@ -99,7 +108,8 @@ inline constexpr int64_t kFloat64ReferenceBudget = int64_t(1) << 26;
 struct GpuCase {
     AttentionSizes sizes;
     DType dtype = DType::BFloat16;
-    Layout layout = Layout::Bshd;  // of q, k, v, out, dout, dq, dk, dv
+    Layout layout = Layout::Bshd;  // of q, k, v, out, dout, and of dq, dk, dv unless gradient_layout
+    std::optional<Layout> gradient_layout;  // of dq, dk, dv when not `layout`
     std::optional<float> scale;    // none: the default 1 / sqrt(D)
     bool backward = true;
     bool deterministic = false;  // backward in deterministic mode, run twice: identical bits

@@ -2,9 +2,9 @@
 // against the float64 CPU reference (small cases) or the float32 GPU reference (large ones),
 // SPEC §5: every catalogue mask, bfloat16 and float16, D = 64 / 128 / 256, GQA (Hq / Hk = 4),
 // mask heads 1, Hk and Hq, sizes 1, 17, 1000, 4099 and 8192, Nq != Nk with the bottom-right
-// causal diagonal, transposed BHSD and padded BSHD views, rows off 16-byte addresses (forward
-// repacked, backward refused), explicit scales, hostile masks, the deterministic backward, the
-// stream argument and CUDA errors. Each case's dtype, head dim, layout and scale
+// causal diagonal, transposed BHSD and padded BSHD views, rows off 16-byte addresses (copied
+// through scratch in both directions, gradients too), explicit scales, hostile masks, the
+// deterministic backward, the stream argument and CUDA errors. Each case's dtype, head dim, layout and scale
 // rotate with the mask kind, so that every combination is met without running all of them.
 //
 // The *Sanitizer* tests are the small cases for compute-sanitizer (see CMakeLists.txt).
@@ -247,7 +247,7 @@ TEST(GpuAttention, TransposedAndPaddedViews) {
 }
 
 // Rows off 16-byte addresses (Layout::UnalignedBshd): the forward repacks q, k, v and out
-// through contiguous scratch around its kernel (KernelOperand, forward_kernel.cuh), so the
+// through contiguous scratch around its kernel (KernelOperand, kernel_operand.cuh), so the
 // results are those of any other view and nothing lands in the padding. With Hk = 1 the K / V
 // head stride is never stepped over and the sequence stride is the misaligned one.
 TEST(GpuAttention, ForwardRepacksRowsOffSixteenByteAddresses) {
@@ -258,10 +258,87 @@ TEST(GpuAttention, ForwardRepacksRowsOffSixteenByteAddresses) {
                                        AttentionSizes{1, 33, 70, 4, 4, 256, 256}}) {
         GpuCase c{sizes, kHalfDtypes[n++ % kDtypeCount]};
         c.layout = Layout::UnalignedBshd;
-        c.backward = false;  // refused for these views: next test
+        c.backward = false;  // the forward's copies alone; the backward's are the next tests
         TestMask mask = catalogue_test_mask("causal_document", sizes, sizes.kv_heads, rng);
         check_gpu_attention(c, mask, rng);
     }
+}
+
+// The sizes of the unaligned backward tests: every head dim (one instantiation each), tiles cut
+// on both axes, GQA, and Hk = 1 (the misaligned stride of K / V is then the sequence one alone).
+const AttentionSizes kUnalignedBackwardSizes[] = {AttentionSizes{2, 130, 200, 8, 2, 64, 64},
+                                                   AttentionSizes{1, 77, 1000, 4, 1, 128, 128},
+                                                   AttentionSizes{1, 33, 70, 4, 4, 256, 256}};
+
+// The backward on views with rows off 16-byte addresses: q, k, v, out, dout are copied into
+// contiguous scratch, dq, dk, dv computed there and copied out (KernelOperand, run_backward):
+// gradients within the bound, every element written, none in the padding. Both layouts (an odd
+// row stride; a data pointer one element off), both modes (dQ by atomics then converted; the
+// deterministic dQ kernel).
+TEST(GpuAttention, BackwardRepacksRowsOffSixteenByteAddresses) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const Layout layout : {Layout::UnalignedBshd, Layout::OffsetBshd})
+        for (const AttentionSizes& sizes : kUnalignedBackwardSizes) {
+            GpuCase c{sizes, kHalfDtypes[n % kDtypeCount]};
+            c.layout = layout;
+            c.deterministic = (n++ / kDtypeCount) % 2 == 1;
+            TestMask mask = catalogue_test_mask("causal_document", sizes, sizes.kv_heads, rng);
+            check_gpu_attention(c, mask, rng);
+        }
+}
+
+// Aligned inputs, gradients into views with rows off 16-byte addresses: only dq, dk, dv go
+// through scratch (copied out after the kernels), and the results are those of aligned views.
+TEST(GpuAttention, BackwardWritesGradientsIntoUnalignedViews) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const Layout gradient_layout : {Layout::UnalignedBshd, Layout::OffsetBshd})
+        for (const bool deterministic : {false, true}) {
+            const AttentionSizes& sizes = kUnalignedBackwardSizes[n % std::size(kUnalignedBackwardSizes)];
+            GpuCase c{sizes, kHalfDtypes[n++ % kDtypeCount]};
+            c.gradient_layout = gradient_layout;
+            c.deterministic = deterministic;
+            TestMask mask = catalogue_test_mask("sliding_window", sizes, sizes.kv_heads, rng);
+            check_gpu_attention(c, mask, rng);
+        }
+}
+
+// Nq = 0 (dK = dV = 0) and Nk = 0 (dQ = 0): run_backward zeroes the gradients without running
+// the kernels. Into views with rows off 16-byte addresses the zeros go through scratch too:
+// every element exactly 0 (none left poisoned), nothing in the padding.
+TEST(GpuAttention, BackwardZeroGradientsIntoUnalignedViews) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    const DType dtype = DType::BFloat16;
+    const int32_t extents[][2] = {{0, 70}, {50, 0}};
+    for (const Layout gradient_layout : {Layout::UnalignedBshd, Layout::OffsetBshd})
+        for (const auto& [nq, nk] : extents) {
+            const AttentionSizes s{2, nq, nk, 4, 2, 64, 64};
+            SCOPED_TRACE(s.describe() + ", gradients " + to_string(gradient_layout));
+            const std::vector<int64_t> q_shape{s.batch, s.nq, s.q_heads, s.head_dim},
+                kv_shape{s.batch, s.nk, s.kv_heads, s.head_dim}, lse_shape{s.batch, s.q_heads, s.nq};
+            DeviceTensor q(dtype, q_shape), k(dtype, kv_shape), v(dtype, kv_shape), out(dtype, q_shape),
+                lse(DType::Float32, lse_shape), dout(dtype, q_shape), dq(dtype, q_shape, gradient_layout),
+                dk(dtype, kv_shape, gradient_layout), dv(dtype, kv_shape, gradient_layout);
+            for (DeviceTensor* t : {&q, &k, &v, &dout}) t->fill_normal(rng());
+            ForwardArgs fa{q.view(), k.view(), v.view(), out.view(), lse.view()};
+            forward(fa);  // Nk = 0: O = 0, LSE = -inf; Nq = 0: nothing to write
+            FM_CUDA_CHECK(cudaDeviceSynchronize());
+            for (DeviceTensor* t : {&dq, &dk, &dv}) t->poison();
+            BackwardArgs ba{q.view(), k.view(), v.view(), out.view(), lse.view(), dout.view(), dq.view(), dk.view(), dv.view()};
+            backward(ba);
+            FM_CUDA_CHECK(cudaDeviceSynchronize());
+            for (const auto& [name, t] : {std::pair{"dq", &dq}, std::pair{"dk", &dk}, std::pair{"dv", &dv}}) {
+                const std::vector<double> values = t->values();
+                EXPECT_EQ(std::count(values.begin(), values.end(), 0.0), int64_t(values.size()))
+                    << name << ": elements that are not exactly 0 (NaN: never written)";
+                EXPECT_EQ(t->padding_written(), 0) << name << ": elements written between rows (padding of the view)";
+            }
+            EXPECT_GT(nq == 0 ? dk.numel() : dq.numel(), 0) << "the case has no gradient to zero";
+        }
 }
 
 // Deterministic mode: two runs give identical dq, dk, dv bits (checked inside
@@ -396,39 +473,6 @@ TEST(GpuErrors, InvalidDeviceIndexIsRefused) {
     check_gpu_attention(GpuCase{s, DType::BFloat16}, full, rng);
 }
 
-// The backward moves rows in 16-byte chunks and has no repacking: a view whose rows are off
-// 16-byte addresses is refused before anything runs (Error(Unsupported) naming the tensor,
-// backward.cu check_alignment), and dq, dk, dv keep their poison.
-TEST(GpuErrors, BackwardRefusesRowsOffSixteenByteAddresses) {
-    FM_SKIP_WITHOUT_GPU();
-    auto rng = test_rng();
-    const AttentionSizes s{1, 64, 64, 2, 2, 64, 64};
-    const DType dtype = DType::BFloat16;
-    const std::vector<int64_t> q_shape{s.batch, s.nq, s.q_heads, s.head_dim}, kv_shape{s.batch, s.nk, s.kv_heads, s.head_dim},
-        lse_shape{s.batch, s.q_heads, s.nq};
-    DeviceTensor q(dtype, q_shape, Layout::UnalignedBshd), k(dtype, kv_shape), v(dtype, kv_shape), out(dtype, q_shape),
-        lse(DType::Float32, lse_shape), dout(dtype, q_shape), dq(dtype, q_shape), dk(dtype, kv_shape), dv(dtype, kv_shape);
-    for (DeviceTensor* t : {&q, &k, &v, &dout}) t->fill_normal(rng());
-    ForwardArgs fa{q.view(), k.view(), v.view(), out.view(), lse.view()};
-    forward(fa);  // a real out and lse (the forward repacks q)
-    FM_CUDA_CHECK(cudaDeviceSynchronize());
-    for (DeviceTensor* t : {&dq, &dk, &dv}) t->poison();
-    BackwardArgs ba{q.view(), k.view(), v.view(), out.view(), lse.view(), dout.view(), dq.view(), dk.view(), dv.view()};
-    try {
-        backward(ba);
-        ADD_FAILURE() << "backward accepted q with rows off 16-byte addresses";
-    } catch (const Error& e) {
-        EXPECT_EQ(e.code(), ErrorCode::Unsupported) << e.what();
-        EXPECT_EQ(e.argument(), "q") << e.what();
-    }
-    FM_CUDA_CHECK(cudaDeviceSynchronize());
-    for (const auto& [name, t] : {std::pair{"dq", &dq}, std::pair{"dk", &dk}, std::pair{"dv", &dv}}) {
-        const std::vector<double> values = t->values();
-        EXPECT_TRUE(std::all_of(values.begin(), values.end(), [](double x) { return std::isnan(x); }))
-            << name << " was written by a refused call";
-    }
-}
-
 // Host memory passed as a CUDA tensor must be refused with an Error (InvalidArgument naming the
 // tensor, or CudaError), not fault inside a kernel: a kernel fault is sticky and would kill the
 // process's CUDA context. Run in a child process (death-test machinery, "threadsafe" style
@@ -542,6 +586,23 @@ TEST(GpuSanitizer, PartialTileMask) {
 TEST(GpuSanitizer, Gqa) {
     FM_SKIP_WITHOUT_GPU();
     sanitizer_cases("document", true, false, 8, 2);
+}
+
+// Views with rows off 16-byte addresses in both directions (the copies through scratch around
+// the kernels, the zeroed gradients aside): both such layouts, both backward modes.
+TEST(GpuSanitizer, UnalignedViews) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const int32_t d : kHeadDims)
+        for (const Layout layout : {Layout::UnalignedBshd, Layout::OffsetBshd}) {
+            GpuCase c{{1, 77, 130, 2, 2, d, d}, kHalfDtypes[n % kDtypeCount]};
+            c.layout = layout;
+            c.deterministic = (n++ / kDtypeCount) % 2 == 1;
+            c.reference = ReferenceKind::Float64Cpu;  // no reference kernels under the sanitizer
+            TestMask mask = catalogue_test_mask("causal_document", c.sizes, c.sizes.kv_heads, rng);
+            check_gpu_attention(c, mask, rng);
+        }
 }
 
 }  // namespace

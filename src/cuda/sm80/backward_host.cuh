@@ -1,11 +1,14 @@
 // Host side of the sm80 backward for one (Element, kHeadDim): scratch, block summaries, launches.
 // Included only by the instantiation units (src/cuda/instantiations/backward_sm80_*.cu).
+// Operands whose rows are off 16-byte addresses run through contiguous copies (KernelOperand,
+// kernel_operand.cuh), as in the forward.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "cuda/common/check.hpp"
@@ -13,6 +16,7 @@
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/backward_kernels.cuh"
 #include "cuda/sm80/backward_launch.cuh"
+#include "cuda/sm80/kernel_operand.cuh"
 
 namespace flashmask::cuda::sm80 {
 
@@ -30,13 +34,17 @@ inline void check_grid(int64_t y, int64_t z) {
                         std::to_string(z) + " must each be at most 65535 on the CUDA path");
 }
 
+// zero_gradient_kernel stores 16-byte chunks: a gradient with rows off 16-byte addresses is
+// zeroed in its contiguous copy, which is then copied out.
 template <typename Element, int kHeadDim>
 void zero_gradient(const Operand& t, int32_t batches, int32_t rows, int32_t heads, cudaStream_t stream) {
     const int64_t chunks = int64_t(batches) * rows * heads * (kHeadDim / kChunkElements);
     if (chunks == 0) return;
-    zero_gradient_kernel<Element, kHeadDim>
-        <<<unsigned(blocks_for(chunks, kElementwiseThreads)), kElementwiseThreads, 0, stream>>>(t, batches, rows, heads);
+    const KernelOperand gradient(t, batches, rows, heads, kHeadDim, stream);
+    zero_gradient_kernel<Element, kHeadDim><<<unsigned(blocks_for(chunks, kElementwiseThreads)), kElementwiseThreads,
+                                              0, stream>>>(gradient.operand(), batches, rows, heads);
     check_launch("flashmask backward: zero_gradient_kernel");
+    gradient.copy_out();
 }
 
 }  // namespace backward_detail
@@ -61,6 +69,27 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
     check_shared_memory("backward", DkDvSmem<Element, kHeadDim>::kBytes, "backward_dkdv_kernel");
     if (deterministic) check_shared_memory("backward", DqSmem<Element, kHeadDim>::kBytes, "backward_dq_kernel");
 
+    // The kernels read q, k, v, out, dout and write dq, dk, dv in 16-byte chunks; lse is read one
+    // float at a time with its own strides and needs no copy.
+    const KernelOperand q(p.q, p.batch, p.nq, p.q_heads, p.head_dim, stream);
+    const KernelOperand k(p.k, p.batch, p.nk, p.kv_heads, p.head_dim, stream);
+    const KernelOperand v(p.v, p.batch, p.nk, p.kv_heads, p.value_dim, stream);
+    const KernelOperand out(p.out, p.batch, p.nq, p.q_heads, p.value_dim, stream);
+    const KernelOperand dout(p.dout, p.batch, p.nq, p.q_heads, p.value_dim, stream);
+    const KernelOperand dq(p.dq, p.batch, p.nq, p.q_heads, p.head_dim, stream);
+    const KernelOperand dk(p.dk, p.batch, p.nk, p.kv_heads, p.head_dim, stream);
+    const KernelOperand dv(p.dv, p.batch, p.nk, p.kv_heads, p.value_dim, stream);
+    for (const KernelOperand* input : {&q, &k, &v, &out, &dout}) input->copy_in();
+    AttentionProblem kernel_problem = p;
+    kernel_problem.q = q.operand();
+    kernel_problem.k = k.operand();
+    kernel_problem.v = v.operand();
+    kernel_problem.out = out.operand();
+    kernel_problem.dout = dout.operand();
+    kernel_problem.dq = dq.operand();
+    kernel_problem.dk = dk.operand();
+    kernel_problem.dv = dv.operand();
+
     // Scratch: LSE * log2 e and Di per padded row, and the dQ accumulator when not deterministic.
     BackwardScratch scratch;
     scratch.padded_nq = int32_t(blocks_for(p.nq, kScratchRowAlignment) * kScratchRowAlignment);
@@ -76,7 +105,8 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
 
     constexpr int kRowsPerPreprocessBlock = kPreprocessThreads / (kHeadDim / kChunkElements);
     backward_preprocess_kernel<Element, kHeadDim>
-        <<<unsigned(blocks_for(int64_t(rows), kRowsPerPreprocessBlock)), kPreprocessThreads, 0, stream>>>(p, scratch);
+        <<<unsigned(blocks_for(int64_t(rows), kRowsPerPreprocessBlock)), kPreprocessThreads, 0, stream>>>(
+            kernel_problem, scratch);
     check_launch("flashmask backward: backward_preprocess_kernel");
 
     {
@@ -87,11 +117,11 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
         if (deterministic) {
             auto kernel = backward_dkdv_kernel<Element, kHeadDim, false>;
             allow_shared_memory(kernel, kSmem);
-            kernel<<<grid, DkDvT::kThreads, kSmem, stream>>>(p, summaries.table(), scratch);
+            kernel<<<grid, DkDvT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), scratch);
         } else {
             auto kernel = backward_dkdv_kernel<Element, kHeadDim, true>;
             allow_shared_memory(kernel, kSmem);
-            kernel<<<grid, DkDvT::kThreads, kSmem, stream>>>(p, summaries.table(), scratch);
+            kernel<<<grid, DkDvT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), scratch);
         }
         check_launch("flashmask backward: backward_dkdv_kernel");
     }
@@ -103,14 +133,16 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
                         unsigned(p.batch));
         auto kernel = backward_dq_kernel<Element, kHeadDim>;
         allow_shared_memory(kernel, kSmem);
-        kernel<<<grid, DqT::kThreads, kSmem, stream>>>(p, summaries.table(), scratch);
+        kernel<<<grid, DqT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), scratch);
         check_launch("flashmask backward: backward_dq_kernel");
     } else {
         const int64_t chunks = int64_t(p.batch) * p.q_heads * p.nq * (kHeadDim / kChunkElements);
         backward_dq_convert_kernel<Element, kHeadDim>
-            <<<unsigned(blocks_for(chunks, kElementwiseThreads)), kElementwiseThreads, 0, stream>>>(p, scratch);
+            <<<unsigned(blocks_for(chunks, kElementwiseThreads)), kElementwiseThreads, 0, stream>>>(
+                kernel_problem, scratch);
         check_launch("flashmask backward: backward_dq_convert_kernel");
     }
+    for (const KernelOperand* gradient : {&dq, &dk, &dv}) gradient->copy_out();
 }
 
 }  // namespace flashmask::cuda::sm80
