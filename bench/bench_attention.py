@@ -24,15 +24,18 @@ float32 reference built from the same column rule (itself checked against flashm
 and its gradients against FlexAttention's; a peer computing the wrong mask cannot look fast.
 
 Also measured: flashmask's per-call preprocessing (the device block summaries, when the module
-exposes a hook for it) against create_block_mask, and the peak memory of forward + backward
-against SDPA with no mask (torch's allocator plus the CUDA default pool's high-water mark,
-which is where flashmask's stream-ordered scratch lives).
+exposes a hook for it) against create_block_mask, twice: CUDA events around one call (host
+dispatch included, what a caller waits for) and the GPU's own time (PREPROCESS_CALLS_PER_GRAPH
+calls captured into one CUDA graph, replay time / calls); and the peak memory of forward +
+backward against SDPA with no mask (torch's allocator plus the CUDA default pool's high-water
+mark, which is where flashmask's stream-ordered scratch lives).
 
 Needs PyTorch with CUDA and the flashmask package (its mask builders; the CUDA entry points are
 optional: without them flashmask's columns read 'n/a' and the peers are still measured).
 
     python3 bench/bench_attention.py --configs a,b --out bench/results/h100-DATE.md --commit abc1234
     python3 bench/bench_attention.py --quick                       # config a, 20 reps: a smoke run
+    python3 bench/bench_attention.py --preprocess-only --configs a,b  # preprocessing figures only
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import flashmask
+from flashmask._arrays import device_operand
 
 # ---------------------------------------------------------------------------------------------
 # The measurement contract (SPEC §6)
@@ -95,6 +99,16 @@ PREPROCESS_MAX_FRACTION_OF_FORWARD = 0.02
 PREPROCESS_MIN_SPEEDUP_OVER_BLOCK_MASK = 100.0
 PEAK_MEMORY_MAX_RATIO_TO_SDPA = 1.10
 
+# The preprocessing's GPU time: this many hook calls captured back to back into one CUDA graph,
+# whose replay is timed. One call's kernel takes microseconds; 20 make a replay long enough
+# (tens of microseconds) that the CUDA events' ~0.5 us resolution and the graph's own launch
+# are a small part of it, and keep capture and replay quick.
+PREPROCESS_CALLS_PER_GRAPH = 20
+# --preprocess-only times flashmask's forward only for the ratio preprocessing / forward, whose
+# order of magnitude (the 2 % target) is what counts: this many repetitions suffice.
+PREPROCESS_ONLY_FORWARD_REPS = 20
+MODE_FULL, MODE_PREPROCESS_ONLY = "full", "preprocess-only"   # meta["mode"]
+
 # Implementations, in table order. SDPA backends without a mask only run the two masks they
 # can express (is_causal).
 FLASHMASK, FLEX, CUDNN, FLASH, DENSE = "flashmask", "flex", "cudnn", "flash", "dense"
@@ -127,8 +141,18 @@ OUT_OF_MEMORY = "OOM"
 ERROR_NOTE_CHARS = 160   # of an exception's first line, kept in a log line or a table note
 
 
+# What a flashmask call raises when it refuses or fails (a CUDA error is a RuntimeError).
+FLASHMASK_CALL_ERRORS = (NotImplementedError, RuntimeError, ValueError, TypeError)
+
+
 def log(message: str) -> None:
     print(message, flush=True)
+
+
+def error_note(error: BaseException) -> str:
+    """An exception as one short line: its type and the start of its first line."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0][:ERROR_NOTE_CHARS] if lines else ''}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +229,11 @@ def build_mask_case(name: str, config: Config, seed: int, bounds_buffers: List[t
 # ---------------------------------------------------------------------------------------------
 
 
+def warmup_calls(reps: int) -> int:
+    """Untimed calls before a series of `reps` timed ones."""
+    return max(MIN_WARMUP_CALLS, reps // WARMUP_REPS_DIVISOR)
+
+
 def median_ms(fn: Callable[[], object], reps: int, warmup: int) -> float:
     """Median of `reps` CUDA-event timings of fn() on the current stream, after `warmup` calls."""
     for _ in range(warmup):
@@ -231,6 +260,44 @@ def host_median_ms(fn: Callable[[], object], reps: int) -> float:
         torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+class GraphCaptureFailed(Exception):
+    """The calls could not be captured into a CUDA graph; the message says why."""
+
+
+def graph_median_ms_per_call(call: Callable[[int], object], calls_per_graph: int, reps: int, warmup: int) -> float:
+    """The GPU's time for one call(stream_handle), without the host's dispatch between calls.
+
+    `calls_per_graph` calls are captured back to back into one CUDA graph on a side stream, each
+    handed that stream's cudaStream_t (so everything they enqueue is captured); the graph's
+    replay is timed with CUDA events (median_ms: median of `reps` replays after `warmup`), and
+    that median is divided by `calls_per_graph`. The graph's node-to-node latency is included,
+    so the figure bounds the calls' device work from above. Raises GraphCaptureFailed (naming
+    the cause) when the calls cannot be captured: they synchronise, allocate outside the
+    stream's order, or make another stream wait."""
+    if calls_per_graph < 1:
+        raise ValueError(f"calls_per_graph = {calls_per_graph}; expected at least 1")
+    capture_stream = torch.cuda.Stream()
+    capture_stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    # The outer stream context restores the current stream even when torch.cuda.graph's exit
+    # fails (its capture_end raises before it restores the stream).
+    with torch.cuda.stream(capture_stream):
+        # Eager calls on the capture stream first (torch's CUDA graph recipe), so lazily
+        # initialised state (module loading, the stream's memory pool) is not met in the capture.
+        for _ in range(warmup):
+            call(capture_stream.cuda_stream)
+        try:
+            # thread_local: only this thread's calls (the hook's) can invalidate the capture.
+            with torch.cuda.graph(graph, stream=capture_stream, capture_error_mode="thread_local"):
+                for _ in range(calls_per_graph):
+                    call(capture_stream.cuda_stream)
+        except FLASHMASK_CALL_ERRORS as error:
+            raise GraphCaptureFailed(error_note(error)) from error
+    torch.cuda.current_stream().wait_stream(capture_stream)
+    replay_ms = median_ms(graph.replay, reps, warmup)
+    return replay_ms / calls_per_graph
 
 
 class DefaultPoolHighWater:
@@ -406,9 +473,45 @@ def flashmask_runner(problem: Problem, case: MaskCase, causal: bool, entry: Flas
     try:
         forward()
         torch.cuda.synchronize()
-    except (NotImplementedError, RuntimeError, ValueError, TypeError) as error:
+    except FLASHMASK_CALL_ERRORS as error:
         raise Unavailable(f"{type(error).__name__}: {error}") from error
     return Runner(forward, backward, run_both)
+
+
+def preprocessing_call(case: MaskCase, config: Config, entry: FlashMaskEntryPoints) -> Callable[[int], None]:
+    """One call of flashmask's per-call preprocessing on the stream whose cudaStream_t it is
+    handed, with the index tensor passed as forward_into passes it: exported through DLPack for
+    that stream (device_operand, forward_into's helper), so any wait the export adds is on that
+    same stream, which a call being captured into a CUDA graph requires."""
+    def call(stream_handle: int) -> None:
+        indices = None if case.indices is None else device_operand(
+            case.indices, "startend_row_indices", stream_handle, floating=False)
+        entry.preprocess(indices, causal=case.mask.causal, nq=config.n, q_heads=config.heads,
+                         head_dim=HEAD_DIM, stream=stream_handle)
+    return call
+
+
+def measure_preprocessing(row: "Row", case: MaskCase, config: Config, entry: FlashMaskEntryPoints,
+                          reps: int) -> None:
+    """flashmask's per-call preprocessing into `row`: preprocess_ms, CUDA events around one
+    call on the current stream (the host's dispatch included), and preprocess_graph_ms, the
+    GPU's own time per call (graph_median_ms_per_call). A refusal or a failed capture is
+    recorded in row.problems; a failed capture leaves the per-call figure standing alone."""
+    call = preprocessing_call(case, config, entry)
+    warmup = warmup_calls(reps)
+    try:
+        row.preprocess_ms = median_ms(lambda: call(torch.cuda.current_stream().cuda_stream), reps, warmup)
+    except FLASHMASK_CALL_ERRORS as error:
+        row.problems.append(f"preprocess hook: {type(error).__name__}: {error}")
+        return
+    try:
+        row.preprocess_graph_ms = graph_median_ms_per_call(call, PREPROCESS_CALLS_PER_GRAPH, reps, warmup)
+    except GraphCaptureFailed as error:
+        message = (f"preprocess GPU time: capturing {PREPROCESS_CALLS_PER_GRAPH} hook calls into a CUDA graph "
+                   f"failed ({error}); only the per-call figure (host dispatch included) is reported")
+        row.problems.append(message)  # printed with the mask's progress line and in the results
+    except FLASHMASK_CALL_ERRORS as error:  # the eager calls on the side stream, or a replay
+        row.problems.append(f"preprocess GPU time: {error_note(error)}")
 
 
 def unmasked_sdpa_peak_bytes(problem: Problem, pool: DefaultPoolHighWater) -> Optional[int]:
@@ -419,7 +522,7 @@ def unmasked_sdpa_peak_bytes(problem: Problem, pool: DefaultPoolHighWater) -> Op
     try:
         extra, _ = peak_bytes_above_inputs(autograd_runner(problem, sdpa).run_both, pool)
     except RuntimeError as error:
-        log(f"SDPA FA2 memory baseline: {type(error).__name__}: {str(error).splitlines()[0][:ERROR_NOTE_CHARS]}")
+        log(f"SDPA FA2 memory baseline: {error_note(error)}")
         return None
     return problem.input_bytes() + extra
 
@@ -480,7 +583,8 @@ class Row:
     pairs_per_sequence: int
     forward_flops: float
     results: Dict[str, Measurement] = field(default_factory=dict)
-    preprocess_ms: Optional[float] = None
+    preprocess_ms: Optional[float] = None        # CUDA events around one call: host dispatch included
+    preprocess_graph_ms: Optional[float] = None  # the GPU's time per call (CUDA graph replay / calls)
     create_block_mask_ms: Optional[float] = None
     peak_bytes: Dict[str, Optional[int]] = field(default_factory=dict)  # incl. inputs
     sdpa_peak_bytes: Optional[int] = None  # SDPA FA2 without a mask, same problem, incl. inputs
@@ -511,6 +615,27 @@ class FlexCompileCounter:
         return int(counters["stats"]["unique_graphs"]) + int(counters["aot_autograd"]["total"])
 
 
+def column_rule_mask_mod(n: int, device: torch.device) -> Tuple[List[torch.Tensor], Callable]:
+    """FlexAttention's one mask_mod of a configuration and the four bound buffers it closes
+    over; every mask copies its bounds into them (build_mask_case), so nothing recompiles."""
+    bounds_buffers = [torch.empty(n, dtype=torch.int32, device=device) for _ in COLUMN_BOUND_FIELDS]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return column_rule_visible(q_idx, kv_idx, bounds_buffers)
+    return bounds_buffers, mask_mod
+
+
+def mask_row(config: Config, case: MaskCase, problems: List[str]) -> Row:
+    """The results row of one mask at one configuration, nothing measured yet."""
+    forward_flops = FORWARD_FLOPS_PER_PAIR_PER_DIM * HEAD_DIM * config.heads * config.batch * case.pairs_per_sequence
+    return Row(config, case.name, case.density, case.pairs_per_sequence, forward_flops, problems=problems)
+
+
+def create_block_mask_ms(mask_mod: Callable, n: int, device: torch.device, reps: int) -> float:
+    """Host wall time of FlexAttention's per-mask preprocessing, create_block_mask (median)."""
+    return host_median_ms(lambda: create_block_mask(mask_mod, None, None, n, n, device=device), reps)
+
+
 def measure_config(config: Config, mask_names: Sequence[str], implementations: Sequence[str], args,
                    entry: FlashMaskEntryPoints, flex_compiled, pool: DefaultPoolHighWater,
                    on_row: Callable[[List[Row], dict], None] = lambda rows, stats: None) -> Tuple[List[Row], dict]:
@@ -522,24 +647,18 @@ def measure_config(config: Config, mask_names: Sequence[str], implementations: S
     problem = make_problem(config, device, generator)
     n = config.n
 
-    # The compiled mask_mod closes over these four buffers; every mask copies its bounds in.
-    bounds_buffers = [torch.empty(n, dtype=torch.int32, device=device) for _ in COLUMN_BOUND_FIELDS]
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return column_rule_visible(q_idx, kv_idx, bounds_buffers)
-
+    bounds_buffers, mask_mod = column_rule_mask_mod(n, device)
     flex_stats = {"compiles_first_mask": None, "recompiles_after_first_mask": 0}
     rows: List[Row] = []
-    warmup = max(MIN_WARMUP_CALLS, args.reps // WARMUP_REPS_DIVISOR)
+    warmup = warmup_calls(args.reps)
     config_start = time.perf_counter()
     sdpa_peak_bytes = unmasked_sdpa_peak_bytes(problem, pool) if FLASH in implementations else None
 
     for mask_name in mask_names:
         mask_start = time.perf_counter()
         case, problems = build_mask_case(mask_name, config, args.seed, bounds_buffers, device)
-        row = Row(config, mask_name, case.density, case.pairs_per_sequence,
-                  FORWARD_FLOPS_PER_PAIR_PER_DIM * HEAD_DIM * config.heads * config.batch * case.pairs_per_sequence,
-                  problems=problems, sdpa_peak_bytes=sdpa_peak_bytes)
+        row = mask_row(config, case, problems)
+        row.sdpa_peak_bytes = sdpa_peak_bytes
         causal = case.mask.causal
         check_rows = sampled_rows(n, row_generator, device)
         reference_out, row_sees_a_key = reference_rows(problem, bounds_buffers, check_rows)
@@ -548,16 +667,10 @@ def measure_config(config: Config, mask_names: Sequence[str], implementations: S
         block_mask = None
         if FLEX in implementations:
             block_mask = create_block_mask(mask_mod, None, None, n, n, device=device)
-            row.create_block_mask_ms = host_median_ms(
-                lambda: create_block_mask(mask_mod, None, None, n, n, device=device), args.block_mask_reps)
+            row.create_block_mask_ms = create_block_mask_ms(mask_mod, n, device, args.block_mask_reps)
 
         if entry.preprocess is not None and FLASHMASK in implementations and not entry.missing:
-            hook_args = dict(causal=causal, nq=n, q_heads=config.heads)
-            try:
-                row.preprocess_ms = median_ms(lambda: entry.preprocess(
-                    case.indices, stream=torch.cuda.current_stream().cuda_stream, **hook_args), args.reps, warmup)
-            except (NotImplementedError, RuntimeError, ValueError, TypeError) as error:
-                row.problems.append(f"preprocess hook: {type(error).__name__}: {error}")
+            measure_preprocessing(row, case, config, entry, args.reps)
 
         dense_mask = None
         # FlexAttention first: its gradients are the cross-check for the others.
@@ -627,7 +740,7 @@ def measure_config(config: Config, mask_names: Sequence[str], implementations: S
             except RuntimeError as error:
                 # e.g. no cuDNN kernel for this card: report, keep measuring the others.
                 measurement.status = UNAVAILABLE
-                measurement.note = f"RuntimeError: {str(error).splitlines()[0][:ERROR_NOTE_CHARS]}"
+                measurement.note = error_note(error)
             finally:
                 if impl == DENSE:
                     dense_mask = None
@@ -645,6 +758,52 @@ def measure_config(config: Config, mask_names: Sequence[str], implementations: S
 
     flex_stats["seconds"] = round(time.perf_counter() - config_start, 1)
     return rows, flex_stats
+
+
+def measure_preprocess_config(config: Config, mask_names: Sequence[str], implementations: Sequence[str], args,
+                              entry: FlashMaskEntryPoints,
+                              on_row: Callable[[List[Row], dict], None] = lambda rows, stats: None
+                              ) -> Tuple[List[Row], dict]:
+    """--preprocess-only: every mask of one configuration, measuring only flashmask's
+    preprocessing (per call and GPU time, --reps), flashmask's forward for the ratio
+    (PREPROCESS_ONLY_FORWARD_REPS, not checked here: the full run checks it) and, when flex is
+    in `implementations`, create_block_mask. No peers, no backward, no memory."""
+    device = BENCH_DEVICE
+    generator = torch.Generator(device=device).manual_seed(args.input_seed)
+    problem = make_problem(config, device, generator)
+    bounds_buffers, mask_mod = column_rule_mask_mod(config.n, device)
+    stats: dict = {}
+    rows: List[Row] = []
+    config_start = time.perf_counter()
+    for mask_name in mask_names:
+        mask_start = time.perf_counter()
+        case, problems = build_mask_case(mask_name, config, args.seed, bounds_buffers, device)
+        row = mask_row(config, case, problems)
+        if FLEX in implementations:
+            row.create_block_mask_ms = create_block_mask_ms(mask_mod, config.n, device, args.block_mask_reps)
+        measure_preprocessing(row, case, config, entry, args.reps)
+        measurement = Measurement()
+        row.results[FLASHMASK] = measurement
+        try:
+            runner = flashmask_runner(problem, case, case.mask.causal, entry)
+            measurement.forward_ms = median_ms(runner.forward, PREPROCESS_ONLY_FORWARD_REPS,
+                                               warmup_calls(PREPROCESS_ONLY_FORWARD_REPS))
+            del runner
+        except Unavailable as error:
+            measurement.status = UNAVAILABLE
+            measurement.note = str(error)
+        except torch.OutOfMemoryError:
+            measurement.status = OUT_OF_MEMORY
+        except RuntimeError as error:
+            measurement.status = UNAVAILABLE
+            measurement.note = error_note(error)
+        torch.cuda.empty_cache()
+        rows.append(row)
+        log(progress_line(row, time.perf_counter() - mask_start))
+        stats["seconds"] = round(time.perf_counter() - config_start, 1)
+        on_row(rows, stats)
+    stats["seconds"] = round(time.perf_counter() - config_start, 1)
+    return rows, stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -688,6 +847,8 @@ def progress_line(row: Row, seconds: float) -> str:
     for impl in IMPLEMENTATIONS:
         if impl in row.results:
             parts.append(f"{impl} {cell_tflops(row, impl, 'fwd')}/{cell_tflops(row, impl, 'bwd')}")
+    if row.preprocess_ms is not None:
+        parts.append(f"preprocess {fmt(row.preprocess_ms, 4)} ms per call, {fmt(row.preprocess_graph_ms, 4)} ms GPU")
     parts.append(f"({seconds:.1f} s)")
     for problem in row.problems:
         parts.append(f"\n    ! {problem}")
@@ -711,90 +872,124 @@ def compact_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def percent(value: Optional[float]) -> str:
+    return UNAVAILABLE if value is None else f"{value:.2%}"
+
+
+def preprocess_table(rows: Sequence[Row]) -> List[str]:
+    """The preprocessing table's markdown lines (in the results file; --preprocess-only also
+    prints it last)."""
+    lines = ["| config | mask | per call ms | GPU ms | flashmask forward ms | per call / forward | GPU / forward | "
+             "create_block_mask ms | create_block_mask / per call |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        forward = row.results.get(FLASHMASK, Measurement()).forward_ms
+        lines.append(f"| {row.label} | {row.mask} | {fmt(row.preprocess_ms, 4)} | {fmt(row.preprocess_graph_ms, 4)} | "
+                     f"{fmt(forward, 3)} | {percent(ratio(row.preprocess_ms, forward))} | "
+                     f"{percent(ratio(row.preprocess_graph_ms, forward))} | {fmt(row.create_block_mask_ms, 2)} | "
+                     f"{fmt(ratio(row.create_block_mask_ms, row.preprocess_ms), 0)} |")
+    return lines
+
+
 def markdown(rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> str:
+    preprocess_only = meta.get("mode") == MODE_PREPROCESS_ONLY
     out = [f"# GPU attention benchmark: flashmask vs FlexAttention vs SDPA ({meta['date']})", ""]
     out += [f"- commit: {meta['commit']}", f"- GPU: {meta['gpu']}", f"- torch {meta['torch']}, triton {meta['triton']}, "
             f"cuDNN {meta['cudnn']}", f"- command: `{meta['command']}`",
             f"- timing: median of {meta['reps']} CUDA-event timings after warm-up; random normal bf16 inputs, "
-            f"D = {HEAD_DIM}, Hq = Hk; mask seed {meta['seed']}",
-            "- effective TFLOP/s: visible pairs only, forward 4·D·Hq·pairs, backward 2.5× (SPEC §6)",
-            f"- flashmask: {meta['flashmask']}", ""]
+            f"D = {HEAD_DIM}, Hq = Hk; mask seed {meta['seed']}"]
+    if preprocess_only:
+        out.append(f"- {MODE_PREPROCESS_ONLY}: flashmask's preprocessing, create_block_mask and flashmask's forward "
+                   f"(median of {meta.get('forward_reps')}, for the ratio; not checked) only: no peers, no backward, "
+                   "no memory")
+    else:
+        out.append("- effective TFLOP/s: visible pairs only, forward 4·D·Hq·pairs, backward 2.5× (SPEC §6)")
+    out += [f"- flashmask: {meta['flashmask']}", ""]
     for name, stats in flex_stats.items():
-        out.append(f"- config {name}: FlexAttention compilations for the first mask {stats['compiles_first_mask']}, "
-                   f"recompilations after it {stats['recompiles_after_first_mask']}; {stats['seconds']} s")
+        if "compiles_first_mask" in stats:
+            out.append(f"- config {name}: FlexAttention compilations for the first mask {stats['compiles_first_mask']}, "
+                       f"recompilations after it {stats['recompiles_after_first_mask']}; {stats['seconds']} s")
+        else:
+            out.append(f"- config {name}: {stats['seconds']} s")
     out.append("")
 
     def config_label(row: Row) -> str:
         c = row.config
         return f"{row.label} (B={c.batch}, H={c.heads}, N={c.n})"
 
-    out += ["## Effective TFLOP/s (forward / backward)", "",
-            "| config | mask | density | flashmask | flex | cuDNN | FA2 | dense-mask SDPA |", "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        cells = " | ".join(f"{cell_tflops(row, i, 'fwd')} / {cell_tflops(row, i, 'bwd')}" for i in IMPLEMENTATIONS)
-        out.append(f"| {config_label(row)} | {row.mask} | {row.density:.3f} | {cells} |")
+    if not preprocess_only:
+        out += ["## Effective TFLOP/s (forward / backward)", "",
+                "| config | mask | density | flashmask | flex | cuDNN | FA2 | dense-mask SDPA |", "|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            cells = " | ".join(f"{cell_tflops(row, i, 'fwd')} / {cell_tflops(row, i, 'bwd')}" for i in IMPLEMENTATIONS)
+            out.append(f"| {config_label(row)} | {row.mask} | {row.density:.3f} | {cells} |")
 
-    out += ["", "## Ratios (flashmask over peer, forward / backward; own full = over flashmask's full-mask TFLOP/s)", "",
-            "| config | mask | vs flex | vs cuDNN | vs FA2 | vs dense | vs own full (target) |", "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        def pair(other: str) -> str:
-            if other in UNMASKED_SDPA and row.mask not in MASKS_WITHOUT_INDICES:
-                return NOT_APPLICABLE
-            return " / ".join(fmt(ratio(row.tflops(FLASHMASK, d), row.tflops(other, d))) for d in ("fwd", "bwd"))
-        full = " / ".join(fmt(own_full(rows, row, d)) for d in ("fwd", "bwd"))
-        out.append(f"| {row.label} | {row.mask} | {pair(FLEX)} | {pair(CUDNN)} | {pair(FLASH)} | {pair(DENSE)} | "
-                   f"{full} (≥ {row.config.own_full_target}) |")
+        out += ["", "## Ratios (flashmask over peer, forward / backward; own full = over flashmask's full-mask TFLOP/s)", "",
+                "| config | mask | vs flex | vs cuDNN | vs FA2 | vs dense | vs own full (target) |", "|---|---|---|---|---|---|---|"]
+        for row in rows:
+            def pair(other: str) -> str:
+                if other in UNMASKED_SDPA and row.mask not in MASKS_WITHOUT_INDICES:
+                    return NOT_APPLICABLE
+                return " / ".join(fmt(ratio(row.tflops(FLASHMASK, d), row.tflops(other, d))) for d in ("fwd", "bwd"))
+            full = " / ".join(fmt(own_full(rows, row, d)) for d in ("fwd", "bwd"))
+            out.append(f"| {row.label} | {row.mask} | {pair(FLEX)} | {pair(CUDNN)} | {pair(FLASH)} | {pair(DENSE)} | "
+                       f"{full} (≥ {row.config.own_full_target}) |")
+        out.append("")
 
-    out += ["", "## Per-call preprocessing (flashmask block summaries vs FlexAttention create_block_mask)", "",
+    calls_per_graph = meta.get("preprocess_calls_per_graph", PREPROCESS_CALLS_PER_GRAPH)
+    out += ["## Per-call preprocessing (flashmask block summaries vs FlexAttention create_block_mask)", "",
             f"Targets: under {PREPROCESS_MAX_FRACTION_OF_FORWARD:.0%} of the forward at 8K, and "
-            f"≥ {PREPROCESS_MIN_SPEEDUP_OVER_BLOCK_MASK:.0f}× faster than create_block_mask.", "",
-            "| config | mask | flashmask preprocess ms | flashmask forward ms | preprocess / forward | create_block_mask ms | create_block_mask / preprocess |",
-            "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        forward = row.results.get(FLASHMASK, Measurement()).forward_ms
-        share = ratio(row.preprocess_ms, forward)
-        out.append(f"| {row.label} | {row.mask} | {fmt(row.preprocess_ms, 4)} | {fmt(forward, 3)} | "
-                   f"{UNAVAILABLE if share is None else f'{share:.2%}'} | {fmt(row.create_block_mask_ms, 2)} | "
-                   f"{fmt(ratio(row.create_block_mask_ms, row.preprocess_ms), 0)} |")
+            f"≥ {PREPROCESS_MIN_SPEEDUP_OVER_BLOCK_MASK:.0f}× faster than create_block_mask. "
+            "Per call: CUDA events around one call of the hook (what forward_into runs before its kernel), bound by "
+            f"the host's dispatch. GPU: {calls_per_graph} calls captured into one CUDA graph, replay time / "
+            f"{calls_per_graph}: the device's own time. create_block_mask: host wall time, over the per-call figure.", ""]
+    out += preprocess_table(rows)
 
-    out += ["", "## Peak memory of forward + backward (GiB, inputs q, k, v, dout included)", "",
-            f"Target: flashmask within {PEAK_MEMORY_MAX_RATIO_TO_SDPA:.2f}× of SDPA (FA2 backend) without a mask. "
-            "flashmask's figure adds the CUDA default pool's high-water mark (its stream-ordered scratch) to torch's "
-            "allocator peak: an upper bound.", "",
-            "| config | mask | flashmask | flex | SDPA FA2, no mask | flashmask / SDPA |", "|---|---|---|---|---|---|"]
-    gib = float(1 << 30)
-    for row in rows:
-        base = row.sdpa_peak_bytes
-        fm_peak, flex_peak = row.peak_bytes.get(FLASHMASK), row.peak_bytes.get(FLEX)
-        out.append(f"| {row.label} | {row.mask} | {fmt(None if fm_peak is None else fm_peak / gib, 3)} | "
-                   f"{fmt(None if flex_peak is None else flex_peak / gib, 3)} | {fmt(None if base is None else base / gib, 3)} | "
-                   f"{fmt(ratio(fm_peak, base), 3)} |")
+    if not preprocess_only:
+        out += ["", "## Peak memory of forward + backward (GiB, inputs q, k, v, dout included)", "",
+                f"Target: flashmask within {PEAK_MEMORY_MAX_RATIO_TO_SDPA:.2f}× of SDPA (FA2 backend) without a mask. "
+                "flashmask's figure adds the CUDA default pool's high-water mark (its stream-ordered scratch) to torch's "
+                "allocator peak: an upper bound.", "",
+                "| config | mask | flashmask | flex | SDPA FA2, no mask | flashmask / SDPA |", "|---|---|---|---|---|---|"]
+        gib = float(1 << 30)
+        for row in rows:
+            base = row.sdpa_peak_bytes
+            fm_peak, flex_peak = row.peak_bytes.get(FLASHMASK), row.peak_bytes.get(FLEX)
+            out.append(f"| {row.label} | {row.mask} | {fmt(None if fm_peak is None else fm_peak / gib, 3)} | "
+                       f"{fmt(None if flex_peak is None else flex_peak / gib, 3)} | {fmt(None if base is None else base / gib, 3)} | "
+                       f"{fmt(ratio(fm_peak, base), 3)} |")
 
-    out += ["", "## Correctness checks (before timing)", "",
-            f"Forward: {REFERENCE_ROWS}+ sampled query rows against float32 (tolerance {FORWARD_ROW_TOLERANCE}); "
-            f"gradients: max relative difference of dq, dk, dv to FlexAttention's (tolerance {GRADIENT_TOLERANCE}).", "",
-            "| config | mask | implementation | forward rows | gradients vs flex | note |", "|---|---|---|---|---|---|"]
-    for row in rows:
-        for impl in IMPLEMENTATIONS:
-            m = row.results.get(impl)
-            if m is None or m.status == NOT_APPLICABLE:
-                continue
-            note = m.status + (" " if m.status and m.note else "") + m.note
-            out.append(f"| {row.label} | {row.mask} | {impl} | {fmt(m.forward_error, 4)} | "
-                       f"{fmt(m.gradient_error, 4)} | {note.replace('|', '/')} |")
+        out += ["", "## Correctness checks (before timing)", "",
+                f"Forward: {REFERENCE_ROWS}+ sampled query rows against float32 (tolerance {FORWARD_ROW_TOLERANCE}); "
+                f"gradients: max relative difference of dq, dk, dv to FlexAttention's (tolerance {GRADIENT_TOLERANCE}).", "",
+                "| config | mask | implementation | forward rows | gradients vs flex | note |", "|---|---|---|---|---|---|"]
+        for row in rows:
+            for impl in IMPLEMENTATIONS:
+                m = row.results.get(impl)
+                if m is None or m.status == NOT_APPLICABLE:
+                    continue
+                note = m.status + (" " if m.status and m.note else "") + m.note
+                out.append(f"| {row.label} | {row.mask} | {impl} | {fmt(m.forward_error, 4)} | "
+                           f"{fmt(m.gradient_error, 4)} | {note.replace('|', '/')} |")
     problems = [f"- {row.label} {row.mask}: {p}" for row in rows for p in row.problems]
     if problems:
         out += ["", "## Problems", ""] + problems
-    out += ["", "## Compact table", "", "```text", compact_table(rows), "```", ""]
+    if not preprocess_only:
+        out += ["", "## Compact table", "", "```text", compact_table(rows), "```"]
+    out.append("")
     return "\n".join(out)
 
 
 def as_json(rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> dict:
     records = []
     for row in rows:
+        forward_ms = row.results.get(FLASHMASK, Measurement()).forward_ms
         record = {"config": row.config.name, "batch": row.config.batch, "heads": row.config.heads, "n": row.config.n,
                   "mask": row.mask, "density": row.density, "pairs_per_sequence": row.pairs_per_sequence,
                   "forward_flops": row.forward_flops, "preprocess_ms": row.preprocess_ms,
+                  "preprocess_graph_ms": row.preprocess_graph_ms,
+                  "preprocess_share_of_forward": ratio(row.preprocess_ms, forward_ms),
+                  "preprocess_graph_share_of_forward": ratio(row.preprocess_graph_ms, forward_ms),
+                  "create_block_mask_over_preprocess": ratio(row.create_block_mask_ms, row.preprocess_ms),
                   "create_block_mask_ms": row.create_block_mask_ms, "peak_bytes": row.peak_bytes,
                   "sdpa_peak_bytes": row.sdpa_peak_bytes, "problems": row.problems, "results": {}}
         for impl, m in row.results.items():
@@ -822,7 +1017,8 @@ def load_results(path: str, part: int) -> Tuple[List[Row], Dict[str, dict], dict
     for r in data["rows"]:
         config = STANDARD_CONFIGS.get(r["config"]) or Config(r["config"], r["batch"], r["heads"], r["n"], math.nan)
         row = Row(config, r["mask"], r["density"], r["pairs_per_sequence"], r["forward_flops"],
-                  preprocess_ms=r["preprocess_ms"], create_block_mask_ms=r["create_block_mask_ms"],
+                  preprocess_ms=r["preprocess_ms"], preprocess_graph_ms=r.get("preprocess_graph_ms"),
+                  create_block_mask_ms=r["create_block_mask_ms"],
                   peak_bytes=r["peak_bytes"], sdpa_peak_bytes=r.get("sdpa_peak_bytes"), problems=r["problems"],
                   part=part)
         for impl, m in r["results"].items():
@@ -831,9 +1027,9 @@ def load_results(path: str, part: int) -> Tuple[List[Row], Dict[str, dict], dict
     return rows, data["flex"], data["meta"]
 
 
-def merge_results(paths: Sequence[str], out: str) -> List[Row]:
-    """One results file from several runs' JSON (e.g. config b split over two device calls).
-    Rows keep their run (b#2, ...) when more than one is merged."""
+def merge_results(paths: Sequence[str], out: str) -> Tuple[List[Row], dict]:
+    """One results file from several runs' JSON (e.g. config b split over two device calls);
+    returns its rows and meta. Rows keep their run (b#2, ...) when more than one is merged."""
     rows: List[Row] = []
     flex_stats: Dict[str, dict] = {}
     metas = []
@@ -845,11 +1041,11 @@ def merge_results(paths: Sequence[str], out: str) -> List[Row]:
             flex_stats[name + (f"#{part}" if part else "")] = stats
         metas.append(meta)
     merged = dict(metas[0])
-    for key in ("date", "commit", "gpu", "command", "input_seed"):
+    for key in ("date", "commit", "gpu", "command", "input_seed", "mode"):
         values = [str(m.get(key)) for m in metas]
         merged[key] = values[0] if len(set(values)) == 1 else "; ".join(f"#{i + 1}: {v}" for i, v in enumerate(values))
     save_results(out, rows, flex_stats, merged)
-    return rows
+    return rows, merged
 
 
 def git_commit() -> str:
@@ -876,6 +1072,10 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse)")
     parser.add_argument("--merge", nargs="+", metavar="JSON", default=None,
                         help="measure nothing: join the JSON results of several runs into --out")
+    parser.add_argument("--preprocess-only", action="store_true",
+                        help="measure only flashmask's preprocessing (per call and GPU time), create_block_mask "
+                             f"(unless flex is left out of --impls) and flashmask's forward ({PREPROCESS_ONLY_FORWARD_REPS} "
+                             "reps, for the ratio): every chosen mask and config, in seconds")
     parser.add_argument("--no-scratch-memory", action="store_true",
                         help="do not read the CUDA default pool's high-water mark (flashmask's scratch) "
                              "through the driver API")
@@ -895,11 +1095,18 @@ def parse_args(argv: Optional[Sequence[str]] = None):
             parser.error(f"--impls: unknown implementation '{name}'; expected a comma list of {', '.join(IMPLEMENTATIONS)}")
     if args.reps is None:
         args.reps = QUICK_REPS if args.quick else MIN_RESULT_REPS
+    if args.preprocess_only and FLASHMASK not in args.impls:
+        parser.error(f"--preprocess-only measures flashmask: --impls {','.join(args.impls)} leaves it out")
     if args.reps < 1:
         parser.error(f"--reps: {args.reps}; expected at least 1 ({MIN_RESULT_REPS} for results)")
     if args.input_seed is None:
         args.input_seed = int.from_bytes(np.random.default_rng().bytes(4), "little")
     return args
+
+
+def summary_table(rows: Sequence[Row], mode: Optional[str]) -> str:
+    """What a run prints last: the compact table, or the preprocessing table for --preprocess-only."""
+    return "\n".join(preprocess_table(rows)) if mode == MODE_PREPROCESS_ONLY else compact_table(rows)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -908,15 +1115,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.out:
             log("bench_attention: --merge needs --out")
             return 2
-        rows = merge_results(args.merge, args.out)
+        rows, merged_meta = merge_results(args.merge, args.out)
         log(f"wrote {args.out} from {len(args.merge)} runs")
-        log(compact_table(rows))
+        log(summary_table(rows, merged_meta.get("mode")))
         return 0
     faulthandler.enable()  # a crash in a native library prints the Python stack that led there
     if not torch.cuda.is_available():
         log("bench_attention: no CUDA device; this benchmark runs on the GPU machine (scripts/gpu.sh bench)")
         return 2
     entry = FlashMaskEntryPoints()
+    if args.preprocess_only and (entry.missing or entry.preprocess is None):
+        log(f"bench_attention: --preprocess-only has nothing to measure: "
+            f"{entry.missing or 'this flashmask module has no preprocess hook (block_summaries_cuda)'}")
+        return 2
+    mode = MODE_PREPROCESS_ONLY if args.preprocess_only else MODE_FULL
     import triton
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -925,17 +1137,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "torch": torch.__version__, "triton": triton.__version__,
         "cudnn": torch.backends.cudnn.version(),
         "command": " ".join(["bench/bench_attention.py"] + list(sys.argv[1:] if argv is None else argv)),
-        "reps": args.reps, "seed": args.seed, "input_seed": args.input_seed,
+        "reps": args.reps, "seed": args.seed, "input_seed": args.input_seed, "mode": mode,
+        "preprocess_calls_per_graph": PREPROCESS_CALLS_PER_GRAPH,
+        "forward_reps": PREPROCESS_ONLY_FORWARD_REPS if args.preprocess_only else args.reps,
         "flashmask": entry.missing or ("forward_into/backward_into" + (", preprocess hook" if entry.preprocess
                                                                         else ", no preprocess hook")),
     }
     log(f"GPU {meta['gpu']}, torch {meta['torch']}, commit {meta['commit']}, reps {args.reps}, "
-        f"input seed {args.input_seed}; flashmask: {meta['flashmask']}")
+        f"input seed {args.input_seed}, mode {mode}; flashmask: {meta['flashmask']}")
     if args.reps < MIN_RESULT_REPS:
         log(f"note: {args.reps} reps is below SPEC §6's {MIN_RESULT_REPS}: a smoke run, not a result")
-    # dynamic=False: one specialised kernel per configuration, as a user at a fixed length gets.
-    flex_compiled = torch.compile(flex_attention, dynamic=False)
-    pool = DefaultPoolHighWater(None if args.no_scratch_memory else torch.cuda.current_device())
+    if not args.preprocess_only:
+        # dynamic=False: one specialised kernel per configuration, as a user at a fixed length gets.
+        flex_compiled = torch.compile(flex_attention, dynamic=False)
+        pool = DefaultPoolHighWater(None if args.no_scratch_memory else torch.cuda.current_device())
     rows: List[Row] = []
     flex_stats: Dict[str, dict] = {}
     for name in args.configs:
@@ -945,17 +1160,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         def save_partial(config_rows, stats, name=name):
             if args.out:
                 save_results(args.out, rows + config_rows, {**flex_stats, name: stats}, meta)
-        config_rows, stats = measure_config(config, args.masks, args.impls, args, entry, flex_compiled, pool,
-                                            save_partial)
+        if args.preprocess_only:
+            config_rows, stats = measure_preprocess_config(config, args.masks, args.impls, args, entry, save_partial)
+            log(f"== config {name}: {stats['seconds']} s")
+        else:
+            config_rows, stats = measure_config(config, args.masks, args.impls, args, entry, flex_compiled, pool,
+                                                save_partial)
+            log(f"== config {name}: {stats['seconds']} s; FlexAttention compilations for the first mask "
+                f"{stats['compiles_first_mask']}, recompilations after it {stats['recompiles_after_first_mask']}")
         rows += config_rows
         flex_stats[name] = stats
-        log(f"== config {name}: {stats['seconds']} s; FlexAttention compilations for the first mask "
-            f"{stats['compiles_first_mask']}, recompilations after it {stats['recompiles_after_first_mask']}")
     if args.out:
         log(f"wrote {args.out} and {save_results(args.out, rows, flex_stats, meta)}")
     problems = [p for row in rows for p in row.problems]
     log(f"problems: {len(problems)}" + "".join(f"\n  - {p}" for p in problems))
-    log(compact_table(rows))
+    log(summary_table(rows, mode))
     return 1 if any(p.startswith("MISMATCH") or "column rule" in p for p in problems) else 0
 
 
