@@ -247,16 +247,17 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     // wins (every thread calls this, so every lane takes part): a mask that skips most blocks
     // costs a few rounds per CTA, not one dependent summary read per block.
     // The summary of (current head, this key block): its address is formed when the head changes
-    // (mask_head() divides), and each round reads it through the read-only cache.
+    // (mask_head() divides) and it is read through the read-only cache. The caller passes the
+    // current head's summary in `s`, read early (see the main loop); a new head reads its own.
     const BlockSummary* head_summary = &summaries.at(p.mask, batch, first_head, key_block);
-    auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
+    auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind, BlockSummary s) {
         while (true) {
             if (q_block + 1 >= q_blocks) {
                 q_block = -1;
                 if (++head_index == heads_per_group) return;
                 head_summary = &summaries.at(p.mask, batch, first_head + head_index, key_block);
+                s = read_only_summary(head_summary);
             }
-            const BlockSummary s = read_only_summary(head_summary);
             const int32_t candidate = q_block + 1 + lane;
             const TileKind candidate_kind = candidate < q_blocks ? tile_kind(s, candidate) : TileKind::Skipped;
             const unsigned found = __ballot_sync(0xffffffffu, candidate_kind != TileKind::Skipped);
@@ -352,7 +353,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
 
     int32_t head_index = 0, q_block = -1;
     TileKind kind = TileKind::Skipped;
-    advance(head_index, q_block, kind);
+    advance(head_index, q_block, kind, read_only_summary(head_summary));
     if (head_index < heads_per_group) {
         load_tile_async<KTile, kThreads>(k_smem, element_at<Element>(p.k, batch, key0, kv_head), p.k.stride[1], p.nk - key0);
         load_tile_async<KTile, kThreads>(v_smem, element_at<Element>(p.v, batch, key0, kv_head), p.v.stride[1], p.nk - key0);
@@ -370,13 +371,15 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         const TileKind this_kind = kind;
         cp_async_wait<0>();
         __syncthreads();
-        // The previous tile's dQ first: its reductions drain to L2 while the next tile is found
-        // and its loads are issued (issued after them, a burst of reductions stalled the first
-        // products of this tile on the registers they still held: ncu, bench/NOTES.md).
+        // The summary is read before the previous tile's dQ reductions are issued: queued behind
+        // them it waited as long as they took (ncu). Then the reductions, which drain to L2 while
+        // the next tile is found and its loads issued (issued after those, they stalled the
+        // first products of this tile on the registers they still held: bench/NOTES.md).
+        const BlockSummary summary = read_only_summary(head_summary);
         if constexpr (kAccumulateDq) {
             if (dq_pending) accumulate_dq(dq_stage, dq_head, dq_row_begin);
         }
-        advance(head_index, q_block, kind);
+        advance(head_index, q_block, kind, summary);
         if (head_index < heads_per_group) {
             load_query_block(stage ^ 1, head_index, q_block);
             cp_async_commit();
