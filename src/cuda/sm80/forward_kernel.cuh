@@ -1,7 +1,9 @@
 // The portable (sm80+) forward kernel: FlashAttention-2 with FlashMask tile skipping.
 //
-// One CTA per (query block, query head, batch). The CTA first classifies the key blocks of its
-// query rows from their 32-byte block summaries (classify(), tiles.hpp), a chunk of kThreads
+// One CTA per (query block, query head, batch), the heaviest query blocks launched first: a
+// per-call order (tile_scheduler.cuh) counted with this kernel's kBlockM x kBlockN tiles, which
+// interleaves a few heads at a time for L2 locality. The CTA first classifies the key blocks of
+// its query rows from their 32-byte block summaries (classify(), tiles.hpp), a chunk of kThreads
 // blocks at a time, compacted into a shared-memory list; only the blocks left in that list are
 // loaded. For each of them, in FlashAttention-2 order:
 //
@@ -29,6 +31,7 @@
 #include "cuda/common/check.hpp"
 #include "cuda/common/row_bits.cuh"
 #include "cuda/common/shared_memory.hpp"
+#include "cuda/common/tile_scheduler.cuh"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/forward_traits.hpp"
 #include "cuda/sm80/kernel_operand.cuh"
@@ -80,7 +83,7 @@ __device__ __forceinline__ float quad_sum(float x) {
 
 template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(ForwardTraits<kHeadDim>::kThreads, ForwardTraits<kHeadDim>::kMinBlocksPerSM)
-forward_kernel(const AttentionProblem p, const SummaryTable table, const int32_t query_blocks) {
+forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSchedule schedule) {
     using Traits = ForwardTraits<kHeadDim>;
     using Storage = SharedStorage<Element, kHeadDim>;
     using QTile = typename Storage::QTile;
@@ -96,12 +99,10 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const int32_t
     const int thread = int(threadIdx.x), warp = thread / kWarpSize, lane = thread % kWarpSize;
     const int group = lane / 4, quad = lane % 4;  // mma fragment coordinates (ptx.cuh)
 
-    // Query blocks vary fastest so that the CTAs running together share one head's K/V in L2;
-    // within a head the last (for causal-like masks the heaviest) query blocks start first.
-    const int64_t cta = blockIdx.x;
-    const int32_t q_block = query_blocks - 1 - int32_t(cta % query_blocks);
-    const int64_t batch_head = cta / query_blocks;
-    const int32_t head = int32_t(batch_head % p.q_heads), batch = int32_t(batch_head / p.q_heads);
+    // Heaviest query blocks first, interleaved over a section of a few heads whose K/V the CTAs
+    // running together share in L2 (tile_order.hpp).
+    const TileCoordinates tile = schedule.at(int32_t(blockIdx.x));
+    const int32_t q_block = tile.block, head = tile.head, batch = tile.batch;
     // Read in place from the kernel's parameter space: a local copy would hold 15 more registers.
     const MaskView& mask = p.mask;
     const int32_t nq = p.nq, nk = p.nk;
@@ -383,6 +384,9 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
     check_shared_memory("forward", kSmemBytes, "forward_kernel");  // before any work is queued
 
     const BlockSummaries summaries(p.mask, p.batch, p.q_heads, Traits::kBlockN, stream);
+    // Work counted with the kernel's own tiles: kBlockM query rows by the summaries' kBlockN keys.
+    const TileScheduler tiles(p.mask, p.batch, p.q_heads, p.kv_heads, TileAxis::QueryBlocks, Traits::kBlockM,
+                              summaries.table(), stream);
     const KernelOperand q(p.q, p.batch, p.nq, p.q_heads, p.head_dim, stream);
     const KernelOperand k(p.k, p.batch, p.nk, p.kv_heads, p.head_dim, stream);
     const KernelOperand v(p.v, p.batch, p.nk, p.kv_heads, p.value_dim, stream);
@@ -397,7 +401,7 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
     kernel_problem.out = out.operand();
 
     if (kSmemBytes > kDefaultDynamicSmem) allow_shared_memory(kernel, kSmemBytes);
-    kernel<<<unsigned(ctas), Traits::kThreads, kSmemBytes, stream>>>(kernel_problem, summaries.table(), query_blocks);
+    kernel<<<unsigned(ctas), Traits::kThreads, kSmemBytes, stream>>>(kernel_problem, summaries.table(), tiles.schedule());
     check_launch("flashmask sm80 forward_kernel");
     out.copy_out();
 }

@@ -1,0 +1,111 @@
+// The kernel that sorts each (batch, head)'s blocks by work (tile_scheduler.cuh, tile_order.hpp).
+#include <string>
+
+#include "cuda/common/tile_scheduler.cuh"
+
+namespace flashmask::cuda {
+namespace {
+
+constexpr int kWarpLanes = 32;
+constexpr unsigned kWholeWarp = 0xffffffffu;
+constexpr int kOrderThreads = 512;  // 16 warps, each counting one block's tiles at a time
+constexpr int kOrderWarps = kOrderThreads / kWarpLanes;
+// Work bins of this many blocks are staged in shared memory (8 KB, 40 KB with the histogram) for
+// the scatter, so that its one warp reads shared memory instead of waiting on global loads.
+constexpr int kStagedBlocks = 2048;
+
+// One CTA per (order batch, order head): a counting sort of its blocks by work bin, heaviest bin
+// first, stable in the tie order.
+//   1. work of each block (block_work()), one warp per block with its lanes over the other axis;
+//      written to `work` and counted into a shared-memory histogram;
+//   2. warp 0 turns the counts into each bin's first output position (bins above it come first);
+//   3. in tie order, a chunk at a time, warp 0 places each block at its bin's next position:
+//      __match_any_sync ranks lanes of one bin among themselves, so the sort stays stable.
+__global__ void __launch_bounds__(kOrderThreads)
+tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int32_t* order, int32_t* work) {
+    __shared__ int32_t bins[kWorkBuckets];     // counts, then each bin's next output position
+    __shared__ int32_t staged[kStagedBlocks];  // work bins of the current chunk, in tie order
+
+    const int32_t pair = int32_t(blockIdx.x);
+    const int32_t order_batch = pair / shape.order_heads, order_head = pair % shape.order_heads;
+    int32_t* const pair_order = order + int64_t(pair) * shape.blocks;
+    int32_t* const pair_work = work + int64_t(pair) * shape.blocks;
+    const int thread = int(threadIdx.x), warp = thread / kWarpLanes, lane = thread % kWarpLanes;
+    const int32_t buckets = shape.buckets;
+
+    for (int32_t bin = thread; bin < buckets; bin += kOrderThreads) bins[bin] = 0;
+    __syncthreads();
+
+    // 1. Work per block.
+    for (int32_t block = warp; block < shape.blocks; block += kOrderWarps) {
+        const int32_t part = block_work(shape, summaries.summaries, summaries.stride_batch, summaries.stride_mask_head,
+                                        order_batch, order_head, block, lane, kWarpLanes);
+        const int32_t total = __reduce_add_sync(kWholeWarp, part);
+        if (lane == 0) {
+            pair_work[block] = total;
+            atomicAdd(&bins[total >> shape.bucket_shift], 1);
+        }
+    }
+    __syncthreads();
+
+    // 2. First output position of each bin. Lane l scans a run of bins from the heaviest down,
+    // the lanes' totals are scanned across the warp, then each lane writes its run's positions.
+    if (warp == 0) {
+        const int32_t per_lane = ceil_div(buckets, kWarpLanes);
+        const int32_t begin = min(lane * per_lane, buckets), end = min(begin + per_lane, buckets);
+        int32_t run_total = 0;
+        for (int32_t down = begin; down < end; ++down) run_total += bins[buckets - 1 - down];
+        int32_t inclusive = run_total;
+        for (int offset = 1; offset < kWarpLanes; offset *= 2) {
+            const int32_t below = __shfl_up_sync(kWholeWarp, inclusive, offset);
+            if (lane >= offset) inclusive += below;
+        }
+        int32_t position = inclusive - run_total;
+        for (int32_t down = begin; down < end; ++down) {
+            const int32_t bin = buckets - 1 - down;
+            const int32_t count = bins[bin];
+            bins[bin] = position;
+            position += count;
+        }
+    }
+
+    // 3. Stable scatter in tie order.
+    for (int32_t chunk = 0; chunk < shape.blocks; chunk += kStagedBlocks) {
+        const int32_t count = min(kStagedBlocks, shape.blocks - chunk);
+        __syncthreads();  // the scan, or warp 0's placing of the previous chunk, is done
+        for (int32_t i = thread; i < count; i += kOrderThreads)
+            staged[i] = pair_work[tie_order_block(shape.axis, shape.blocks, chunk + i)] >> shape.bucket_shift;
+        __syncthreads();
+        if (warp != 0) continue;
+        for (int32_t first = 0; first < count; first += kWarpLanes) {
+            const int32_t i = first + lane;
+            const bool valid = i < count;
+            const int32_t bin = valid ? staged[i] : -1;  // -1: no block, never a real bin
+            const unsigned peers = __match_any_sync(kWholeWarp, bin);
+            const int32_t rank = __popc(peers & ((1u << lane) - 1u));  // lanes of this bin before this one
+            const int32_t position = valid ? bins[bin] + rank : 0;
+            __syncwarp();  // every lane has read its bin's position before the lowest lane advances it
+            if (valid && rank == 0) bins[bin] += __popc(peers);
+            __syncwarp();
+            if (valid) pair_order[position] = tie_order_block(shape.axis, shape.blocks, chunk + i);
+        }
+    }
+}
+
+}  // namespace
+
+void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order, int32_t* work,
+                        cudaStream_t stream) {
+    if (shape.order_pairs() == 0 || shape.blocks == 0) return;
+    if (shape.buckets < 1 || shape.buckets > kWorkBuckets)
+        throw Error(ErrorCode::InvalidArgument, "", "compute_tile_order: shape.buckets = " + std::to_string(shape.buckets) +
+                                                        ", expected 1.." + std::to_string(kWorkBuckets));
+    if (summaries.blocks != shape.key_blocks)
+        throw Error(ErrorCode::InvalidArgument, "", "compute_tile_order: the summary table has " +
+                                                        std::to_string(summaries.blocks) + " key blocks, expected " +
+                                                        std::to_string(shape.key_blocks));
+    tile_order_kernel<<<unsigned(shape.order_pairs()), kOrderThreads, 0, stream>>>(shape, summaries, order, work);
+    check_launch("flashmask tile_order_kernel");
+}
+
+}  // namespace flashmask::cuda

@@ -1,0 +1,194 @@
+// The heaviest-first CTA order's host twin and CTA mapping (src/cuda/common/tile_order.hpp; the
+// device kernel is checked against this twin in tests/gpu/test_gpu_tile_scheduler.cu):
+//   * per-block work adds up to count_tiles()'s non-skipped tiles (an independent count);
+//   * every schedule is a bijection, section by section in rank-major order, heaviest first
+//     with ties in the kernels' earlier order;
+//   * without an index tensor (full, plain causal) the tie order is already sorted, which is what
+//     lets the device skip the sort there;
+//   * work values beyond the histogram are bucketed, and shapes that do not fit int32 are refused.
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "test_cpu_common.hpp"
+#include "test_tile_order_util.hpp"
+
+namespace flashmask {
+namespace {
+
+using cuda::TileAxis;
+using cuda::TileOrderShape;
+using testing::AttentionSizes;
+using testing::TestMask;
+
+// (batch, query heads, KV heads, mask heads): one and several sections, B * H not a multiple of
+// kHeadsPerSection, GQA, mask heads 1, Hk and Hq.
+struct Heads {
+    int32_t batch, q_heads, kv_heads, mask_heads;
+};
+constexpr Heads kHeads[] = {{1, 1, 1, 1}, {2, 6, 2, 6}, {3, 6, 2, 2}, {2, 5, 5, 1}, {1, 16, 2, 16}, {3, 3, 1, 3}};
+
+// (query rows, keys) per tile: the forward's 128 x 64, the transpose, and small tiles for many blocks.
+struct TileShape {
+    int32_t block_m, block_n;
+};
+constexpr TileShape kTileShapes[] = {{128, 64}, {64, 128}, {16, 16}, {16, 32}};
+
+std::string describe(const std::string& mask, const AttentionSizes& s, int32_t mask_heads, TileAxis axis,
+                     const TileShape& tile) {
+    return mask + " " + s.describe() + " Hm=" + std::to_string(mask_heads) +
+           (axis == TileAxis::QueryBlocks ? " query" : " key") + " blocks " + std::to_string(tile.block_m) + "x" +
+           std::to_string(tile.block_n);
+}
+
+// The host twin's order for one mask, both axes, every tile shape: work against count_tiles(),
+// then the schedule's properties; without an index tensor also the null-order (tie order) schedule.
+void check_mask(TestMask& mask, const AttentionSizes& s, int32_t mask_heads) {
+    const MaskView view = mask.mask_view(s);
+    for (const TileShape& tile : kTileShapes)
+        for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks}) {
+            const std::string what = describe(mask.name, s, mask_heads, axis, tile);
+            const TileOrderShape shape =
+                cuda::make_tile_order_shape(view, s.batch, s.q_heads, s.kv_heads, axis, tile.block_m, tile.block_n);
+            const std::vector<BlockSummary> summaries =
+                block_summaries(view, shape.order_batches, shape.summary_heads, tile.block_n);
+            const std::vector<int32_t> work = cuda::host_block_work(shape, summaries);
+            const TileCounts counts = count_tiles(view, s.batch, s.q_heads, tile.block_m, tile.block_n);
+            ASSERT_EQ(testing::total_work(shape, work), counts.partial + counts.full) << what;
+
+            const std::vector<int32_t> order = cuda::host_tile_order(shape, work);
+            testing::check_schedule(shape, cuda::make_tile_schedule(shape, order.data()), work, what);
+            if (::testing::Test::HasFatalFailure()) return;
+            if (view.layout == MaskLayout::None) {
+                // The device's shortcut: no sort, the tie order, must be the sorted order itself.
+                const cuda::TileSchedule unsorted = cuda::make_tile_schedule(shape, nullptr);
+                testing::check_schedule(shape, unsorted, work, what + " (tie order)");
+                if (::testing::Test::HasFatalFailure()) return;
+                for (int32_t position = 0; position < shape.blocks; ++position)
+                    ASSERT_EQ(order[std::size_t(position)], cuda::tie_order_block(axis, shape.blocks, position))
+                        << what << ": sorting moved block " << order[std::size_t(position)];
+            }
+        }
+}
+
+TEST(TileOrder, CatalogueMasks) {
+    auto rng = testing::test_rng();
+    const AttentionSizes sizes[] = {{0, 1, 1, 0, 0, 8, 8},     {0, 17, 17, 0, 0, 8, 8},   {0, 100, 257, 0, 0, 8, 8},
+                                    {0, 257, 100, 0, 0, 8, 8}, {0, 1000, 1000, 0, 0, 8, 8}};
+    for (const std::string& name : catalogue_names())
+        for (AttentionSizes s : sizes)
+            for (const Heads& h : kHeads) {
+                s.batch = h.batch;
+                s.q_heads = h.q_heads;
+                s.kv_heads = h.kv_heads;
+                TestMask mask = testing::catalogue_test_mask(name, s, h.mask_heads, rng);
+                check_mask(mask, s, mask.indices ? h.mask_heads : 1);
+                if (HasFatalFailure()) return;
+            }
+}
+
+TEST(TileOrder, HostileMasks) {
+    auto rng = testing::test_rng();
+    const AttentionSizes sizes[] = {{0, 33, 70, 0, 0, 8, 8}, {0, 300, 129, 0, 0, 8, 8}};
+    for (const testing::IndexLayout& layout : testing::kIndexLayouts)
+        for (AttentionSizes s : sizes)
+            for (const Heads& h : kHeads) {
+                s.batch = h.batch;
+                s.q_heads = h.q_heads;
+                s.kv_heads = h.kv_heads;
+                TestMask mask = testing::random_test_mask(layout.causal, layout.slots, true, s, h.mask_heads, rng);
+                check_mask(mask, s, h.mask_heads);
+                if (HasFatalFailure()) return;
+            }
+}
+
+// Without an index tensor the work per block is monotone in the tie order for any Nq, Nk and
+// tile shape (full: all equal; causal: query blocks gain keys downwards, key blocks lose rows
+// rightwards), so the device launches no sort. Checked on more sizes than the catalogue's.
+TEST(TileOrder, TieOrderIsSortedWithoutIndexTensor) {
+    for (bool causal : {false, true})
+        for (int32_t nq : {1, 15, 64, 129, 500})
+            for (int32_t nk : {1, 16, 63, 200, 700}) {
+                const AttentionSizes s{3, nq, nk, 4, 2, 8, 8};
+                TestMask mask;
+                mask.causal = causal;
+                mask.name = causal ? "causal" : "full";
+                check_mask(mask, s, 1);
+                if (HasFatalFailure()) return;
+            }
+}
+
+// The mapping alone, for grids of many sizes: blocks from 1 to more than a section's worth,
+// (batch, head) pairs below, at and around multiples of kHeadsPerSection.
+TEST(TileOrder, MappingIsBijectiveForAnyGrid) {
+    constexpr int32_t kBlockM = 16, kBlockN = 16;
+    for (int32_t blocks : {1, 2, 7, 8, 9, 100})
+        for (int32_t batch : {1, 2, 3})
+            for (int32_t heads : {1, 3, 8, 9, 17}) {
+                const AttentionSizes s{batch, blocks * kBlockM, 3 * kBlockN, heads, 1, 8, 8};
+                TestMask mask;
+                mask.causal = true;
+                mask.name = "causal";
+                const MaskView view = mask.mask_view(s);
+                for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks}) {
+                    const TileOrderShape shape =
+                        cuda::make_tile_order_shape(view, batch, heads, 1, axis, kBlockM, kBlockN);
+                    const std::vector<int32_t> work =
+                        cuda::host_block_work(shape, block_summaries(view, 1, 1, kBlockN));
+                    testing::check_schedule(shape, cuda::make_tile_schedule(shape, nullptr), work,
+                                            describe("causal", s, 1, axis, {kBlockM, kBlockN}));
+                    if (HasFatalFailure()) return;
+                }
+            }
+}
+
+TEST(TileOrder, WorkBucketShift) {
+    EXPECT_EQ(cuda::work_bucket_shift(0), 0);
+    EXPECT_EQ(cuda::work_bucket_shift(cuda::kWorkBuckets - 1), 0);
+    EXPECT_EQ(cuda::work_bucket_shift(cuda::kWorkBuckets), 1);
+    EXPECT_EQ(cuda::work_bucket_shift(2 * cuda::kWorkBuckets - 1), 1);
+    EXPECT_EQ(cuda::work_bucket_shift(2 * cuda::kWorkBuckets), 2);
+    const int64_t int32_max = std::numeric_limits<int32_t>::max();
+    EXPECT_LT(int32_max >> cuda::work_bucket_shift(int32_max), cuda::kWorkBuckets);
+}
+
+// More key blocks than histogram bins (8193 > kWorkBuckets - 1): the query-block order is sorted
+// by bins of two work values, and the schedule says so.
+TEST(TileOrder, BucketsLargeWork) {
+    auto rng = testing::test_rng();
+    constexpr int32_t kBlockM = 16, kBlockN = 16;
+    const AttentionSizes s{2, 200, (cuda::kWorkBuckets + 1) * kBlockN, 2, 1, 8, 8};
+    TestMask mask = testing::catalogue_test_mask("causal_blockwise", s, 2, rng);
+    const MaskView view = mask.mask_view(s);
+    const TileOrderShape shape =
+        cuda::make_tile_order_shape(view, s.batch, s.q_heads, s.kv_heads, TileAxis::QueryBlocks, kBlockM, kBlockN);
+    EXPECT_EQ(shape.bucket_shift, 1);
+    EXPECT_EQ(shape.buckets, (cuda::kWorkBuckets + 1) / 2 + 1);
+    const std::vector<int32_t> work =
+        cuda::host_block_work(shape, block_summaries(view, shape.order_batches, shape.summary_heads, kBlockN));
+    const std::vector<int32_t> order = cuda::host_tile_order(shape, work);
+    testing::check_schedule(shape, cuda::make_tile_schedule(shape, order.data()), work, "causal_blockwise, bucketed");
+}
+
+TEST(TileOrder, RefusesWhatDoesNotFitInt32) {
+    MaskView view;
+    view.nq = std::numeric_limits<int32_t>::max();
+    view.nk = 64;
+    // 2 x (2^31 - 1) query blocks of one row: beyond the grid.
+    EXPECT_THROW(cuda::make_tile_order_shape(view, 2, 1, 1, TileAxis::QueryBlocks, 1, 64), Error);
+    // A key block's work: (2^31 - 1) query blocks x 2 query heads per KV head.
+    try {
+        cuda::make_tile_order_shape(view, 1, 2, 1, TileAxis::KeyBlocks, 1, 64);
+        ADD_FAILURE() << "expected Error(Unsupported)";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::Unsupported);
+        EXPECT_NE(std::string(e.what()).find("tiles per block"), std::string::npos) << e.what();
+    }
+    // Bad heads or blocks name what was given.
+    view.nq = 100;
+    EXPECT_THROW(cuda::make_tile_order_shape(view, 1, 3, 2, TileAxis::QueryBlocks, 64, 64), Error);
+    EXPECT_THROW(cuda::make_tile_order_shape(view, 1, 2, 1, TileAxis::QueryBlocks, 0, 64), Error);
+}
+
+}  // namespace
+}  // namespace flashmask

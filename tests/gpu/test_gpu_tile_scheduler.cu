@@ -1,0 +1,215 @@
+// The device tile order (src/cuda/common/tile_scheduler.cuh) against its host twin
+// (tile_order.hpp, itself checked in tests/cpp/test_tile_order.cpp):
+//   * compute_tile_order() writes the very work values and order of the host twin, for every
+//     mask layout (MaskLayout::None included, which the forward never sorts), both axes, block
+//     counts from 1 to 65536 and work values beyond the histogram (bucketed);
+//   * TileScheduler, as the forward builds it, gives a schedule that is a bijection, in sections
+//     of kHeadsPerSection (batch, head) pairs, rank-major, each head's blocks heaviest first;
+//   * the same under CUDA graph capture, replayed twice.
+// Outputs are poisoned first: an entry the kernel leaves unwritten reads -1.
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cuda/common/tile_scheduler.cuh"
+#include "cuda/common/workspace.cuh"
+#include "gpu_test_util.hpp"
+#include "test_cpu_common.hpp"
+#include "test_tile_order_util.hpp"
+
+namespace flashmask {
+namespace {
+
+using cuda::TileAxis;
+using cuda::TileOrderShape;
+using testing::AttentionSizes;
+using testing::DeviceBuffer;
+using testing::TestMask;
+
+// A TestMask's index tensor on the device, with the MaskView the kernels read.
+struct DeviceIndices {
+    std::optional<DeviceBuffer<int32_t>> indices;
+    MaskView view;
+
+    DeviceIndices(TestMask& mask, const AttentionSizes& s) : view(mask.mask_view(s)) {
+        if (!mask.indices) return;
+        indices.emplace(mask.indices->storage);
+        view.indices = indices->get();
+    }
+};
+
+struct HostOrder {
+    std::vector<int32_t> work, order;
+};
+
+HostOrder host_order(const TileOrderShape& shape, const MaskView& host_view, int32_t block_n) {
+    HostOrder h;
+    h.work = cuda::host_block_work(shape, block_summaries(host_view, shape.order_batches, shape.summary_heads, block_n));
+    h.order = cuda::host_tile_order(shape, h.work);
+    return h;
+}
+
+std::string describe(const std::string& mask, const AttentionSizes& s, int32_t mask_heads, TileAxis axis,
+                     int32_t block_m, int32_t block_n) {
+    return mask + " " + s.describe() + " Hm=" + std::to_string(mask_heads) +
+           (axis == TileAxis::QueryBlocks ? " query" : " key") + " blocks " + std::to_string(block_m) + "x" +
+           std::to_string(block_n);
+}
+
+// One mask, one axis, one tile shape: the kernel's work and order equal the host twin's, and the
+// TileScheduler's schedule passes check_schedule().
+void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_heads, TileAxis axis, int32_t block_m,
+                        int32_t block_n) {
+    const std::string what = describe(mask.name, s, mask_heads, axis, block_m, block_n);
+    const DeviceIndices device(mask, s);
+    const MaskView host_view = mask.mask_view(s);
+    const TileOrderShape shape =
+        cuda::make_tile_order_shape(host_view, s.batch, s.q_heads, s.kv_heads, axis, block_m, block_n);
+    const HostOrder expected = host_order(shape, host_view, block_n);
+    const cuda::BlockSummaries summaries(device.view, s.batch, s.q_heads, block_n, nullptr);
+
+    // The kernel itself, whatever the layout.
+    const std::size_t entries = expected.order.size();
+    DeviceBuffer<int32_t> order(entries), work(entries);
+    order.poison();
+    work.poison();
+    cuda::compute_tile_order(shape, summaries.table(), order.get(), work.get(), nullptr);
+    FM_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<int32_t> device_work = work.to_host(), device_order = order.to_host();
+    for (std::size_t i = 0; i < entries; ++i) {
+        ASSERT_EQ(device_work[i], expected.work[i]) << what << ": work of entry " << i << " (pair " << i / shape.blocks
+                                                    << ", block " << i % shape.blocks << ")";
+        ASSERT_EQ(device_order[i], expected.order[i]) << what << ": order entry " << i << " (pair "
+                                                      << i / shape.blocks << ", rank " << i % shape.blocks << ")";
+    }
+
+    // The scheduler as a kernel launch gets it.
+    const cuda::TileScheduler tiles(device.view, s.batch, s.q_heads, s.kv_heads, axis, block_m, summaries.table(),
+                                    nullptr);
+    FM_CUDA_CHECK(cudaDeviceSynchronize());
+    ASSERT_EQ(tiles.order() == nullptr, host_view.layout == MaskLayout::None || shape.ctas() == 0) << what;
+    cuda::TileSchedule host_schedule = tiles.schedule();
+    std::vector<int32_t> scheduled_order;
+    if (tiles.order() != nullptr) {
+        scheduled_order.resize(entries);
+        FM_CUDA_CHECK(cudaMemcpy(scheduled_order.data(), tiles.order(), entries * sizeof(int32_t), cudaMemcpyDeviceToHost));
+        ASSERT_EQ(scheduled_order, expected.order) << what;
+        host_schedule.order = scheduled_order.data();
+    }
+    testing::check_schedule(shape, host_schedule, expected.work, what);
+}
+
+struct Heads {
+    int32_t batch, q_heads, kv_heads, mask_heads;
+};
+// One and several sections, B * H not a multiple of kHeadsPerSection, GQA, mask heads 1, Hk, Hq.
+constexpr Heads kHeads[] = {{1, 1, 1, 1}, {2, 6, 2, 6}, {3, 6, 2, 2}, {2, 5, 5, 1}, {1, 16, 2, 16}};
+// The forward's tile (128 x 64), the transpose, small tiles for more blocks.
+constexpr int32_t kTileShapes[][2] = {{128, 64}, {64, 128}, {16, 16}};
+
+TEST(GpuTileScheduler, CatalogueMasksMatchHost) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = testing::test_rng();
+    const std::vector<std::string> masks = {"full",           "causal",          "causal_blockwise",
+                                            "share_question", "causal_document", "sliding_window",
+                                            "qk_sparse",      "random_eviction", "global_sliding_window"};
+    const AttentionSizes sizes[] = {{0, 17, 17, 0, 0, 8, 8}, {0, 1000, 1000, 0, 0, 8, 8}, {0, 300, 1100, 0, 0, 8, 8}};
+    for (const std::string& name : masks)
+        for (AttentionSizes s : sizes)
+            for (const Heads& h : kHeads) {
+                s.batch = h.batch;
+                s.q_heads = h.q_heads;
+                s.kv_heads = h.kv_heads;
+                TestMask mask = testing::catalogue_test_mask(name, s, h.mask_heads, rng);
+                const int32_t mask_heads = mask.indices ? h.mask_heads : 1;
+                for (const auto& tile : kTileShapes)
+                    for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks}) {
+                        check_device_order(mask, s, mask_heads, axis, tile[0], tile[1]);
+                        if (HasFatalFailure()) return;
+                    }
+            }
+}
+
+TEST(GpuTileScheduler, HostileMasksMatchHost) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = testing::test_rng();
+    const AttentionSizes s{2, 300, 129, 6, 2, 8, 8};
+    for (const testing::IndexLayout& layout : testing::kIndexLayouts)
+        for (int32_t mask_heads : {1, 2, 6}) {
+            TestMask mask = testing::random_test_mask(layout.causal, layout.slots, true, s, mask_heads, rng);
+            for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks}) {
+                check_device_order(mask, s, mask_heads, axis, 16, 16);
+                if (HasFatalFailure()) return;
+            }
+        }
+}
+
+// Block counts of the extremes: 8 blocks, and 65536 (32 chunks of the kernel's staged scatter);
+// work beyond the histogram on both axes (8193 key blocks; 3 x 64 query blocks summed over 64
+// query heads per KV head), so that the kernel's bins hold two or more work values.
+TEST(GpuTileScheduler, ExtremeBlockCountsMatchHost) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = testing::test_rng();
+    struct Case {
+        const char* mask;
+        AttentionSizes sizes;
+        int32_t mask_heads;
+        TileAxis axis;
+        int32_t block_m, block_n;
+    };
+    const Case cases[] = {
+        {"causal_blockwise", {2, 8 * 128, 8 * 64, 3, 3, 8, 8}, 3, TileAxis::QueryBlocks, 128, 64},
+        {"causal_blockwise", {1, 65536 * 16, 64, 2, 1, 8, 8}, 1, TileAxis::QueryBlocks, 16, 64},
+        {"share_question", {1, 64, 65536 * 16, 1, 1, 8, 8}, 1, TileAxis::KeyBlocks, 64, 16},
+        {"causal_blockwise", {2, 200, (cuda::kWorkBuckets + 1) * 16, 2, 1, 8, 8}, 2, TileAxis::QueryBlocks, 16, 16},
+        {"causal_document", {1, 3 * 64 * 16, 300, 64, 1, 8, 8}, 64, TileAxis::KeyBlocks, 16, 64},
+    };
+    for (const Case& c : cases) {
+        TestMask mask = testing::catalogue_test_mask(c.mask, c.sizes, c.mask_heads, rng);
+        check_device_order(mask, c.sizes, c.mask_heads, c.axis, c.block_m, c.block_n);
+        if (HasFatalFailure()) return;
+    }
+}
+
+// The summaries and the order built inside a stream capture (stream-ordered scratch: memory
+// nodes, no synchronisation), then the graph replayed twice, each time into a poisoned buffer.
+TEST(GpuTileScheduler, CudaGraphCapture) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = testing::test_rng();
+    const AttentionSizes s{2, 1000, 1000, 6, 2, 8, 8};
+    constexpr int32_t kBlockM = 128, kBlockN = 64;
+    TestMask mask = testing::catalogue_test_mask("causal_blockwise", s, 6, rng);
+    const DeviceIndices device(mask, s);
+    const MaskView host_view = mask.mask_view(s);
+    const TileOrderShape shape =
+        cuda::make_tile_order_shape(host_view, s.batch, s.q_heads, s.kv_heads, TileAxis::QueryBlocks, kBlockM, kBlockN);
+    const HostOrder expected = host_order(shape, host_view, kBlockN);
+    DeviceBuffer<int32_t> result(expected.order.size());
+
+    cudaStream_t stream = nullptr;
+    FM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    FM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    {
+        const cuda::BlockSummaries summaries(device.view, s.batch, s.q_heads, kBlockN, stream);
+        const cuda::TileScheduler tiles(device.view, s.batch, s.q_heads, s.kv_heads, TileAxis::QueryBlocks, kBlockM,
+                                        summaries.table(), stream);
+        FM_CUDA_CHECK(cudaMemcpyAsync(result.get(), tiles.order(), expected.order.size() * sizeof(int32_t),
+                                      cudaMemcpyDeviceToDevice, stream));
+    }  // the scratch is freed inside the capture: free nodes
+    FM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    FM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int replay = 0; replay < 2; ++replay) {
+        result.poison();
+        FM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+        FM_CUDA_CHECK(cudaStreamSynchronize(stream));
+        EXPECT_EQ(result.to_host(), expected.order) << "replay " << replay;
+    }
+    FM_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    FM_CUDA_CHECK(cudaGraphDestroy(graph));
+    FM_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+}  // namespace
+}  // namespace flashmask
