@@ -8,11 +8,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <initializer_list>
 #include <string>
 
 #include "cuda/common/check.hpp"
 #include "cuda/common/shared_memory.hpp"
+#include "cuda/common/tile_scheduler.cuh"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/backward_kernels.cuh"
 #include "cuda/sm80/backward_launch.cuh"
@@ -24,14 +26,15 @@ namespace backward_detail {
 
 inline int64_t blocks_for(int64_t work, int64_t per_block) { return (work + per_block - 1) / per_block; }
 
-// Grid dimensions y and z hold (heads x splits) and the batch; CUDA allows 65535 in each.
-constexpr int64_t kMaxGridYZ = 65535;
-
-inline void check_grid(int64_t y, int64_t z) {
-    if (y > kMaxGridYZ || z > kMaxGridYZ)
+// CTAs of a scheduled kernel: one per (batch, head, block) of its schedule and column split, in
+// grid dimension x (at most 2^31 - 1; the schedule has checked its own count).
+inline unsigned scheduled_ctas(const TileScheduler& tiles, int column_splits, const char* kernel) {
+    const int64_t ctas = tiles.shape().ctas() * column_splits;
+    if (ctas > std::numeric_limits<int32_t>::max())
         throw Error(ErrorCode::Unsupported, "q",
-                    "flashmask::backward: heads x column splits = " + std::to_string(y) + " and batch = " +
-                        std::to_string(z) + " must each be at most 65535 on the CUDA path");
+                    std::string("flashmask::backward: ") + kernel + " needs " + std::to_string(ctas) +
+                        " CTAs (blocks x heads x batch x column splits), more than the grid's 2^31 - 1");
+    return unsigned(ctas);
 }
 
 // zero_gradient_kernel stores 16-byte chunks: a gradient with rows off 16-byte addresses is
@@ -64,8 +67,6 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
         if (p.nk == 0) zero_gradient<Element, kHeadDim>(p.dq, p.batch, p.nq, p.q_heads, stream);
         return;
     }
-    check_grid(int64_t(p.kv_heads) * DkDvT::kColSplits, p.batch);
-    check_grid(int64_t(p.q_heads) * DqT::kColSplits, p.batch);
     check_shared_memory("backward", DkDvSmem<Element, kHeadDim>::kBytes, "backward_dkdv_kernel");
     if (deterministic) check_shared_memory("backward", DqSmem<Element, kHeadDim>::kBytes, "backward_dq_kernel");
 
@@ -111,29 +112,27 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
 
     {
         const BlockSummaries summaries(p.mask, p.batch, p.q_heads, DkDvT::kBlockN, stream);
+        // Heaviest key blocks first, work counted with the kernel's kBlockM x kBlockN tiles.
+        const TileScheduler tiles(p.mask, p.batch, p.q_heads, p.kv_heads, TileAxis::KeyBlocks, DkDvT::kBlockM,
+                                  summaries.table(), stream);
         constexpr int kSmem = DkDvSmem<Element, kHeadDim>::kBytes;
-        const dim3 grid(unsigned(ceil_div(p.nk, DkDvT::kBlockN)), unsigned(p.kv_heads * DkDvT::kColSplits),
-                        unsigned(p.batch));
-        if (deterministic) {
-            auto kernel = backward_dkdv_kernel<Element, kHeadDim, false>;
-            allow_shared_memory(kernel, kSmem);
-            kernel<<<grid, DkDvT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), scratch);
-        } else {
-            auto kernel = backward_dkdv_kernel<Element, kHeadDim, true>;
-            allow_shared_memory(kernel, kSmem);
-            kernel<<<grid, DkDvT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), scratch);
-        }
+        const unsigned grid = scheduled_ctas(tiles, DkDvT::kColSplits, "backward_dkdv_kernel");
+        auto kernel = deterministic ? backward_dkdv_kernel<Element, kHeadDim, false>
+                                    : backward_dkdv_kernel<Element, kHeadDim, true>;
+        allow_shared_memory(kernel, kSmem);
+        kernel<<<grid, DkDvT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), tiles.schedule(), scratch);
         check_launch("flashmask backward: backward_dkdv_kernel");
     }
 
     if (deterministic) {
         const BlockSummaries summaries(p.mask, p.batch, p.q_heads, DqT::kBlockN, stream);
+        const TileScheduler tiles(p.mask, p.batch, p.q_heads, p.kv_heads, TileAxis::QueryBlocks, DqT::kBlockM,
+                                  summaries.table(), stream);
         constexpr int kSmem = DqSmem<Element, kHeadDim>::kBytes;
-        const dim3 grid(unsigned(ceil_div(p.nq, DqT::kBlockM)), unsigned(p.q_heads * DqT::kColSplits),
-                        unsigned(p.batch));
+        const unsigned grid = scheduled_ctas(tiles, DqT::kColSplits, "backward_dq_kernel");
         auto kernel = backward_dq_kernel<Element, kHeadDim>;
         allow_shared_memory(kernel, kSmem);
-        kernel<<<grid, DqT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), scratch);
+        kernel<<<grid, DqT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), tiles.schedule(), scratch);
         check_launch("flashmask backward: backward_dq_kernel");
     } else {
         const int64_t chunks = int64_t(p.batch) * p.q_heads * p.nq * (kHeadDim / kChunkElements);

@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "cuda/common/row_bits.cuh"
+#include "cuda/common/tile_order.hpp"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/backward_traits.cuh"
 #include "cuda/sm80/ptx.cuh"
@@ -200,10 +201,12 @@ struct DkDvSmem {
                                   2 * kStages * T::kBlockM * int(sizeof(float)) + kStages * DsTile::kBytes;
 };
 
-// grid (key blocks, Hk * kColSplits, B); block kThreads.
+// grid: B * Hk * key blocks * kColSplits CTAs, heaviest key blocks first (schedule: TileAxis::KeyBlocks,
+// counted with this kernel's kBlockM x kBlockN tiles); block kThreads.
 template <typename Element, int kHeadDim, bool kAccumulateDq>
 __global__ void __launch_bounds__(DkDv<kHeadDim>::kThreads, 1)
-backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, const BackwardScratch scratch) {
+backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, const TileSchedule schedule,
+                     const BackwardScratch scratch) {
     using T = DkDv<kHeadDim>;
     using Smem = DkDvSmem<Element, kHeadDim>;
     using KTile = typename Smem::KTile;
@@ -223,10 +226,11 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     float* const di_smem = lse_smem + Smem::kStages * kBlockM;
     Element* const ds_smem = reinterpret_cast<Element*>(di_smem + Smem::kStages * kBlockM);  // [kStages]
 
-    const int32_t key_block = blockIdx.x;
-    const int32_t kv_head = blockIdx.y / T::kColSplits;
-    const int32_t col_base = (blockIdx.y % T::kColSplits) * kOutCols;
-    const int32_t batch = blockIdx.z;
+    const TileCoordinates tile = schedule.at(int32_t(blockIdx.x / T::kColSplits));
+    const int32_t key_block = tile.block;
+    const int32_t kv_head = tile.head;
+    const int32_t col_base = int32_t(blockIdx.x % T::kColSplits) * kOutCols;
+    const int32_t batch = tile.batch;
     const int32_t key0 = key_block * kBlockN;
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     const int group = lane / 4, quad = lane % 4;
@@ -523,10 +527,12 @@ struct DqSmem {
                                   kStages * T::kBlockN * int(sizeof(ColumnIntervals));
 };
 
-// grid (query blocks, Hq * kColSplits, B); block kThreads.
+// grid: B * Hq * query blocks * kColSplits CTAs, heaviest query blocks first (schedule:
+// TileAxis::QueryBlocks, counted with this kernel's kBlockM x kBlockN tiles); block kThreads.
 template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(Dq<kHeadDim>::kThreads, 1)
-backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const BackwardScratch scratch) {
+backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const TileSchedule schedule,
+                   const BackwardScratch scratch) {
     using T = Dq<kHeadDim>;
     using Smem = DqSmem<Element, kHeadDim>;
     using QTile = typename Smem::QTile;
@@ -542,10 +548,11 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
     Element* const v_smem = k_smem + Smem::kStages * KTile::kElements;  // [kStages]
     ColumnIntervals* const columns_smem = reinterpret_cast<ColumnIntervals*>(v_smem + Smem::kStages * KTile::kElements);
 
-    const int32_t q_block = blockIdx.x;
-    const int32_t head = blockIdx.y / T::kColSplits;
-    const int32_t col_base = (blockIdx.y % T::kColSplits) * T::kOutCols;
-    const int32_t batch = blockIdx.z;
+    const TileCoordinates tile = schedule.at(int32_t(blockIdx.x / T::kColSplits));
+    const int32_t q_block = tile.block;
+    const int32_t head = tile.head;
+    const int32_t col_base = int32_t(blockIdx.x % T::kColSplits) * T::kOutCols;
+    const int32_t batch = tile.batch;
     const int32_t kv_head = p.kv_head(head);
     const int32_t mask_head = p.mask.mask_head(head);
     const int32_t row0 = q_block * kBlockM;
