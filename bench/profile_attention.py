@@ -1,11 +1,12 @@
-"""One forward + backward of flashmask and of SDPA's FlashAttention-2 backend on the same inputs,
-for a profiler to pick the backward kernels out of (bench/NOTES.md, "backward"):
+"""One forward + backward of flashmask (any catalogue mask) and, for full and causal, of SDPA's
+FlashAttention-2 backend on the same inputs, for a profiler to pick kernels out of
+(scripts/profile-kernels.sh; bench/NOTES.md):
 
     ncu --set full -k regex:'backward_dkdv|flash_bwd_dq_dk_dv' --launch-skip 2 -c 2 \
-        -o bwd python3 bench/profile_backward.py --mask full
+        -o bwd python3 bench/profile_attention.py --mask full
 
 Not a benchmark (bench_attention.py is): it runs each side once after one warm-up, so that the
-profiler sees exactly one launch of each backward kernel per side after the warm-up's.
+profiler sees exactly one launch of each kernel per side after the warm-up's.
 """
 
 from __future__ import annotations
@@ -25,19 +26,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--mask", choices=("full", "causal"), default="full")
-    parser.add_argument("--sides", default="flashmask,flash", help="comma-separated: flashmask, flash (SDPA FA2)")
+    parser.add_argument("--mask", choices=flashmask.catalogue_names(), default="full")
+    parser.add_argument("--sides", default="flashmask,flash",
+                        help="comma-separated: flashmask, flash (SDPA FA2: full and causal only, else left out)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     shape = (args.batch, args.seqlen, args.heads, args.head_dim)  # BSHD
     q, k, v, dout = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-    causal = args.mask == "causal"
-    sides = args.sides.split(",")
+    mask = flashmask.catalogue(args.mask, args.seqlen)
+    causal = bool(mask.causal)
+    indices = None
+    if mask.startend_row_indices is not None:
+        one = torch.from_numpy(mask.startend_row_indices).cuda()
+        indices = one.expand(args.batch, *one.shape[1:]).contiguous()
+    sides = [side for side in args.sides.split(",") if side != "flash" or indices is None]
 
     def flashmask_step() -> None:
         qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
-        out = flashmask.flashmask_attention(qg, kg, vg, causal=causal)
+        out = flashmask.flashmask_attention(qg, kg, vg, indices, causal=causal)
         out.backward(dout)
 
     def flash_step() -> None:
