@@ -329,6 +329,9 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     __syncthreads();
 
     float* lse = static_cast<float*>(p.lse.data) + batch * p.lse.stride[0] + head * p.lse.stride[1];
+    // O is staged in Q's tile. This thread's element offset at (row group, column 2 quad): column
+    // tile dt is chunk dt from there, rows 8 apart keep the swizzle: constant steps (smem_tile.cuh).
+    const uint32_t o_stage0 = QTile::offset(warp_row + group, 2 * quad);
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
@@ -336,12 +339,14 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
             const float sum = quad_sum(row_sum[mt][half]);
             // l == 0: no visible key (fully masked row, or Nk == 0): O = 0, LSE = -inf.
             const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
-            const int local_row = warp_row + mt * 16 + group + 8 * half;
+            const int row_step = mt * 16 + 8 * half;
+            const int local_row = warp_row + group + row_step;
 #pragma unroll
             for (int dt = 0; dt < kDTiles; ++dt) {
                 const uint32_t packed = ElementTraits<Element>::pack(o[mt][dt][2 * half] * inverse,
                                                                      o[mt][dt][2 * half + 1] * inverse);
-                *reinterpret_cast<uint32_t*>(smem.q + QTile::offset(local_row, dt * 8 + 2 * quad)) = packed;
+                const uint32_t offset = advance_chunks<kChunkElements>(o_stage0, dt) + row_step * QTile::kColsCount;
+                *reinterpret_cast<uint32_t*>(smem.q + offset) = packed;
             }
             const int32_t row = row_begin + local_row;
             if (quad == 0 && row < nq)
@@ -349,19 +354,31 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
         }
     __syncwarp();
 
-    // Each warp writes its own rows, 16 bytes per lane, consecutive lanes along a row.
-    Element* out = static_cast<Element*>(p.out.data) + batch * p.out.stride[0] + row_begin * p.out.stride[1] +
-                   head * p.out.stride[2];
-    constexpr int kWarpChunks = Traits::kWarpRows * QTile::kChunksPerRow;
-    static_assert(kWarpChunks % kWarpSize == 0, "every lane stores the same number of chunks");
+    // Each warp writes its own rows, 16 bytes per lane. Lane l takes row residue l / kLaneChunks
+    // (mod 8) and chunks l % kLaneChunks + kLaneChunks * j: with its chunk in the first
+    // kLaneChunks of a period, every chunk and every row 8 further is a constant step from its
+    // first one (advance_chunks()), in shared memory and in global memory alike.
+    constexpr int kLaneChunks = kWarpSize / kSwizzleRows;  // 4 lanes share a row
+    constexpr int kRowSteps = Traits::kWarpRows / kSwizzleRows;
+    constexpr int kChunkSteps = QTile::kChunksPerRow / kLaneChunks;
+    static_assert(Traits::kWarpRows % kSwizzleRows == 0 && QTile::kChunksPerRow % kLaneChunks == 0 &&
+                      kLaneChunks <= kSwizzleRows && (kLaneChunks & (kLaneChunks - 1)) == 0,
+                  "a lane's chunks are c + kLaneChunks * j with c < kLaneChunks: no carries into c");
+    const int first_row = warp_row + lane / kLaneChunks, first_chunk = lane % kLaneChunks;
+    const uint32_t stage0 = QTile::offset(first_row, first_chunk * kChunkElements);
+    const int64_t row_stride = p.out.stride[1];
+    Element* const out = static_cast<Element*>(p.out.data) + batch * p.out.stride[0] +
+                         (row_begin + first_row) * row_stride + head * p.out.stride[2] + first_chunk * kChunkElements;
 #pragma unroll
-    for (int i = 0; i < kWarpChunks / kWarpSize; ++i) {
-        const int chunk = i * kWarpSize + lane;
-        const int local_row = warp_row + chunk / QTile::kChunksPerRow;
-        const int col = (chunk % QTile::kChunksPerRow) * kChunkElements;
-        if (row_begin + local_row < nq)
-            *reinterpret_cast<int4*>(out + local_row * p.out.stride[1] + col) =
-                *reinterpret_cast<const int4*>(smem.q + QTile::offset(local_row, col));
+    for (int r = 0; r < kRowSteps; ++r) {
+        if (row_begin + first_row + r * kSwizzleRows >= nq) break;  // rows ascend with r
+#pragma unroll
+        for (int j = 0; j < kChunkSteps; ++j) {
+            const int chunks = kLaneChunks * j;
+            *reinterpret_cast<int4*>(out + r * kSwizzleRows * row_stride + chunks * kChunkElements) =
+                *reinterpret_cast<const int4*>(smem.q + advance_chunks<kChunkElements>(stage0, chunks) +
+                                               r * kSwizzleRows * QTile::kColsCount);
+        }
     }
 }
 

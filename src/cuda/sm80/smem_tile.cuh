@@ -40,25 +40,6 @@ struct SmemTile {
 template <typename Tile>
 __device__ __forceinline__ constexpr uint32_t row_bytes(int rows) { return uint32_t(rows * (Tile::kBytes / Tile::kRowsCount)); }
 
-// Copies rows [0, kRows) x cols [0, kCols) of a row-major global tile (row r at
-// global + r * row_stride) into `shared`, with kThreads threads; rows >= valid_rows are zero
-// filled. Issues cp.async only: the caller commits and waits.
-template <typename Tile, int kThreads, typename Element>
-__device__ __forceinline__ void load_tile_async(Element* shared, const Element* global, int64_t row_stride,
-                                                int valid_rows) {
-    constexpr int kChunks = Tile::kRowsCount * Tile::kChunksPerRow;
-    static_assert(kChunks % kThreads == 0, "every thread copies the same number of chunks");
-#pragma unroll
-    for (int i = 0; i < kChunks / kThreads; ++i) {
-        const int chunk = i * kThreads + int(threadIdx.x);
-        const int row = chunk / Tile::kChunksPerRow;
-        const int col = (chunk % Tile::kChunksPerRow) * kChunkElements;
-        const bool valid = row < valid_rows;
-        const Element* source = valid ? global + row * row_stride + col : global;
-        cp_async_16(shared_address(shared + Tile::offset(row, col)), source, valid);
-    }
-}
-
 // ldmatrix_x4 address of lane `lane` for the A fragment of the 16x16 block at (row0, col0):
 // matrices (rows 0-7, cols 0-7), (rows 8-15, cols 0-7), (rows 0-7, cols 8-15), (rows 8-15, cols 8-15).
 template <typename Tile, typename Element>
@@ -131,6 +112,30 @@ struct TileLoader {
     }
 };
 
+// Copies rows [0, kRows) x cols [0, kCols) of a row-major global tile (row r at
+// global + r * row_stride) into `shared`, with kThreads threads; rows >= valid_rows are zero
+// filled. Issues cp.async only: the caller commits and waits. Through TileLoader when the shapes
+// allow it (its per-thread offsets are formed once), else chunk by chunk.
+template <typename Tile, int kThreads, typename Element>
+__device__ __forceinline__ void load_tile_async(Element* shared, const Element* global, int64_t row_stride,
+                                                int valid_rows) {
+    if constexpr (kTileLoaderFits<Tile, kThreads>) {
+        TileLoader<Tile, kThreads>(int(threadIdx.x)).load_async(shared, global, row_stride, valid_rows);
+    } else {
+        constexpr int kChunks = Tile::kRowsCount * Tile::kChunksPerRow;
+        static_assert(kChunks % kThreads == 0, "every thread copies the same number of chunks");
+#pragma unroll
+        for (int i = 0; i < kChunks / kThreads; ++i) {
+            const unsigned chunk = unsigned(i * kThreads) + threadIdx.x;  // unsigned: no sign fix-ups
+            const int row = int(chunk / Tile::kChunksPerRow);
+            const int col = int(chunk % Tile::kChunksPerRow) * kChunkElements;
+            const bool valid = row < valid_rows;
+            const Element* source = valid ? global + row * row_stride + col : global;
+            cp_async_16(shared_address(shared + Tile::offset(row, col)), source, valid);
+        }
+    }
+}
+
 // The fragment addresses above, advanced by `step` whole 16-column steps (col0 + 16 * step)
 // without recomputing the swizzle: with c = the lane's chunk within the 16 columns (0 or 1) and
 // r = row % 8, the chunk of step s is (2s + c) ^ r == (2s) ^ (c ^ r), because 2s is even and
@@ -142,9 +147,18 @@ struct TileLoader {
 // tile's shared address 128-byte aligned (a whole swizzle period).
 constexpr int kSwizzleBytes = kSwizzleRows * kCopyBytes;  // 128: one swizzle period of 8 chunks
 
+// The general form: a swizzled position at chunk c of its period (c = chunk % 8 before the
+// swizzle) moved by `chunks` chunks along its row, when c and chunks % 8 share no bit (so
+// (c + k) ^ r == (c ^ r) ^ k). kChunkUnits is a chunk in the position's units: kCopyBytes for
+// shared addresses, kChunkElements for element offsets (Tile::offset()).
+template <int kChunkUnits>
+__device__ __forceinline__ constexpr uint32_t advance_chunks(uint32_t position0, int chunks) {
+    return (position0 ^ uint32_t((chunks % kSwizzleRows) * kChunkUnits)) +
+           uint32_t((chunks / kSwizzleRows) * kSwizzleRows * kChunkUnits);
+}
+
 __device__ __forceinline__ uint32_t advance_column_steps(uint32_t address0, int step) {
-    const int chunks = 2 * step;  // 16 columns = 2 chunks
-    return (address0 ^ uint32_t((chunks % kSwizzleRows) * kCopyBytes)) + uint32_t((chunks / kSwizzleRows) * kSwizzleBytes);
+    return advance_chunks<kCopyBytes>(address0, 2 * step);  // 16 columns = 2 chunks
 }
 
 }  // namespace flashmask::cuda::sm80
