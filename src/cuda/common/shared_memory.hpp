@@ -11,19 +11,13 @@
 
 namespace flashmask::cuda {
 
-// The shared memory per block that the current device offers a kernel that opts in.
-inline int shared_memory_per_block_optin() {
-    int device = 0, available = 0;
-    FM_CUDA_CHECK(cudaGetDevice(&device));
-    FM_CUDA_CHECK(cudaDeviceGetAttribute(&available, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return available;
-}
-
 // A device that offers less shared memory per block than a kernel needs (sm_86 / sm_89: 99 KB;
 // sm_80: 163 KB) is refused with Unsupported, saying what was needed, before anything runs.
 // `function` is the API entry point ("forward", "backward") named in the message.
 inline void check_shared_memory(const char* function, int bytes, const char* kernel) {
-    const int available = shared_memory_per_block_optin();
+    int device = 0, available = 0;
+    FM_CUDA_CHECK(cudaGetDevice(&device));
+    FM_CUDA_CHECK(cudaDeviceGetAttribute(&available, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     if (bytes > available)
         throw Error(ErrorCode::Unsupported, "q",
                     std::string("flashmask::") + function + ": " + kernel + " needs " + std::to_string(bytes) +

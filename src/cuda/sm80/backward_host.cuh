@@ -50,38 +50,6 @@ void zero_gradient(const Operand& t, int32_t batches, int32_t rows, int32_t head
     gradient.copy_out();
 }
 
-// One instantiation of backward_dkdv_kernel and the shared memory it is launched with.
-struct DkDvKernel {
-    void (*function)(AttentionProblem, SummaryTable, TileSchedule, BackwardScratch);
-    int shared_memory_bytes;
-};
-
-template <typename Element, int kHeadDim, DqReduction kReduction>
-DkDvKernel dkdv_instantiation() {
-    return {backward_dkdv_kernel<Element, kHeadDim, kReduction>, DkDvSmem<Element, kHeadDim, kReduction>::kBytes};
-}
-
-// Whether the current device has bulk reductions (cp.reduce.async.bulk: compute capability 9.0 on).
-inline bool device_has_bulk_reduction() {
-    int device = 0, major = 0;
-    FM_CUDA_CHECK(cudaGetDevice(&device));
-    FM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    return major >= kBulkReductionMajor;
-}
-
-// The dK/dV kernel for this call (DqReduction, backward_kernels.cuh): no dQ in deterministic
-// mode; else dQ by bulk reductions where DkDvTraits allows them, the device has them and their
-// buffers fit its shared memory; by atomics otherwise.
-template <typename Element, int kHeadDim>
-DkDvKernel dkdv_kernel(bool deterministic) {
-    if (deterministic) return dkdv_instantiation<Element, kHeadDim, DqReduction::None>();
-    if constexpr (DkDv<kHeadDim>::kBulkDq) {
-        const DkDvKernel bulk = dkdv_instantiation<Element, kHeadDim, DqReduction::Bulk>();
-        if (device_has_bulk_reduction() && bulk.shared_memory_bytes <= shared_memory_per_block_optin()) return bulk;
-    }
-    return dkdv_instantiation<Element, kHeadDim, DqReduction::Atomics>();
-}
-
 }  // namespace backward_detail
 
 template <typename Element, int kHeadDim>
@@ -99,8 +67,7 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
         if (p.nk == 0) zero_gradient<Element, kHeadDim>(p.dq, p.batch, p.nq, p.q_heads, stream);
         return;
     }
-    const DkDvKernel dkdv = dkdv_kernel<Element, kHeadDim>(deterministic);
-    check_shared_memory("backward", dkdv.shared_memory_bytes, "backward_dkdv_kernel");
+    check_shared_memory("backward", DkDvSmem<Element, kHeadDim>::kBytes, "backward_dkdv_kernel");
     if (deterministic) check_shared_memory("backward", DqSmem<Element, kHeadDim>::kBytes, "backward_dq_kernel");
 
     // The kernels read q, k, v, out, dout and write dq, dk, dv in 16-byte chunks; lse is read one
@@ -148,10 +115,12 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
         // Heaviest key blocks first, work counted with the kernel's kBlockM x kBlockN tiles.
         const TileScheduler tiles(p.mask, p.batch, p.q_heads, p.kv_heads, TileAxis::KeyBlocks, DkDvT::kBlockM,
                                   summaries.table(), stream);
+        constexpr int kSmem = DkDvSmem<Element, kHeadDim>::kBytes;
         const unsigned grid = scheduled_ctas(tiles, DkDvT::kColSplits, "backward_dkdv_kernel");
-        allow_shared_memory(dkdv.function, dkdv.shared_memory_bytes);
-        dkdv.function<<<grid, DkDvT::kThreads, dkdv.shared_memory_bytes, stream>>>(kernel_problem, summaries.table(),
-                                                                                   tiles.schedule(), scratch);
+        auto kernel = deterministic ? backward_dkdv_kernel<Element, kHeadDim, false>
+                                    : backward_dkdv_kernel<Element, kHeadDim, true>;
+        allow_shared_memory(kernel, kSmem);
+        kernel<<<grid, DkDvT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), tiles.schedule(), scratch);
         check_launch("flashmask backward: backward_dkdv_kernel");
     }
 

@@ -186,23 +186,9 @@ backward_preprocess_kernel(const AttentionProblem p, const BackwardScratch scrat
     }
 }
 
-// --- dK / dV (and dQ by reductions) ------------------------------------------------------------
+// --- dK / dV (and dQ by atomics) ---------------------------------------------------------------
 
-// How the dK/dV kernel adds its dQ = dS K into the float32 accumulator (the host picks:
-// backward_host.cuh):
-//   None     deterministic mode: the dQ kernel computes dQ, this kernel none;
-//   Atomics  each thread's accumulator pairs by red.global.add (red_add_pair);
-//   Bulk     each warp stores its slice to a shared-memory buffer and the TMA unit adds it, one
-//            bulk reduction per row (sm_90 on; DkDvTraits::kBulkDq says where it fits). The
-//            reductions leave the LSU queue and the registers at once, where Atomics' queue
-//            behind each other (ncu: the largest stall left at D = 128 on H100). Compiled for an
-//            architecture without bulk reductions (a pre-sm_90 PTX target JIT-compiled on sm_90)
-//            it reduces by atomics and leaves its buffer unused.
-// Both reductions round each add to nearest and flush float32 subnormals (PTX ISA: red.add.f32,
-// cp.reduce.async.bulk.add.f32), in the order the tiles arrive: neither is deterministic.
-enum class DqReduction { None, Atomics, Bulk };
-
-template <typename Element, int kHeadDim, DqReduction kReduction>
+template <typename Element, int kHeadDim>
 struct DkDvSmem {
     using T = DkDv<kHeadDim>;
     using KTile = SmemTile<T::kBlockN, kHeadDim>;    // K and V of the CTA's keys
@@ -211,27 +197,18 @@ struct DkDvSmem {
     // Q / dO double-buffered: the next block loads while this one is computed. dS^T as well:
     // tile i's dQ = dS K runs in iteration i + 1, after the one barrier per iteration.
     static constexpr int kStages = 2;
-    // Where the Bulk reduction's per-warp dQ buffers start (after everything else).
-    static constexpr int kDqBufferOffset = 2 * KTile::kBytes + 2 * kStages * QTile::kBytes +
-                                           2 * kStages * T::kBlockM * int(sizeof(float)) + kStages * DsTile::kBytes;
-    static constexpr int kDqBufferBytes =
-        kReduction == DqReduction::Bulk ? T::kWarps * T::kDqBufferFloats * int(sizeof(float)) : 0;
-    static constexpr int kBytes = kDqBufferOffset + kDqBufferBytes;
-    static_assert(kReduction != DqReduction::Bulk || T::kBulkDq, "DkDvTraits allows bulk dQ reductions");
-    static_assert(kDqBufferOffset % kBulkAlignment == 0 && T::kDqBufferStride * sizeof(float) % kBulkAlignment == 0,
-                  "every row of the dQ buffers starts on a bulk-copy boundary");
+    static constexpr int kBytes = 2 * KTile::kBytes + 2 * kStages * QTile::kBytes +
+                                  2 * kStages * T::kBlockM * int(sizeof(float)) + kStages * DsTile::kBytes;
 };
 
 // grid: B * Hk * key blocks * kColSplits CTAs, heaviest key blocks first (schedule: TileAxis::KeyBlocks,
 // counted with this kernel's kBlockM x kBlockN tiles); block kThreads.
-template <typename Element, int kHeadDim, DqReduction kReduction>
+template <typename Element, int kHeadDim, bool kAccumulateDq>
 __global__ void __launch_bounds__(DkDv<kHeadDim>::kThreads, 1)
 backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, const TileSchedule schedule,
                      const BackwardScratch scratch) {
     using T = DkDv<kHeadDim>;
-    using Smem = DkDvSmem<Element, kHeadDim, kReduction>;
-    constexpr bool kAccumulateDq = kReduction != DqReduction::None;
-    constexpr bool kBulkDq = kReduction == DqReduction::Bulk && kHasBulkReduction;
+    using Smem = DkDvSmem<Element, kHeadDim>;
     using KTile = typename Smem::KTile;
     using QTile = typename Smem::QTile;
     using DsTile = typename Smem::DsTile;
@@ -248,7 +225,6 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     float* const lse_smem = reinterpret_cast<float*>(do_smem + Smem::kStages * QTile::kElements);  // [kStages][kBlockM]
     float* const di_smem = lse_smem + Smem::kStages * kBlockM;
     Element* const ds_smem = reinterpret_cast<Element*>(di_smem + Smem::kStages * kBlockM);  // [kStages]
-    float* const dq_buffers = reinterpret_cast<float*>(shared_memory + Smem::kDqBufferOffset);  // [kWarps], Bulk only
 
     const TileCoordinates tile = schedule.at(int32_t(blockIdx.x / T::kColSplits));
     const int32_t key_block = tile.block;
@@ -362,39 +338,14 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 mma_16816<Element>(dq[t + 1], a, right);
             }
         }
-        if constexpr (kBulkDq) {
-            // The warp's slice through its buffer (protocol: ptx.cuh). Lane r < 16 reduces row r;
-            // its previous reductions were issued one tile ago and have long read the buffer.
-            constexpr int kStride = T::kDqBufferStride;
-            float* const buffer = dq_buffers + warp * T::kDqBufferFloats;
-            const bool reduces_a_row = lane < kMmaRows;
-            if (reduces_a_row) bulk_wait_group_read<0>();
-            __syncwarp();
-            float* const my_pair = buffer + group * kStride + 2 * quad;  // row group, column 2 quad
+        // This thread's first pair (row group, column dq_col0 + 2 quad); the others are constant
+        // offsets from it, which ptxas folds into the reductions' immediates.
+        float* const dq_pair = scratch.dq_accum +
+                               (scratch.row(batch, head, p.q_heads, row_begin + dq_row0 + group) * kHeadDim + dq_col0 + 2 * quad);
 #pragma unroll
-            for (int t = 0; t < kDqTiles; ++t) {
-                *reinterpret_cast<float2*>(my_pair + t * kMmaCols) = make_float2(dq[t][0], dq[t][1]);
-                *reinterpret_cast<float2*>(my_pair + 8 * kStride + t * kMmaCols) = make_float2(dq[t][2], dq[t][3]);
-            }
-            bulk_source_fence();
-            __syncwarp();
-            if (reduces_a_row) {
-                const int64_t row = scratch.row(batch, head, p.q_heads, row_begin + dq_row0 + lane);
-                float* const dq_row = scratch.dq_accum + (row * kHeadDim + dq_col0);
-                bulk_reduce_add_f32(dq_row, shared_address(buffer + lane * kStride),
-                                    T::kDqColsPerWarp * int(sizeof(float)));
-                bulk_commit_group();
-            }
-        } else {
-            // This thread's first pair (row group, column dq_col0 + 2 quad); the others are constant
-            // offsets from it, which ptxas folds into the reductions' immediates.
-            const int64_t first_row = scratch.row(batch, head, p.q_heads, row_begin + dq_row0 + group);
-            float* const dq_pair = scratch.dq_accum + (first_row * kHeadDim + dq_col0 + 2 * quad);
-#pragma unroll
-            for (int t = 0; t < kDqTiles; ++t) {
-                red_add_pair(dq_pair + t * kMmaCols, dq[t][0], dq[t][1]);
-                red_add_pair(dq_pair + 8 * kHeadDim + t * kMmaCols, dq[t][2], dq[t][3]);
-            }
+        for (int t = 0; t < kDqTiles; ++t) {
+            red_add_pair(dq_pair + t * kMmaCols, dq[t][0], dq[t][1]);
+            red_add_pair(dq_pair + 8 * kHeadDim + t * kMmaCols, dq[t][2], dq[t][3]);
         }
     };
 
@@ -561,10 +512,6 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             *reinterpret_cast<uint32_t*>(dv_row + col) =
                 ElementTraits<Element>::pack(dv_acc[t][2 * half], dv_acc[t][2 * half + 1]);
         }
-    }
-    // The last bulk reductions have read this CTA's shared memory and been performed before it exits.
-    if constexpr (kBulkDq) {
-        if (lane < kMmaRows) bulk_wait_group<0>();
     }
 }
 

@@ -7,8 +7,7 @@
 //               and keep S^T, P^T, dP^T, dS^T and their dK/dV rows in registers; loops over the
 //               query heads of its KV head's group (the GQA sum stays inside the CTA) and their
 //               non-skipped query blocks. Non-deterministic mode also forms dQ = dS K per tile
-//               there and adds it into a float32 accumulator with atomics (per thread, or on
-//               sm_90 per warp row by the TMA unit: DqReduction);
+//               there and adds it into a float32 accumulator with atomics;
 //   dQ          deterministic mode only: one CTA per (query block, query head, batch[, half]),
 //               warps own 16 queries, loops over the non-skipped key blocks recomputing P, dP.
 #pragma once
@@ -37,34 +36,25 @@ template <int kHeadDim> struct DkDvTraits;
 // double-buffered 4 * 16 KB + dS^T double-buffered 2 * 16 KB = 161 KB with LSE / Di (fits the
 // 163 KB of sm_80 and the 227 KB of sm_90, not the 99 KB of sm_86 / sm_89: refused there).
 // Measured (H100, 8192, B 2, H 32, bf16): 4 warps x 2 CTAs per SM at D = 128 ran no faster.
-//
-// dQ reductions by the TMA unit (sm_90, DqReduction::Bulk in backward_kernels.cuh) add one
-// float32 buffer per warp for its dQ slice: 8 x 16 x (64 + 8) x 4 bytes = 36 KB at D = 128
-// (161 + 36 = 197 KB), 20 KB at D = 64 (97 + 20 = 117 KB): both fit sm_90's 227 KB.
 template <> struct DkDvTraits<64> {
     static constexpr int kWarps = 8;
     static constexpr int kBlockM = 64;   // queries per step: S^T is 16 x 64 per warp (32 floats)
     static constexpr int kColSplits = 1;  // dK, dV, dQ columns handled by one CTA
-    static constexpr bool kBulkDq = true;  // the per-warp dQ buffers fit (above)
 };
 template <> struct DkDvTraits<128> {
     static constexpr int kWarps = 8;
     static constexpr int kBlockM = 64;
     static constexpr int kColSplits = 1;
-    static constexpr bool kBulkDq = true;
 };
 // D = 256: the accumulators of all 256 columns (2 * 128 floats) do not fit next to S^T and dP^T,
 // so the grid's y dimension splits the output columns into halves of 128; S^T and dP^T are
 // recomputed in full by both halves. K and V of 128 keys x 256 would take 128 KB on their own,
 // so 4 warps (64 keys): K, V 2 * 32 KB + Q, dO double-buffered 4 * 32 KB + dS^T 2 * 8 KB = 209 KB
 // (sm_90 only; sm_80's 163 KB is refused). ptxas: 255 registers, 28 bytes of spills.
-// dQ by atomics only: the bulk reductions' buffers (4 warps x 16 x (128 + 8) floats = 34 KB)
-// do not fit next to the 209 KB in sm_90's 227 KB.
 template <> struct DkDvTraits<256> {
     static constexpr int kWarps = 4;
     static constexpr int kBlockM = 64;
     static constexpr int kColSplits = 2;
-    static constexpr bool kBulkDq = false;
 };
 
 // The deterministic dQ kernel.
@@ -107,17 +97,6 @@ template <int kHeadDim> struct DkDv : DerivedTraits<DkDvTraits<kHeadDim>, kHeadD
     static constexpr int kDqColSlices = Base::kWarps / kDqRowSlices;
     static constexpr int kDqColsPerWarp = Base::kOutCols / kDqColSlices;
     static_assert(Base::kWarps % kDqRowSlices == 0 && kDqColsPerWarp % 16 == 0, "dQ split among warps");
-    // The bulk reductions' per-warp buffer: the warp's 16 x kDqColsPerWarp dQ slice, row-major,
-    // rows padded by kDqBufferPadding floats. Why 8: a float2 store of an mma accumulator tile
-    // writes rows group (8 of them) x column pairs 2 quad (4); each half-warp (4 rows x 4 pairs,
-    // 32 floats; 8-byte accesses are served a half-warp at a time) then meets 32 distinct banks
-    // when the row stride is 8 (mod 32) floats: rows start at banks 0, 8, 16, 24. A stride of 4
-    // (mod 32) would put two rows of a half-warp on the same 4 banks. Rows stay 16-byte aligned,
-    // as the bulk copy needs (kDqColsPerWarp is a multiple of 16).
-    static constexpr int kDqBufferPadding = 8;
-    static constexpr int kDqBufferStride = kDqColsPerWarp + kDqBufferPadding;  // floats
-    static constexpr int kDqBufferFloats = kMmaRows * kDqBufferStride;       // one warp's buffer
-    static_assert(kDqBufferStride % 32 == 8, "the half-warps' float2 stores meet 32 distinct banks");
     static_assert(kScratchRowAlignment % Base::kBlockM == 0, "query blocks tile the padded scratch rows");
     static_assert(Base::kBlockM % 32 == 0, "Partial tiles hold masked rows in whole 32-bit words (row_bits.cuh)");
 };

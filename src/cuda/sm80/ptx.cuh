@@ -1,6 +1,5 @@
 // Every inline-PTX instruction of the portable (sm80+) path, in one place: tensor-core
-// mma.sync, ldmatrix, cp.async, and the sm_90 bulk reductions the same kernels use where the
-// architecture has them. Kernels call these and never write asm themselves.
+// mma.sync, ldmatrix, cp.async. Kernels call these and never write asm themselves.
 //
 // Fragment layouts of mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with
 // group = lane / 4 and quad = lane % 4:
@@ -90,91 +89,6 @@ __device__ __forceinline__ void red_add_pair(float* address, float a, float b) {
 #else
     atomicAdd(address, a);
     atomicAdd(address + 1, b);
-#endif
-}
-
-// --- bulk asynchronous reductions (sm_90 on) --------------------------------------------------
-//
-// shared -> global element-wise float32 adds done by the TMA unit (PTX ISA: cp.reduce.async.bulk,
-// cp.async.bulk.commit_group / wait_group, fence.proxy.async). The issuing thread hands over the
-// whole range in one instruction and goes on; it holds no registers for the data and takes no LSU
-// queue slots. Protocol, per thread that issues:
-//   1. every thread that wrote the source in shared memory: bulk_source_fence(), then a barrier
-//      among the writers and the issuer (the fence orders this thread's generic-proxy writes
-//      before later async-proxy reads; the barrier extends that to the issuer);
-//   2. bulk_reduce_add_f32(...) (any number), then bulk_commit_group();
-//   3. before the source is written again: bulk_wait_group_read<0>(), then a barrier;
-//   4. before the thread exits: bulk_wait_group<0>() (the reductions have been performed, not
-//      only read their source; also what keeps the CTA's shared memory alive until the reads).
-// Only sm_90 on has these instructions: kHasBulkReduction says whether this compilation does;
-// callers test it and never reach the __trap() below otherwise.
-
-// The first compute capability (major) with bulk reductions, for the host's choice; the
-// preprocessor tests below say the same for the device code (__CUDA_ARCH__ >= 900).
-constexpr int kBulkReductionMajor = 9;
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-constexpr bool kHasBulkReduction = true;
-#else
-constexpr bool kHasBulkReduction = false;
-#endif
-
-constexpr int kBulkAlignment = 16;  // source and destination addresses and the size: multiples of this
-
-// Orders this thread's earlier generic-proxy writes to shared::cta memory before later
-// async-proxy accesses (the bulk reductions' reads of their source). On sm_90a: MEMBAR.ALL.CTA +
-// FENCE.VIEW.ASYNC.S.
-__device__ __forceinline__ void bulk_source_fence() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#else
-    __trap();
-#endif
-}
-
-// global[i] += shared[i] for the `bytes` / 4 floats from `shared` (a shared::cta address), each
-// element added atomically (as red.global.add.f32), asynchronously; completion through the
-// thread's bulk async-groups. Addresses and size are multiples of kBulkAlignment.
-__device__ __forceinline__ void bulk_reduce_add_f32(float* global, uint32_t shared, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const uint64_t destination = __cvta_generic_to_global(global);
-    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
-                 ::"l"(destination), "r"(shared), "r"(bytes)
-                 : "memory");
-#else
-    __trap();
-#endif
-}
-
-// Closes this thread's bulk operations issued since the last commit into one async-group.
-__device__ __forceinline__ void bulk_commit_group() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-#else
-    __trap();
-#endif
-}
-
-// Waits until at most `kPending` of this thread's committed bulk groups are still reading their
-// shared-memory source (their global writes may still be in flight). On sm_90a this and
-// bulk_wait_group() both compile to DEPBAR.LE SB0, the counter cp_async_wait() waits on too.
-template <int kPending>
-__device__ __forceinline__ void bulk_wait_group_read() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
-#else
-    __trap();
-#endif
-}
-
-// Waits until at most `kPending` of this thread's committed bulk groups are incomplete: the
-// others have been performed, global writes included.
-template <int kPending>
-__device__ __forceinline__ void bulk_wait_group() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(kPending) : "memory");
-#else
-    __trap();
 #endif
 }
 
