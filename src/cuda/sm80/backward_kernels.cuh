@@ -32,11 +32,35 @@ namespace flashmask::cuda::sm80 {
 struct BackwardScratch {
     float* lse_log2 = nullptr;   // LSE * log2 e; +inf for LSE = -inf and for padded rows
     float* di = nullptr;         // rowsum(dO * O); 0 for padded rows
-    float* dq_accum = nullptr;   // [rows, D], non-deterministic mode only: unscaled dS K sums
+    float* dq_accum = nullptr;   // rows x D, in DqAccumulator's order; non-deterministic mode only: unscaled dS K sums
     int32_t padded_nq = 0;
 
     __device__ __forceinline__ int64_t row(int32_t batch, int32_t head, int32_t q_heads, int32_t r) const {
         return (int64_t(batch) * q_heads + head) * padded_nq + r;
+    }
+};
+
+// The dQ accumulator's order: blocks of 16 rows x kSliceCols columns (one warp's slice of a tile's
+// dQ in the dK/dV kernel), each stored in the mma accumulator layout, [kSliceCols / 8 n-tiles]
+// [32 lanes][4 values]: a warp adds its slice with kSliceCols / 8 vector reductions of 512
+// contiguous bytes, where the row-major order took 2 x kSliceCols / 8 reductions scattered over
+// 8 rows each (ncu: 14 % of the dK/dV kernel's stall samples). Only the convert kernel reads it.
+// Rows are those of BackwardScratch::row(), whose blocks of 16 start at multiples of 16.
+template <int kHeadDim, int kSliceCols>
+struct DqAccumulator {
+    static_assert(kHeadDim % kSliceCols == 0 && kSliceCols % kMmaCols == 0, "slices tile the columns");
+    static constexpr int kSliceRows = kMmaRows;
+    static constexpr int kValuesPerLane = 4;  // one m16n8 accumulator tile: rows g, g + 8 x 2 columns
+
+    // Floats from the accumulator's start to the slice holding (row, col).
+    static __device__ __forceinline__ int64_t slice(int64_t row, int col) {
+        return (row / kSliceRows) * (int64_t(kSliceRows) * kHeadDim) + (col / kSliceCols) * (kSliceRows * kSliceCols);
+    }
+    // (r, c) inside a slice, r < 16, c < kSliceCols: n-tile c / 8, lane (r % 8) * 4 + (c % 8) / 2,
+    // value (r / 8) * 2 + c % 2.
+    static __device__ __forceinline__ int within(int r, int c) {
+        const int lane = (r % 8) * 4 + (c % kMmaCols) / 2;
+        return ((c / kMmaCols) * kWarpSize + lane) * kValuesPerLane + (r / 8) * 2 + c % 2;
     }
 };
 
@@ -338,15 +362,14 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 mma_16816<Element>(dq[t + 1], a, right);
             }
         }
-        // This thread's first pair (row group, column dq_col0 + 2 quad); the others are constant
-        // offsets from it, which ptxas folds into the reductions' immediates.
-        float* const dq_pair = scratch.dq_accum +
-                               (scratch.row(batch, head, p.q_heads, row_begin + dq_row0 + group) * kHeadDim + dq_col0 + 2 * quad);
+        // The warp's slice, in DqAccumulator order: n-tile t of this lane is 4 consecutive floats.
+        using Accumulator = DqAccumulator<kHeadDim, T::kDqColsPerWarp>;
+        float* const lane_values =
+            scratch.dq_accum + Accumulator::slice(scratch.row(batch, head, p.q_heads, row_begin + dq_row0), dq_col0) +
+            lane * Accumulator::kValuesPerLane;
 #pragma unroll
-        for (int t = 0; t < kDqTiles; ++t) {
-            red_add_pair(dq_pair + t * kMmaCols, dq[t][0], dq[t][1]);
-            red_add_pair(dq_pair + 8 * kHeadDim + t * kMmaCols, dq[t][2], dq[t][3]);
-        }
+        for (int t = 0; t < kDqTiles; ++t)
+            red_add_quad(lane_values + t * kWarpSize * Accumulator::kValuesPerLane, dq[t][0], dq[t][1], dq[t][2], dq[t][3]);
     };
 
     // This thread's two keys (rows group and group + 8 of the warp's 16) and their columns'
@@ -719,15 +742,21 @@ backward_dq_convert_kernel(const AttentionProblem p, const BackwardScratch scrat
     const int32_t r = int32_t(row % p.nq);
     const int32_t head = int32_t((row / p.nq) % p.q_heads);
     const int32_t batch = int32_t(row / (int64_t(p.nq) * p.q_heads));
-    const float* const source = scratch.dq_accum + scratch.row(batch, head, p.q_heads, r) * kHeadDim + col;
-    const float4 lo = *reinterpret_cast<const float4*>(source);
-    const float4 hi = *reinterpret_cast<const float4*>(source + 4);
-    uint4 packed;
-    packed.x = ElementTraits<Element>::pack(p.scale * lo.x, p.scale * lo.y);
-    packed.y = ElementTraits<Element>::pack(p.scale * lo.z, p.scale * lo.w);
-    packed.z = ElementTraits<Element>::pack(p.scale * hi.x, p.scale * hi.y);
-    packed.w = ElementTraits<Element>::pack(p.scale * hi.z, p.scale * hi.w);
-    *reinterpret_cast<uint4*>(mutable_element_at<Element>(p.dq, batch, r, head) + col) = packed;
+    // The chunk's 8 columns are 4 column pairs of one n-tile, held by 4 lanes (DqAccumulator).
+    using Accumulator = DqAccumulator<kHeadDim, DkDv<kHeadDim>::kDqColsPerWarp>;
+    static_assert(DkDv<kHeadDim>::kDqColsPerWarp % kChunkElements == 0, "a chunk stays inside one slice");
+    const int64_t scratch_row = scratch.row(batch, head, p.q_heads, r);
+    const float* const slice = scratch.dq_accum + Accumulator::slice(scratch_row, col);
+    const int r_in_slice = int(scratch_row % Accumulator::kSliceRows);
+    const int c_in_slice = col % DkDv<kHeadDim>::kDqColsPerWarp;
+    uint32_t packed[kChunkElements / 2];
+#pragma unroll
+    for (int pair = 0; pair < kChunkElements / 2; ++pair) {
+        const float2 v = *reinterpret_cast<const float2*>(slice + Accumulator::within(r_in_slice, c_in_slice + 2 * pair));
+        packed[pair] = ElementTraits<Element>::pack(p.scale * v.x, p.scale * v.y);
+    }
+    *reinterpret_cast<uint4*>(mutable_element_at<Element>(p.dq, batch, r, head) + col) =
+        make_uint4(packed[0], packed[1], packed[2], packed[3]);
 }
 
 // Zeros a strided [batches, rows, heads, kHeadDim] gradient (dK, dV with Nq = 0; dQ with Nk = 0).

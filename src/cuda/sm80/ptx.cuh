@@ -80,15 +80,17 @@ __device__ __forceinline__ float exp2_approx(float x) {
 
 // --- global reductions -----------------------------------------------------------------------
 
-// *address += (a, b) on two adjacent floats (address 8-byte aligned), as one vector reduction
-// where the architecture has it (sm_90: red.global.add.v2.f32), else as two atomicAdds. The
-// result is not returned, so the L2 performs it without a round trip to the thread.
-__device__ __forceinline__ void red_add_pair(float* address, float a, float b) {
+// *address += (a, b, c, d) on four adjacent floats (address 16-byte aligned): one vector
+// reduction on sm_90 (red.global.add.v4.f32), else four atomicAdds.
+__device__ __forceinline__ void red_add_quad(float* address, float a, float b, float c, float d) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(address), "f"(a), "f"(b) : "memory");
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(address), "f"(a), "f"(b), "f"(c), "f"(d)
+                 : "memory");
 #else
     atomicAdd(address, a);
     atomicAdd(address + 1, b);
+    atomicAdd(address + 2, c);
+    atomicAdd(address + 3, d);
 #endif
 }
 
