@@ -1,11 +1,19 @@
 // The heaviest-first CTA order's host twin and CTA mapping (src/cuda/common/tile_order.hpp; the
 // device kernel is checked against this twin in tests/gpu/test_gpu_tile_scheduler.cu):
 //   * per-block work adds up to count_tiles()'s non-skipped tiles (an independent count);
-//   * every schedule is a bijection, section by section in rank-major order, heaviest first
-//     with ties in the kernels' earlier order;
+//   * every schedule is a bijection: a heavy prefix of R ranks rank-major over all (batch, head)
+//     pairs, then section by section in rank-major order, heaviest first with ties in the
+//     kernels' earlier order; for any R in [0, blocks];
+//   * R itself: every heavy block in the prefix, no longer than that, for slot counts from 1
+//     (nothing heavy) to 2^30 (nearly everything); and at the benchmark's sizes (8K and 32K) it
+//     is long for causal_blockwise and 0 for the masks whose blocks are all within a section's
+//     slot time (the values are printed);
 //   * without an index tensor (full, plain causal) the tie order is already sorted, which is what
 //     lets the device skip the sort there;
 //   * work values beyond the histogram are bucketed, and shapes that do not fit int32 are refused.
+#include <algorithm>
+#include <iomanip>
+#include <iostream>
 #include <limits>
 #include <string>
 #include <vector>
@@ -34,6 +42,11 @@ struct TileShape {
 };
 constexpr TileShape kTileShapes[] = {{128, 64}, {64, 128}, {16, 16}, {16, 32}};
 
+// CTA slots (blocks running at once): 1 (no block is heavy), an H100 at 2 CTAs per SM, and so many
+// that nearly every block with work is.
+constexpr int32_t kH100Slots = 132 * 2;
+constexpr int32_t kCtaSlots[] = {1, 7, kH100Slots, 1 << 30};
+
 std::string describe(const std::string& mask, const AttentionSizes& s, int32_t mask_heads, TileAxis axis,
                      const TileShape& tile) {
     return mask + " " + s.describe() + " Hm=" + std::to_string(mask_heads) +
@@ -42,14 +55,15 @@ std::string describe(const std::string& mask, const AttentionSizes& s, int32_t m
 }
 
 // The host twin's order for one mask, both axes, every tile shape: work against count_tiles(),
-// then the schedule's properties; without an index tensor also the null-order (tie order) schedule.
+// then R and the schedule's properties for every slot count; without an index tensor also the
+// null-order (tie order, R = 0) schedule.
 void check_mask(TestMask& mask, const AttentionSizes& s, int32_t mask_heads) {
     const MaskView view = mask.mask_view(s);
     for (const TileShape& tile : kTileShapes)
         for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks}) {
             const std::string what = describe(mask.name, s, mask_heads, axis, tile);
-            const TileOrderShape shape =
-                cuda::make_tile_order_shape(view, s.batch, s.q_heads, s.kv_heads, axis, tile.block_m, tile.block_n);
+            TileOrderShape shape = cuda::make_tile_order_shape(view, s.batch, s.q_heads, s.kv_heads, axis, tile.block_m,
+                                                               tile.block_n, kH100Slots);
             const std::vector<BlockSummary> summaries =
                 block_summaries(view, shape.order_batches, shape.summary_heads, tile.block_n);
             const std::vector<int32_t> work = cuda::host_block_work(shape, summaries);
@@ -57,11 +71,19 @@ void check_mask(TestMask& mask, const AttentionSizes& s, int32_t mask_heads) {
             ASSERT_EQ(testing::total_work(shape, work), counts.partial + counts.full) << what;
 
             const std::vector<int32_t> order = cuda::host_tile_order(shape, work);
-            testing::check_schedule(shape, cuda::make_tile_schedule(shape, order.data()), work, what);
-            if (::testing::Test::HasFatalFailure()) return;
+            for (int32_t slots : kCtaSlots) {
+                shape.cta_slots = slots;  // the order does not depend on it, R does
+                const std::string with_slots = what + " slots " + std::to_string(slots);
+                const int32_t heavy_ranks = cuda::host_heavy_prefix_ranks(shape, work, order);
+                testing::check_heavy_prefix(shape, work, order, heavy_ranks, with_slots);
+                if (slots == 1) EXPECT_EQ(heavy_ranks, 0) << with_slots << ": no block outlasts a whole section";
+                testing::check_schedule(shape, cuda::make_tile_schedule(shape, order.data(), &heavy_ranks), work,
+                                        with_slots);
+                if (::testing::Test::HasFatalFailure()) return;
+            }
             if (view.layout == MaskLayout::None) {
                 // The device's shortcut: no sort, the tie order, must be the sorted order itself.
-                const cuda::TileSchedule unsorted = cuda::make_tile_schedule(shape, nullptr);
+                const cuda::TileSchedule unsorted = cuda::make_tile_schedule(shape, nullptr, nullptr);
                 testing::check_schedule(shape, unsorted, work, what + " (tie order)");
                 if (::testing::Test::HasFatalFailure()) return;
                 for (int32_t position = 0; position < shape.blocks; ++position)
@@ -119,7 +141,8 @@ TEST(TileOrder, TieOrderIsSortedWithoutIndexTensor) {
 }
 
 // The mapping alone, for grids of many sizes: blocks from 1 to more than a section's worth,
-// (batch, head) pairs below, at and around multiples of kHeadsPerSection.
+// (batch, head) pairs below, at and around multiples of kHeadsPerSection, heavy prefixes of every
+// length from 0 to all blocks (a sample of them for 100 blocks).
 TEST(TileOrder, MappingIsBijectiveForAnyGrid) {
     constexpr int32_t kBlockM = 16, kBlockN = 16;
     for (int32_t blocks : {1, 2, 7, 8, 9, 100})
@@ -132,14 +155,93 @@ TEST(TileOrder, MappingIsBijectiveForAnyGrid) {
                 const MaskView view = mask.mask_view(s);
                 for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks}) {
                     const TileOrderShape shape =
-                        cuda::make_tile_order_shape(view, batch, heads, 1, axis, kBlockM, kBlockN);
+                        cuda::make_tile_order_shape(view, batch, heads, 1, axis, kBlockM, kBlockN, kH100Slots);
                     const std::vector<int32_t> work =
                         cuda::host_block_work(shape, block_summaries(view, 1, 1, kBlockN));
-                    testing::check_schedule(shape, cuda::make_tile_schedule(shape, nullptr), work,
-                                            describe("causal", s, 1, axis, {kBlockM, kBlockN}));
-                    if (HasFatalFailure()) return;
+                    const int32_t n = shape.blocks;  // query or key blocks
+                    std::vector<int32_t> prefixes;
+                    if (n <= 9)
+                        for (int32_t r = 0; r <= n; ++r) prefixes.push_back(r);
+                    else
+                        prefixes = {0, 1, 7, 8, 9, n / 2, n - 1, n};
+                    for (int32_t heavy_ranks : prefixes) {
+                        testing::check_schedule(shape, cuda::make_tile_schedule(shape, nullptr, &heavy_ranks), work,
+                                                describe("causal", s, 1, axis, {kBlockM, kBlockN}) + " R " +
+                                                    std::to_string(heavy_ranks));
+                        if (HasFatalFailure()) return;
+                    }
                 }
             }
+}
+
+// The benchmark's masks (bench/bench_attention.py): catalogue seed 0, one mask head for all query
+// heads, the same index tensor for every batch entry (null for full and plain causal).
+TestMask benchmark_mask(const std::string& name, int32_t batch, int32_t n, std::mt19937_64& rng) {
+    constexpr uint64_t kBenchmarkSeed = 0;
+    const MaskSpec spec = catalogue_mask(name, n, kBenchmarkSeed);
+    TestMask mask;
+    mask.name = name;
+    mask.causal = spec.causal;
+    if (!spec.has_indices()) return mask;
+    mask.indices.emplace(batch, 1, n, spec.slots, rng);
+    for (int32_t b = 0; b < batch; ++b)
+        for (int64_t j = 0; j < n; ++j)
+            for (int32_t slot = 0; slot < spec.slots; ++slot)
+                mask.indices->at(b, 0, j, slot) = spec.indices[std::size_t(j * spec.slots + slot)];
+    return mask;
+}
+
+// R at the benchmark's sizes on an H100's 264 slots, printed for every catalogue mask, both axes
+// with the kernels' tiles: the forward (and dQ) by query blocks of 128 rows, 64-key summaries;
+// dK/dV by key blocks, query blocks of 64 rows, 128-key summaries. What kHeavyFraction's comment
+// predicts: causal_blockwise's heavy query blocks (its last document's, ~128 key blocks against
+// a slot time of ~36 at 8K) go first; masks whose every block fits in a section's slot time get
+// R = 0: sliding_window (even work), prefix_lm_causal (its heaviest block, 128 key blocks at 8K,
+// is under its ~133).
+TEST(TileOrder, HeavyPrefixAtBenchmarkSizes) {
+    auto rng = testing::test_rng();
+    struct Sizes {
+        int32_t batch, n, heads;
+    };
+    constexpr Sizes kSizes[] = {{2, 8192, 32}, {1, 32768, 16}};
+    struct Axis {
+        TileAxis axis;
+        TileShape tile;
+        const char* name;
+    };
+    const Axis axes[] = {{TileAxis::QueryBlocks, {128, 64}, "query blocks"}, {TileAxis::KeyBlocks, {64, 128}, "key blocks"}};
+    for (const Sizes& sizes : kSizes)
+        for (const std::string& name : catalogue_names()) {
+            const AttentionSizes s{sizes.batch, sizes.n, sizes.n, sizes.heads, sizes.heads, 128, 128};
+            TestMask mask = benchmark_mask(name, s.batch, s.nq, rng);
+            const MaskView view = mask.mask_view(s);
+            for (const Axis& a : axes) {
+                const std::string what = describe(name, s, 1, a.axis, a.tile);
+                const TileOrderShape shape = cuda::make_tile_order_shape(view, s.batch, s.q_heads, s.kv_heads, a.axis,
+                                                                         a.tile.block_m, a.tile.block_n, kH100Slots);
+                const std::vector<int32_t> work = cuda::host_block_work(
+                    shape, block_summaries(view, shape.order_batches, shape.summary_heads, a.tile.block_n));
+                const std::vector<int32_t> order = cuda::host_tile_order(shape, work);
+                const int32_t heavy_ranks = cuda::host_heavy_prefix_ranks(shape, work, order);
+                testing::check_heavy_prefix(shape, work, order, heavy_ranks, what);
+                if (name == "causal_blockwise" && a.axis == TileAxis::QueryBlocks) EXPECT_GT(heavy_ranks, 0) << what;
+                if (name == "sliding_window" || name == "prefix_lm_causal") EXPECT_EQ(heavy_ranks, 0) << what;
+                int32_t heaviest = 0;
+                int64_t total = 0;
+                for (int32_t w : work) {
+                    heaviest = std::max(heaviest, w);
+                    total += w;
+                }
+                const double threshold = cuda::heavy_work_threshold(shape, total / shape.order_pairs());
+                std::cout << "heavy prefix N=" << s.nq << " B=" << s.batch << " H=" << s.q_heads << " " << std::setw(12)
+                          << a.name << " " << std::setw(22) << name << ": R = " << std::setw(3) << heavy_ranks << " of "
+                          << shape.blocks << " (heaviest block " << heaviest << " tiles, average "
+                          << std::fixed << std::setprecision(1) << double(total) / double(work.size())
+                          << ", threshold " << threshold << ")" << std::defaultfloat
+                          << (view.layout == MaskLayout::None ? " [no index tensor: the kernels sort nothing, R = 0]" : "")
+                          << "\n";
+            }
+        }
 }
 
 TEST(TileOrder, WorkBucketShift) {
@@ -160,14 +262,18 @@ TEST(TileOrder, BucketsLargeWork) {
     const AttentionSizes s{2, 200, (cuda::kWorkBuckets + 1) * kBlockN, 2, 1, 8, 8};
     TestMask mask = testing::catalogue_test_mask("causal_blockwise", s, 2, rng);
     const MaskView view = mask.mask_view(s);
-    const TileOrderShape shape =
-        cuda::make_tile_order_shape(view, s.batch, s.q_heads, s.kv_heads, TileAxis::QueryBlocks, kBlockM, kBlockN);
+    const TileOrderShape shape = cuda::make_tile_order_shape(view, s.batch, s.q_heads, s.kv_heads,
+                                                             TileAxis::QueryBlocks, kBlockM, kBlockN, kH100Slots);
     EXPECT_EQ(shape.bucket_shift, 1);
     EXPECT_EQ(shape.buckets, (cuda::kWorkBuckets + 1) / 2 + 1);
     const std::vector<int32_t> work =
         cuda::host_block_work(shape, block_summaries(view, shape.order_batches, shape.summary_heads, kBlockN));
     const std::vector<int32_t> order = cuda::host_tile_order(shape, work);
-    testing::check_schedule(shape, cuda::make_tile_schedule(shape, order.data()), work, "causal_blockwise, bucketed");
+    // Within a bin the order is not by work: R still covers every heavy block.
+    const int32_t heavy_ranks = cuda::host_heavy_prefix_ranks(shape, work, order);
+    testing::check_heavy_prefix(shape, work, order, heavy_ranks, "causal_blockwise, bucketed");
+    testing::check_schedule(shape, cuda::make_tile_schedule(shape, order.data(), &heavy_ranks), work,
+                            "causal_blockwise, bucketed");
 }
 
 TEST(TileOrder, RefusesWhatDoesNotFitInt32) {
@@ -175,10 +281,10 @@ TEST(TileOrder, RefusesWhatDoesNotFitInt32) {
     view.nq = std::numeric_limits<int32_t>::max();
     view.nk = 64;
     // 2 x (2^31 - 1) query blocks of one row: beyond the grid.
-    EXPECT_THROW(cuda::make_tile_order_shape(view, 2, 1, 1, TileAxis::QueryBlocks, 1, 64), Error);
+    EXPECT_THROW(cuda::make_tile_order_shape(view, 2, 1, 1, TileAxis::QueryBlocks, 1, 64, kH100Slots), Error);
     // A key block's work: (2^31 - 1) query blocks x 2 query heads per KV head.
     try {
-        cuda::make_tile_order_shape(view, 1, 2, 1, TileAxis::KeyBlocks, 1, 64);
+        cuda::make_tile_order_shape(view, 1, 2, 1, TileAxis::KeyBlocks, 1, 64, kH100Slots);
         ADD_FAILURE() << "expected Error(Unsupported)";
     } catch (const Error& e) {
         EXPECT_EQ(e.code(), ErrorCode::Unsupported);
@@ -186,8 +292,9 @@ TEST(TileOrder, RefusesWhatDoesNotFitInt32) {
     }
     // Bad heads or blocks name what was given.
     view.nq = 100;
-    EXPECT_THROW(cuda::make_tile_order_shape(view, 1, 3, 2, TileAxis::QueryBlocks, 64, 64), Error);
-    EXPECT_THROW(cuda::make_tile_order_shape(view, 1, 2, 1, TileAxis::QueryBlocks, 0, 64), Error);
+    EXPECT_THROW(cuda::make_tile_order_shape(view, 1, 3, 2, TileAxis::QueryBlocks, 64, 64, kH100Slots), Error);
+    EXPECT_THROW(cuda::make_tile_order_shape(view, 1, 2, 1, TileAxis::QueryBlocks, 0, 64, kH100Slots), Error);
+    EXPECT_THROW(cuda::make_tile_order_shape(view, 1, 2, 1, TileAxis::QueryBlocks, 64, 64, 0), Error);
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // Checks of a heaviest-first CTA schedule (src/cuda/common/tile_order.hpp), shared by the CPU
 // tests of its host twin and the GPU tests of the device order. Reads only host memory: a device
-// order is copied back and put in a schedule with make_tile_schedule() first.
+// order and heavy prefix are copied back and put in a schedule with make_tile_schedule() first.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -26,8 +26,11 @@ inline int32_t work_of(const cuda::TileOrderShape& s, const std::vector<int32_t>
 
 // Walks every CTA of `schedule` and checks, failing the test with `what` on the first violation:
 //   1. the mapping is a bijection onto every (batch, head, block);
-//   2. each section covers kHeadsPerSection consecutive (batch, head) pairs (fewer in the last),
-//      in rank-major order: every run of that many consecutive CTAs holds each pair once;
+//   2. with R = *schedule.heavy_ranks (0 when null), in [0, blocks]: the first R x pairs CTAs are
+//      ranks [0, R) rank-major over all (batch, head) pairs; the rest are sections of
+//      kHeadsPerSection consecutive pairs (fewer in the last), each ranks [R, blocks) rank-major
+//      over its pairs; each CTA's block is its pair's order entry at that rank (written here in
+//      64-bit arithmetic, independently of TileSchedule::at());
 //   3. along one (batch, head), CTA by CTA, the work bin (work >> bucket_shift) never grows, and
 //      blocks of one bin come in the tie order (the exact work when bucket_shift is 0).
 inline void check_schedule(const cuda::TileOrderShape& s, const cuda::TileSchedule& schedule,
@@ -35,10 +38,13 @@ inline void check_schedule(const cuda::TileOrderShape& s, const cuda::TileSchedu
     const int64_t pairs = int64_t(s.batch) * s.heads, ctas = s.ctas();
     ASSERT_EQ(schedule.pairs, pairs) << what;
     ASSERT_EQ(work.size(), std::size_t(s.order_pairs() * s.blocks)) << what;
+    const int64_t heavy = schedule.heavy_ranks != nullptr ? *schedule.heavy_ranks : 0;
+    ASSERT_TRUE(heavy >= 0 && heavy <= s.blocks) << what << ": heavy prefix of " << heavy << " ranks, blocks "
+                                                 << s.blocks;
+    const int64_t heavy_ctas = heavy * pairs, section_ctas = int64_t(cuda::kHeadsPerSection) * (s.blocks - heavy);
     std::vector<uint8_t> seen(std::size_t(ctas), 0);
     struct Last { int32_t bin = 0, tie_position = -1; };
     std::vector<Last> last(static_cast<std::size_t>(pairs));
-    const int64_t section_ctas = int64_t(cuda::kHeadsPerSection) * s.blocks;
     for (int64_t cta = 0; cta < ctas; ++cta) {
         const cuda::TileCoordinates c = schedule.at(int32_t(cta));
         ASSERT_TRUE(c.batch >= 0 && c.batch < s.batch && c.head >= 0 && c.head < s.heads && c.block >= 0 &&
@@ -50,10 +56,26 @@ inline void check_schedule(const cuda::TileOrderShape& s, const cuda::TileSchedu
                           << ") a second time";
         hit = 1;
 
-        const int64_t section = cta / section_ctas, first_pair = section * cuda::kHeadsPerSection;
-        const int64_t section_pairs = std::min<int64_t>(cuda::kHeadsPerSection, pairs - first_pair);
-        ASSERT_EQ(pair, first_pair + (cta - section * section_ctas) % section_pairs)
-            << what << ": CTA " << cta << " is not in rank-major order within section " << section;
+        int64_t expected_pair = 0, expected_rank = 0;
+        if (cta < heavy_ctas) {
+            expected_pair = cta % pairs;
+            expected_rank = cta / pairs;
+        } else {
+            const int64_t rest = cta - heavy_ctas, section = rest / section_ctas;
+            const int64_t first_pair = section * cuda::kHeadsPerSection, offset = rest - section * section_ctas;
+            const int64_t section_pairs = std::min<int64_t>(cuda::kHeadsPerSection, pairs - first_pair);
+            expected_pair = first_pair + offset % section_pairs;
+            expected_rank = heavy + offset / section_pairs;
+        }
+        ASSERT_EQ(pair, expected_pair) << what << ": CTA " << cta << " is not in rank-major order ("
+                                       << (cta < heavy_ctas ? "heavy prefix" : "sections") << ", R = " << heavy << ")";
+        const int64_t order_batch = s.order_batches == 1 ? 0 : c.batch, order_head = c.head / s.heads_per_order_head;
+        const int32_t expected_block =
+            schedule.order != nullptr
+                ? schedule.order[std::size_t((order_batch * s.order_heads + order_head) * s.blocks + expected_rank)]
+                : cuda::tie_order_block(s.axis, s.blocks, int32_t(expected_rank));
+        ASSERT_EQ(c.block, expected_block) << what << ": CTA " << cta << " should run rank " << expected_rank << " of ("
+                                           << c.batch << ", " << c.head << "), R = " << heavy;
 
         const int32_t bin = work_of(s, work, c.batch, c.head, c.block) >> s.bucket_shift;
         const int32_t tie_position = s.axis == cuda::TileAxis::QueryBlocks ? s.blocks - 1 - c.block : c.block;
@@ -68,6 +90,27 @@ inline void check_schedule(const cuda::TileOrderShape& s, const cuda::TileSchedu
         }
         previous = {bin, tie_position};
     }
+}
+
+// R = heavy_ranks against its definition (tile_order.hpp, kHeavyFraction): no order head has a
+// heavy block at rank R or beyond, and unless R = 0 some order head has one at rank R - 1.
+inline void check_heavy_prefix(const cuda::TileOrderShape& s, const std::vector<int32_t>& work,
+                               const std::vector<int32_t>& order, int32_t heavy_ranks, const std::string& what) {
+    ASSERT_TRUE(heavy_ranks >= 0 && heavy_ranks <= s.blocks) << what << ": R = " << heavy_ranks;
+    bool last_rank_heavy = false;
+    for (int64_t pair = 0; pair < s.order_pairs(); ++pair) {
+        const int32_t* pair_work = work.data() + pair * s.blocks;
+        const int32_t* pair_order = order.data() + pair * s.blocks;
+        int64_t order_head_work = 0;
+        for (int32_t block = 0; block < s.blocks; ++block) order_head_work += pair_work[block];
+        const double threshold = cuda::heavy_work_threshold(s, order_head_work);
+        for (int32_t rank = heavy_ranks; rank < s.blocks; ++rank)
+            ASSERT_FALSE(cuda::is_heavy(pair_work[pair_order[rank]], threshold))
+                << what << ": order pair " << pair << " has a heavy block (" << pair_work[pair_order[rank]]
+                << " tiles > " << threshold << ") at rank " << rank << ", outside the prefix of R = " << heavy_ranks;
+        if (heavy_ranks > 0) last_rank_heavy |= cuda::is_heavy(pair_work[pair_order[heavy_ranks - 1]], threshold);
+    }
+    if (heavy_ranks > 0) EXPECT_TRUE(last_rank_heavy) << what << ": R = " << heavy_ranks << " is longer than needed";
 }
 
 // The non-skipped tiles of the whole call, from work: each (batch, head) of the grid counted once.

@@ -1,17 +1,22 @@
 // The device tile order (src/cuda/common/tile_scheduler.cuh) against its host twin
 // (tile_order.hpp, itself checked in tests/cpp/test_tile_order.cpp):
-//   * compute_tile_order() writes the very work values and order of the host twin, for every
-//     mask layout (MaskLayout::None included, which the forward never sorts), both axes, block
-//     counts from 1 to 65536 and work values beyond the histogram (bucketed);
-//   * TileScheduler, as the forward builds it, gives a schedule that is a bijection, in sections
-//     of kHeadsPerSection (batch, head) pairs, rank-major, each head's blocks heaviest first;
+//   * compute_tile_order() writes the very work values, order and heavy prefix R of the host twin,
+//     for every mask layout (MaskLayout::None included, which the forward never sorts), both
+//     axes, block counts from 1 to 65536, work values beyond the histogram (bucketed), slot
+//     counts from 1 to 2^30, and the catalogue at the benchmark's 8K with an H100's 264 slots;
+//   * TileScheduler, as the forward builds it, gives a schedule that is a bijection: the heavy
+//     prefix rank-major over all (batch, head) pairs, then sections of kHeadsPerSection pairs,
+//     rank-major, each head's blocks heaviest first;
+//   * resident_block_slots() counts at least one CTA per SM, within the SM's limits;
 //   * the same under CUDA graph capture, replayed twice.
-// Outputs are poisoned first: an entry the kernel leaves unwritten reads -1.
+// Outputs are poisoned first: an entry the kernel leaves unwritten reads -1 (R: -1 too, which
+// the kernel's zeroing and atomicMax must overwrite).
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "cuda/common/tile_scheduler.cuh"
+#include "cuda/common/shared_memory.hpp"
 #include "cuda/common/workspace.cuh"
 #include "gpu_test_util.hpp"
 #include "test_cpu_common.hpp"
@@ -38,15 +43,28 @@ struct DeviceIndices {
     }
 };
 
+// CTA slots: an H100's 132 SMs x 2 resident CTAs, and the extremes (1: nothing heavy; 2^30:
+// nearly everything with work).
+constexpr int32_t kH100Slots = 132 * 2;
+constexpr int32_t kCtaSlots[] = {1, kH100Slots, 1 << 30};
+
 struct HostOrder {
     std::vector<int32_t> work, order;
+    int32_t heavy_ranks = 0;
 };
 
 HostOrder host_order(const TileOrderShape& shape, const MaskView& host_view, int32_t block_n) {
     HostOrder h;
     h.work = cuda::host_block_work(shape, block_summaries(host_view, shape.order_batches, shape.summary_heads, block_n));
     h.order = cuda::host_tile_order(shape, h.work);
+    h.heavy_ranks = cuda::host_heavy_prefix_ranks(shape, h.work, h.order);
     return h;
+}
+
+int32_t device_int(const int32_t* value) {
+    int32_t host = 0;
+    FM_CUDA_CHECK(cudaMemcpy(&host, value, sizeof(int32_t), cudaMemcpyDeviceToHost));
+    return host;
 }
 
 std::string describe(const std::string& mask, const AttentionSizes& s, int32_t mask_heads, TileAxis axis,
@@ -56,24 +74,26 @@ std::string describe(const std::string& mask, const AttentionSizes& s, int32_t m
            std::to_string(block_n);
 }
 
-// One mask, one axis, one tile shape: the kernel's work and order equal the host twin's, and the
-// TileScheduler's schedule passes check_schedule().
+// One mask, one axis, one tile shape, one slot count: the kernel's work, order and R equal the
+// host twin's, and the TileScheduler's schedule passes check_schedule().
 void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_heads, TileAxis axis, int32_t block_m,
-                        int32_t block_n) {
-    const std::string what = describe(mask.name, s, mask_heads, axis, block_m, block_n);
+                        int32_t block_n, int32_t cta_slots) {
+    const std::string what =
+        describe(mask.name, s, mask_heads, axis, block_m, block_n) + " slots " + std::to_string(cta_slots);
     const DeviceIndices device(mask, s);
     const MaskView host_view = mask.mask_view(s);
     const TileOrderShape shape =
-        cuda::make_tile_order_shape(host_view, s.batch, s.q_heads, s.kv_heads, axis, block_m, block_n);
+        cuda::make_tile_order_shape(host_view, s.batch, s.q_heads, s.kv_heads, axis, block_m, block_n, cta_slots);
     const HostOrder expected = host_order(shape, host_view, block_n);
     const cuda::BlockSummaries summaries(device.view, s.batch, s.q_heads, block_n, nullptr);
 
     // The kernel itself, whatever the layout.
     const std::size_t entries = expected.order.size();
-    DeviceBuffer<int32_t> order(entries), work(entries);
+    DeviceBuffer<int32_t> order(entries), work(entries), heavy_ranks(1);
     order.poison();
     work.poison();
-    cuda::compute_tile_order(shape, summaries.table(), order.get(), work.get(), nullptr);
+    heavy_ranks.poison();
+    cuda::compute_tile_order(shape, summaries.table(), order.get(), work.get(), heavy_ranks.get(), nullptr);
     FM_CUDA_CHECK(cudaDeviceSynchronize());
     const std::vector<int32_t> device_work = work.to_host(), device_order = order.to_host();
     for (std::size_t i = 0; i < entries; ++i) {
@@ -82,19 +102,27 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
         ASSERT_EQ(device_order[i], expected.order[i]) << what << ": order entry " << i << " (pair "
                                                       << i / shape.blocks << ", rank " << i % shape.blocks << ")";
     }
+    ASSERT_EQ(heavy_ranks.to_host().at(0), expected.heavy_ranks) << what << ": heavy prefix R";
 
     // The scheduler as a kernel launch gets it.
     const cuda::TileScheduler tiles(device.view, s.batch, s.q_heads, s.kv_heads, axis, block_m, summaries.table(),
-                                    nullptr);
+                                    cta_slots, nullptr);
     FM_CUDA_CHECK(cudaDeviceSynchronize());
-    ASSERT_EQ(tiles.order() == nullptr, host_view.layout == MaskLayout::None || shape.ctas() == 0) << what;
+    const bool sorted = host_view.layout != MaskLayout::None && shape.ctas() > 0;
+    ASSERT_EQ(tiles.order() != nullptr, sorted) << what;
+    ASSERT_EQ(tiles.heavy_ranks() != nullptr, sorted) << what;
+    ASSERT_EQ(tiles.schedule().heavy_ranks, tiles.heavy_ranks()) << what;
     cuda::TileSchedule host_schedule = tiles.schedule();
     std::vector<int32_t> scheduled_order;
-    if (tiles.order() != nullptr) {
+    int32_t scheduled_heavy_ranks = 0;
+    if (sorted) {
         scheduled_order.resize(entries);
         FM_CUDA_CHECK(cudaMemcpy(scheduled_order.data(), tiles.order(), entries * sizeof(int32_t), cudaMemcpyDeviceToHost));
         ASSERT_EQ(scheduled_order, expected.order) << what;
+        scheduled_heavy_ranks = device_int(tiles.heavy_ranks());
+        ASSERT_EQ(scheduled_heavy_ranks, expected.heavy_ranks) << what << ": TileScheduler's R";
         host_schedule.order = scheduled_order.data();
+        host_schedule.heavy_ranks = &scheduled_heavy_ranks;
     }
     testing::check_schedule(shape, host_schedule, expected.work, what);
 }
@@ -123,10 +151,11 @@ TEST(GpuTileScheduler, CatalogueMasksMatchHost) {
                 TestMask mask = testing::catalogue_test_mask(name, s, h.mask_heads, rng);
                 const int32_t mask_heads = mask.indices ? h.mask_heads : 1;
                 for (const auto& tile : kTileShapes)
-                    for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks}) {
-                        check_device_order(mask, s, mask_heads, axis, tile[0], tile[1]);
-                        if (HasFatalFailure()) return;
-                    }
+                    for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks})
+                        for (int32_t slots : kCtaSlots) {
+                            check_device_order(mask, s, mask_heads, axis, tile[0], tile[1], slots);
+                            if (HasFatalFailure()) return;
+                        }
             }
 }
 
@@ -137,10 +166,11 @@ TEST(GpuTileScheduler, HostileMasksMatchHost) {
     for (const testing::IndexLayout& layout : testing::kIndexLayouts)
         for (int32_t mask_heads : {1, 2, 6}) {
             TestMask mask = testing::random_test_mask(layout.causal, layout.slots, true, s, mask_heads, rng);
-            for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks}) {
-                check_device_order(mask, s, mask_heads, axis, 16, 16);
-                if (HasFatalFailure()) return;
-            }
+            for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks})
+                for (int32_t slots : kCtaSlots) {
+                    check_device_order(mask, s, mask_heads, axis, 16, 16, slots);
+                    if (HasFatalFailure()) return;
+                }
         }
 }
 
@@ -166,13 +196,62 @@ TEST(GpuTileScheduler, ExtremeBlockCountsMatchHost) {
     };
     for (const Case& c : cases) {
         TestMask mask = testing::catalogue_test_mask(c.mask, c.sizes, c.mask_heads, rng);
-        check_device_order(mask, c.sizes, c.mask_heads, c.axis, c.block_m, c.block_n);
+        for (int32_t slots : kCtaSlots) {
+            check_device_order(mask, c.sizes, c.mask_heads, c.axis, c.block_m, c.block_n, slots);
+            if (HasFatalFailure()) return;
+        }
+    }
+}
+
+// The catalogue at the benchmark's N = 8K, B 2, H 32 (one mask head, a mask per batch entry),
+// with the kernels' tiles on both axes and an H100's 264 slots: where R matters.
+TEST(GpuTileScheduler, CatalogueAt8KMatchesHost) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = testing::test_rng();
+    const AttentionSizes s{2, 8192, 8192, 32, 32, 128, 128};
+    constexpr int32_t kForwardTile[2] = {128, 64}, kDkDvTile[2] = {64, 128};
+    for (const std::string& name : catalogue_names()) {
+        TestMask mask = testing::catalogue_test_mask(name, s, 1, rng);
+        check_device_order(mask, s, 1, TileAxis::QueryBlocks, kForwardTile[0], kForwardTile[1], kH100Slots);
+        if (HasFatalFailure()) return;
+        check_device_order(mask, s, 1, TileAxis::KeyBlocks, kDkDvTile[0], kDkDvTile[1], kH100Slots);
         if (HasFatalFailure()) return;
     }
 }
 
+// A kernel for the occupancy query alone (never launched): its resident CTAs per SM are bounded
+// by its threads and its dynamic shared memory.
+constexpr int kSlotProbeThreads = 256;
+constexpr int kSlotProbeSmemBytes = 64 * 1024;  // above the default 48 KB: needs the opt-in first
+__global__ void __launch_bounds__(kSlotProbeThreads) slot_probe_kernel(int32_t* out) {
+    extern __shared__ int32_t probe_smem[];
+    probe_smem[threadIdx.x] = int32_t(threadIdx.x);
+    __syncthreads();
+    out[threadIdx.x] = probe_smem[kSlotProbeThreads - 1 - threadIdx.x];
+}
+
+// resident_block_slots(): SMs x resident CTAs, at least one per SM, no more than the SM's threads
+// and shared memory allow; divided by the CTAs per block.
+TEST(GpuTileScheduler, ResidentBlockSlots) {
+    FM_SKIP_WITHOUT_GPU();
+    cuda::allow_shared_memory(slot_probe_kernel, kSlotProbeSmemBytes);
+    int device = 0, sms = 0, threads_per_sm = 0, smem_per_sm = 0;
+    FM_CUDA_CHECK(cudaGetDevice(&device));
+    FM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    FM_CUDA_CHECK(cudaDeviceGetAttribute(&threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
+    FM_CUDA_CHECK(cudaDeviceGetAttribute(&smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+    const int32_t slots = cuda::resident_block_slots(slot_probe_kernel, kSlotProbeThreads, kSlotProbeSmemBytes, 1);
+    EXPECT_GE(slots, sms);
+    EXPECT_LE(slots, sms * (threads_per_sm / kSlotProbeThreads));
+    EXPECT_LE(slots, sms * (smem_per_sm / kSlotProbeSmemBytes));
+    EXPECT_EQ(cuda::resident_block_slots(slot_probe_kernel, kSlotProbeThreads, kSlotProbeSmemBytes, 2), slots / 2);
+    EXPECT_THROW(cuda::resident_block_slots(slot_probe_kernel, kSlotProbeThreads, kSlotProbeSmemBytes, 0), Error);
+}
+
 // The summaries and the order built inside a stream capture (stream-ordered scratch: memory
-// nodes, no synchronisation), then the graph replayed twice, each time into a poisoned buffer.
+// nodes, no synchronisation; R zeroed by a memset node), then the graph replayed twice, each time
+// into poisoned buffers. The occupancy query the launchers make for cta_slots runs inside the
+// capture too, as in a captured forward, and must give what it gives outside.
 TEST(GpuTileScheduler, CudaGraphCapture) {
     FM_SKIP_WITHOUT_GPU();
     auto rng = testing::test_rng();
@@ -181,30 +260,40 @@ TEST(GpuTileScheduler, CudaGraphCapture) {
     TestMask mask = testing::catalogue_test_mask("causal_blockwise", s, 6, rng);
     const DeviceIndices device(mask, s);
     const MaskView host_view = mask.mask_view(s);
-    const TileOrderShape shape =
-        cuda::make_tile_order_shape(host_view, s.batch, s.q_heads, s.kv_heads, TileAxis::QueryBlocks, kBlockM, kBlockN);
+    const TileOrderShape shape = cuda::make_tile_order_shape(host_view, s.batch, s.q_heads, s.kv_heads,
+                                                             TileAxis::QueryBlocks, kBlockM, kBlockN, kH100Slots);
     const HostOrder expected = host_order(shape, host_view, kBlockN);
-    DeviceBuffer<int32_t> result(expected.order.size());
+    ASSERT_GT(expected.heavy_ranks, 0) << "8 query blocks x 8 pairs per section against 264 slots: a heavy prefix";
+    DeviceBuffer<int32_t> result(expected.order.size()), heavy_ranks(1);
 
+    cuda::allow_shared_memory(slot_probe_kernel, kSlotProbeSmemBytes);
+    const int32_t slots = cuda::resident_block_slots(slot_probe_kernel, kSlotProbeThreads, kSlotProbeSmemBytes, 1);
+    int32_t captured_slots = 0;
     cudaStream_t stream = nullptr;
     FM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
     FM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     {
+        captured_slots = cuda::resident_block_slots(slot_probe_kernel, kSlotProbeThreads, kSlotProbeSmemBytes, 1);
         const cuda::BlockSummaries summaries(device.view, s.batch, s.q_heads, kBlockN, stream);
         const cuda::TileScheduler tiles(device.view, s.batch, s.q_heads, s.kv_heads, TileAxis::QueryBlocks, kBlockM,
-                                        summaries.table(), stream);
+                                        summaries.table(), kH100Slots, stream);
         FM_CUDA_CHECK(cudaMemcpyAsync(result.get(), tiles.order(), expected.order.size() * sizeof(int32_t),
                                       cudaMemcpyDeviceToDevice, stream));
+        FM_CUDA_CHECK(cudaMemcpyAsync(heavy_ranks.get(), tiles.heavy_ranks(), sizeof(int32_t), cudaMemcpyDeviceToDevice,
+                                      stream));
     }  // the scratch is freed inside the capture: free nodes
     FM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    EXPECT_EQ(captured_slots, slots);
     FM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     for (int replay = 0; replay < 2; ++replay) {
         result.poison();
+        heavy_ranks.poison();
         FM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
         FM_CUDA_CHECK(cudaStreamSynchronize(stream));
         EXPECT_EQ(result.to_host(), expected.order) << "replay " << replay;
+        EXPECT_EQ(heavy_ranks.to_host().at(0), expected.heavy_ranks) << "replay " << replay;
     }
     FM_CUDA_CHECK(cudaGraphExecDestroy(exec));
     FM_CUDA_CHECK(cudaGraphDestroy(graph));

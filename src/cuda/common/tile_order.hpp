@@ -15,13 +15,27 @@
 // Partial and Full tiles count 1 each: the kernels' rule that a Full tile of a ragged last key
 // block runs as Partial changes no count, it never turns a tile into Skipped or back.
 //
-// CTA order (TileSchedule::at). (batch, head) pairs keep today's batch-major, head-minor order,
-// grouped into sections of kHeadsPerSection consecutive pairs. Inside a section the CTAs go
-// rank-major: rank 0 (each head's heaviest block) for every head of the section, then rank 1, and
-// so on. The CTAs that run together thus cover the K/V of one section only (L2 locality, as the
+// CTA order (TileSchedule::at). Rank r of a (batch, head) is its r-th heaviest block. Two parts:
+//   1. the heavy prefix: ranks [0, R) rank-major over ALL (batch, head) pairs (rank 0 of every
+//      pair, then rank 1, ...), pairs in batch-major, head-minor order;
+//   2. the rest: the pairs grouped into sections of kHeadsPerSection consecutive pairs, and
+//      inside a section ranks [R, blocks) rank-major over its pairs.
+// Sections keep the CTAs that run together on the K/V of a few heads (L2 locality, as the
 // head-major order had), and the last section, which forms the grid's tail, ends with its
-// lightest blocks. Ties keep the kernels' earlier order: higher query blocks first (for
-// causal-like masks the heavier ones), lower key blocks first.
+// lightest blocks. But a CTA longer than a section's whole run (causal_blockwise: ~128 key blocks
+// against ~18.6 on average per query block at 8K, ~0.5 ms alone, a third of the kernel) still
+// ends late when its section is the last one: it starts with that section and runs alone after
+// it. The prefix starts every such CTA at the beginning of the grid, where the rest hides it; the
+// light ranks keep the sections' locality. R (its rule: kHeavyFraction below) is computed on the
+// device by the order kernel; R = 0 is the sections-only order exactly. Measured on an H100 (2026-11-25,
+// one call, forward bf16, N = 8K, B 2, H 32, D 128, TFLOP/s), before the prefix existed:
+//                     full  causal_blockwise  prefix_lm_causal  qk_sparse  document
+//   sections of 8:     331               203               342        331       270
+//   one section (64):  310               238               300        301       268
+// A global rank-major order fixes causal_blockwise's tail but costs 7-12 % on dense masks by
+// losing the L2 locality of K/V: hence a global order for the heavy ranks only.
+// Ties keep the kernels' earlier order: higher query blocks first (for causal-like masks the
+// heavier ones), lower key blocks first.
 #pragma once
 
 #include <algorithm>
@@ -50,6 +64,40 @@ enum class TileAxis : int32_t {
 //     with its light blocks after its heavy ones.
 inline constexpr int32_t kHeadsPerSection = 8;
 
+// The heavy prefix (top of this file): which ranks run first over all pairs.
+//
+// While one section runs, its CTAs share the kernel's cta_slots (SMs x resident CTAs per SM), so
+// each slot does about
+//     slot_work = section_pairs x W / cta_slots                                   tiles,
+// W being the work of one (batch, head), i.e. the sum of its blocks' work, and section_pairs =
+// min(kHeadsPerSection, batch x heads). Every pair that an order head stands for does that order
+// head's whole work W (its heads_per_order_head pairs share the order, not the work), so a
+// section's work is section_pairs x W whatever heads_per_order_head is. Each order CTA knows only
+// its own W: with per-head masks the estimate is "a section of heads like this one".
+// A block is heavy when its work exceeds kHeavyFraction x slot_work, and R is the fewest ranks that
+// put every heavy block of every order head in the prefix: 1 + the last rank holding one (ranks
+// are heaviest first, so up to work bins that is the number of heavy ranks), the maximum over the
+// order heads.
+//
+// kHeavyFraction = 1, the break-even point: heaviest-first starts a section's heaviest CTAs with
+// the section; one heavier than slot_work is still running when the section's other CTAs have
+// drained the slots, so in the last section it alone sets the kernel's end, while a lighter one
+// ends under the section's own work. A CTA left alone on its SM runs faster than when sharing it,
+// which would allow a larger fraction, but erring low is the cheap side: a rank moved into the
+// prefix loses only its own L2 locality, a heavy rank left out costs the whole tail.
+// Check at N = 8K, B 2, H 32, 264 slots, forward (64 query blocks, up to 128 key blocks each;
+// the catalogue's benchmark masks, seed 0, R from the host twin):
+//   * causal_blockwise, W ~ 64 x 18.6 ~ 1190, slot_work ~ 8 x 1190 / 264 ~ 36: its last
+//     document's blocks of up to 128 tiles are heavy, R = 3;
+//   * prefix_lm_causal, W ~ 4400, slot_work ~ 133 > 128, the most a block can see: R = 0;
+//   * qk_sparse (~61 on average), slot_work ~ 118: R = 5, its blocks of 119-128 tiles, just
+//     above the line, where moving them gains and costs little either way;
+//   * global_sliding_window: R = 1, the global tokens' query block (128 tiles against ~41).
+// Short sequences (kHeadsPerSection x blocks < cta_slots: several sections run at once) get a
+// slot_work below the average block and a long prefix, tending to the global rank-major order:
+// there is no section-sized working set to keep in L2 there anyway.
+inline constexpr double kHeavyFraction = 1.0;
+
 // Histogram bins of the device counting sort, one int32 each: 32 KB of shared memory, under the
 // 48 KB a kernel gets without opting in. Work values up to kWorkBuckets - 1 (e.g. 8191 key blocks
 // of 64 = 512K keys) sort exactly; larger ones are bucketed by a right shift (work_bucket_shift).
@@ -77,16 +125,19 @@ struct TileOrderShape {
     int32_t summary_heads = 0, key_blocks = 0;
     int32_t query_heads_per_kv_head = 1, query_heads_per_mask_head = 1;
     int32_t bucket_shift = 0, buckets = 1;  // work w sorts by bin w >> bucket_shift, bins [0, buckets)
+    int32_t cta_slots = 1;  // blocks of the kernel that run at once (resident CTAs); sets the heavy prefix
 
     FM_HOST_DEVICE int64_t order_pairs() const { return int64_t(order_batches) * order_heads; }
     FM_HOST_DEVICE int64_t ctas() const { return int64_t(batch) * heads * blocks; }
 };
 
 // The shape of the order for one call: `heads` of the CTAs are q_heads (QueryBlocks) or kv_heads
-// (KeyBlocks); block_m query rows by block_n keys per tile, as the kernel that will use it. Throws
+// (KeyBlocks); block_m query rows by block_n keys per tile, as the kernel that will use it;
+// cta_slots: how many of its blocks run at once (SMs x resident CTAs per SM, divided by the CTAs
+// per block when a block's work is split over several, each looping over all its tiles). Throws
 // Error(Unsupported) when the grid or a work value would not fit int32.
 inline TileOrderShape make_tile_order_shape(const MaskView& mask, int32_t batch, int32_t q_heads, int32_t kv_heads,
-                                            TileAxis axis, int32_t block_m, int32_t block_n) {
+                                            TileAxis axis, int32_t block_m, int32_t block_n, int32_t cta_slots) {
     auto refuse = [](const std::string& what) {
         throw Error(ErrorCode::InvalidArgument, "", "flashmask tile order: " + what);
     };
@@ -95,6 +146,7 @@ inline TileOrderShape make_tile_order_shape(const MaskView& mask, int32_t batch,
         refuse("kv_heads = " + std::to_string(kv_heads) + " must divide q_heads = " + std::to_string(q_heads));
     if (block_m < 1 || block_n < 1)
         refuse("block_m and block_n must be >= 1, got " + std::to_string(block_m) + " and " + std::to_string(block_n));
+    if (cta_slots < 1) refuse("cta_slots must be >= 1, got " + std::to_string(cta_slots));
     const bool shared = mask.layout == MaskLayout::None;
     const int32_t per_mask_head = shared ? q_heads : mask.query_heads_per_mask_head;
     if (per_mask_head < 1 || q_heads % per_mask_head != 0)
@@ -106,6 +158,7 @@ inline TileOrderShape make_tile_order_shape(const MaskView& mask, int32_t batch,
     s.batch = batch;
     s.nq = mask.nq;
     s.block_m = block_m;
+    s.cta_slots = cta_slots;
     s.query_heads_per_kv_head = q_heads / kv_heads;
     s.query_heads_per_mask_head = per_mask_head;
     s.summary_heads = q_heads / per_mask_head;
@@ -191,34 +244,64 @@ FM_HOST_DEVICE int32_t tie_order_block(TileAxis axis, int32_t blocks, int32_t po
     return axis == TileAxis::QueryBlocks ? blocks - 1 - position : position;
 }
 
+// The (batch, head) pairs of a full section: all of them when the grid has fewer.
+FM_HOST_DEVICE int64_t section_pairs(const TileOrderShape& s) {
+    const int64_t pairs = int64_t(s.batch) * s.heads;
+    return pairs < kHeadsPerSection ? pairs : kHeadsPerSection;
+}
+
+// The work above which a block of an order head is heavy (see kHeavyFraction), given the work of
+// all its blocks. Doubles, for any size without overflow: multiplications and one division only,
+// nothing to contract into an FMA, each correctly rounded on host and device alike, so the host
+// twin and the kernel draw the line at the very same place.
+FM_HOST_DEVICE double heavy_work_threshold(const TileOrderShape& s, int64_t order_head_work) {
+    return kHeavyFraction * (double(section_pairs(s)) * double(order_head_work) / double(s.cta_slots));
+}
+
+FM_HOST_DEVICE bool is_heavy(int32_t work, double threshold) { return double(work) > threshold; }
+
 struct TileCoordinates {
     int32_t batch, head, block;
 };
 
 // What a kernel needs to turn its linear CTA index into (batch, head, block): see the top of this
 // file for the order. A bijection from [0, batch * heads * blocks) onto every (batch, head,
-// block) for any sizes, the last section holding what is left of the pairs.
+// block) for any sizes and any heavy prefix R in [0, blocks], the last section holding what is
+// left of the pairs.
 struct TileSchedule {
     // [order batches, order heads, blocks]: the blocks of each order heaviest first. Null: every
     // order is the tie order (no index tensor: full or plain causal attention, whose work per block
     // is monotone in that order, so sorting would not move anything).
     const int32_t* order = nullptr;
+    // R, the ranks that go first over all pairs, written by the order kernel. Null: R = 0.
+    const int32_t* heavy_ranks = nullptr;
     int64_t order_stride_batch = 0, order_stride_head = 0;
     int32_t heads = 1, blocks = 0, pairs = 0;  // pairs = batch * heads
     int32_t heads_per_order_head = 1;
-    int32_t section_ctas = 1;  // kHeadsPerSection * blocks; clamped to int32 (then there is one section)
     TileAxis axis = TileAxis::QueryBlocks;
 
     // cta in [0, pairs * blocks).
     FM_HOST_DEVICE TileCoordinates at(int32_t cta) const {
         // Unsigned 32-bit arithmetic: every value is below 2^31 (make_tile_order_shape checks the grid).
-        const uint32_t section = uint32_t(cta) / uint32_t(section_ctas);
-        const uint32_t offset = uint32_t(cta) - section * uint32_t(section_ctas);
-        const uint32_t first_pair = section * uint32_t(kHeadsPerSection);
-        const uint32_t left = uint32_t(pairs) - first_pair;
-        const uint32_t section_pairs = left < uint32_t(kHeadsPerSection) ? left : uint32_t(kHeadsPerSection);
-        const uint32_t rank = offset / section_pairs;
-        const uint32_t pair = first_pair + (offset - rank * section_pairs);
+        const uint32_t heavy = heavy_ranks != nullptr ? uint32_t(*heavy_ranks) : 0u;
+        const uint32_t all_pairs = uint32_t(pairs), heavy_ctas = heavy * all_pairs;  // <= the grid
+        uint32_t rank, pair;
+        if (uint32_t(cta) < heavy_ctas) {  // the heavy prefix: rank-major over all pairs
+            rank = uint32_t(cta) / all_pairs;
+            pair = uint32_t(cta) - rank * all_pairs;
+        } else {  // sections of kHeadsPerSection pairs over the light ranks [heavy, blocks)
+            const uint32_t rest = uint32_t(cta) - heavy_ctas;
+            const uint32_t light_ranks = uint32_t(blocks) - heavy;  // >= 1: rest < all_pairs * light_ranks
+            // rest / (kHeadsPerSection * light_ranks), whose divisor may not fit 32 bits.
+            const uint32_t section = rest / light_ranks / uint32_t(kHeadsPerSection);
+            const uint32_t offset = rest - section * uint32_t(kHeadsPerSection) * light_ranks;  // <= rest
+            const uint32_t first_pair = section * uint32_t(kHeadsPerSection);
+            const uint32_t left = all_pairs - first_pair;
+            const uint32_t pairs_here = left < uint32_t(kHeadsPerSection) ? left : uint32_t(kHeadsPerSection);
+            const uint32_t light_rank = offset / pairs_here;
+            rank = heavy + light_rank;
+            pair = first_pair + (offset - light_rank * pairs_here);
+        }
         const int32_t batch = int32_t(pair / uint32_t(heads)), head = int32_t(pair % uint32_t(heads));
         const int32_t order_head = head / heads_per_order_head;
         const int32_t block = order != nullptr
@@ -229,18 +312,17 @@ struct TileSchedule {
 };
 
 // The schedule of `shape` reading `order` (laid out [order batches, order heads, blocks]; null:
-// the tie order).
-inline TileSchedule make_tile_schedule(const TileOrderShape& shape, const int32_t* order) {
+// the tie order) and the heavy prefix R at `heavy_ranks` (null: 0).
+inline TileSchedule make_tile_schedule(const TileOrderShape& shape, const int32_t* order, const int32_t* heavy_ranks) {
     TileSchedule t;
     t.order = order;
+    t.heavy_ranks = heavy_ranks;
     t.order_stride_head = shape.blocks;
     t.order_stride_batch = shape.order_batches == 1 ? 0 : int64_t(shape.order_heads) * shape.blocks;  // shared by batches
     t.heads = shape.heads > 0 ? shape.heads : 1;
     t.blocks = shape.blocks;
     t.pairs = int32_t(int64_t(shape.batch) * shape.heads);  // <= the grid, checked to fit int32
     t.heads_per_order_head = shape.heads_per_order_head;
-    const int64_t section_ctas = int64_t(kHeadsPerSection) * shape.blocks;
-    t.section_ctas = int32_t(std::clamp<int64_t>(section_ctas, 1, std::numeric_limits<int32_t>::max()));
     t.axis = shape.axis;
     return t;
 }
@@ -280,6 +362,26 @@ inline std::vector<int32_t> host_tile_order(const TileOrderShape& s, const std::
         });
     }
     return order;
+}
+
+// R, the heavy prefix (see kHeavyFraction): per order head, 1 + the last rank of `order` whose
+// block is heavy against that order head's threshold; the maximum over order heads, 0 if none.
+// The device kernel computes the same with the same heavy_work_threshold() and is_heavy().
+inline int32_t host_heavy_prefix_ranks(const TileOrderShape& s, const std::vector<int32_t>& work,
+                                       const std::vector<int32_t>& order) {
+    int32_t heavy_ranks = 0;
+    for (int64_t pair = 0; pair < s.order_pairs(); ++pair) {
+        const int32_t* pair_work = work.data() + pair * s.blocks;
+        const int32_t* pair_order = order.data() + pair * s.blocks;
+        const int64_t order_head_work = std::accumulate(pair_work, pair_work + s.blocks, int64_t(0));
+        const double threshold = heavy_work_threshold(s, order_head_work);
+        for (int32_t rank = s.blocks - 1; rank >= heavy_ranks; --rank)
+            if (is_heavy(pair_work[pair_order[rank]], threshold)) {
+                heavy_ranks = rank + 1;
+                break;
+            }
+    }
+    return heavy_ranks;
 }
 
 }  // namespace flashmask::cuda

@@ -5,14 +5,16 @@
 // Cost: one launch of order_batches * order_heads CTAs (one per mask head, or per KV head on the
 // key-block axis; one in all without an index tensor), each doing blocks x other_blocks classify()
 // calls on 32-byte summaries it reads from L2 (O(B * Hm * query blocks * key blocks) in all, Hm ->
-// Hq for the key-block axis) plus a counting sort of its blocks. No launch at all without an index
-// tensor: full and plain causal attention keep the tie order, which is already sorted.
+// Hq for the key-block axis) plus a counting sort of its blocks, and a 4-byte memset for the heavy
+// prefix R. No launch at all without an index tensor: full and plain causal attention keep the tie
+// order, which is already sorted, and R = 0.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "cuda/common/check.hpp"
 #include "cuda/common/tile_order.hpp"
@@ -21,11 +23,35 @@
 namespace flashmask::cuda {
 
 // For every (order batch, order head) of `shape`: writes each block's work into `work` and the
-// blocks heaviest first into `order`, both [order batches, order heads, blocks] in device memory.
-// `summaries` is the call's table at the key-block granularity `shape` was made for. Runs the
-// sort for any mask layout (the host class below skips it when no index tensor makes it moot).
+// blocks heaviest first into `order`, both [order batches, order heads, blocks] in device memory,
+// and the heavy prefix R (host_heavy_prefix_ranks(), tile_order.hpp) into the device int32
+// `heavy_ranks`. `summaries` is the call's table at the key-block granularity `shape` was made
+// for. Runs the sort for any mask layout (the host class below skips it when no index tensor
+// makes it moot).
 void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order, int32_t* work,
-                        cudaStream_t stream);
+                        int32_t* heavy_ranks, cudaStream_t stream);
+
+// The blocks of `kernel` that run at once on the current device, the cta_slots of its schedule:
+// SMs x its resident CTAs per SM at `threads` threads and `dynamic_smem_bytes` of shared memory
+// (ask after opting in to that much, allow_shared_memory()), divided by `ctas_per_block` when
+// each block's work is split over that many CTAs that each loop over all its tiles (column
+// splits). Host calls only, legal during stream capture.
+template <typename Kernel>
+int32_t resident_block_slots(Kernel kernel, int threads, int dynamic_smem_bytes, int ctas_per_block) {
+    if (ctas_per_block < 1)
+        throw Error(ErrorCode::InvalidArgument, "", "resident_block_slots: ctas_per_block must be >= 1, got " +
+                                                        std::to_string(ctas_per_block));
+    int device = 0, sms = 0, per_sm = 0;
+    FM_CUDA_CHECK(cudaGetDevice(&device));
+    FM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    FM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, std::size_t(dynamic_smem_bytes)));
+    if (per_sm < 1)
+        throw Error(ErrorCode::Unsupported, "",
+                    "flashmask tile scheduler: the kernel fits no CTA of " + std::to_string(threads) + " threads and " +
+                        std::to_string(dynamic_smem_bytes) + " bytes of dynamic shared memory on an SM");
+    const int32_t slots = sms * per_sm / ctas_per_block;
+    return slots > 0 ? slots : 1;  // fewer slots than CTAs per block: one block at a time
+}
 
 // The order of one call, built on `stream` into scratch memory owned by this object (stream
 // ordered and legal inside CUDA graph capture, as BlockSummaries). Keep it alive until the kernel
@@ -34,21 +60,23 @@ class TileScheduler {
 public:
     // heads of the CTAs: q_heads (QueryBlocks) or kv_heads (KeyBlocks). block_m: the kernel's
     // query rows per block; the key-block granularity is the summaries' (table.block_n), which
-    // must be the kernel's too.
+    // must be the kernel's too. cta_slots: resident_block_slots() of the kernel.
     TileScheduler(const MaskView& mask, int32_t batch, int32_t q_heads, int32_t kv_heads, TileAxis axis,
-                  int32_t block_m, const SummaryTable& summaries, cudaStream_t stream)
-        : shape_(make_tile_order_shape(mask, batch, q_heads, kv_heads, axis, block_m, summaries.block_n)),
+                  int32_t block_m, const SummaryTable& summaries, int32_t cta_slots, cudaStream_t stream)
+        : shape_(make_tile_order_shape(mask, batch, q_heads, kv_heads, axis, block_m, summaries.block_n, cta_slots)),
           sorted_(mask.layout != MaskLayout::None && shape_.ctas() > 0),
-          scratch_(sorted_ ? 2 * sizeof(int32_t) * std::size_t(shape_.order_pairs()) * shape_.blocks : 0, stream) {
-        if (sorted_) compute_tile_order(shape_, summaries, order(), work(), stream);
-        schedule_ = make_tile_schedule(shape_, sorted_ ? order() : nullptr);
+          scratch_(sorted_ ? sizeof(int32_t) * (2 * std::size_t(shape_.order_pairs()) * shape_.blocks + 1) : 0, stream) {
+        if (sorted_) compute_tile_order(shape_, summaries, order(), work(), heavy_ranks(), stream);
+        schedule_ = make_tile_schedule(shape_, order(), heavy_ranks());
     }
 
     const TileSchedule& schedule() const { return schedule_; }
     const TileOrderShape& shape() const { return shape_; }
-    // [order batches, order heads, blocks] device arrays; null when no sort ran (no index tensor).
+    // [order batches, order heads, blocks] device arrays, then R (one device int32); null when no
+    // sort ran (no index tensor: the tie order, R = 0).
     int32_t* order() const { return sorted_ ? scratch_.as<int32_t>() : nullptr; }
-    int32_t* work() const { return sorted_ ? scratch_.as<int32_t>() + shape_.order_pairs() * shape_.blocks : nullptr; }
+    int32_t* work() const { return sorted_ ? order() + shape_.order_pairs() * shape_.blocks : nullptr; }
+    int32_t* heavy_ranks() const { return sorted_ ? work() + shape_.order_pairs() * shape_.blocks : nullptr; }
 
 private:
     TileOrderShape shape_;

@@ -112,26 +112,28 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
 
     {
         const BlockSummaries summaries(p.mask, p.batch, p.q_heads, DkDvT::kBlockN, stream);
-        // Heaviest key blocks first, work counted with the kernel's kBlockM x kBlockN tiles.
-        const TileScheduler tiles(p.mask, p.batch, p.q_heads, p.kv_heads, TileAxis::KeyBlocks, DkDvT::kBlockM,
-                                  summaries.table(), stream);
         constexpr int kSmem = DkDvSmem<Element, kHeadDim>::kBytes;
-        const unsigned grid = scheduled_ctas(tiles, DkDvT::kColSplits, "backward_dkdv_kernel");
         auto kernel = deterministic ? backward_dkdv_kernel<Element, kHeadDim, false>
                                     : backward_dkdv_kernel<Element, kHeadDim, true>;
         allow_shared_memory(kernel, kSmem);
+        // Heaviest key blocks first, work counted with the kernel's kBlockM x kBlockN tiles.
+        const TileScheduler tiles(p.mask, p.batch, p.q_heads, p.kv_heads, TileAxis::KeyBlocks, DkDvT::kBlockM,
+                                  summaries.table(),
+                                  resident_block_slots(kernel, DkDvT::kThreads, kSmem, DkDvT::kColSplits), stream);
+        const unsigned grid = scheduled_ctas(tiles, DkDvT::kColSplits, "backward_dkdv_kernel");
         kernel<<<grid, DkDvT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), tiles.schedule(), scratch);
         check_launch("flashmask backward: backward_dkdv_kernel");
     }
 
     if (deterministic) {
         const BlockSummaries summaries(p.mask, p.batch, p.q_heads, DqT::kBlockN, stream);
-        const TileScheduler tiles(p.mask, p.batch, p.q_heads, p.kv_heads, TileAxis::QueryBlocks, DqT::kBlockM,
-                                  summaries.table(), stream);
         constexpr int kSmem = DqSmem<Element, kHeadDim>::kBytes;
-        const unsigned grid = scheduled_ctas(tiles, DqT::kColSplits, "backward_dq_kernel");
         auto kernel = backward_dq_kernel<Element, kHeadDim>;
         allow_shared_memory(kernel, kSmem);
+        const TileScheduler tiles(p.mask, p.batch, p.q_heads, p.kv_heads, TileAxis::QueryBlocks, DqT::kBlockM,
+                                  summaries.table(), resident_block_slots(kernel, DqT::kThreads, kSmem, DqT::kColSplits),
+                                  stream);
+        const unsigned grid = scheduled_ctas(tiles, DqT::kColSplits, "backward_dq_kernel");
         kernel<<<grid, DqT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), tiles.schedule(), scratch);
         check_launch("flashmask backward: backward_dq_kernel");
     } else {

@@ -400,10 +400,11 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
     constexpr int kSmemBytes = int(sizeof(SharedStorage<Element, kHeadDim>));
     check_shared_memory("forward", kSmemBytes, "forward_kernel");  // before any work is queued
 
+    if (kSmemBytes > kDefaultDynamicSmem) allow_shared_memory(kernel, kSmemBytes);  // before the occupancy query
     const BlockSummaries summaries(p.mask, p.batch, p.q_heads, Traits::kBlockN, stream);
     // Work counted with the kernel's own tiles: kBlockM query rows by the summaries' kBlockN keys.
     const TileScheduler tiles(p.mask, p.batch, p.q_heads, p.kv_heads, TileAxis::QueryBlocks, Traits::kBlockM,
-                              summaries.table(), stream);
+                              summaries.table(), resident_block_slots(kernel, Traits::kThreads, kSmemBytes, 1), stream);
     const KernelOperand q(p.q, p.batch, p.nq, p.q_heads, p.head_dim, stream);
     const KernelOperand k(p.k, p.batch, p.nk, p.kv_heads, p.head_dim, stream);
     const KernelOperand v(p.v, p.batch, p.nk, p.kv_heads, p.value_dim, stream);
@@ -417,7 +418,6 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
     kernel_problem.v = v.operand();
     kernel_problem.out = out.operand();
 
-    if (kSmemBytes > kDefaultDynamicSmem) allow_shared_memory(kernel, kSmemBytes);
     kernel<<<unsigned(ctas), Traits::kThreads, kSmemBytes, stream>>>(kernel_problem, summaries.table(), tiles.schedule());
     check_launch("flashmask sm80 forward_kernel");
     out.copy_out();
