@@ -303,14 +303,8 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         const int32_t head = first_head + head_index, row0 = q_block * kBlockM;
         const Element* const q_rows = element_at<Element>(p.q, batch, row0, head);
         const Element* const do_rows = element_at<Element>(p.dout, batch, row0, head);
-        if constexpr (kTileLoaderFits<QTile, kThreads>) {  // per-thread offsets formed once (D = 64, 128)
-            const TileLoader<QTile, kThreads> loader(threadIdx.x);
-            loader.load_async(q_smem + stage * QTile::kElements, q_rows, p.q.stride[1], p.nq - row0);
-            loader.load_async(do_smem + stage * QTile::kElements, do_rows, p.dout.stride[1], p.nq - row0);
-        } else {
-            load_tile_async<QTile, kThreads>(q_smem + stage * QTile::kElements, q_rows, p.q.stride[1], p.nq - row0);
-            load_tile_async<QTile, kThreads>(do_smem + stage * QTile::kElements, do_rows, p.dout.stride[1], p.nq - row0);
-        }
+        load_tile_async<QTile, kThreads>(q_smem + stage * QTile::kElements, q_rows, p.q.stride[1], p.nq - row0);
+        load_tile_async<QTile, kThreads>(do_smem + stage * QTile::kElements, do_rows, p.dout.stride[1], p.nq - row0);
         constexpr int kRowChunks = kBlockM * int(sizeof(float)) / kCopyBytes;  // 16-byte chunks of kBlockM floats
         static_assert(2 * kRowChunks <= kThreads, "one chunk per thread");
         const int64_t scratch_row = scratch.row(batch, head, p.q_heads, row0);
