@@ -31,8 +31,9 @@ template <int kHeadDim> struct DkDvTraits;
 
 // D = 64 and 128: 8 warps x 16 keys = 128 keys per CTA, 64 queries per step. Registers per
 // thread: dK + dV accumulators 2 * (D / 8) * 4 floats (64 / 128), then S^T or dP^T (32 floats)
-// and the packed P^T (16): -Xptxas -v reports 254 (255 in deterministic mode) at D = 128 and
-// 214 at D = 64 (sm_90a, no spills), so one CTA of 256 threads per SM. Shared memory at D = 128: K, V 2 * 32 KB + Q, dO
+// and the packed P^T (16): -Xptxas -v reports 255 at D = 128 (28 bytes of spills with the dQ
+// reductions, 12 in deterministic mode, reloaded once per tile) and 222 at D = 64 (sm_90a, no
+// spills), so one CTA of 256 threads per SM. Shared memory at D = 128: K, V 2 * 32 KB + Q, dO
 // double-buffered 4 * 16 KB + dS^T double-buffered 2 * 16 KB = 161 KB with LSE / Di (fits the
 // 163 KB of sm_80 and the 227 KB of sm_90, not the 99 KB of sm_86 / sm_89: refused there).
 // Measured (H100, 8192, B 2, H 32, bf16): 4 warps x 2 CTAs per SM at D = 128 ran no faster.
@@ -50,7 +51,7 @@ template <> struct DkDvTraits<128> {
 // so the grid's y dimension splits the output columns into halves of 128; S^T and dP^T are
 // recomputed in full by both halves. K and V of 128 keys x 256 would take 128 KB on their own,
 // so 4 warps (64 keys): K, V 2 * 32 KB + Q, dO double-buffered 4 * 32 KB + dS^T 2 * 8 KB = 209 KB
-// (sm_90 only; sm_80's 163 KB is refused). ptxas: 255 registers, 28 bytes of spills.
+// (sm_90 only; sm_80's 163 KB is refused). ptxas: 255 registers, no spills.
 template <> struct DkDvTraits<256> {
     static constexpr int kWarps = 4;
     static constexpr int kBlockM = 64;
@@ -61,7 +62,7 @@ template <> struct DkDvTraits<256> {
 template <int kHeadDim> struct DqTraits;
 
 // 8 warps x 16 queries = 128 queries per CTA, 64 keys per step: S and dP are 16 x 64 per warp
-// (2 * 32 floats), the dQ accumulator (D / 8) * 4 floats: 217 registers at D = 128 (sm_90a). Shared
+// (2 * 32 floats), the dQ accumulator (D / 8) * 4 floats: 207 registers at D = 128 (sm_90a). Shared
 // memory at D = 128: Q, dO 2 * 32 KB + K, V double-buffered 4 * 16 KB = 128 KB.
 template <> struct DqTraits<64> {
     static constexpr int kWarps = 8;
