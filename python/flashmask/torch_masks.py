@@ -643,18 +643,6 @@ def window(nq: int, nk: int, left: int, right: int, causal: bool = False, *, bat
     return Mask(indices.contiguous(), bool(causal))
 
 
-def _window_bounds(window_size, where: str) -> Tuple[int, int]:
-    """(left, right) from window_size: None (unbounded), one int for both, or a pair; a
-    negative bound is unbounded (FlashAttention's -1)."""
-    if window_size is None:
-        return -1, -1
-    pair = (window_size, window_size) if isinstance(window_size, (int, np.integer)) else tuple(window_size)
-    if len(pair) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) for b in pair):
-        raise refusal(TypeError, "window_size",
-                      f"{where}: window_size must be None, an int or a pair (left, right) of ints; got {window_size!r}")
-    return int(pair[0]), int(pair[1])
-
-
 def varlen(cu_seqlens_q, cu_seqlens_k=None, *, causal: bool = False, window_size=None,
            device: DeviceLike = None) -> Mask:
     """The mask of FlashAttention's flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
@@ -667,7 +655,8 @@ def varlen(cu_seqlens_q, cu_seqlens_k=None, *, causal: bool = False, window_size
     (self-attention). Nq = total_q, Nk = total_k. When the two are equal and causal, the mask
     is causal (C = 1: the kernels skip the upper triangle); otherwise not causal, C = 2."""
     where = "varlen"
-    left, right = _window_bounds(window_size, where)
+    from .torch_op import _window_bounds  # the one window_size parser; None here means unbounded
+    left, right = (-1, -1) if window_size is None else _window_bounds(window_size, where)
     if device is None and isinstance(cu_seqlens_q, torch.Tensor):
         device = cu_seqlens_q.device
     device = _device(device)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -235,16 +236,23 @@ attention_forward_op.register_autograd(_differentiate, setup_context=_setup_cont
 # --------------------------------------------------------------------------------------------
 
 
-def _window_bounds(window_size) -> Tuple[int, int]:
-    """(left, right) from Paddle's / FlashAttention's window_size: an int w means (w, w); a
-    negative bound is unbounded."""
-    if isinstance(window_size, int) and not isinstance(window_size, bool):
-        return window_size, window_size
-    if (isinstance(window_size, (tuple, list)) and len(window_size) == 2
-            and all(isinstance(b, int) and not isinstance(b, bool) for b in window_size)):
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _window_bounds(window_size, where: Optional[str] = None) -> Tuple[int, int]:
+    """(left, right) from Paddle's / FlashAttention's window_size: one int w means (w, w), or a
+    pair; a negative bound is unbounded. The one parser of window_size: flashmask_attention's
+    (where None: its refusal) and the mask builders' (where: the builder's name)."""
+    if _is_int(window_size):
+        return int(window_size), int(window_size)
+    if isinstance(window_size, (tuple, list)) and len(window_size) == 2 and all(_is_int(b) for b in window_size):
         return int(window_size[0]), int(window_size[1])
-    raise _refused(TypeError, "window_size", f"got {window_size!r}, expected (left, right) as two ints or one int "
-                                             "for both (a negative bound is unbounded)")
+    message = (f"got {window_size!r}, expected a pair (left, right) of ints or one int for both (a negative "
+               "bound is unbounded)")
+    if where is None:
+        raise _refused(TypeError, "window_size", message)
+    raise refusal(TypeError, "window_size", f"{where}: window_size: {message}")
 
 
 def window_indices(nq, nk, window_size, causal: bool = False, *, batch=1,
