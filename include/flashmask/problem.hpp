@@ -13,6 +13,13 @@ namespace flashmask {
 struct Operand {
     void* data = nullptr;
     int64_t stride[4] = {0, 0, 0, 0};
+
+    // Element (i0, i1, i2, 0) as a T*: a row of the contiguous last dimension (BSHD: [b, s, h, :];
+    // LSE: [b, h, row]).
+    template <typename T>
+    FM_HOST_DEVICE T* at(int64_t i0, int64_t i1, int64_t i2) const {
+        return static_cast<T*>(data) + i0 * stride[0] + i1 * stride[1] + i2 * stride[2];
+    }
 };
 
 struct AttentionProblem {

@@ -15,11 +15,6 @@ namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-// Element [b, s, h, 0] of a float64 BSHD operand (the last dimension is contiguous).
-double* row_pointer(const Operand& operand, int64_t b, int64_t s, int64_t h) {
-    return static_cast<double*>(operand.data) + b * operand.stride[0] + s * operand.stride[1] + h * operand.stride[2];
-}
-
 // out[d] += weight * x[d] for d < n.
 void add_scaled(double* out, double weight, const double* x, int32_t n) {
     for (int32_t d = 0; d < n; ++d) out[d] += weight * x[d];
@@ -50,7 +45,7 @@ struct Classification {
 double score_row(const Classification& c, int32_t b, int32_t h, int32_t i, std::vector<double>& scores) {
     const AttentionProblem& p = c.p;
     const int32_t kvh = p.kv_head(h), mask_head = p.mask.mask_head(h);
-    const double* q = row_pointer(p.q, b, i, h);
+    const double* q = p.q.at<double>(b, i, h);
     const double scale = p.scale;
     double row_max = kNegInf;
     for (int32_t kv_block = 0; kv_block < c.kv_blocks; ++kv_block) {
@@ -59,7 +54,7 @@ double score_row(const Classification& c, int32_t b, int32_t h, int32_t i, std::
         for (int32_t j = first; j < end; ++j) {
             const bool hidden = kind == TileKind::Skipped ||
                                 (kind == TileKind::Partial && column_intervals(p.mask, b, mask_head, j).masks(i));
-            scores[j] = hidden ? kNegInf : scale * dot_product(q, row_pointer(p.k, b, j, kvh), p.head_dim);
+            scores[j] = hidden ? kNegInf : scale * dot_product(q, p.k.at<double>(b, j, kvh), p.head_dim);
             row_max = std::max(row_max, scores[j]);
         }
     }
@@ -87,13 +82,13 @@ void forward_row(const Classification& c, int64_t item, std::vector<double>& sco
     const AttentionProblem& p = c.p;
     const auto [b, h, i] = row_of(p, item);
     const int32_t kvh = p.kv_head(h);
-    double* out = row_pointer(p.out, b, i, h);
+    double* out = p.out.at<double>(b, i, h);
     std::fill(out, out + p.value_dim, 0.0);
     const double lse = log_sum_exp(scores, p.nk, score_row(c, b, h, i, scores));
-    static_cast<float*>(p.lse.data)[b * p.lse.stride[0] + h * p.lse.stride[1] + i * p.lse.stride[2]] = float(lse);
+    *p.lse.at<float>(b, h, i) = float(lse);
     if (lse == kNegInf) return;  // nothing visible: O = 0
     for (int32_t j = 0; j < p.nk; ++j)
-        if (scores[j] != kNegInf) add_scaled(out, std::exp(scores[j] - lse), row_pointer(p.v, b, j, kvh), p.value_dim);
+        if (scores[j] != kNegInf) add_scaled(out, std::exp(scores[j] - lse), p.v.at<double>(b, j, kvh), p.value_dim);
 }
 
 // Backward, pass 1 (work item = one query row): the row's LSE (recomputed in double) and
@@ -103,17 +98,17 @@ void dq_row(const Classification& c, int64_t item, std::vector<double>& scores, 
     const AttentionProblem& p = c.p;
     const auto [b, h, i] = row_of(p, item);
     const int32_t kvh = p.kv_head(h);
-    const double* d_o = row_pointer(p.dout, b, i, h);
-    delta[item] = dot_product(row_pointer(p.out, b, i, h), d_o, p.value_dim);
+    const double* d_o = p.dout.at<double>(b, i, h);
+    delta[item] = dot_product(p.out.at<double>(b, i, h), d_o, p.value_dim);
     lse[item] = log_sum_exp(scores, p.nk, score_row(c, b, h, i, scores));
-    double* dq = row_pointer(p.dq, b, i, h);
+    double* dq = p.dq.at<double>(b, i, h);
     std::fill(dq, dq + p.head_dim, 0.0);
     if (lse[item] == kNegInf) return;  // nothing visible: no gradient
     for (int32_t j = 0; j < p.nk; ++j) {
         if (scores[j] == kNegInf) continue;
         const double prob = std::exp(scores[j] - lse[item]);
-        const double dprob = dot_product(d_o, row_pointer(p.v, b, j, kvh), p.value_dim);
-        add_scaled(dq, prob * (dprob - delta[item]), row_pointer(p.k, b, j, kvh), p.head_dim);
+        const double dprob = dot_product(d_o, p.v.at<double>(b, j, kvh), p.value_dim);
+        add_scaled(dq, prob * (dprob - delta[item]), p.k.at<double>(b, j, kvh), p.head_dim);
     }
     for (int32_t d = 0; d < p.head_dim; ++d) dq[d] *= p.scale;
 }
@@ -126,10 +121,10 @@ void dkdv_key(const Classification& c, int64_t item, const std::vector<double>& 
     const int32_t j = int32_t(item % p.nk), kvh = int32_t((item / p.nk) % p.kv_heads),
                   b = int32_t(item / (int64_t(p.kv_heads) * p.nk));
     const int32_t group = p.q_heads / p.kv_heads, kv_block = j / kBlockN;
-    const double* k = row_pointer(p.k, b, j, kvh);
-    const double* v = row_pointer(p.v, b, j, kvh);
-    double* dk = row_pointer(p.dk, b, j, kvh);
-    double* dv = row_pointer(p.dv, b, j, kvh);
+    const double* k = p.k.at<double>(b, j, kvh);
+    const double* v = p.v.at<double>(b, j, kvh);
+    double* dk = p.dk.at<double>(b, j, kvh);
+    double* dv = p.dv.at<double>(b, j, kvh);
     std::fill(dk, dk + p.head_dim, 0.0);
     std::fill(dv, dv + p.value_dim, 0.0);
     for (int32_t h = kvh * group; h < (kvh + 1) * group; ++h) {
@@ -142,8 +137,8 @@ void dkdv_key(const Classification& c, int64_t item, const std::vector<double>& 
                 if (kind == TileKind::Partial && intervals.masks(i)) continue;
                 const std::size_t at = (std::size_t(b) * p.q_heads + h) * p.nq + i;
                 if (lse[at] == kNegInf) continue;  // a visible key has a finite LSE unless its score is -inf
-                const double* q = row_pointer(p.q, b, i, h);
-                const double* d_o = row_pointer(p.dout, b, i, h);
+                const double* q = p.q.at<double>(b, i, h);
+                const double* d_o = p.dout.at<double>(b, i, h);
                 const double prob = std::exp(p.scale * dot_product(q, k, p.head_dim) - lse[at]);
                 add_scaled(dv, prob, d_o, p.value_dim);
                 add_scaled(dk, prob * (dot_product(d_o, v, p.value_dim) - delta[at]), q, p.head_dim);

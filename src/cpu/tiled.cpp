@@ -50,8 +50,7 @@ struct Float16Storage {
 // Element [b, s, h, 0] of a BSHD operand (the last dimension is contiguous).
 template <class Storage>
 typename Storage::type* row_pointer(const Operand& operand, int64_t b, int64_t s, int64_t h) {
-    return static_cast<typename Storage::type*>(operand.data) + b * operand.stride[0] + s * operand.stride[1] +
-           h * operand.stride[2];
+    return operand.at<typename Storage::type>(b, s, h);
 }
 
 // Scratch tiles are indexed in int64 (pitches, transposed rows): with a head dim beyond
@@ -90,7 +89,7 @@ void store_rows(const Operand& dst, int64_t b, int32_t first, int64_t h, int32_t
 }
 
 float* lse_pointer(const AttentionProblem& p, int64_t b, int64_t h, int64_t row) {
-    return static_cast<float*>(p.lse.data) + b * p.lse.stride[0] + h * p.lse.stride[1] + row * p.lse.stride[2];
+    return p.lse.at<float>(b, h, row);
 }
 
 // ---------------------------------------------------------------------------------------------
