@@ -78,8 +78,10 @@ def _check_length(value: int, argument: str, where: str) -> int:
 
 
 def _check_count(value: int, argument: str, where: str) -> int:
-    """A batch size or head count: an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    """A batch size or head count: an int >= 1 (TypeError for a non-int, as for the lengths)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise refusal(TypeError, argument, f"{where}: {argument} must be an int >= 1, got {value!r}")
+    if value < 1:
         raise refusal(ValueError, argument, f"{where}: {argument} must be an int >= 1, got {value!r}")
     return int(value)
 

@@ -366,6 +366,16 @@ def test_bad_parameters_are_refused_naming_the_argument(call, argument, message)
     assert re.search(message, str(refused.value)), str(refused.value)
 
 
+@pytest.mark.parametrize("batch, exception", [(2.0, TypeError), (True, TypeError), ("2", TypeError),
+                                              (0, ValueError), (-1, ValueError)])
+def test_a_bad_batch_is_refused_with_the_type_of_its_fault(batch, exception):
+    # A non-int is a TypeError, as for the lengths; an int below 1 a ValueError.
+    with pytest.raises(exception) as refused:
+        tm.sliding_window(8, 2, batch=batch)
+    assert refused.value.argument == "batch"
+    assert "sliding_window: batch must be an int >= 1" in str(refused.value)
+
+
 # --- dense converters --------------------------------------------------------------------------------
 
 # (causal, C) of every layout of SPEC §2.
