@@ -101,7 +101,7 @@ __device__ __forceinline__ float2 unpack(uint32_t pair) {
 // Fragment addresses are formed once per tile and stepped with constants: rows by whole multiples
 // of 8 through row_bytes() (keeps row % 8, hence the swizzle: a plain add), columns by
 // advance_column_steps() (smem_tile.cuh). One base register per operand instead of one per
-// fragment is what keeps the dK/dV kernel out of spills.
+// fragment is what keeps the dK/dV kernel's spills small (ptxas's figures: backward_traits.cuh).
 
 template <int kTiles>
 __device__ __forceinline__ void zero(float (&acc)[kTiles][4]) {
@@ -117,7 +117,8 @@ __device__ __forceinline__ void zero(float (&acc)[kTiles][4]) {
 //
 // Unrolled kSmemStepUnroll k-steps at a time, not in full: fully unrolled, ptxas hoists the
 // fragment loads of every step ahead of the products (5 x 4 registers a step) and the dK/dV
-// kernel spills at D = 128; two steps at a time leave it without spills (-Xptxas -v).
+// kernel spills more at D = 128 (-Xptxas -v, sm_90a, nvcc 13.0: 36 / 40 bytes with / without
+// the dQ reductions, against 28 / 12 two steps at a time).
 constexpr int kSmemStepUnroll = 2;
 
 template <typename Element, typename BTile, int kTiles>

@@ -3,17 +3,20 @@
 //
 // The backward is three kernels (backward_kernels.cuh):
 //   preprocess  Di = rowsum(dO * O) and LSE * log2(e) into row-padded float32 scratch;
-//   dK/dV       one CTA per (key block, KV head, batch[, output half]); warps own 16 keys each
-//               and keep S^T, P^T, dP^T, dS^T and their dK/dV rows in registers; loops over the
-//               query heads of its KV head's group (the GQA sum stays inside the CTA) and their
-//               non-skipped query blocks. Non-deterministic mode also forms dQ = dS K per tile
-//               there and adds it into a float32 accumulator with atomics;
+//   dK/dV       one CTA per (key block, KV head, batch[, output half]), launched heaviest key
+//               blocks first (tile_scheduler.cuh); warps own 16 keys each and keep S^T, P^T,
+//               dP^T, dS^T and their dK/dV rows in registers; loops over the query heads of its
+//               KV head's group (the GQA sum stays inside the CTA) and their non-skipped query
+//               blocks. Non-deterministic mode also forms dQ = dS K per tile there and adds it
+//               into a float32 accumulator (DqAccumulator's order) with vector reductions;
 //   dQ          deterministic mode only: one CTA per (query block, query head, batch[, half]),
-//               warps own 16 queries, loops over the non-skipped key blocks recomputing P, dP.
+//               heaviest query blocks first; warps own 16 queries, loops over the non-skipped
+//               key blocks recomputing P, dP.
 #pragma once
 
 #include <cstdint>
 
+#include "cuda/common/row_bits.cuh"
 #include "cuda/sm80/smem_tile.cuh"
 
 namespace flashmask::cuda::sm80 {
@@ -48,8 +51,8 @@ template <> struct DkDvTraits<128> {
     static constexpr int kColSplits = 1;
 };
 // D = 256: the accumulators of all 256 columns (2 * 128 floats) do not fit next to S^T and dP^T,
-// so the grid's y dimension splits the output columns into halves of 128; S^T and dP^T are
-// recomputed in full by both halves. K and V of 128 keys x 256 would take 128 KB on their own,
+// so the output columns are split into halves of 128, one per CTA (adjacent CTAs of the 1-D
+// grid: blockIdx.x % kColSplits); S^T and dP^T are recomputed in full by both halves. K and V of 128 keys x 256 would take 128 KB on their own,
 // so 4 warps (64 keys): K, V 2 * 32 KB + Q, dO double-buffered 4 * 32 KB + dS^T 2 * 8 KB = 209 KB
 // (sm_90 only; sm_80's 163 KB is refused). ptxas: 255 registers, no spills.
 template <> struct DkDvTraits<256> {
@@ -99,7 +102,7 @@ template <int kHeadDim> struct DkDv : DerivedTraits<DkDvTraits<kHeadDim>, kHeadD
     static constexpr int kDqColsPerWarp = Base::kOutCols / kDqColSlices;
     static_assert(Base::kWarps % kDqRowSlices == 0 && kDqColsPerWarp % 16 == 0, "dQ split among warps");
     static_assert(kScratchRowAlignment % Base::kBlockM == 0, "query blocks tile the padded scratch rows");
-    static_assert(Base::kBlockM % 32 == 0, "Partial tiles hold masked rows in whole 32-bit words (row_bits.cuh)");
+    static_assert(Base::kBlockM % kRowBitsWindow == 0, "Partial tiles hold masked rows in whole 32-bit words (row_bits.cuh)");
 };
 
 template <int kHeadDim> struct Dq : DerivedTraits<DqTraits<kHeadDim>, kHeadDim> {

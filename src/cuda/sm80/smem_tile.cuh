@@ -75,12 +75,9 @@ __device__ __forceinline__ uint32_t a_fragment_address_transposed(const Element*
 // ...; with kRowStep a multiple of the swizzle period that chunk sits at the same swizzled
 // position in each of those rows, so the thread's shared offsets are one base plus constants and
 // its global offsets one base plus multiples of kRowStep rows: a loop-carried kernel keeps two
-// values instead of an address pair per copy. Same copies, same zero fill as load_tile_async().
-template <typename Tile, int kThreads>
-constexpr bool kTileLoaderFits = kThreads % Tile::kChunksPerRow == 0 &&
-                                 (kThreads / Tile::kChunksPerRow) % kSwizzleRows == 0 &&
-                                 Tile::kRowsCount % (kThreads / Tile::kChunksPerRow) == 0;
-
+// values instead of an address pair per copy (the forward keeps one for K and V). Same copies,
+// same zero fill as load_tile_async()'s chunk-by-chunk path; load_tile_async() itself goes
+// through it wherever kTileLoaderFits.
 template <typename Tile, int kThreads>
 struct TileLoader {
     static_assert(kThreads % Tile::kChunksPerRow == 0, "each thread copies one column chunk");
@@ -111,6 +108,12 @@ struct TileLoader {
         }
     }
 };
+
+// Whether TileLoader<Tile, kThreads> applies: its static_asserts, as a value.
+template <typename Tile, int kThreads>
+constexpr bool kTileLoaderFits = kThreads % Tile::kChunksPerRow == 0 &&
+                                 (kThreads / Tile::kChunksPerRow) % kSwizzleRows == 0 &&
+                                 Tile::kRowsCount % (kThreads / Tile::kChunksPerRow) == 0;
 
 // Copies rows [0, kRows) x cols [0, kCols) of a row-major global tile (row r at
 // global + r * row_stride) into `shared`, with kThreads threads; rows >= valid_rows are zero
