@@ -17,12 +17,10 @@
 #include "cuda/common/check.hpp"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/ptx.cuh"
+#include "cuda/sm80/smem_tile.cuh"
 #include "flashmask/problem.hpp"
 
 namespace flashmask::cuda::sm80 {
-
-// 16-bit elements per 16-byte chunk: the kernels' strides must be multiples of this.
-constexpr int kCopyAlignmentElements = kCopyBytes / int(sizeof(uint16_t));
 
 constexpr int kRepackThreads = 256;       // one element per thread per step: a plain copy kernel
 constexpr int kRepackMaxBlocks = 4096;    // grid-stride beyond this; enough to saturate the copy
@@ -73,7 +71,7 @@ private:
     static bool rows_aligned(const Operand& t, const int32_t (&extents)[4]) {
         if (reinterpret_cast<std::uintptr_t>(t.data) % kCopyBytes != 0) return false;
         for (int d = 0; d < 3; ++d)
-            if (extents[d] > 1 && t.stride[d] % kCopyAlignmentElements != 0) return false;
+            if (extents[d] > 1 && t.stride[d] % kChunkElements != 0) return false;  // 16-byte chunks
         return true;
     }
     void repack(const Operand& from, const Operand& to) const {
