@@ -36,7 +36,8 @@ struct Heads {
 };
 constexpr Heads kHeads[] = {{1, 1, 1, 1}, {2, 6, 2, 6}, {3, 6, 2, 2}, {2, 5, 5, 1}, {1, 16, 2, 16}, {3, 3, 1, 3}};
 
-// (query rows, keys) per tile: the forward's 128 x 64, the transpose, and small tiles for many blocks.
+// (query rows, keys) per tile: the forward's and deterministic dQ kernel's 128 x 64, the dK/dV
+// kernel's 64 x 128, and small tiles for many blocks.
 struct TileShape {
     int32_t block_m, block_n;
 };

@@ -1,10 +1,10 @@
 // The device tile order (src/cuda/common/tile_scheduler.cuh) against its host twin
 // (tile_order.hpp, itself checked in tests/cpp/test_tile_order.cpp):
 //   * compute_tile_order() writes the very work values, order and heavy prefix R of the host twin,
-//     for every mask layout (MaskLayout::None included, which the forward never sorts), both
+//     for every mask layout (MaskLayout::None included, which the launchers never sort), both
 //     axes, block counts from 1 to 65536, work values beyond the histogram (bucketed), slot
 //     counts from 1 to 2^30, and the catalogue at the benchmark's 8K with an H100's 264 slots;
-//   * TileScheduler, as the forward builds it, gives a schedule that is a bijection: the heavy
+//   * TileScheduler, as the launchers build it, gives a schedule that is a bijection: the heavy
 //     prefix rank-major over all (batch, head) pairs, then sections of kHeadsPerSection pairs,
 //     rank-major, each head's blocks heaviest first;
 //   * resident_block_slots() counts at least one CTA per SM, within the SM's limits;
@@ -132,7 +132,8 @@ struct Heads {
 };
 // One and several sections, B * H not a multiple of kHeadsPerSection, GQA, mask heads 1, Hk, Hq.
 constexpr Heads kHeads[] = {{1, 1, 1, 1}, {2, 6, 2, 6}, {3, 6, 2, 2}, {2, 5, 5, 1}, {1, 16, 2, 16}};
-// The forward's tile (128 x 64), the transpose, small tiles for more blocks.
+// The forward's and deterministic dQ kernel's tile (128 x 64), the dK/dV kernel's (64 x 128), small
+// tiles for more blocks.
 constexpr int32_t kTileShapes[][2] = {{128, 64}, {64, 128}, {16, 16}};
 
 TEST(GpuTileScheduler, CatalogueMasksMatchHost) {
