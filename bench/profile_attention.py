@@ -55,7 +55,7 @@ def main() -> None:
 
     steps = {"flashmask": flashmask_step, "flash": flash_step}
     for side in sides:
-        steps[side]()  # warm-up: --launch-skip 2 leaves these two backward launches out
+        steps[side]()  # warm-up: --launch-skip 2 leaves these two backward launches out (1 with one side)
     torch.cuda.synchronize()
     for side in sides:
         steps[side]()

@@ -10,6 +10,8 @@
 #
 # KERNELS picks the kernels (default: both sides' backward dK/dV kernels); SKIP launches of them
 # are left out first (default 2: the warm-up's, one per side) and COUNT are profiled (default 2).
+# Masks other than full and causal (and --sides flashmask) run flashmask's side alone, one
+# launch per kernel in the warm-up: pass SKIP=1 COUNT=1 there, or the defaults profile nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT:-build-gpu/profile}
