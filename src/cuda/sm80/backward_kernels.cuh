@@ -103,6 +103,17 @@ __device__ __forceinline__ float2 unpack(uint32_t pair) {
 // advance_column_steps() (smem_tile.cuh). One base register per operand instead of one per
 // fragment is what keeps the dK/dV kernel's spills small (ptxas's figures: backward_traits.cuh).
 
+// Calls body(std::true_type{}) for a Partial tile and body(std::false_type{}) otherwise: the one
+// branch per tile that lets Full tiles run code with no mask arithmetic in it (the body tests
+// `decltype(masked)::value` with if constexpr).
+template <typename Body>
+__device__ __forceinline__ void with_mask_test_if_partial(TileKind kind, Body&& body) {
+    if (kind == TileKind::Partial)
+        body(std::true_type{});
+    else
+        body(std::false_type{});
+}
+
 template <int kTiles>
 __device__ __forceinline__ void zero(float (&acc)[kTiles][4]) {
 #pragma unroll
@@ -458,10 +469,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                     }
                 }
             };
-            if (this_kind == TileKind::Partial)
-                probabilities(std::true_type{});
-            else
-                probabilities(std::false_type{});
+            with_mask_test_if_partial(this_kind, probabilities);
 #pragma unroll
             for (int k = 0; k < kBlockM / 16; ++k) accumulators_to_a<Element>(pt[k], st[2 * k], st[2 * k + 1]);
         }
@@ -683,10 +691,7 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
                     }
                 }
             };
-            if (this_kind == TileKind::Partial)
-                probabilities(std::true_type{});
-            else
-                probabilities(std::false_type{});
+            with_mask_test_if_partial(this_kind, probabilities);
 #pragma unroll
             for (int k = 0; k < kBlockN / 16; ++k) {
                 uint32_t p_packed[4];
