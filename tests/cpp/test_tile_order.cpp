@@ -27,13 +27,11 @@ namespace {
 using cuda::TileAxis;
 using cuda::TileOrderShape;
 using testing::AttentionSizes;
+using testing::Heads;
 using testing::TestMask;
 
 // (batch, query heads, KV heads, mask heads): one and several sections, B * H not a multiple of
 // kHeadsPerSection, GQA, mask heads 1, Hk and Hq.
-struct Heads {
-    int32_t batch, q_heads, kv_heads, mask_heads;
-};
 constexpr Heads kHeads[] = {{1, 1, 1, 1}, {2, 6, 2, 6}, {3, 6, 2, 2}, {2, 5, 5, 1}, {1, 16, 2, 16}, {3, 3, 1, 3}};
 
 // (query rows, keys) per tile: the forward's and deterministic dQ kernel's 128 x 64, the dK/dV
@@ -99,11 +97,9 @@ TEST(TileOrder, CatalogueMasks) {
     const AttentionSizes sizes[] = {{0, 1, 1, 0, 0, 8, 8},     {0, 17, 17, 0, 0, 8, 8},   {0, 100, 257, 0, 0, 8, 8},
                                     {0, 257, 100, 0, 0, 8, 8}, {0, 1000, 1000, 0, 0, 8, 8}};
     for (const std::string& name : catalogue_names())
-        for (AttentionSizes s : sizes)
+        for (const AttentionSizes& base : sizes)
             for (const Heads& h : kHeads) {
-                s.batch = h.batch;
-                s.q_heads = h.q_heads;
-                s.kv_heads = h.kv_heads;
+                const AttentionSizes s = h.applied_to(base);
                 TestMask mask = testing::catalogue_test_mask(name, s, h.mask_heads, rng);
                 check_mask(mask, s, mask.indices ? h.mask_heads : 1);
                 if (HasFatalFailure()) return;
@@ -114,11 +110,9 @@ TEST(TileOrder, HostileMasks) {
     auto rng = testing::test_rng();
     const AttentionSizes sizes[] = {{0, 33, 70, 0, 0, 8, 8}, {0, 300, 129, 0, 0, 8, 8}};
     for (const testing::IndexLayout& layout : testing::kIndexLayouts)
-        for (AttentionSizes s : sizes)
+        for (const AttentionSizes& base : sizes)
             for (const Heads& h : kHeads) {
-                s.batch = h.batch;
-                s.q_heads = h.q_heads;
-                s.kv_heads = h.kv_heads;
+                const AttentionSizes s = h.applied_to(base);
                 TestMask mask = testing::random_test_mask(layout.causal, layout.slots, true, s, h.mask_heads, rng);
                 check_mask(mask, s, h.mask_heads);
                 if (HasFatalFailure()) return;

@@ -12,8 +12,21 @@
 
 #include "cuda/common/tile_order.hpp"
 #include "flashmask/mask.hpp"
+#include "test_cpu_common.hpp"
 
 namespace flashmask::testing {
+
+// The batch and head counts of a test case, applied to sizes whose own counts are placeholders.
+struct Heads {
+    int32_t batch, q_heads, kv_heads, mask_heads;
+
+    AttentionSizes applied_to(AttentionSizes s) const {
+        s.batch = batch;
+        s.q_heads = q_heads;
+        s.kv_heads = kv_heads;
+        return s;
+    }
+};
 
 // The work of block `block` of grid (batch, head), from `work` laid out [order batches, order
 // heads, blocks] as host_block_work() returns it.

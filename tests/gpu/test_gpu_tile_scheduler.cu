@@ -28,6 +28,7 @@ namespace {
 using cuda::TileAxis;
 using cuda::TileOrderShape;
 using testing::AttentionSizes;
+using testing::Heads;
 using testing::DeviceBuffer;
 using testing::TestMask;
 
@@ -127,9 +128,6 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
     testing::check_schedule(shape, host_schedule, expected.work, what);
 }
 
-struct Heads {
-    int32_t batch, q_heads, kv_heads, mask_heads;
-};
 // One and several sections, B * H not a multiple of kHeadsPerSection, GQA, mask heads 1, Hk, Hq.
 constexpr Heads kHeads[] = {{1, 1, 1, 1}, {2, 6, 2, 6}, {3, 6, 2, 2}, {2, 5, 5, 1}, {1, 16, 2, 16}};
 // The forward's and deterministic dQ kernel's tile (128 x 64), the dK/dV kernel's (64 x 128), small
@@ -144,11 +142,9 @@ TEST(GpuTileScheduler, CatalogueMasksMatchHost) {
                                             "qk_sparse",      "random_eviction", "global_sliding_window"};
     const AttentionSizes sizes[] = {{0, 17, 17, 0, 0, 8, 8}, {0, 1000, 1000, 0, 0, 8, 8}, {0, 300, 1100, 0, 0, 8, 8}};
     for (const std::string& name : masks)
-        for (AttentionSizes s : sizes)
+        for (const AttentionSizes& base : sizes)
             for (const Heads& h : kHeads) {
-                s.batch = h.batch;
-                s.q_heads = h.q_heads;
-                s.kv_heads = h.kv_heads;
+                const AttentionSizes s = h.applied_to(base);
                 TestMask mask = testing::catalogue_test_mask(name, s, h.mask_heads, rng);
                 const int32_t mask_heads = mask.indices ? h.mask_heads : 1;
                 for (const auto& tile : kTileShapes)
