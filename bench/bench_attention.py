@@ -636,6 +636,17 @@ def create_block_mask_ms(mask_mod: Callable, n: int, device: torch.device, reps:
     return host_median_ms(lambda: create_block_mask(mask_mod, None, None, n, n, device=device), reps)
 
 
+def finish_mask_row(row: Row, rows: List[Row], stats: dict, mask_start: float, config_start: float,
+                    on_row: Callable[[List[Row], dict], None]) -> None:
+    """After one mask of a configuration: frees the cached blocks, appends and logs the row, and
+    hands the rows so far to on_row (which writes the partial results)."""
+    torch.cuda.empty_cache()
+    rows.append(row)
+    log(progress_line(row, time.perf_counter() - mask_start))
+    stats["seconds"] = round(time.perf_counter() - config_start, 1)
+    on_row(rows, stats)
+
+
 def measure_config(config: Config, mask_names: Sequence[str], implementations: Sequence[str], args,
                    entry: FlashMaskEntryPoints, flex_compiled, pool: DefaultPoolHighWater,
                    on_row: Callable[[List[Row], dict], None] = lambda rows, stats: None) -> Tuple[List[Row], dict]:
@@ -750,11 +761,7 @@ def measure_config(config: Config, mask_names: Sequence[str], implementations: S
                 row.problems.append(f"MISMATCH {impl}: forward rows {measurement.forward_error}, "
                                     f"gradients vs flex {measurement.gradient_error}")
         del block_mask, flex_gradients
-        torch.cuda.empty_cache()
-        rows.append(row)
-        log(progress_line(row, time.perf_counter() - mask_start))
-        flex_stats["seconds"] = round(time.perf_counter() - config_start, 1)
-        on_row(rows, flex_stats)
+        finish_mask_row(row, rows, flex_stats, mask_start, config_start, on_row)
 
     flex_stats["seconds"] = round(time.perf_counter() - config_start, 1)
     return rows, flex_stats
@@ -797,11 +804,7 @@ def measure_preprocess_config(config: Config, mask_names: Sequence[str], impleme
         except RuntimeError as error:
             measurement.status = UNAVAILABLE
             measurement.note = error_note(error)
-        torch.cuda.empty_cache()
-        rows.append(row)
-        log(progress_line(row, time.perf_counter() - mask_start))
-        stats["seconds"] = round(time.perf_counter() - config_start, 1)
-        on_row(rows, stats)
+        finish_mask_row(row, rows, stats, mask_start, config_start, on_row)
     stats["seconds"] = round(time.perf_counter() - config_start, 1)
     return rows, stats
 
