@@ -246,6 +246,12 @@ TEST(GpuAttention, TransposedAndPaddedViews) {
         }
 }
 
+// The sizes of the unaligned-view tests: every head dim (one instantiation each), tiles cut on
+// both axes, GQA, and Hk = 1 (the misaligned stride of K / V is then the sequence one alone).
+const AttentionSizes kUnalignedSizes[] = {AttentionSizes{2, 130, 200, 8, 2, 64, 64},
+                                          AttentionSizes{1, 77, 1000, 4, 1, 128, 128},
+                                          AttentionSizes{1, 33, 70, 4, 4, 256, 256}};
+
 // Rows off 16-byte addresses (Layout::UnalignedBshd): the forward repacks q, k, v and out
 // through contiguous scratch around its kernel (KernelOperand, kernel_operand.cuh), so the
 // results are those of any other view and nothing lands in the padding. With Hk = 1 the K / V
@@ -254,8 +260,7 @@ TEST(GpuAttention, ForwardRepacksRowsOffSixteenByteAddresses) {
     FM_SKIP_WITHOUT_GPU();
     auto rng = test_rng();
     int n = 0;
-    for (const AttentionSizes sizes : {AttentionSizes{2, 130, 200, 8, 2, 64, 64}, AttentionSizes{1, 77, 1000, 4, 1, 128, 128},
-                                       AttentionSizes{1, 33, 70, 4, 4, 256, 256}}) {
+    for (const AttentionSizes& sizes : kUnalignedSizes) {
         GpuCase c{sizes, kHalfDtypes[n++ % kDtypeCount]};
         c.layout = Layout::UnalignedBshd;
         c.backward = false;  // the forward's copies alone; the backward's are the next tests
@@ -263,12 +268,6 @@ TEST(GpuAttention, ForwardRepacksRowsOffSixteenByteAddresses) {
         check_gpu_attention(c, mask, rng);
     }
 }
-
-// The sizes of the unaligned backward tests: every head dim (one instantiation each), tiles cut
-// on both axes, GQA, and Hk = 1 (the misaligned stride of K / V is then the sequence one alone).
-const AttentionSizes kUnalignedBackwardSizes[] = {AttentionSizes{2, 130, 200, 8, 2, 64, 64},
-                                                   AttentionSizes{1, 77, 1000, 4, 1, 128, 128},
-                                                   AttentionSizes{1, 33, 70, 4, 4, 256, 256}};
 
 // The backward on views with rows off 16-byte addresses: q, k, v, out, dout are copied into
 // contiguous scratch, dq, dk, dv computed there and copied out (KernelOperand, run_backward):
@@ -280,7 +279,7 @@ TEST(GpuAttention, BackwardRepacksRowsOffSixteenByteAddresses) {
     auto rng = test_rng();
     int n = 0;
     for (const Layout layout : {Layout::UnalignedBshd, Layout::OffsetBshd})
-        for (const AttentionSizes& sizes : kUnalignedBackwardSizes) {
+        for (const AttentionSizes& sizes : kUnalignedSizes) {
             GpuCase c{sizes, kHalfDtypes[n % kDtypeCount]};
             c.layout = layout;
             c.deterministic = (n++ / kDtypeCount) % 2 == 1;
@@ -297,7 +296,7 @@ TEST(GpuAttention, BackwardWritesGradientsIntoUnalignedViews) {
     int n = 0;
     for (const Layout gradient_layout : {Layout::UnalignedBshd, Layout::OffsetBshd})
         for (const bool deterministic : {false, true}) {
-            const AttentionSizes& sizes = kUnalignedBackwardSizes[n % std::size(kUnalignedBackwardSizes)];
+            const AttentionSizes& sizes = kUnalignedSizes[n % std::size(kUnalignedSizes)];
             GpuCase c{sizes, kHalfDtypes[n++ % kDtypeCount]};
             c.gradient_layout = gradient_layout;
             c.deterministic = deterministic;
