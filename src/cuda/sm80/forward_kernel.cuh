@@ -10,7 +10,9 @@
 //     wait K(n) | issue V(n) | S = Q K^T | wait V(n) | issue K(next) | mask, softmax | O += P V
 //
 // so the load of V overlaps Q K^T and the load of the next K overlaps softmax and P V.
-// Full tiles run without any mask arithmetic. For a partial tile, one thread per column reads
+// Full tiles run without any mask arithmetic. A Partial tile is classified again per warp, on
+// the warp's own rows (WarpKinds): a warp that sees all of it runs the unmasked path, one that
+// sees none of it skips both products. For a tile Partial to any warp, one thread per column reads
 // the column's canonical intervals (column_intervals(), tiles.hpp) and turns them into one
 // 32-bit word of masked rows per warp in shared memory; each S element then costs one bit test.
 // The last key block, when Nk % kBlockN != 0, is always partial: its columns >= Nk are masked.
@@ -45,12 +47,28 @@ namespace forward_detail {
 
 constexpr int kDefaultDynamicSmem = 48 * 1024;    // above this a kernel must opt in (cudaFuncSetAttribute)
 
-// A key block in the CTA's compacted list: its index and whether it is Partial (else Full).
+// A key block in the CTA's compacted list: its index and whether any warp's rows of it are
+// Partial (then the CTA builds the masked-row bits of the tile).
 struct BlockEntry {
     static __device__ __forceinline__ int32_t encode(int32_t kv_block, bool partial) { return kv_block * 2 + partial; }
     static __device__ __forceinline__ int32_t kv_block(int32_t entry) { return entry >> 1; }
     static __device__ __forceinline__ bool partial(int32_t entry) { return entry & 1; }
     static constexpr int32_t kNone = -1;  // the list is exhausted
+};
+
+// Beside each entry, the kind of every warp's own rows of the tile (kWarpRows x kBlockN), a
+// TileKind in 2 bits per warp. A tile that is Partial for the CTA is often Full or Skipped for
+// some of its warps (a document boundary or a diagonal crosses only part of its 128 rows): such
+// a warp runs the unmasked path, or no product at all, for that tile.
+struct WarpKinds {
+    static constexpr int kBits = 2;
+    static constexpr uint32_t kField = (1u << kBits) - 1u;
+    static __device__ __forceinline__ uint32_t with(uint32_t kinds, int warp, TileKind kind) {
+        return kinds | (uint32_t(kind) << (kBits * warp));
+    }
+    static __device__ __forceinline__ TileKind of(uint32_t kinds, int warp) {
+        return TileKind((kinds >> (kBits * warp)) & kField);
+    }
 };
 
 template <typename Element, int kHeadDim>
@@ -66,10 +84,12 @@ struct SharedStorage {
     // column j of the tile (from column_intervals(); every row for columns >= Nk).
     uint32_t masked_rows[Traits::kWarps][Traits::kBlockN];
     int32_t block_list[Traits::kThreads];    // BlockEntry values of the current chunk
+    uint32_t warp_kinds[Traits::kThreads];   // WarpKinds of each block_list entry
     int32_t warp_counts[Traits::kWarps];     // non-skipped blocks per warp while compacting a chunk
 
     // advance_column_steps() (smem_tile.cuh) needs q, k and v each at a whole swizzle period.
     static_assert(QTile::kBytes % kSwizzleBytes == 0 && KVTile::kBytes % kSwizzleBytes == 0, "tiles 128-byte aligned");
+    static_assert(Traits::kWarps * WarpKinds::kBits <= 32, "every warp's kind fits one word");
 };
 
 __device__ __forceinline__ float quad_max(float x) {
@@ -123,13 +143,29 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     const int32_t kv_blocks = table.blocks;
     const bool ragged_last_block = nk % kBlockN != 0;  // its columns >= Nk must be masked
     // Classifies blocks [first, first + kThreads) and compacts the non-skipped ones into
-    // smem.block_list in key order. Returns their count (the same in every thread).
+    // smem.block_list (and their warps' kinds into smem.warp_kinds) in key order. Returns their
+    // count (the same in every thread).
     auto classify_chunk = [&](int32_t first) -> int32_t {
         const int32_t kv_block = first + thread;
         TileKind kind = TileKind::Skipped;
+        uint32_t warp_kinds = 0;
+        bool any_partial = false;
         if (kv_block < kv_blocks) {
-            kind = classify(table.at(mask, batch, head, kv_block), row_begin, row_end);
-            if (kind == TileKind::Full && ragged_last_block && kv_block == kv_blocks - 1) kind = TileKind::Partial;
+            const BlockSummary summary = table.at(mask, batch, head, kv_block);
+            const bool ragged = ragged_last_block && kv_block == kv_blocks - 1;
+            kind = classify(summary, row_begin, row_end);
+            if (kind == TileKind::Full && ragged) kind = TileKind::Partial;
+#pragma unroll
+            for (int w = 0; w < kWarps; ++w) {
+                TileKind warp_kind = kind;
+                if (kind == TileKind::Partial) {  // rows past Nq are Skipped: nothing of theirs is stored
+                    const int32_t warp_begin = row_begin + w * Traits::kWarpRows;
+                    warp_kind = classify(summary, warp_begin, min(warp_begin + Traits::kWarpRows, row_end));
+                    if (warp_kind == TileKind::Full && ragged) warp_kind = TileKind::Partial;
+                }
+                any_partial = any_partial || warp_kind == TileKind::Partial;
+                warp_kinds = WarpKinds::with(warp_kinds, w, warp_kind);
+            }
         }
         const bool keep = kind != TileKind::Skipped;
         const unsigned ballot = __ballot_sync(0xffffffffu, keep);
@@ -142,22 +178,29 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
             offset += w < warp ? count : 0;
             total += count;
         }
-        if (keep)
-            smem.block_list[offset + __popc(ballot & ((1u << lane) - 1u))] =
-                BlockEntry::encode(kv_block, kind == TileKind::Partial);
+        if (keep) {
+            const int32_t slot = offset + __popc(ballot & ((1u << lane) - 1u));
+            smem.block_list[slot] = BlockEntry::encode(kv_block, any_partial);
+            smem.warp_kinds[slot] = warp_kinds;
+        }
         __syncthreads();
         return total;
     };
     int32_t next_chunk = 0, chunk_count = 0, position = 0;
-    // The first entry of the next non-empty chunk, or kNone. Uniform across the CTA.
-    auto refill = [&]() -> int32_t {
-        chunk_count = 0;
-        position = 0;
-        while (chunk_count == 0 && next_chunk < kv_blocks) {
-            chunk_count = classify_chunk(next_chunk);
-            next_chunk += kThreads;
+    // The entry at `position` of the list and this warp's kind of it, refilling the list from
+    // the next non-empty chunk when it is used up; kNone at the end. Uniform across the CTA.
+    auto next_entry = [&](TileKind& warp_kind) -> int32_t {
+        if (position == chunk_count) {
+            chunk_count = 0;
+            position = 0;
+            while (chunk_count == 0 && next_chunk < kv_blocks) {
+                chunk_count = classify_chunk(next_chunk);
+                next_chunk += kThreads;
+            }
+            if (chunk_count == 0) return BlockEntry::kNone;
         }
-        return chunk_count > 0 ? smem.block_list[0] : BlockEntry::kNone;
+        warp_kind = WarpKinds::of(smem.warp_kinds[position], warp);
+        return smem.block_list[position];
     };
 
     const TileLoader<KVTile, kThreads> kv_loader(thread);  // the same per-thread offsets for K and V
@@ -168,7 +211,8 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
         cp_async_commit();
     };
 
-    int32_t entry = refill();
+    TileKind warp_kind = TileKind::Skipped;
+    int32_t entry = next_entry(warp_kind);
     if (entry != BlockEntry::kNone) load_kv_async(smem.k, k, p.k.stride[1], BlockEntry::kv_block(entry));
 
     // --- the key loop -------------------------------------------------------------------------
@@ -216,30 +260,35 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
             }
         }
 
-        // S = Q K^T
+        // S = Q K^T, by the warps that see any of the tile (warp_kind is warp-uniform). A warp
+        // whose rows see none of it leaves its row maxima, sums and O as they are: exactly what
+        // the tile's exp2(-inf) = 0 would have given.
         float s[kMTiles][kNTiles][4];
+        const bool computes = warp_kind != TileKind::Skipped;
+        if (computes) {
 #pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt)
+            for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-            for (int nt = 0; nt < kNTiles; ++nt)
+                for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
+                    for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
 #pragma unroll
-        for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-            const uint32_t q_step = advance_column_steps(q_fragments, kk);
-            const uint32_t k_step = advance_column_steps(k_fragments, kk);
-            uint32_t a[kMTiles][4];
+            for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+                const uint32_t q_step = advance_column_steps(q_fragments, kk);
+                const uint32_t k_step = advance_column_steps(k_fragments, kk);
+                uint32_t a[kMTiles][4];
 #pragma unroll
-            for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(a[mt], q_step + mt * k16RowsQ);
+                for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(a[mt], q_step + mt * k16RowsQ);
 #pragma unroll
-            for (int np = 0; np < kNTiles / 2; ++np) {
-                uint32_t b[4];
-                ldmatrix_x4(b, k_step + np * k16RowsKV);
-                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                for (int np = 0; np < kNTiles / 2; ++np) {
+                    uint32_t b[4];
+                    ldmatrix_x4(b, k_step + np * k16RowsKV);
+                    const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
 #pragma unroll
-                for (int mt = 0; mt < kMTiles; ++mt) {
-                    mma_16816<Element>(s[mt][2 * np], a[mt], b0);
-                    mma_16816<Element>(s[mt][2 * np + 1], a[mt], b1);
+                    for (int mt = 0; mt < kMTiles; ++mt) {
+                        mma_16816<Element>(s[mt][2 * np], a[mt], b0);
+                        mma_16816<Element>(s[mt][2 * np + 1], a[mt], b1);
+                    }
                 }
             }
         }
@@ -247,12 +296,13 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
         cp_async_wait<0>();  // V(n)
         __syncthreads();     // ... visible to all, the masked-row bits too; every warp is done with K(n)
         ++position;
-        const int32_t next = position < chunk_count ? smem.block_list[position] : refill();
+        TileKind next_warp_kind = TileKind::Skipped;
+        const int32_t next = next_entry(next_warp_kind);
         if (next != BlockEntry::kNone) load_kv_async(smem.k, k, p.k.stride[1], BlockEntry::kv_block(next));
 
-        // Partial tiles: -inf where the column masks the row. This thread's rows are bits
+        // Partial rows: -inf where the column masks the row. This thread's rows are bits
         // group + 8 * half + 16 * mt of its warp's word: one shift per column, one test per element.
-        if (partial) {
+        if (warp_kind == TileKind::Partial) {
 #pragma unroll
             for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
@@ -268,59 +318,62 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
 
         // Online softmax in float32. A row whose maximum is still -inf (nothing visible yet)
         // uses 0 as its base, so exp2 gives 0 for every masked element, never NaN.
+        if (computes) {
 #pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt)
+            for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                float tile_max = kNegInf;
+                for (int half = 0; half < 2; ++half) {
+                    float tile_max = kNegInf;
 #pragma unroll
-                for (int nt = 0; nt < kNTiles; ++nt)
-                    tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-                const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max));
-                const float base = new_max == kNegInf ? 0.0f : new_max * scale_log2;
-                const float correction = exp2_approx(row_max[mt][half] * scale_log2 - base);
-                row_max[mt][half] = new_max;
-                float sum = 0.0f;
+                    for (int nt = 0; nt < kNTiles; ++nt)
+                        tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+                    const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max));
+                    const float base = new_max == kNegInf ? 0.0f : new_max * scale_log2;
+                    const float correction = exp2_approx(row_max[mt][half] * scale_log2 - base);
+                    row_max[mt][half] = new_max;
+                    float sum = 0.0f;
 #pragma unroll
-                for (int nt = 0; nt < kNTiles; ++nt)
+                    for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
-                    for (int pair = 0; pair < 2; ++pair) {
-                        float& x = s[mt][nt][2 * half + pair];
-                        x = exp2_approx(fmaf(x, scale_log2, -base));
-                        sum += x;
+                        for (int pair = 0; pair < 2; ++pair) {
+                            float& x = s[mt][nt][2 * half + pair];
+                            x = exp2_approx(fmaf(x, scale_log2, -base));
+                            sum += x;
+                        }
+                    row_sum[mt][half] = row_sum[mt][half] * correction + sum;
+#pragma unroll
+                    for (int dt = 0; dt < kDTiles; ++dt) {
+                        o[mt][dt][2 * half] *= correction;
+                        o[mt][dt][2 * half + 1] *= correction;
                     }
-                row_sum[mt][half] = row_sum[mt][half] * correction + sum;
-#pragma unroll
-                for (int dt = 0; dt < kDTiles; ++dt) {
-                    o[mt][dt][2 * half] *= correction;
-                    o[mt][dt][2 * half + 1] *= correction;
                 }
-            }
 
-        // O += P V: S's C fragments of n-tiles 2kk, 2kk+1 are P's A fragment for keys 16kk..16kk+15.
+            // O += P V: S's C fragments of n-tiles 2kk, 2kk+1 are P's A fragment for keys 16kk..16kk+15.
 #pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk) {
-            uint32_t a[kMTiles][4];
-#pragma unroll
-            for (int mt = 0; mt < kMTiles; ++mt) {
-                a[mt][0] = ElementTraits<Element>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                a[mt][1] = ElementTraits<Element>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                a[mt][2] = ElementTraits<Element>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                a[mt][3] = ElementTraits<Element>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-            }
-#pragma unroll
-            for (int dp = 0; dp < kDTiles / 2; ++dp) {
-                uint32_t b[4];
-                ldmatrix_x4_trans(b, advance_column_steps(v_fragments, dp) + kk * k16RowsKV);
-                const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+            for (int kk = 0; kk < kBlockN / 16; ++kk) {
+                uint32_t a[kMTiles][4];
 #pragma unroll
                 for (int mt = 0; mt < kMTiles; ++mt) {
-                    mma_16816<Element>(o[mt][2 * dp], a[mt], b0);
-                    mma_16816<Element>(o[mt][2 * dp + 1], a[mt], b1);
+                    a[mt][0] = ElementTraits<Element>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                    a[mt][1] = ElementTraits<Element>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                    a[mt][2] = ElementTraits<Element>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                    a[mt][3] = ElementTraits<Element>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                }
+#pragma unroll
+                for (int dp = 0; dp < kDTiles / 2; ++dp) {
+                    uint32_t b[4];
+                    ldmatrix_x4_trans(b, advance_column_steps(v_fragments, dp) + kk * k16RowsKV);
+                    const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+#pragma unroll
+                    for (int mt = 0; mt < kMTiles; ++mt) {
+                        mma_16816<Element>(o[mt][2 * dp], a[mt], b0);
+                        mma_16816<Element>(o[mt][2 * dp + 1], a[mt], b1);
+                    }
                 }
             }
         }
         entry = next;
+        warp_kind = next_warp_kind;
     }
 
     // --- epilogue -----------------------------------------------------------------------------
