@@ -24,8 +24,6 @@ namespace flashmask::cuda::sm80 {
 
 namespace backward_detail {
 
-inline int64_t blocks_for(int64_t work, int64_t per_block) { return (work + per_block - 1) / per_block; }
-
 // CTAs of a scheduled kernel: one per (batch, head, block) of its schedule and column split, in
 // grid dimension x (at most 2^31 - 1; the schedule has checked its own count).
 inline unsigned scheduled_ctas(const TileScheduler& tiles, int column_splits, const char* kernel) {
@@ -44,8 +42,9 @@ void zero_gradient(const Operand& t, int32_t batches, int32_t rows, int32_t head
     const int64_t chunks = int64_t(batches) * rows * heads * (kHeadDim / kChunkElements);
     if (chunks == 0) return;
     const KernelOperand gradient(t, batches, rows, heads, kHeadDim, stream);
-    zero_gradient_kernel<Element, kHeadDim><<<unsigned(blocks_for(chunks, kElementwiseThreads)), kElementwiseThreads,
-                                              0, stream>>>(gradient.operand(), batches, rows, heads);
+    zero_gradient_kernel<Element, kHeadDim>
+        <<<unsigned(ceil_div(chunks, int64_t{kElementwiseThreads})), kElementwiseThreads, 0, stream>>>(
+            gradient.operand(), batches, rows, heads);
     check_launch("flashmask backward: zero_gradient_kernel");
     gradient.copy_out();
 }
@@ -93,7 +92,7 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
 
     // Scratch: LSE * log2 e and Di per padded row, and the dQ accumulator when not deterministic.
     BackwardScratch scratch;
-    scratch.padded_nq = int32_t(blocks_for(p.nq, kScratchRowAlignment) * kScratchRowAlignment);
+    scratch.padded_nq = int32_t(ceil_div(int64_t{p.nq}, int64_t{kScratchRowAlignment}) * kScratchRowAlignment);
     const std::size_t rows = std::size_t(p.batch) * p.q_heads * scratch.padded_nq;
     const std::size_t accumulator_floats = deterministic ? 0 : rows * kHeadDim;
     DeviceScratch memory((2 * rows + accumulator_floats) * sizeof(float), stream);
@@ -106,7 +105,7 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
 
     constexpr int kRowsPerPreprocessBlock = kPreprocessThreads / (kHeadDim / kChunkElements);
     backward_preprocess_kernel<Element, kHeadDim>
-        <<<unsigned(blocks_for(int64_t(rows), kRowsPerPreprocessBlock)), kPreprocessThreads, 0, stream>>>(
+        <<<unsigned(ceil_div(int64_t(rows), int64_t{kRowsPerPreprocessBlock})), kPreprocessThreads, 0, stream>>>(
             kernel_problem, scratch);
     check_launch("flashmask backward: backward_preprocess_kernel");
 
@@ -139,7 +138,7 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
     } else {
         const int64_t chunks = int64_t(p.batch) * p.q_heads * p.nq * (kHeadDim / kChunkElements);
         backward_dq_convert_kernel<Element, kHeadDim>
-            <<<unsigned(blocks_for(chunks, kElementwiseThreads)), kElementwiseThreads, 0, stream>>>(
+            <<<unsigned(ceil_div(chunks, int64_t{kElementwiseThreads})), kElementwiseThreads, 0, stream>>>(
                 kernel_problem, scratch);
         check_launch("flashmask backward: backward_dq_convert_kernel");
     }
