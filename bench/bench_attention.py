@@ -636,6 +636,27 @@ def create_block_mask_ms(mask_mod: Callable, n: int, device: torch.device, reps:
     return host_median_ms(lambda: create_block_mask(mask_mod, None, None, n, n, device=device), reps)
 
 
+# What one implementation's measurement may raise and still leave the others to measure: a
+# RuntimeError is e.g. no cuDNN kernel for this card (torch.OutOfMemoryError is one too).
+MEASUREMENT_ERRORS = (Unavailable, RuntimeError)
+
+
+def record_failure(measurement: Measurement, error: BaseException) -> None:
+    """The status and note of a measurement that raised `error` (one of MEASUREMENT_ERRORS), for
+    the full and the --preprocess-only loops alike: Unavailable keeps its whole message; out of
+    memory is OOM, with the cached blocks freed for the next implementation; any other
+    RuntimeError is UNAVAILABLE with error_note()."""
+    if isinstance(error, Unavailable):
+        measurement.status = UNAVAILABLE
+        measurement.note = str(error)
+    elif isinstance(error, torch.OutOfMemoryError):
+        measurement.status = OUT_OF_MEMORY
+        torch.cuda.empty_cache()
+    else:
+        measurement.status = UNAVAILABLE
+        measurement.note = error_note(error)
+
+
 def finish_mask_row(row: Row, rows: List[Row], stats: dict, mask_start: float, config_start: float,
                     on_row: Callable[[List[Row], dict], None]) -> None:
     """After one mask of a configuration: frees the cached blocks, appends and logs the row, and
@@ -742,16 +763,8 @@ def measure_config(config: Config, mask_names: Sequence[str], implementations: S
                     scratch = pool_high or 0
                     row.peak_bytes[impl] = problem.input_bytes() + extra + scratch
                 del runner
-            except Unavailable as error:
-                measurement.status = UNAVAILABLE
-                measurement.note = str(error)
-            except torch.OutOfMemoryError:
-                measurement.status = OUT_OF_MEMORY
-                torch.cuda.empty_cache()
-            except RuntimeError as error:
-                # e.g. no cuDNN kernel for this card: report, keep measuring the others.
-                measurement.status = UNAVAILABLE
-                measurement.note = error_note(error)
+            except MEASUREMENT_ERRORS as error:
+                record_failure(measurement, error)
             finally:
                 if impl == DENSE:
                     dense_mask = None
@@ -796,14 +809,8 @@ def measure_preprocess_config(config: Config, mask_names: Sequence[str], impleme
             measurement.forward_ms = median_ms(runner.forward, PREPROCESS_ONLY_FORWARD_REPS,
                                                warmup_calls(PREPROCESS_ONLY_FORWARD_REPS))
             del runner
-        except Unavailable as error:
-            measurement.status = UNAVAILABLE
-            measurement.note = str(error)
-        except torch.OutOfMemoryError:
-            measurement.status = OUT_OF_MEMORY
-        except RuntimeError as error:
-            measurement.status = UNAVAILABLE
-            measurement.note = error_note(error)
+        except MEASUREMENT_ERRORS as error:
+            record_failure(measurement, error)
         finish_mask_row(row, rows, stats, mask_start, config_start, on_row)
     stats["seconds"] = round(time.perf_counter() - config_start, 1)
     return rows, stats

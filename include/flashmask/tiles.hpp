@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "flashmask/config.hpp"
 
@@ -159,7 +160,13 @@ FM_HOST_DEVICE TileKind classify(const BlockSummary& s, int32_t row_begin, int32
     return lower_misses && upper_misses ? TileKind::Full : TileKind::Partial;
 }
 
-// Written without a + b - 1, which overflows for a near 2^31 (a >= 0, b > 0).
-FM_HOST_DEVICE int32_t ceil_div(int32_t a, int32_t b) { return a / b + (a % b != 0); }
+// ceil(a / b) for a >= 0, b > 0, in the operands' one integer type (int32_t for block counts,
+// int64_t for element counts): mixed types do not deduce, so a caller never has a divisor or a
+// count narrowed silently. Written without a + b - 1, which overflows for a near the type's maximum.
+template <typename Integer>
+FM_HOST_DEVICE constexpr Integer ceil_div(Integer a, Integer b) {
+    static_assert(std::is_integral_v<Integer>, "ceil_div counts in integers");
+    return a / b + (a % b != 0);
+}
 
 }  // namespace flashmask

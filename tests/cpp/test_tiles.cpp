@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <type_traits>
 
 #include "test_cpu_common.hpp"
 #include "test_mask_util.hpp"
@@ -241,6 +242,12 @@ TEST(TileClassification, EdgeCases) {
     EXPECT_EQ(ceil_div(INT32_MAX, 128), INT32_MAX / 128 + 1);
     EXPECT_EQ(ceil_div(256, 128), 2);
     EXPECT_EQ(ceil_div(0, 128), 0);
+    // The int64_t instance, for element counts past 2^31 (the backward's grid sizes).
+    constexpr int64_t kPastInt32 = int64_t{INT32_MAX} * 3;
+    static_assert(std::is_same_v<decltype(ceil_div(kPastInt32, int64_t{256})), int64_t>);
+    EXPECT_EQ(ceil_div(kPastInt32, int64_t{256}), kPastInt32 / 256 + 1);
+    EXPECT_EQ(ceil_div(INT64_MAX, int64_t{128}), INT64_MAX / 128 + 1);
+    EXPECT_EQ(ceil_div(int64_t{1} << 40, int64_t{256}), int64_t{1} << 32);
 }
 
 // -------------------------------------------------------------------------------------------

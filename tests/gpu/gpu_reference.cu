@@ -9,17 +9,18 @@
 #include <string>
 
 #include "cuda/common/check.hpp"
+#include "cuda/common/warp.hpp"
 #include "gpu_reference.hpp"
 
 namespace flashmask::testing {
 namespace {
 
 using cuda::check_launch;
+using cuda::kFullWarpMask;
+using cuda::kWarpSize;
 
 constexpr int kThreads = 128;  // 4 warps: enough to hide the latency of a row's loads
-constexpr int kWarpSize = 32;
 constexpr int kWarps = kThreads / kWarpSize;
-constexpr unsigned kFullWarp = 0xffffffffu;
 constexpr int kDimsPerThread = kReferenceMaxHeadDim / kThreads;  // a key block's dK/dV row in registers
 static_assert(kReferenceMaxHeadDim % kThreads == 0, "each thread owns the same number of head-dim elements");
 
@@ -32,11 +33,11 @@ __device__ __forceinline__ float round_as(Rounding rounding, float x) {
 }
 
 __device__ __forceinline__ float warp_sum(float x) {
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(kFullWarp, x, offset);
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(kFullWarpMask, x, offset);
     return x;
 }
 __device__ __forceinline__ float warp_max(float x) {
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) x = fmaxf(x, __shfl_xor_sync(kFullWarp, x, offset));
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) x = fmaxf(x, __shfl_xor_sync(kFullWarpMask, x, offset));
     return x;
 }
 

@@ -4,9 +4,6 @@ same values (one CPU path, so the bits agree) and the float64 reference; refusal
 documented exception before anything is written; `import flashmask` loads neither torch nor
 CUDA. The CUDA side is tests/python/test_cuda.py."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -14,6 +11,7 @@ import flashmask
 from flashmask import masks
 
 from accuracy_util import float64_of, relative_error, storage_of
+from fresh_interpreter import ASSERT_NO_TORCH, run_in_fresh_interpreter
 
 try:
     import torch
@@ -206,14 +204,11 @@ def test_the_preprocessing_hook_refuses_a_host_index_array(rng):
 def test_import_loads_neither_torch_nor_cuda():
     """`import flashmask` in a fresh interpreter: no torch module, and no CUDA driver library
     mapped (the static CUDA runtime loads libcuda on its first call, which import makes none of)."""
-    probe = ("import sys, flashmask\n"
-             "assert 'torch' not in sys.modules, 'import flashmask imported torch'\n"
+    probe = ("import sys, flashmask\n" + ASSERT_NO_TORCH +
              "maps = open('/proc/self/maps').read() if sys.platform.startswith('linux') else ''\n"
              "assert 'libcuda.so' not in maps, 'import flashmask loaded the CUDA driver'\n"
              "print(flashmask.__version__)\n")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == flashmask.__version__
+    assert run_in_fresh_interpreter(probe) == flashmask.__version__
 
 
 # --- torch CPU tensors --------------------------------------------------------------------------

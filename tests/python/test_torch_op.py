@@ -17,8 +17,6 @@ and backward.
 """
 
 import os
-import subprocess
-import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -28,6 +26,7 @@ import flashmask
 from flashmask import masks
 
 from accuracy_util import float64_of, random_intervals, storage_of
+from fresh_interpreter import ASSERT_NO_TORCH, run_in_fresh_interpreter
 
 torch = pytest.importorskip("torch")
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402  (after the importorskip)
@@ -616,8 +615,7 @@ def test_the_torch_names_are_imported_on_first_use():
     flashmask.flashmask_attention (and `from flashmask import flashmask_attention`) does, and is
     torch_op's function; an unknown name is still an AttributeError."""
     probe = ("import sys, flashmask\n"
-             "from flashmask import *\n"
-             "assert 'torch' not in sys.modules, 'import flashmask imported torch'\n"
+             "from flashmask import *\n" + ASSERT_NO_TORCH +
              "assert 'flashmask_attention' in dir(flashmask)\n"
              "function = flashmask.flashmask_attention\n"
              "assert 'torch' in sys.modules\n"
@@ -625,9 +623,7 @@ def test_the_torch_names_are_imported_on_first_use():
              "assert function is flashmask_attention is torch_op.flashmask_attention\n"
              "assert not hasattr(flashmask, 'no_such_name')\n"
              "print('ok')\n")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    assert run_in_fresh_interpreter(probe) == "ok"
 
 
 # --- CUDA -------------------------------------------------------------------------------------------

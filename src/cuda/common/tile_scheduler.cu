@@ -2,14 +2,13 @@
 #include <string>
 
 #include "cuda/common/tile_scheduler.cuh"
+#include "cuda/common/warp.hpp"
 
 namespace flashmask::cuda {
 namespace {
 
-constexpr int kWarpLanes = 32;
-constexpr unsigned kWholeWarp = 0xffffffffu;
 constexpr int kOrderThreads = 512;  // 16 warps, each counting one block's tiles at a time
-constexpr int kOrderWarps = kOrderThreads / kWarpLanes;
+constexpr int kOrderWarps = kOrderThreads / kWarpSize;
 // The work of this many blocks is staged in shared memory (8 KB, 40 KB with the histogram) for
 // the scatter, so that its one warp reads shared memory instead of waiting on global loads.
 constexpr int kStagedBlocks = 2048;
@@ -36,7 +35,7 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int3
     const int32_t order_batch = pair / shape.order_heads, order_head = pair % shape.order_heads;
     int32_t* const pair_order = order + int64_t(pair) * shape.blocks;
     int32_t* const pair_work = work + int64_t(pair) * shape.blocks;
-    const int thread = int(threadIdx.x), warp = thread / kWarpLanes, lane = thread % kWarpLanes;
+    const int thread = int(threadIdx.x), warp = thread / kWarpSize, lane = thread % kWarpSize;
     const int32_t buckets = shape.buckets;
 
     for (int32_t bin = thread; bin < buckets; bin += kOrderThreads) bins[bin] = 0;
@@ -47,8 +46,8 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int3
     unsigned long long warp_work = 0;  // lane 0: the work of the blocks this warp counted
     for (int32_t block = warp; block < shape.blocks; block += kOrderWarps) {
         const int32_t part = block_work(shape, summaries.summaries, summaries.stride_batch, summaries.stride_mask_head,
-                                        order_batch, order_head, block, lane, kWarpLanes);
-        const int32_t total = __reduce_add_sync(kWholeWarp, part);
+                                        order_batch, order_head, block, lane, kWarpSize);
+        const int32_t total = __reduce_add_sync(kFullWarpMask, part);
         if (lane == 0) {
             pair_work[block] = total;
             atomicAdd(&bins[total >> shape.bucket_shift], 1);
@@ -62,13 +61,13 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int3
     // 2. First output position of each bin. Lane l scans a run of bins from the heaviest down,
     // the lanes' totals are scanned across the warp, then each lane writes its run's positions.
     if (warp == 0) {
-        const int32_t per_lane = ceil_div(buckets, kWarpLanes);
+        const int32_t per_lane = ceil_div(buckets, kWarpSize);
         const int32_t begin = min(lane * per_lane, buckets), end = min(begin + per_lane, buckets);
         int32_t run_total = 0;
         for (int32_t down = begin; down < end; ++down) run_total += bins[buckets - 1 - down];
         int32_t inclusive = run_total;
-        for (int offset = 1; offset < kWarpLanes; offset *= 2) {
-            const int32_t below = __shfl_up_sync(kWholeWarp, inclusive, offset);
+        for (int offset = 1; offset < kWarpSize; offset *= 2) {
+            const int32_t below = __shfl_up_sync(kFullWarpMask, inclusive, offset);
             if (lane >= offset) inclusive += below;
         }
         int32_t position = inclusive - run_total;
@@ -89,12 +88,12 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int3
             staged[i] = pair_work[tie_order_block(shape.axis, shape.blocks, chunk + i)];
         __syncthreads();
         if (warp != 0) continue;
-        for (int32_t first = 0; first < count; first += kWarpLanes) {
+        for (int32_t first = 0; first < count; first += kWarpSize) {
             const int32_t i = first + lane;
             const bool valid = i < count;
             const int32_t placed_work = valid ? staged[i] : 0;
             const int32_t bin = valid ? placed_work >> shape.bucket_shift : -1;  // -1: no block, never a real bin
-            const unsigned peers = __match_any_sync(kWholeWarp, bin);
+            const unsigned peers = __match_any_sync(kFullWarpMask, bin);
             const int32_t rank = __popc(peers & ((1u << lane) - 1u));  // lanes of this bin before this one
             const int32_t position = valid ? bins[bin] + rank : 0;
             __syncwarp();  // every lane has read its bin's position before the lowest lane advances it
@@ -109,7 +108,7 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int3
 
     // 4. This order head's heavy prefix.
     if (warp == 0) {
-        heavy_end = __reduce_max_sync(kWholeWarp, heavy_end);
+        heavy_end = __reduce_max_sync(kFullWarpMask, heavy_end);
         if (lane == 0 && heavy_end > 0) atomicMax(heavy_ranks, heavy_end);
     }
 }

@@ -63,7 +63,17 @@ public:
     // must be the kernel's too. cta_slots: resident_block_slots() of the kernel.
     TileScheduler(const MaskView& mask, int32_t batch, int32_t q_heads, int32_t kv_heads, TileAxis axis,
                   int32_t block_m, const SummaryTable& summaries, int32_t cta_slots, cudaStream_t stream)
-        : shape_(make_tile_order_shape(mask, batch, q_heads, kv_heads, axis, block_m, summaries.block_n, cta_slots)),
+        : TileScheduler(mask,
+                        make_tile_order_shape(mask, batch, q_heads, kv_heads, axis, block_m, summaries.block_n,
+                                              cta_slots),
+                        summaries, stream) {}
+
+    // The same for a shape the caller made beforehand with make_tile_order_shape() (and the
+    // summaries' block_n), so that it can refuse a call (grid, tile counts) before it queues any
+    // work, the summaries included. Throws if the shape counts other key blocks than `summaries`.
+    TileScheduler(const MaskView& mask, const TileOrderShape& shape, const SummaryTable& summaries,
+                  cudaStream_t stream)
+        : shape_(checked_against(shape, summaries)),
           sorted_(mask.layout != MaskLayout::None && shape_.ctas() > 0),
           scratch_(sorted_ ? sizeof(int32_t) * (2 * std::size_t(shape_.order_pairs()) * shape_.blocks + 1) : 0, stream) {
         if (sorted_) compute_tile_order(shape_, summaries, order(), work(), heavy_ranks(), stream);
@@ -79,6 +89,15 @@ public:
     int32_t* heavy_ranks() const { return sorted_ ? work() + shape_.order_pairs() * shape_.blocks : nullptr; }
 
 private:
+    static const TileOrderShape& checked_against(const TileOrderShape& shape, const SummaryTable& summaries) {
+        if (shape.key_blocks != summaries.blocks)
+            throw Error(ErrorCode::InvalidArgument, "",
+                        "flashmask tile scheduler: the order's shape counts " + std::to_string(shape.key_blocks) +
+                            " key blocks, its summaries " + std::to_string(summaries.blocks) +
+                            "; expected one key-block size (block_n) for both");
+        return shape;
+    }
+
     TileOrderShape shape_;
     bool sorted_;
     DeviceScratch scratch_;

@@ -8,8 +8,9 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 #include <initializer_list>
+#include <limits>
+#include <optional>
 #include <string>
 
 #include "cuda/common/check.hpp"
@@ -24,17 +25,39 @@ namespace flashmask::cuda::sm80 {
 
 namespace backward_detail {
 
-inline int64_t blocks_for(int64_t work, int64_t per_block) { return (work + per_block - 1) / per_block; }
-
 // CTAs of a scheduled kernel: one per (batch, head, block) of its schedule and column split, in
-// grid dimension x (at most 2^31 - 1; the schedule has checked its own count).
-inline unsigned scheduled_ctas(const TileScheduler& tiles, int column_splits, const char* kernel) {
-    const int64_t ctas = tiles.shape().ctas() * column_splits;
+// grid dimension x (at most 2^31 - 1; make_tile_order_shape() has checked the shape's own count).
+inline unsigned scheduled_ctas(const TileOrderShape& shape, int column_splits, const char* kernel) {
+    const int64_t ctas = shape.ctas() * column_splits;
     if (ctas > std::numeric_limits<int32_t>::max())
         throw Error(ErrorCode::Unsupported, "q",
                     std::string("flashmask::backward: ") + kernel + " needs " + std::to_string(ctas) +
                         " CTAs (blocks x heads x batch x column splits), more than the grid's 2^31 - 1");
     return unsigned(ctas);
+}
+
+// One launch of a scheduled kernel (dK/dV, deterministic dQ), decided on the host before the
+// backward queues any work: the kernel opted in to its shared memory, the shape of its
+// heaviest-first order and its grid. Planning it throws every refusal the launch would meet (a
+// CTA that fits no SM, tiles per block or a grid past int32) while the stream is still untouched.
+template <typename Kernel>
+struct ScheduledLaunch {
+    Kernel kernel;
+    int smem_bytes;
+    TileOrderShape shape;
+    unsigned grid;
+};
+
+// `Traits`: the kernel's DkDv or Dq (kBlockM, kBlockN, kThreads, kColSplits).
+template <typename Traits, typename Kernel>
+ScheduledLaunch<Kernel> plan_scheduled_launch(Kernel kernel, int smem_bytes, const AttentionProblem& p,
+                                              TileAxis axis, const char* name) {
+    allow_shared_memory(kernel, smem_bytes);  // before the occupancy query
+    const int32_t slots = resident_block_slots(kernel, Traits::kThreads, smem_bytes, Traits::kColSplits);
+    // Work counted with the kernel's own kBlockM x kBlockN tiles.
+    const TileOrderShape shape = make_tile_order_shape(p.mask, p.batch, p.q_heads, p.kv_heads, axis, Traits::kBlockM,
+                                                       Traits::kBlockN, slots);
+    return {kernel, smem_bytes, shape, scheduled_ctas(shape, Traits::kColSplits, name)};
 }
 
 // zero_gradient_kernel stores 16-byte chunks: a gradient with rows off 16-byte addresses is
@@ -44,8 +67,9 @@ void zero_gradient(const Operand& t, int32_t batches, int32_t rows, int32_t head
     const int64_t chunks = int64_t(batches) * rows * heads * (kHeadDim / kChunkElements);
     if (chunks == 0) return;
     const KernelOperand gradient(t, batches, rows, heads, kHeadDim, stream);
-    zero_gradient_kernel<Element, kHeadDim><<<unsigned(blocks_for(chunks, kElementwiseThreads)), kElementwiseThreads,
-                                              0, stream>>>(gradient.operand(), batches, rows, heads);
+    zero_gradient_kernel<Element, kHeadDim>
+        <<<unsigned(ceil_div(chunks, int64_t{kElementwiseThreads})), kElementwiseThreads, 0, stream>>>(
+            gradient.operand(), batches, rows, heads);
     check_launch("flashmask backward: zero_gradient_kernel");
     gradient.copy_out();
 }
@@ -67,8 +91,19 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
         if (p.nk == 0) zero_gradient<Element, kHeadDim>(p.dq, p.batch, p.nq, p.q_heads, stream);
         return;
     }
+    // Every refusal (shared memory, occupancy, grid and tile counts) before the first work queued
+    // on the stream, as in the forward: a refused call leaves no copies, scratch or kernels behind.
     check_shared_memory("backward", DkDvSmem<Element, kHeadDim>::kBytes, "backward_dkdv_kernel");
     if (deterministic) check_shared_memory("backward", DqSmem<Element, kHeadDim>::kBytes, "backward_dq_kernel");
+    // Heaviest key blocks first for dK/dV; heaviest query blocks first for the deterministic dQ.
+    const auto dkdv = plan_scheduled_launch<DkDvT>(deterministic ? backward_dkdv_kernel<Element, kHeadDim, false>
+                                                                 : backward_dkdv_kernel<Element, kHeadDim, true>,
+                                                   DkDvSmem<Element, kHeadDim>::kBytes, p, TileAxis::KeyBlocks,
+                                                   "backward_dkdv_kernel");
+    std::optional<ScheduledLaunch<decltype(&backward_dq_kernel<Element, kHeadDim>)>> dq_launch;
+    if (deterministic)
+        dq_launch = plan_scheduled_launch<DqT>(backward_dq_kernel<Element, kHeadDim>, DqSmem<Element, kHeadDim>::kBytes,
+                                               p, TileAxis::QueryBlocks, "backward_dq_kernel");
 
     // The kernels read q, k, v, out, dout and write dq, dk, dv in 16-byte chunks; lse is read one
     // float at a time with its own strides and needs no copy.
@@ -93,7 +128,7 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
 
     // Scratch: LSE * log2 e and Di per padded row, and the dQ accumulator when not deterministic.
     BackwardScratch scratch;
-    scratch.padded_nq = int32_t(blocks_for(p.nq, kScratchRowAlignment) * kScratchRowAlignment);
+    scratch.padded_nq = int32_t(ceil_div(int64_t{p.nq}, int64_t{kScratchRowAlignment}) * kScratchRowAlignment);
     const std::size_t rows = std::size_t(p.batch) * p.q_heads * scratch.padded_nq;
     const std::size_t accumulator_floats = deterministic ? 0 : rows * kHeadDim;
     DeviceScratch memory((2 * rows + accumulator_floats) * sizeof(float), stream);
@@ -106,40 +141,28 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
 
     constexpr int kRowsPerPreprocessBlock = kPreprocessThreads / (kHeadDim / kChunkElements);
     backward_preprocess_kernel<Element, kHeadDim>
-        <<<unsigned(blocks_for(int64_t(rows), kRowsPerPreprocessBlock)), kPreprocessThreads, 0, stream>>>(
+        <<<unsigned(ceil_div(int64_t(rows), int64_t{kRowsPerPreprocessBlock})), kPreprocessThreads, 0, stream>>>(
             kernel_problem, scratch);
     check_launch("flashmask backward: backward_preprocess_kernel");
 
     {
         const BlockSummaries summaries(p.mask, p.batch, p.q_heads, DkDvT::kBlockN, stream);
-        constexpr int kSmem = DkDvSmem<Element, kHeadDim>::kBytes;
-        auto kernel = deterministic ? backward_dkdv_kernel<Element, kHeadDim, false>
-                                    : backward_dkdv_kernel<Element, kHeadDim, true>;
-        allow_shared_memory(kernel, kSmem);
-        // Heaviest key blocks first, work counted with the kernel's kBlockM x kBlockN tiles.
-        const TileScheduler tiles(p.mask, p.batch, p.q_heads, p.kv_heads, TileAxis::KeyBlocks, DkDvT::kBlockM,
-                                  summaries.table(),
-                                  resident_block_slots(kernel, DkDvT::kThreads, kSmem, DkDvT::kColSplits), stream);
-        const unsigned grid = scheduled_ctas(tiles, DkDvT::kColSplits, "backward_dkdv_kernel");
-        kernel<<<grid, DkDvT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), tiles.schedule(), scratch);
+        const TileScheduler tiles(p.mask, dkdv.shape, summaries.table(), stream);
+        dkdv.kernel<<<dkdv.grid, DkDvT::kThreads, dkdv.smem_bytes, stream>>>(kernel_problem, summaries.table(),
+                                                                             tiles.schedule(), scratch);
         check_launch("flashmask backward: backward_dkdv_kernel");
     }
 
-    if (deterministic) {
+    if (dq_launch) {
         const BlockSummaries summaries(p.mask, p.batch, p.q_heads, DqT::kBlockN, stream);
-        constexpr int kSmem = DqSmem<Element, kHeadDim>::kBytes;
-        auto kernel = backward_dq_kernel<Element, kHeadDim>;
-        allow_shared_memory(kernel, kSmem);
-        const TileScheduler tiles(p.mask, p.batch, p.q_heads, p.kv_heads, TileAxis::QueryBlocks, DqT::kBlockM,
-                                  summaries.table(), resident_block_slots(kernel, DqT::kThreads, kSmem, DqT::kColSplits),
-                                  stream);
-        const unsigned grid = scheduled_ctas(tiles, DqT::kColSplits, "backward_dq_kernel");
-        kernel<<<grid, DqT::kThreads, kSmem, stream>>>(kernel_problem, summaries.table(), tiles.schedule(), scratch);
+        const TileScheduler tiles(p.mask, dq_launch->shape, summaries.table(), stream);
+        dq_launch->kernel<<<dq_launch->grid, DqT::kThreads, dq_launch->smem_bytes, stream>>>(
+            kernel_problem, summaries.table(), tiles.schedule(), scratch);
         check_launch("flashmask backward: backward_dq_kernel");
     } else {
         const int64_t chunks = int64_t(p.batch) * p.q_heads * p.nq * (kHeadDim / kChunkElements);
         backward_dq_convert_kernel<Element, kHeadDim>
-            <<<unsigned(blocks_for(chunks, kElementwiseThreads)), kElementwiseThreads, 0, stream>>>(
+            <<<unsigned(ceil_div(chunks, int64_t{kElementwiseThreads})), kElementwiseThreads, 0, stream>>>(
                 kernel_problem, scratch);
         check_launch("flashmask backward: backward_dq_convert_kernel");
     }

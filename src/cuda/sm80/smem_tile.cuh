@@ -11,13 +11,13 @@
 
 #include <cstdint>
 
+#include "cuda/common/warp.hpp"
 #include "cuda/sm80/ptx.cuh"
 
 namespace flashmask::cuda::sm80 {
 
 constexpr int kChunkElements = 8;   // 16-bit values per 16-byte chunk
 constexpr int kSwizzleRows = 8;     // the swizzle pattern repeats every 8 rows
-constexpr int kWarpSize = 32;
 
 template <int kRows, int kCols>
 struct SmemTile {
