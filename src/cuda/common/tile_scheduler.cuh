@@ -14,11 +14,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include "cuda/common/check.hpp"
+#include "cuda/common/shared_memory.hpp"
 #include "cuda/common/tile_order.hpp"
 #include "cuda/common/workspace.cuh"
+#include "flashmask/problem.hpp"
 
 namespace flashmask::cuda {
 
@@ -51,6 +54,41 @@ int32_t resident_block_slots(Kernel kernel, int threads, int dynamic_smem_bytes,
                         std::to_string(dynamic_smem_bytes) + " bytes of dynamic shared memory on an SM");
     const int32_t slots = sms * per_sm / ctas_per_block;
     return slots > 0 ? slots : 1;  // fewer slots than CTAs per block: one block at a time
+}
+
+// CTAs of a scheduled kernel: one per (batch, head, block) of its schedule and column split, in
+// grid dimension x (at most 2^31 - 1; make_tile_order_shape() has checked the shape's own count).
+inline unsigned scheduled_ctas(const TileOrderShape& shape, int column_splits, const char* kernel) {
+    const int64_t ctas = shape.ctas() * column_splits;
+    if (ctas > std::numeric_limits<int32_t>::max())
+        throw Error(ErrorCode::Unsupported, "q",
+                    std::string("flashmask: ") + kernel + " needs " + std::to_string(ctas) +
+                        " CTAs (blocks x heads x batch x column splits), more than the grid's 2^31 - 1");
+    return unsigned(ctas);
+}
+
+// One launch of a scheduled kernel (forward, dK/dV, deterministic dQ), decided on the host before
+// its call queues any work: the kernel opted in to its shared memory, the shape of its
+// heaviest-first order and its grid. Planning it throws every refusal the launch would meet (a
+// CTA that fits no SM, tiles per block or a grid past int32) while the stream is still untouched.
+template <typename Kernel>
+struct ScheduledLaunch {
+    Kernel kernel;
+    int smem_bytes;
+    TileOrderShape shape;
+    unsigned grid;
+};
+
+// `Traits`: the kernel's ForwardTraits, DkDv or Dq (kBlockM, kBlockN, kThreads, kColSplits).
+template <typename Traits, typename Kernel>
+ScheduledLaunch<Kernel> plan_scheduled_launch(Kernel kernel, int smem_bytes, const AttentionProblem& p,
+                                              TileAxis axis, const char* name) {
+    allow_shared_memory(kernel, smem_bytes);  // before the occupancy query
+    const int32_t slots = resident_block_slots(kernel, Traits::kThreads, smem_bytes, Traits::kColSplits);
+    // Work counted with the kernel's own kBlockM x kBlockN tiles.
+    const TileOrderShape shape = make_tile_order_shape(p.mask, p.batch, p.q_heads, p.kv_heads, axis, Traits::kBlockM,
+                                                       Traits::kBlockN, slots);
+    return {kernel, smem_bytes, shape, scheduled_ctas(shape, Traits::kColSplits, name)};
 }
 
 // The order of one call, built on `stream` into scratch memory owned by this object (stream

@@ -45,7 +45,6 @@
 namespace flashmask::cuda::sm80 {
 namespace forward_detail {
 
-constexpr int kDefaultDynamicSmem = 48 * 1024;    // above this a kernel must opt in (cudaFuncSetAttribute)
 
 // A key block in the CTA's compacted list: its index and whether any warp's rows of it are
 // Partial (then the CTA builds the masked-row bits of the tile).
@@ -443,21 +442,14 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
     using Traits = ForwardTraits<kHeadDim>;
     if (p.batch == 0 || p.nq == 0) return;  // nothing to write
 
-    const int32_t query_blocks = ceil_div(p.nq, Traits::kBlockM);
-    const int64_t ctas = int64_t(query_blocks) * p.q_heads * p.batch;
-    if (ctas > std::numeric_limits<int32_t>::max())
-        throw Error(ErrorCode::Unsupported, "q",
-                    "flashmask::forward: " + std::to_string(ctas) + " query blocks x heads x batch exceed the grid limit");
-
-    auto* kernel = forward_kernel<Element, kHeadDim>;
+    // Every refusal (shared memory, a CTA that fits no SM, a grid past int32) before any work is queued.
     constexpr int kSmemBytes = int(sizeof(SharedStorage<Element, kHeadDim>));
-    check_shared_memory("forward", kSmemBytes, "forward_kernel");  // before any work is queued
+    check_shared_memory("forward", kSmemBytes, "forward_kernel");
+    const auto launch = plan_scheduled_launch<Traits>(forward_kernel<Element, kHeadDim>, kSmemBytes, p,
+                                                      TileAxis::QueryBlocks, "forward_kernel");
 
-    if (kSmemBytes > kDefaultDynamicSmem) allow_shared_memory(kernel, kSmemBytes);  // before the occupancy query
     const BlockSummaries summaries(p.mask, p.batch, p.q_heads, Traits::kBlockN, stream);
-    // Work counted with the kernel's own tiles: kBlockM query rows by the summaries' kBlockN keys.
-    const TileScheduler tiles(p.mask, p.batch, p.q_heads, p.kv_heads, TileAxis::QueryBlocks, Traits::kBlockM,
-                              summaries.table(), resident_block_slots(kernel, Traits::kThreads, kSmemBytes, 1), stream);
+    const TileScheduler tiles(p.mask, launch.shape, summaries.table(), stream);
     const KernelOperand q(p.q, p.batch, p.nq, p.q_heads, p.head_dim, stream);
     const KernelOperand k(p.k, p.batch, p.nk, p.kv_heads, p.head_dim, stream);
     const KernelOperand v(p.v, p.batch, p.nk, p.kv_heads, p.value_dim, stream);
@@ -471,7 +463,8 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
     kernel_problem.v = v.operand();
     kernel_problem.out = out.operand();
 
-    kernel<<<unsigned(ctas), Traits::kThreads, kSmemBytes, stream>>>(kernel_problem, summaries.table(), tiles.schedule());
+    launch.kernel<<<launch.grid, Traits::kThreads, kSmemBytes, stream>>>(kernel_problem, summaries.table(),
+                                                                         tiles.schedule());
     check_launch("flashmask sm80 forward_kernel");
     out.copy_out();
 }

@@ -61,6 +61,7 @@ struct ForwardTraits : ForwardTileShape<kHeadDim_> {
     static constexpr int kMTiles = kWarpRows / 16;                    // m16 tiles per warp
     static constexpr int kNTiles = Shape::kBlockN / 8;                // n8 tiles of S per warp
     static constexpr int kDTiles = kHeadDim / 8;                      // n8 tiles of O per warp
+    static constexpr int kColSplits = 1;                              // one CTA writes all of O's columns
     static_assert(kWarpRows % 16 == 0, "each warp owns whole m16 tiles");
     static_assert(kWarpRows <= 32, "a partial tile's masked rows of one warp fit one 32-bit word per column");
     static_assert(Shape::kBlockN % 16 == 0 && kHeadDim % 16 == 0, "k16 steps of the two products");
