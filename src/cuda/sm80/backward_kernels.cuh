@@ -98,6 +98,29 @@ __device__ __forceinline__ float2 unpack(uint32_t pair) {
     return make_float2(ElementTraits<Element>::to_float(e[0]), ElementTraits<Element>::to_float(e[1]));
 }
 
+// dS = P * (dP - Di) of one packed pair, packed to 16 bits: `p` is the pair of P as it entered
+// dV (rounded to the dtype), (lo, hi) = dP - Di in float32. Both kernels form dS here and only
+// here, so that the dQ kernel (deterministic mode) uses the very bits the dK/dV kernel used.
+//   bfloat16: dP - Di is packed to bf16 and multiplied by P in one packed multiply (HMUL2.BF16;
+//     _rn: never contracted), which saves unpacking P and two float32 multiplies per pair. The
+//     cost is one extra bf16 rounding of (dP - Di) (relative 2^-9) before the product's own:
+//     about twice the rounding error of dS, within SPEC §5's 2x the naive-dtype error (the naive
+//     computation rounds there too). bf16 has float32's exponent range: no new overflow.
+//   float16: P is unpacked and multiplied in float32, rounded once: (dP - Di) can exceed
+//     float16's range (65504) where P * (dP - Di), P <= 1, does not.
+template <typename Element>
+__device__ __forceinline__ uint32_t ds_pair(uint32_t p, float lo, float hi) {
+    if constexpr (std::is_same_v<Element, __nv_bfloat16>) {
+        const uint32_t difference = ElementTraits<Element>::pack(lo, hi);
+        const __nv_bfloat162 product = __hmul2_rn(*reinterpret_cast<const __nv_bfloat162*>(&p),
+                                                  *reinterpret_cast<const __nv_bfloat162*>(&difference));
+        return *reinterpret_cast<const uint32_t*>(&product);
+    } else {
+        const float2 probability = unpack<Element>(p);
+        return ElementTraits<Element>::pack(probability.x * lo, probability.y * hi);
+    }
+}
+
 // Fragment addresses are formed once per tile and stepped with constants: rows by whole multiples
 // of 8 through row_bytes() (keeps row % 8, hence the swizzle: a plain add), columns by
 // advance_column_steps() (smem_tile.cuh). One base register per operand instead of one per
@@ -476,8 +499,8 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dv_acc, pt, do_tile + out_kn_lane);
 
         // dP^T = V dO^T, dS^T = P^T * (dP^T - Di), packed: the A operand of dK += dS^T Q (scaled
-        // at the end) and, through shared memory, of dQ += dS K. P^T is taken back from its
-        // packed 16-bit form: the value that entered dV.
+        // at the end) and, through shared memory, of dQ += dS K. P^T is used in its packed
+        // 16-bit form: the value that entered dV.
         uint32_t dst[kBlockM / 16][4];
         {
             float dpt[kQueryTiles][4];
@@ -487,15 +510,10 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 const int q = t * kMmaCols + 2 * quad;
                 const float2 di = *reinterpret_cast<const float2*>(di_tile + q);
                 // tile t is the left (even t) or right half of A fragment t / 2: registers 0, 1 or 2, 3
-                const float2 p_top = unpack<Element>(pt[t / 2][(t % 2) * 2]);
-                const float2 p_bottom = unpack<Element>(pt[t / 2][(t % 2) * 2 + 1]);
-                dpt[t][0] = p_top.x * (dpt[t][0] - di.x);
-                dpt[t][1] = p_top.y * (dpt[t][1] - di.y);
-                dpt[t][2] = p_bottom.x * (dpt[t][2] - di.x);
-                dpt[t][3] = p_bottom.y * (dpt[t][3] - di.y);
+                const int top = (t % 2) * 2;
+                dst[t / 2][top] = ds_pair<Element>(pt[t / 2][top], dpt[t][0] - di.x, dpt[t][1] - di.y);
+                dst[t / 2][top + 1] = ds_pair<Element>(pt[t / 2][top + 1], dpt[t][2] - di.x, dpt[t][3] - di.y);
             }
-#pragma unroll
-            for (int k = 0; k < kBlockM / 16; ++k) accumulators_to_a<Element>(dst[k], dpt[2 * k], dpt[2 * k + 1]);
         }
         mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dk_acc, dst, q_tile + out_kn_lane);
 
@@ -666,7 +684,7 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         const uint32_t v_tile = v_address + stage * KTile::kBytes;
         const ColumnIntervals* const columns = columns_smem + stage * kBlockN;
 
-        // S = Q K^T, dP = dO V^T: the warp's 16 queries x kBlockN keys; dS = P * (dP - Di) in dp.
+        // S = Q K^T, dP = dO V^T: the warp's 16 queries x kBlockN keys; dS = P * (dP - Di), packed, in ds.
         // Element e of tile t: row my_row[e / 2], key 8t + 2 quad + e % 2.
         uint32_t ds[kBlockN / 16][4];
         {
@@ -686,26 +704,23 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
                         if constexpr (decltype(masked)::value) {
                             if (columns[key + e % 2].masks(my_row[e / 2])) prob = 0.0f;
                         }
-                        // P rounded to the dtype as in the dK/dV kernel, so both kernels use one dS.
                         s[t][e] = prob;
                     }
                 }
             };
             with_mask_test_if_partial(this_kind, probabilities);
+            // P rounded to the dtype as in the dK/dV kernel, and dS formed by the same ds_pair(),
+            // so that both kernels use one dS.
 #pragma unroll
             for (int k = 0; k < kBlockN / 16; ++k) {
                 uint32_t p_packed[4];
                 accumulators_to_a<Element>(p_packed, s[2 * k], s[2 * k + 1]);
 #pragma unroll
                 for (int half = 0; half < 2; ++half) {  // left (tile 2k) and right (2k + 1) halves
-                    float (&d)[4] = dp[2 * k + half];
-                    const float2 top = unpack<Element>(p_packed[2 * half]), bottom = unpack<Element>(p_packed[2 * half + 1]);
-                    d[0] = top.x * (d[0] - my_di[0]);
-                    d[1] = top.y * (d[1] - my_di[0]);
-                    d[2] = bottom.x * (d[2] - my_di[1]);
-                    d[3] = bottom.y * (d[3] - my_di[1]);
+                    const float (&d)[4] = dp[2 * k + half];
+                    ds[k][2 * half] = ds_pair<Element>(p_packed[2 * half], d[0] - my_di[0], d[1] - my_di[0]);
+                    ds[k][2 * half + 1] = ds_pair<Element>(p_packed[2 * half + 1], d[2] - my_di[1], d[3] - my_di[1]);
                 }
-                accumulators_to_a<Element>(ds[k], dp[2 * k], dp[2 * k + 1]);
             }
         }
         // dQ += dS K (scaled at the end).
