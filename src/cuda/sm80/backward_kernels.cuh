@@ -50,7 +50,12 @@ template <int kHeadDim, int kSliceCols>
 struct DqAccumulator {
     static_assert(kHeadDim % kSliceCols == 0 && kSliceCols % kMmaCols == 0, "slices tile the columns");
     static constexpr int kSliceRows = kMmaRows;
-    static constexpr int kValuesPerLane = 4;  // one m16n8 accumulator tile: rows g, g + 8 x 2 columns
+    // The m16n8 accumulator layout (ptx.cuh): lane (group, quad) holds rows group and group + 8
+    // (the two row halves), two adjacent columns 2 quad, +1 in each.
+    static constexpr int kRowsPerHalf = kMmaRows / 2;
+    static constexpr int kColumnsPerLane = 2;
+    static constexpr int kLanesPerRow = kMmaCols / kColumnsPerLane;  // the 4 quads
+    static constexpr int kValuesPerLane = 2 * kColumnsPerLane;       // rows g, g + 8 x 2 columns
 
     // Floats from the accumulator's start to the slice holding (row, col).
     static __device__ __forceinline__ int64_t slice(int64_t row, int col) {
@@ -59,8 +64,9 @@ struct DqAccumulator {
     // (r, c) inside a slice, r < 16, c < kSliceCols: n-tile c / 8, lane (r % 8) * 4 + (c % 8) / 2,
     // value (r / 8) * 2 + c % 2.
     static __device__ __forceinline__ int within(int r, int c) {
-        const int lane = (r % 8) * 4 + (c % kMmaCols) / 2;
-        return ((c / kMmaCols) * kWarpSize + lane) * kValuesPerLane + (r / 8) * 2 + c % 2;
+        const int lane = (r % kRowsPerHalf) * kLanesPerRow + (c % kMmaCols) / kColumnsPerLane;
+        const int value = (r / kRowsPerHalf) * kColumnsPerLane + c % kColumnsPerLane;
+        return ((c / kMmaCols) * kWarpSize + lane) * kValuesPerLane + value;
     }
 };
 
@@ -611,15 +617,18 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         return kind == TileKind::Full && (key_block + 1) * kBlockN > p.nk ? TileKind::Partial : kind;
     };
     // Moves key_block to the next non-skipped block (key_blocks when none), 32 candidates per
-    // round, one per lane, as in the dK/dV kernel.
+    // round, one per lane, as in the dK/dV kernel: each candidate is classified once, and the
+    // winner's kind comes from the lanes' votes.
     auto advance = [&](int32_t& key_block, TileKind& kind) {
         while (key_block + 1 < key_blocks) {
             const int32_t candidate = key_block + 1 + lane;
-            const bool live = candidate < key_blocks && tile_kind(candidate) != TileKind::Skipped;
-            const unsigned found = __ballot_sync(0xffffffffu, live);
+            const TileKind candidate_kind = candidate < key_blocks ? tile_kind(candidate) : TileKind::Skipped;
+            const unsigned found = __ballot_sync(0xffffffffu, candidate_kind != TileKind::Skipped);
+            const unsigned full = __ballot_sync(0xffffffffu, candidate_kind == TileKind::Full);
             if (found != 0) {
-                key_block += __ffs(found);
-                kind = tile_kind(key_block);
+                const int winner = __ffs(found) - 1;  // lane of the first live candidate
+                key_block += winner + 1;
+                kind = (full >> winner) & 1u ? TileKind::Full : TileKind::Partial;
                 return;
             }
             key_block += kWarpSize;
