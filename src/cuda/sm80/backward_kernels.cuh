@@ -262,9 +262,35 @@ struct DkDvSmem {
     // Q / dO double-buffered: the next block loads while this one is computed. dS^T as well:
     // tile i's dQ = dS K runs in iteration i + 1, after the one barrier per iteration.
     static constexpr int kStages = 2;
+    // The column intervals of the CTA's keys for the current head (each warp keeps its own 16),
+    // in shared memory rather than 8 registers per thread live across the main loop.
+    static constexpr int kColumnBytes = T::kBlockN * int(sizeof(ColumnIntervals));
     static constexpr int kBytes = 2 * KTile::kBytes + 2 * kStages * QTile::kBytes +
-                                  2 * kStages * T::kBlockM * int(sizeof(float)) + kStages * DsTile::kBytes;
+                                  2 * kStages * T::kBlockM * int(sizeof(float)) + kStages * DsTile::kBytes + kColumnBytes;
 };
+
+// The kind of one warp's sub-tile of a Partial tile: the warp's 16 keys (two columns per lane,
+// `columns`) x rows [row_begin, row_end). Each lane classifies its columns with classify() on a
+// one-column summary and the warp votes: Skipped if every column is, Full if every column is,
+// else Partial. Sound as classify() is per column. At least as sharp as classify() on a summary
+// merged over the 16 columns (which needs every column covered by the same interval to skip,
+// and all lower or all upper intervals on one side of the rows to be full), and it keeps no
+// per-head summary in registers (8 more live across the loop, where the kernel is at 255) and
+// needs no 8-field shuffle reduction: two one-column classify() and two votes per Partial tile.
+__device__ __forceinline__ TileKind warp_sub_tile_kind(const ColumnIntervals (&columns)[2], int32_t row_begin,
+                                                       int32_t row_end) {
+    bool all_skipped = true, all_full = true;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        BlockSummary column = BlockSummary::empty();
+        column.fold(columns[half]);
+        const TileKind kind = classify(column, row_begin, row_end);
+        all_skipped = all_skipped && kind == TileKind::Skipped;
+        all_full = all_full && kind == TileKind::Full;
+    }
+    if (__all_sync(0xffffffffu, all_skipped)) return TileKind::Skipped;
+    return __all_sync(0xffffffffu, all_full) ? TileKind::Full : TileKind::Partial;
+}
 
 // grid: B * Hk * key blocks * kColSplits CTAs, heaviest key blocks first (schedule: TileAxis::KeyBlocks,
 // counted with this kernel's kBlockM x kBlockN tiles); block kThreads.
@@ -290,6 +316,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     float* const lse_smem = reinterpret_cast<float*>(do_smem + Smem::kStages * QTile::kElements);  // [kStages][kBlockM]
     float* const di_smem = lse_smem + Smem::kStages * kBlockM;
     Element* const ds_smem = reinterpret_cast<Element*>(di_smem + Smem::kStages * kBlockM);  // [kStages]
+    ColumnIntervals* const columns_smem = reinterpret_cast<ColumnIntervals*>(ds_smem + Smem::kStages * DsTile::kElements);
 
     const TileCoordinates tile = schedule.at(int32_t(blockIdx.x / T::kColSplits));
     const int32_t key_block = tile.block;
@@ -407,10 +434,27 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             red_add_quad(lane_values + t * kWarpSize * Accumulator::kValuesPerLane, dq[t][0], dq[t][1], dq[t][2], dq[t][3]);
     };
 
-    // This thread's two keys (rows group and group + 8 of the warp's 16) and their columns'
-    // intervals for the current head's mask, refreshed when a Partial tile needs them.
+    // dS^T of the warp's keys (packed A fragments) to shared memory stage `stage`, [key][query],
+    // for dQ in the next iteration. Fragment k's registers: (key, query 16k + 2 quad) for keys
+    // group, group + 8 and queries +0, +8.
+    auto store_ds_transposed = [&](int stage, const uint32_t (&dst)[kBlockM / 16][4]) {
+        Element* const ds_tile = ds_smem + stage * DsTile::kElements;
+#pragma unroll
+        for (int k = 0; k < kBlockM / 16; ++k) {
+            const int q = 16 * k + 2 * quad;
+            *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group, q)) = dst[k][0];
+            *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group + 8, q)) = dst[k][1];
+            *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group, q + 8)) = dst[k][2];
+            *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group + 8, q + 8)) = dst[k][3];
+        }
+    };
+
+    // This thread's two keys (rows group and group + 8 of the warp's 16). Their columns'
+    // intervals for the current head's mask are in columns_smem[warp_key0 + group (+ 8)],
+    // refreshed by the warp when a Partial tile needs them.
     const int32_t my_key[2] = {key0 + warp_key0 + group, key0 + warp_key0 + group + 8};
-    ColumnIntervals my_columns[2] = {all_rows_masked(), all_rows_masked()};
+    const ColumnIntervals* const my_columns = columns_smem + warp_key0 + group;
+    constexpr int kSecondKey = kMmaRows / 2;  // my_columns[kSecondKey]: key group + 8
     int32_t columns_head = -1;
 
     int32_t head_index = 0, q_block = -1;
@@ -452,11 +496,36 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         const float* const lse_tile = lse_smem + stage * kBlockM;
         const float* const di_tile = di_smem + stage * kBlockM;
 
-        if (this_kind == TileKind::Partial && columns_head != head) {
-            const int32_t mask_head = p.mask.mask_head(head);
-            my_columns[0] = key_intervals(p.mask, batch, mask_head, my_key[0]);
-            my_columns[1] = key_intervals(p.mask, batch, mask_head, my_key[1]);
-            columns_head = head;
+        // The kind of this warp's sub-tile: the tile's kind, refined for a Partial tile to that
+        // of the warp's 16 keys x the tile's rows, so that a warp whose keys the mask hides (or
+        // shows) entirely skips its products (or the mask arithmetic). Warp-uniform.
+        TileKind warp_kind = this_kind;
+        if (this_kind == TileKind::Partial) {
+            if (columns_head != head) {  // lanes 0-15 refresh one of the warp's keys each
+                if (lane < kMmaRows)
+                    columns_smem[warp_key0 + lane] = key_intervals(p.mask, batch, p.mask.mask_head(head), key0 + warp_key0 + lane);
+                __syncwarp();
+                columns_head = head;
+            }
+            const ColumnIntervals columns[2] = {my_columns[0], my_columns[kSecondKey]};
+            warp_kind = warp_sub_tile_kind(columns, row0, min(row0 + kBlockM, p.nq));
+        }
+
+        if constexpr (kAccumulateDq) {  // this tile's dQ is formed in the next iteration
+            dq_pending = true;
+            dq_head = head;
+            dq_row_begin = row0;
+            dq_stage = stage;
+        }
+        // A warp whose sub-tile is Skipped (P = 0 throughout) leaves its products out: with
+        // P^T = dS^T = 0 they would add only zeros. Its dS^T rows are still written (zeros) for
+        // the dQ product of the whole tile.
+        if (warp_kind == TileKind::Skipped) {
+            if constexpr (kAccumulateDq) {
+                const uint32_t zeros[kBlockM / 16][4] = {};
+                store_ds_transposed(stage, zeros);
+            }
+            continue;
         }
 
         // S^T = K Q^T (the warp's 16 keys x kBlockM queries), then P^T, packed to 16 bits as the
@@ -477,7 +546,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                     for (int half = 0; half < 2; ++half)
 #pragma unroll
                         for (int w = 0; w < kWindows; ++w) {
-                            const ColumnIntervals& c = my_columns[half];
+                            const ColumnIntervals c = my_columns[half * kSecondKey];
                             const int32_t first = row0 + w * kRowBitsWindow;
                             hidden[half][w] = (row_bits(c.lower_start - first, c.lower_end - first) |
                                                row_bits(c.upper_start - first, c.upper_end - first)) >> (2 * quad);
@@ -498,7 +567,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                     }
                 }
             };
-            with_mask_test_if_partial(this_kind, probabilities);
+            with_mask_test_if_partial(warp_kind, probabilities);
 #pragma unroll
             for (int k = 0; k < kBlockM / 16; ++k) accumulators_to_a<Element>(pt[k], st[2 * k], st[2 * k + 1]);
         }
@@ -522,24 +591,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             }
         }
         mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dk_acc, dst, q_tile + out_kn_lane);
-
-        if constexpr (kAccumulateDq) {
-            // dS^T to shared memory, [key][query], for dQ in the next iteration. Fragment k's
-            // registers: (key, query 16k + 2 quad) for keys group, group + 8 and queries +0, +8.
-            Element* const ds_tile = ds_smem + stage * DsTile::kElements;
-#pragma unroll
-            for (int k = 0; k < kBlockM / 16; ++k) {
-                const int q = 16 * k + 2 * quad;
-                *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group, q)) = dst[k][0];
-                *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group + 8, q)) = dst[k][1];
-                *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group, q + 8)) = dst[k][2];
-                *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group + 8, q + 8)) = dst[k][3];
-            }
-            dq_pending = true;
-            dq_head = head;
-            dq_row_begin = row0;
-            dq_stage = stage;
-        }
+        if constexpr (kAccumulateDq) store_ds_transposed(stage, dst);
     }
     if constexpr (kAccumulateDq) {
         if (dq_pending) {
