@@ -50,7 +50,12 @@ template <int kHeadDim, int kSliceCols>
 struct DqAccumulator {
     static_assert(kHeadDim % kSliceCols == 0 && kSliceCols % kMmaCols == 0, "slices tile the columns");
     static constexpr int kSliceRows = kMmaRows;
-    static constexpr int kValuesPerLane = 4;  // one m16n8 accumulator tile: rows g, g + 8 x 2 columns
+    // The m16n8 accumulator layout (ptx.cuh): lane (group, quad) holds rows group and group + 8
+    // (the two row halves), two adjacent columns 2 quad, +1 in each.
+    static constexpr int kRowsPerHalf = kMmaRows / 2;
+    static constexpr int kColumnsPerLane = 2;
+    static constexpr int kLanesPerRow = kMmaCols / kColumnsPerLane;  // the 4 quads
+    static constexpr int kValuesPerLane = 2 * kColumnsPerLane;       // rows g, g + 8 x 2 columns
 
     // Floats from the accumulator's start to the slice holding (row, col).
     static __device__ __forceinline__ int64_t slice(int64_t row, int col) {
@@ -59,8 +64,9 @@ struct DqAccumulator {
     // (r, c) inside a slice, r < 16, c < kSliceCols: n-tile c / 8, lane (r % 8) * 4 + (c % 8) / 2,
     // value (r / 8) * 2 + c % 2.
     static __device__ __forceinline__ int within(int r, int c) {
-        const int lane = (r % 8) * 4 + (c % kMmaCols) / 2;
-        return ((c / kMmaCols) * kWarpSize + lane) * kValuesPerLane + (r / 8) * 2 + c % 2;
+        const int lane = (r % kRowsPerHalf) * kLanesPerRow + (c % kMmaCols) / kColumnsPerLane;
+        const int value = (r / kRowsPerHalf) * kColumnsPerLane + c % kColumnsPerLane;
+        return ((c / kMmaCols) * kWarpSize + lane) * kValuesPerLane + value;
     }
 };
 
@@ -96,6 +102,29 @@ template <typename Element>
 __device__ __forceinline__ float2 unpack(uint32_t pair) {
     const Element* e = reinterpret_cast<const Element*>(&pair);
     return make_float2(ElementTraits<Element>::to_float(e[0]), ElementTraits<Element>::to_float(e[1]));
+}
+
+// dS = P * (dP - Di) of one packed pair, packed to 16 bits: `p` is the pair of P as it entered
+// dV (rounded to the dtype), (lo, hi) = dP - Di in float32. Both kernels form dS here and only
+// here, so that the dQ kernel (deterministic mode) uses the very bits the dK/dV kernel used.
+//   bfloat16: dP - Di is packed to bf16 and multiplied by P in one packed multiply (HMUL2.BF16;
+//     _rn: never contracted), which saves unpacking P and two float32 multiplies per pair. The
+//     cost is one extra bf16 rounding of (dP - Di) (relative 2^-9) before the product's own:
+//     about twice the rounding error of dS, within SPEC §5's 2x the naive-dtype error (the naive
+//     computation rounds there too). bf16 has float32's exponent range: no new overflow.
+//   float16: P is unpacked and multiplied in float32, rounded once: (dP - Di) can exceed
+//     float16's range (65504) where P * (dP - Di), P <= 1, does not.
+template <typename Element>
+__device__ __forceinline__ uint32_t ds_pair(uint32_t p, float lo, float hi) {
+    if constexpr (std::is_same_v<Element, __nv_bfloat16>) {
+        const uint32_t difference = ElementTraits<Element>::pack(lo, hi);
+        const __nv_bfloat162 product = __hmul2_rn(*reinterpret_cast<const __nv_bfloat162*>(&p),
+                                                  *reinterpret_cast<const __nv_bfloat162*>(&difference));
+        return *reinterpret_cast<const uint32_t*>(&product);
+    } else {
+        const float2 probability = unpack<Element>(p);
+        return ElementTraits<Element>::pack(probability.x * lo, probability.y * hi);
+    }
 }
 
 // Fragment addresses are formed once per tile and stepped with constants: rows by whole multiples
@@ -233,9 +262,35 @@ struct DkDvSmem {
     // Q / dO double-buffered: the next block loads while this one is computed. dS^T as well:
     // tile i's dQ = dS K runs in iteration i + 1, after the one barrier per iteration.
     static constexpr int kStages = 2;
+    // The column intervals of the CTA's keys for the current head (each warp keeps its own 16),
+    // in shared memory rather than 8 registers per thread live across the main loop.
+    static constexpr int kColumnBytes = T::kBlockN * int(sizeof(ColumnIntervals));
     static constexpr int kBytes = 2 * KTile::kBytes + 2 * kStages * QTile::kBytes +
-                                  2 * kStages * T::kBlockM * int(sizeof(float)) + kStages * DsTile::kBytes;
+                                  2 * kStages * T::kBlockM * int(sizeof(float)) + kStages * DsTile::kBytes + kColumnBytes;
 };
+
+// The kind of one warp's sub-tile of a Partial tile: the warp's 16 keys (two columns per lane,
+// `columns`) x rows [row_begin, row_end). Each lane classifies its columns with classify() on a
+// one-column summary and the warp votes: Skipped if every column is, Full if every column is,
+// else Partial. Sound as classify() is per column. At least as sharp as classify() on a summary
+// merged over the 16 columns (which needs every column covered by the same interval to skip,
+// and all lower or all upper intervals on one side of the rows to be full), and it keeps no
+// per-head summary in registers (8 more live across the loop, where the kernel is at 255) and
+// needs no 8-field shuffle reduction: two one-column classify() and two votes per Partial tile.
+__device__ __forceinline__ TileKind warp_sub_tile_kind(const ColumnIntervals (&columns)[2], int32_t row_begin,
+                                                       int32_t row_end) {
+    bool all_skipped = true, all_full = true;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        BlockSummary column = BlockSummary::empty();
+        column.fold(columns[half]);
+        const TileKind kind = classify(column, row_begin, row_end);
+        all_skipped = all_skipped && kind == TileKind::Skipped;
+        all_full = all_full && kind == TileKind::Full;
+    }
+    if (__all_sync(0xffffffffu, all_skipped)) return TileKind::Skipped;
+    return __all_sync(0xffffffffu, all_full) ? TileKind::Full : TileKind::Partial;
+}
 
 // grid: B * Hk * key blocks * kColSplits CTAs, heaviest key blocks first (schedule: TileAxis::KeyBlocks,
 // counted with this kernel's kBlockM x kBlockN tiles); block kThreads.
@@ -261,6 +316,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     float* const lse_smem = reinterpret_cast<float*>(do_smem + Smem::kStages * QTile::kElements);  // [kStages][kBlockM]
     float* const di_smem = lse_smem + Smem::kStages * kBlockM;
     Element* const ds_smem = reinterpret_cast<Element*>(di_smem + Smem::kStages * kBlockM);  // [kStages]
+    ColumnIntervals* const columns_smem = reinterpret_cast<ColumnIntervals*>(ds_smem + Smem::kStages * DsTile::kElements);
 
     const TileCoordinates tile = schedule.at(int32_t(blockIdx.x / T::kColSplits));
     const int32_t key_block = tile.block;
@@ -378,10 +434,27 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             red_add_quad(lane_values + t * kWarpSize * Accumulator::kValuesPerLane, dq[t][0], dq[t][1], dq[t][2], dq[t][3]);
     };
 
-    // This thread's two keys (rows group and group + 8 of the warp's 16) and their columns'
-    // intervals for the current head's mask, refreshed when a Partial tile needs them.
+    // dS^T of the warp's keys (packed A fragments) to shared memory stage `stage`, [key][query],
+    // for dQ in the next iteration. Fragment k's registers: (key, query 16k + 2 quad) for keys
+    // group, group + 8 and queries +0, +8.
+    auto store_ds_transposed = [&](int stage, const uint32_t (&dst)[kBlockM / 16][4]) {
+        Element* const ds_tile = ds_smem + stage * DsTile::kElements;
+#pragma unroll
+        for (int k = 0; k < kBlockM / 16; ++k) {
+            const int q = 16 * k + 2 * quad;
+            *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group, q)) = dst[k][0];
+            *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group + 8, q)) = dst[k][1];
+            *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group, q + 8)) = dst[k][2];
+            *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group + 8, q + 8)) = dst[k][3];
+        }
+    };
+
+    // This thread's two keys (rows group and group + 8 of the warp's 16). Their columns'
+    // intervals for the current head's mask are in columns_smem[warp_key0 + group (+ 8)],
+    // refreshed by the warp when a Partial tile needs them.
     const int32_t my_key[2] = {key0 + warp_key0 + group, key0 + warp_key0 + group + 8};
-    ColumnIntervals my_columns[2] = {all_rows_masked(), all_rows_masked()};
+    const ColumnIntervals* const my_columns = columns_smem + warp_key0 + group;
+    constexpr int kSecondKey = kMmaRows / 2;  // my_columns[kSecondKey]: key group + 8
     int32_t columns_head = -1;
 
     int32_t head_index = 0, q_block = -1;
@@ -423,11 +496,36 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         const float* const lse_tile = lse_smem + stage * kBlockM;
         const float* const di_tile = di_smem + stage * kBlockM;
 
-        if (this_kind == TileKind::Partial && columns_head != head) {
-            const int32_t mask_head = p.mask.mask_head(head);
-            my_columns[0] = key_intervals(p.mask, batch, mask_head, my_key[0]);
-            my_columns[1] = key_intervals(p.mask, batch, mask_head, my_key[1]);
-            columns_head = head;
+        // The kind of this warp's sub-tile: the tile's kind, refined for a Partial tile to that
+        // of the warp's 16 keys x the tile's rows, so that a warp whose keys the mask hides (or
+        // shows) entirely skips its products (or the mask arithmetic). Warp-uniform.
+        TileKind warp_kind = this_kind;
+        if (this_kind == TileKind::Partial) {
+            if (columns_head != head) {  // lanes 0-15 refresh one of the warp's keys each
+                if (lane < kMmaRows)
+                    columns_smem[warp_key0 + lane] = key_intervals(p.mask, batch, p.mask.mask_head(head), key0 + warp_key0 + lane);
+                __syncwarp();
+                columns_head = head;
+            }
+            const ColumnIntervals columns[2] = {my_columns[0], my_columns[kSecondKey]};
+            warp_kind = warp_sub_tile_kind(columns, row0, min(row0 + kBlockM, p.nq));
+        }
+
+        if constexpr (kAccumulateDq) {  // this tile's dQ is formed in the next iteration
+            dq_pending = true;
+            dq_head = head;
+            dq_row_begin = row0;
+            dq_stage = stage;
+        }
+        // A warp whose sub-tile is Skipped (P = 0 throughout) leaves its products out: with
+        // P^T = dS^T = 0 they would add only zeros. Its dS^T rows are still written (zeros) for
+        // the dQ product of the whole tile.
+        if (warp_kind == TileKind::Skipped) {
+            if constexpr (kAccumulateDq) {
+                const uint32_t zeros[kBlockM / 16][4] = {};
+                store_ds_transposed(stage, zeros);
+            }
+            continue;
         }
 
         // S^T = K Q^T (the warp's 16 keys x kBlockM queries), then P^T, packed to 16 bits as the
@@ -448,7 +546,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                     for (int half = 0; half < 2; ++half)
 #pragma unroll
                         for (int w = 0; w < kWindows; ++w) {
-                            const ColumnIntervals& c = my_columns[half];
+                            const ColumnIntervals c = my_columns[half * kSecondKey];
                             const int32_t first = row0 + w * kRowBitsWindow;
                             hidden[half][w] = (row_bits(c.lower_start - first, c.lower_end - first) |
                                                row_bits(c.upper_start - first, c.upper_end - first)) >> (2 * quad);
@@ -469,15 +567,15 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                     }
                 }
             };
-            with_mask_test_if_partial(this_kind, probabilities);
+            with_mask_test_if_partial(warp_kind, probabilities);
 #pragma unroll
             for (int k = 0; k < kBlockM / 16; ++k) accumulators_to_a<Element>(pt[k], st[2 * k], st[2 * k + 1]);
         }
         mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dv_acc, pt, do_tile + out_kn_lane);
 
         // dP^T = V dO^T, dS^T = P^T * (dP^T - Di), packed: the A operand of dK += dS^T Q (scaled
-        // at the end) and, through shared memory, of dQ += dS K. P^T is taken back from its
-        // packed 16-bit form: the value that entered dV.
+        // at the end) and, through shared memory, of dQ += dS K. P^T is used in its packed
+        // 16-bit form: the value that entered dV.
         uint32_t dst[kBlockM / 16][4];
         {
             float dpt[kQueryTiles][4];
@@ -487,35 +585,13 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 const int q = t * kMmaCols + 2 * quad;
                 const float2 di = *reinterpret_cast<const float2*>(di_tile + q);
                 // tile t is the left (even t) or right half of A fragment t / 2: registers 0, 1 or 2, 3
-                const float2 p_top = unpack<Element>(pt[t / 2][(t % 2) * 2]);
-                const float2 p_bottom = unpack<Element>(pt[t / 2][(t % 2) * 2 + 1]);
-                dpt[t][0] = p_top.x * (dpt[t][0] - di.x);
-                dpt[t][1] = p_top.y * (dpt[t][1] - di.y);
-                dpt[t][2] = p_bottom.x * (dpt[t][2] - di.x);
-                dpt[t][3] = p_bottom.y * (dpt[t][3] - di.y);
+                const int top = (t % 2) * 2;
+                dst[t / 2][top] = ds_pair<Element>(pt[t / 2][top], dpt[t][0] - di.x, dpt[t][1] - di.y);
+                dst[t / 2][top + 1] = ds_pair<Element>(pt[t / 2][top + 1], dpt[t][2] - di.x, dpt[t][3] - di.y);
             }
-#pragma unroll
-            for (int k = 0; k < kBlockM / 16; ++k) accumulators_to_a<Element>(dst[k], dpt[2 * k], dpt[2 * k + 1]);
         }
         mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dk_acc, dst, q_tile + out_kn_lane);
-
-        if constexpr (kAccumulateDq) {
-            // dS^T to shared memory, [key][query], for dQ in the next iteration. Fragment k's
-            // registers: (key, query 16k + 2 quad) for keys group, group + 8 and queries +0, +8.
-            Element* const ds_tile = ds_smem + stage * DsTile::kElements;
-#pragma unroll
-            for (int k = 0; k < kBlockM / 16; ++k) {
-                const int q = 16 * k + 2 * quad;
-                *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group, q)) = dst[k][0];
-                *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group + 8, q)) = dst[k][1];
-                *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group, q + 8)) = dst[k][2];
-                *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group + 8, q + 8)) = dst[k][3];
-            }
-            dq_pending = true;
-            dq_head = head;
-            dq_row_begin = row0;
-            dq_stage = stage;
-        }
+        if constexpr (kAccumulateDq) store_ds_transposed(stage, dst);
     }
     if constexpr (kAccumulateDq) {
         if (dq_pending) {
@@ -593,15 +669,18 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         return kind == TileKind::Full && (key_block + 1) * kBlockN > p.nk ? TileKind::Partial : kind;
     };
     // Moves key_block to the next non-skipped block (key_blocks when none), 32 candidates per
-    // round, one per lane, as in the dK/dV kernel.
+    // round, one per lane, as in the dK/dV kernel: each candidate is classified once, and the
+    // winner's kind comes from the lanes' votes.
     auto advance = [&](int32_t& key_block, TileKind& kind) {
         while (key_block + 1 < key_blocks) {
             const int32_t candidate = key_block + 1 + lane;
-            const bool live = candidate < key_blocks && tile_kind(candidate) != TileKind::Skipped;
-            const unsigned found = __ballot_sync(0xffffffffu, live);
+            const TileKind candidate_kind = candidate < key_blocks ? tile_kind(candidate) : TileKind::Skipped;
+            const unsigned found = __ballot_sync(0xffffffffu, candidate_kind != TileKind::Skipped);
+            const unsigned full = __ballot_sync(0xffffffffu, candidate_kind == TileKind::Full);
             if (found != 0) {
-                key_block += __ffs(found);
-                kind = tile_kind(key_block);
+                const int winner = __ffs(found) - 1;  // lane of the first live candidate
+                key_block += winner + 1;
+                kind = (full >> winner) & 1u ? TileKind::Full : TileKind::Partial;
                 return;
             }
             key_block += kWarpSize;
@@ -666,7 +745,7 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         const uint32_t v_tile = v_address + stage * KTile::kBytes;
         const ColumnIntervals* const columns = columns_smem + stage * kBlockN;
 
-        // S = Q K^T, dP = dO V^T: the warp's 16 queries x kBlockN keys; dS = P * (dP - Di) in dp.
+        // S = Q K^T, dP = dO V^T: the warp's 16 queries x kBlockN keys; dS = P * (dP - Di), packed, in ds.
         // Element e of tile t: row my_row[e / 2], key 8t + 2 quad + e % 2.
         uint32_t ds[kBlockN / 16][4];
         {
@@ -686,26 +765,23 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
                         if constexpr (decltype(masked)::value) {
                             if (columns[key + e % 2].masks(my_row[e / 2])) prob = 0.0f;
                         }
-                        // P rounded to the dtype as in the dK/dV kernel, so both kernels use one dS.
                         s[t][e] = prob;
                     }
                 }
             };
             with_mask_test_if_partial(this_kind, probabilities);
+            // P rounded to the dtype as in the dK/dV kernel, and dS formed by the same ds_pair(),
+            // so that both kernels use one dS.
 #pragma unroll
             for (int k = 0; k < kBlockN / 16; ++k) {
                 uint32_t p_packed[4];
                 accumulators_to_a<Element>(p_packed, s[2 * k], s[2 * k + 1]);
 #pragma unroll
                 for (int half = 0; half < 2; ++half) {  // left (tile 2k) and right (2k + 1) halves
-                    float (&d)[4] = dp[2 * k + half];
-                    const float2 top = unpack<Element>(p_packed[2 * half]), bottom = unpack<Element>(p_packed[2 * half + 1]);
-                    d[0] = top.x * (d[0] - my_di[0]);
-                    d[1] = top.y * (d[1] - my_di[0]);
-                    d[2] = bottom.x * (d[2] - my_di[1]);
-                    d[3] = bottom.y * (d[3] - my_di[1]);
+                    const float (&d)[4] = dp[2 * k + half];
+                    ds[k][2 * half] = ds_pair<Element>(p_packed[2 * half], d[0] - my_di[0], d[1] - my_di[0]);
+                    ds[k][2 * half + 1] = ds_pair<Element>(p_packed[2 * half + 1], d[2] - my_di[1], d[3] - my_di[1]);
                 }
-                accumulators_to_a<Element>(ds[k], dp[2 * k], dp[2 * k + 1]);
             }
         }
         // dQ += dS K (scaled at the end).

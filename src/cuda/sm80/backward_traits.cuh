@@ -34,11 +34,13 @@ template <int kHeadDim> struct DkDvTraits;
 
 // D = 64 and 128: 8 warps x 16 keys = 128 keys per CTA, 64 queries per step. Registers per
 // thread: dK + dV accumulators 2 * (D / 8) * 4 floats (64 / 128), then S^T or dP^T (32 floats)
-// and the packed P^T (16): -Xptxas -v reports 255 at D = 128 (28 bytes of spills with the dQ
-// reductions, 12 in deterministic mode, reloaded once per tile) and 222 at D = 64 (sm_90a, no
-// spills), so one CTA of 256 threads per SM. Shared memory at D = 128: K, V 2 * 32 KB + Q, dO
-// double-buffered 4 * 16 KB + dS^T double-buffered 2 * 16 KB = 161 KB with LSE / Di (fits the
-// 163 KB of sm_80 and the 227 KB of sm_90, not the 99 KB of sm_86 / sm_89: refused there).
+// and the packed P^T (16): -Xptxas -v (sm_90a, nvcc 13.0) reports 255 at D = 128 (bf16 / fp16:
+// 24 / 24 bytes of spills with the dQ reductions, 4 / 4 in deterministic mode: loop-invariant
+// values stored before the main loop and reloaded in it) and 222-226 at D = 64 (no spills), so
+// one CTA of 256 threads per SM. Shared memory at D = 128: K, V 2 * 32 KB + Q, dO
+// double-buffered 4 * 16 KB + dS^T double-buffered 2 * 16 KB + LSE / Di 1 KB + the keys' column
+// intervals 2 KB = 163 KB: exactly the 163 KB of sm_80 (and within the 227 KB of sm_90); at
+// D = 64 exactly the 99 KB of sm_86 / sm_89, where D = 128 is refused.
 // Measured (H100, 8192, B 2, H 32, bf16): 4 warps x 2 CTAs per SM at D = 128 ran no faster.
 template <> struct DkDvTraits<64> {
     static constexpr int kWarps = 8;
@@ -53,8 +55,9 @@ template <> struct DkDvTraits<128> {
 // D = 256: the accumulators of all 256 columns (2 * 128 floats) do not fit next to S^T and dP^T,
 // so the output columns are split into halves of 128, one per CTA (adjacent CTAs of the 1-D
 // grid: blockIdx.x % kColSplits); S^T and dP^T are recomputed in full by both halves. K and V of 128 keys x 256 would take 128 KB on their own,
-// so 4 warps (64 keys): K, V 2 * 32 KB + Q, dO double-buffered 4 * 32 KB + dS^T 2 * 8 KB = 209 KB
-// (sm_90 only; sm_80's 163 KB is refused). ptxas: 255 registers, no spills.
+// so 4 warps (64 keys): K, V 2 * 32 KB + Q, dO double-buffered 4 * 32 KB + dS^T 2 * 8 KB = 210 KB
+// with LSE / Di and column intervals (sm_90 only; sm_80's 163 KB is refused). ptxas: 255
+// registers, 16 bytes of spills (loop-invariant values reloaded in the main loop).
 template <> struct DkDvTraits<256> {
     static constexpr int kWarps = 4;
     static constexpr int kBlockM = 64;
