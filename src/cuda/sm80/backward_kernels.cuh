@@ -477,14 +477,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         const TileKind this_kind = kind;
         cp_async_wait<0>();
         __syncthreads();
-        // The summary is read before the previous tile's dQ reductions are issued: queued behind
-        // them it waited as long as they took (ncu). Then the reductions, which drain to L2 while
-        // the next tile is found and its loads issued (issued after those, they stalled the
-        // first products of this tile on the registers they still held: bench/NOTES.md).
         const BlockSummary summary = read_only_summary(head_summary);
-        if constexpr (kAccumulateDq) {
-            if (dq_pending) accumulate_dq(dq_stage, dq_head, dq_row_begin);
-        }
         advance(head_index, q_block, kind, summary);
         if (head_index < heads_per_group) {
             load_query_block(stage ^ 1, head_index, q_block);
@@ -511,12 +504,20 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             warp_kind = warp_sub_tile_kind(columns, row0, min(row0 + kBlockM, p.nq));
         }
 
-        if constexpr (kAccumulateDq) {  // this tile's dQ is formed in the next iteration
-            dq_pending = true;
-            dq_head = head;
-            dq_row_begin = row0;
-            dq_stage = stage;
-        }
+        // The previous tile's dQ (its dS^T was published by this iteration's barrier), then this
+        // tile's dQ is pending. It ends the iteration so that the reductions drain to L2 while the
+        // warps wait at the next barrier: issued right after a barrier, the next instruction to
+        // reuse one of their registers waited for them (long scoreboard, ~8 % of the samples; ncu
+        // in bench/NOTES.md).
+        auto end_tile = [&]() {
+            if constexpr (kAccumulateDq) {
+                if (dq_pending) accumulate_dq(dq_stage, dq_head, dq_row_begin);
+                dq_pending = true;
+                dq_head = head;
+                dq_row_begin = row0;
+                dq_stage = stage;
+            }
+        };
         // A warp whose sub-tile is Skipped (P = 0 throughout) leaves its products out: with
         // P^T = dS^T = 0 they would add only zeros. Its dS^T rows are still written (zeros) for
         // the dQ product of the whole tile.
@@ -525,6 +526,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 const uint32_t zeros[kBlockM / 16][4] = {};
                 store_ds_transposed(stage, zeros);
             }
+            end_tile();
             continue;
         }
 
@@ -592,6 +594,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         }
         mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dk_acc, dst, q_tile + out_kn_lane);
         if constexpr (kAccumulateDq) store_ds_transposed(stage, dst);
+        end_tile();
     }
     if constexpr (kAccumulateDq) {
         if (dq_pending) {
