@@ -371,8 +371,10 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         const int32_t head = first_head + head_index, row0 = q_block * kBlockM;
         const Element* const q_rows = element_at<Element>(p.q, batch, row0, head);
         const Element* const do_rows = element_at<Element>(p.dout, batch, row0, head);
-        load_tile_async<QTile, kThreads>(q_smem + stage * QTile::kElements, q_rows, p.q.stride[1], p.nq - row0);
-        load_tile_async<QTile, kThreads>(do_smem + stage * QTile::kElements, do_rows, p.dout.stride[1], p.nq - row0);
+        constexpr bool kWholeTileBranch = true;  // smem_tile.cuh
+        load_tile_async<QTile, kThreads, kWholeTileBranch>(q_smem + stage * QTile::kElements, q_rows, p.q.stride[1], p.nq - row0);
+        load_tile_async<QTile, kThreads, kWholeTileBranch>(do_smem + stage * QTile::kElements, do_rows, p.dout.stride[1],
+                                                           p.nq - row0);
         constexpr int kRowChunks = kBlockM * int(sizeof(float)) / kCopyBytes;  // 16-byte chunks of kBlockM floats
         static_assert(2 * kRowChunks <= kThreads, "one chunk per thread");
         const int64_t scratch_row = scratch.row(batch, head, p.q_heads, row0);
