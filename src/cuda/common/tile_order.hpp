@@ -201,7 +201,7 @@ struct RowRange {
 };
 FM_HOST_DEVICE RowRange query_block_rows(int32_t q_block, int32_t block_m, int32_t nq) {
     const int32_t begin = q_block * block_m;  // q_block < ceil(nq / block_m): begin < nq
-    return {begin, nq - begin < block_m ? nq : begin + block_m};  // no int32 overflow near 2^31
+    return {begin, clipped_end(begin, block_m, nq)};
 }
 
 // The work of block `block` of order pair (order_batch, order_head), or with step > 1 the part of

@@ -329,13 +329,13 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     const int32_t heads_per_group = p.q_heads / p.kv_heads;
     const int32_t first_head = kv_head * heads_per_group;
     const int32_t q_blocks = ceil_div(p.nq, kBlockM);
-    const bool keys_past_end = key0 + kBlockN > p.nk;
+    const bool keys_past_end = p.nk - key0 < kBlockN;  // key0 < Nk: no int32 overflow, unlike key0 + kBlockN
     const float scale_log2 = p.scale * kLog2e;
 
     // The tiles of this CTA, in order: (query head index in the group, query block), Skipped ones left out.
     auto tile_kind = [&](const BlockSummary& s, int32_t q_block) {
         const int32_t row0 = q_block * kBlockM;
-        const TileKind kind = classify(s, row0, min(row0 + kBlockM, p.nq));
+        const TileKind kind = classify(s, row0, clipped_end(row0, kBlockM, p.nq));
         return kind == TileKind::Full && keys_past_end ? TileKind::Partial : kind;
     };
     // Moves (head_index, q_block) to the next non-skipped tile; head_index == heads_per_group when
@@ -501,7 +501,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 columns_head = head;
             }
             const ColumnIntervals columns[2] = {my_columns[0], my_columns[kSecondKey]};
-            warp_kind = warp_sub_tile_kind(columns, row0, min(row0 + kBlockM, p.nq));
+            warp_kind = warp_sub_tile_kind(columns, row0, clipped_end(row0, kBlockM, p.nq));
         }
 
         // The previous tile's dQ (its dS^T was published by this iteration's barrier), then this
@@ -661,7 +661,7 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
     const int32_t kv_head = p.kv_head(head);
     const int32_t mask_head = p.mask.mask_head(head);
     const int32_t row0 = q_block * kBlockM;
-    const int32_t row_end = min(row0 + kBlockM, p.nq);
+    const int32_t row_end = clipped_end(row0, kBlockM, p.nq);
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     const int group = lane / 4, quad = lane % 4;
     const int32_t key_blocks = ceil_div(p.nk, kBlockN);
@@ -669,7 +669,8 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
 
     auto tile_kind = [&](int32_t key_block) {
         const TileKind kind = classify(summaries.at(p.mask, batch, head, key_block), row0, row_end);
-        return kind == TileKind::Full && (key_block + 1) * kBlockN > p.nk ? TileKind::Partial : kind;
+        // key_block * kBlockN < Nk: no int32 overflow, unlike (key_block + 1) * kBlockN
+        return kind == TileKind::Full && p.nk - key_block * kBlockN < kBlockN ? TileKind::Partial : kind;
     };
     // Moves key_block to the next non-skipped block (key_blocks when none), 32 candidates per
     // round, one per lane, as in the dK/dV kernel: each candidate is classified once, and the

@@ -127,7 +127,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     const int32_t nq = p.nq, nk = p.nk;
     const int32_t kv_head = p.kv_head(head), mask_head = mask.mask_head(head);
     const int32_t row_begin = q_block * kBlockM;
-    const int32_t row_end = int32_t(min(int64_t(row_begin) + kBlockM, int64_t(nq)));  // no int32 overflow near 2^31
+    const int32_t row_end = clipped_end(row_begin, kBlockM, nq);
     const int warp_row = warp * Traits::kWarpRows;  // first row of this warp inside the block
 
     const Element* q = static_cast<const Element*>(p.q.data) + batch * p.q.stride[0] + row_begin * p.q.stride[1] +
@@ -159,7 +159,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
                 TileKind warp_kind = kind;
                 if (kind == TileKind::Partial) {  // rows past Nq are Skipped: nothing of theirs is stored
                     const int32_t warp_begin = row_begin + w * Traits::kWarpRows;
-                    warp_kind = classify(summary, warp_begin, min(warp_begin + Traits::kWarpRows, row_end));
+                    warp_kind = classify(summary, warp_begin, clipped_end(warp_begin, Traits::kWarpRows, row_end));
                     if (warp_kind == TileKind::Full && ragged) warp_kind = TileKind::Partial;
                 }
                 any_partial = any_partial || warp_kind == TileKind::Partial;
