@@ -12,9 +12,10 @@
 // so the load of V overlaps Q K^T and the load of the next K overlaps softmax and P V.
 // Full tiles run without any mask arithmetic. A Partial tile is classified again per warp, on
 // the warp's own rows (WarpKinds): a warp that sees all of it runs the unmasked path, one that
-// sees none of it skips both products. For a tile Partial to any warp, one thread per column reads
-// the column's canonical intervals (column_intervals(), tiles.hpp) and turns them into one
-// 32-bit word of masked rows per warp in shared memory; each S element then costs one bit test.
+// sees none of it skips both products; a tile that no warp sees is not loaded. For a tile
+// Partial to any warp, one thread per column reads the column's canonical intervals
+// (column_intervals(), tiles.hpp) and turns them into one 32-bit word of masked rows per warp
+// in shared memory; each S element then costs one bit test.
 // The last key block, when Nk % kBlockN != 0, is always partial: its columns >= Nk are masked.
 //
 // Warp w owns query rows [w * kWarpRows, (w + 1) * kWarpRows) of the block for both products,
@@ -141,14 +142,15 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     // --- which key blocks to visit ------------------------------------------------------------
     const int32_t kv_blocks = table.blocks;
     const bool ragged_last_block = nk % kBlockN != 0;  // its columns >= Nk must be masked
-    // Classifies blocks [first, first + kThreads) and compacts the non-skipped ones into
+    // Classifies blocks [first, first + kThreads) and compacts those that some warp sees (a
+    // tile Partial for the CTA may be Skipped for every warp: it is not loaded) into
     // smem.block_list (and their warps' kinds into smem.warp_kinds) in key order. Returns their
     // count (the same in every thread).
     auto classify_chunk = [&](int32_t first) -> int32_t {
         const int32_t kv_block = first + thread;
         TileKind kind = TileKind::Skipped;
         uint32_t warp_kinds = 0;
-        bool any_partial = false;
+        bool any_partial = false, any_seen = false;
         if (kv_block < kv_blocks) {
             const BlockSummary summary = table.at(mask, batch, head, kv_block);
             const bool ragged = ragged_last_block && kv_block == kv_blocks - 1;
@@ -163,10 +165,11 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
                     if (warp_kind == TileKind::Full && ragged) warp_kind = TileKind::Partial;
                 }
                 any_partial = any_partial || warp_kind == TileKind::Partial;
+                any_seen = any_seen || warp_kind != TileKind::Skipped;
                 warp_kinds = WarpKinds::with(warp_kinds, w, warp_kind);
             }
         }
-        const bool keep = kind != TileKind::Skipped;
+        const bool keep = any_seen;  // false for a Skipped tile: its warps' kinds are all Skipped
         const unsigned ballot = __ballot_sync(0xffffffffu, keep);
         if (lane == 0) smem.warp_counts[warp] = __popc(ballot);
         __syncthreads();
