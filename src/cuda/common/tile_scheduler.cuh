@@ -69,8 +69,9 @@ inline unsigned scheduled_ctas(const TileOrderShape& shape, int column_splits, c
 
 // One launch of a scheduled kernel (forward, dK/dV, deterministic dQ), decided on the host before
 // its call queues any work: the kernel opted in to its shared memory, the shape of its
-// heaviest-first order and its grid. Planning it throws every refusal the launch would meet (a
-// CTA that fits no SM, tiles per block or a grid past int32) while the stream is still untouched.
+// heaviest-first order and its grid. Planning it throws every refusal the launch would meet (more
+// shared memory than the device offers, a CTA that fits no SM, tiles per block or a grid past
+// int32) while the stream is still untouched.
 template <typename Kernel>
 struct ScheduledLaunch {
     Kernel kernel;
@@ -80,10 +81,12 @@ struct ScheduledLaunch {
 };
 
 // `Traits`: the kernel's ForwardTraits, DkDv or Dq (kBlockM, kBlockN, kThreads, kColSplits).
+// `function`: the API entry point ("forward", "backward"), `name` the kernel, both named in refusals.
 template <typename Traits, typename Kernel>
 ScheduledLaunch<Kernel> plan_scheduled_launch(Kernel kernel, int smem_bytes, const AttentionProblem& p,
-                                              TileAxis axis, const char* name) {
-    allow_shared_memory(kernel, smem_bytes);  // before the occupancy query
+                                              TileAxis axis, const char* function, const char* name) {
+    check_shared_memory(function, smem_bytes, name);  // before opting in: a CUDA error otherwise
+    allow_shared_memory(kernel, smem_bytes);          // before the occupancy query
     const int32_t slots = resident_block_slots(kernel, Traits::kThreads, smem_bytes, Traits::kColSplits);
     // Work counted with the kernel's own kBlockM x kBlockN tiles.
     const TileOrderShape shape = make_tile_order_shape(p.mask, p.batch, p.q_heads, p.kv_heads, axis, Traits::kBlockM,

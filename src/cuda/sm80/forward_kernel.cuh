@@ -447,9 +447,8 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
 
     // Every refusal (shared memory, a CTA that fits no SM, a grid past int32) before any work is queued.
     constexpr int kSmemBytes = int(sizeof(SharedStorage<Element, kHeadDim>));
-    check_shared_memory("forward", kSmemBytes, "forward_kernel");
     const auto launch = plan_scheduled_launch<Traits>(forward_kernel<Element, kHeadDim>, kSmemBytes, p,
-                                                      TileAxis::QueryBlocks, "forward_kernel");
+                                                      TileAxis::QueryBlocks, "forward", "forward_kernel");
 
     const BlockSummaries summaries(p.mask, p.batch, p.q_heads, Traits::kBlockN, stream);
     const TileScheduler tiles(p.mask, launch.shape, summaries.table(), stream);
@@ -466,8 +465,8 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
     kernel_problem.v = v.operand();
     kernel_problem.out = out.operand();
 
-    launch.kernel<<<launch.grid, Traits::kThreads, kSmemBytes, stream>>>(kernel_problem, summaries.table(),
-                                                                         tiles.schedule());
+    launch.kernel<<<launch.grid, Traits::kThreads, launch.smem_bytes, stream>>>(kernel_problem, summaries.table(),
+                                                                                tiles.schedule());
     check_launch("flashmask sm80 forward_kernel");
     out.copy_out();
 }
