@@ -29,8 +29,8 @@ namespace flashmask::cuda {
 // blocks heaviest first into `order`, both [order batches, order heads, blocks] in device memory,
 // and the heavy prefix R (host_heavy_prefix_ranks(), tile_order.hpp) into the device int32
 // `heavy_ranks`. `summaries` is the call's table at the key-block granularity `shape` was made
-// for. Runs the sort for any mask layout (the host class below skips it when no index tensor
-// makes it moot).
+// for, counting shape.key_blocks blocks (TileScheduler checks that before it calls this). Runs
+// the sort for any mask layout (the host class below skips it when no index tensor makes it moot).
 void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order, int32_t* work,
                         int32_t* heavy_ranks, cudaStream_t stream);
 
