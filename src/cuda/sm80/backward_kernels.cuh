@@ -18,6 +18,7 @@
 
 #include "cuda/common/row_bits.cuh"
 #include "cuda/common/tile_order.hpp"
+#include "cuda/common/warp.hpp"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/backward_traits.cuh"
 #include "cuda/sm80/ptx.cuh"
@@ -238,7 +239,7 @@ backward_preprocess_kernel(const AttentionProblem p, const BackwardScratch scrat
             sum += ElementTraits<Element>::to_float(oe[i]) * ElementTraits<Element>::to_float(de[i]);
     }
 #pragma unroll
-    for (int offset = kThreadsPerRow / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    for (int offset = kThreadsPerRow / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(kFullWarpMask, sum, offset);
     if (in_range && chunk == 0) {
         float lse_log2 = INFINITY;
         if (r < p.nq) {
@@ -288,8 +289,8 @@ __device__ __forceinline__ TileKind warp_sub_tile_kind(const ColumnIntervals (&c
         all_skipped = all_skipped && kind == TileKind::Skipped;
         all_full = all_full && kind == TileKind::Full;
     }
-    if (__all_sync(0xffffffffu, all_skipped)) return TileKind::Skipped;
-    return __all_sync(0xffffffffu, all_full) ? TileKind::Full : TileKind::Partial;
+    if (__all_sync(kFullWarpMask, all_skipped)) return TileKind::Skipped;
+    return __all_sync(kFullWarpMask, all_full) ? TileKind::Full : TileKind::Partial;
 }
 
 // grid: B * Hk * key blocks * kColSplits CTAs, heaviest key blocks first (schedule: TileAxis::KeyBlocks,
@@ -356,8 +357,8 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             }
             const int32_t candidate = q_block + 1 + lane;
             const TileKind candidate_kind = candidate < q_blocks ? tile_kind(s, candidate) : TileKind::Skipped;
-            const unsigned found = __ballot_sync(0xffffffffu, candidate_kind != TileKind::Skipped);
-            const unsigned full = __ballot_sync(0xffffffffu, candidate_kind == TileKind::Full);
+            const unsigned found = __ballot_sync(kFullWarpMask, candidate_kind != TileKind::Skipped);
+            const unsigned full = __ballot_sync(kFullWarpMask, candidate_kind == TileKind::Full);
             if (found != 0) {
                 const int winner = __ffs(found) - 1;  // lane of the first live candidate
                 q_block += winner + 1;
@@ -679,8 +680,8 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         while (key_block + 1 < key_blocks) {
             const int32_t candidate = key_block + 1 + lane;
             const TileKind candidate_kind = candidate < key_blocks ? tile_kind(candidate) : TileKind::Skipped;
-            const unsigned found = __ballot_sync(0xffffffffu, candidate_kind != TileKind::Skipped);
-            const unsigned full = __ballot_sync(0xffffffffu, candidate_kind == TileKind::Full);
+            const unsigned found = __ballot_sync(kFullWarpMask, candidate_kind != TileKind::Skipped);
+            const unsigned full = __ballot_sync(kFullWarpMask, candidate_kind == TileKind::Full);
             if (found != 0) {
                 const int winner = __ffs(found) - 1;  // lane of the first live candidate
                 key_block += winner + 1;

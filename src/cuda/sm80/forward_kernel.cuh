@@ -35,6 +35,7 @@
 #include "cuda/common/row_bits.cuh"
 #include "cuda/common/shared_memory.hpp"
 #include "cuda/common/tile_scheduler.cuh"
+#include "cuda/common/warp.hpp"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/forward_traits.hpp"
 #include "cuda/sm80/kernel_operand.cuh"
@@ -93,12 +94,12 @@ struct SharedStorage {
 };
 
 __device__ __forceinline__ float quad_max(float x) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+    x = fmaxf(x, __shfl_xor_sync(kFullWarpMask, x, 1));
+    return fmaxf(x, __shfl_xor_sync(kFullWarpMask, x, 2));
 }
 __device__ __forceinline__ float quad_sum(float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 1);
-    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+    x += __shfl_xor_sync(kFullWarpMask, x, 1);
+    return x + __shfl_xor_sync(kFullWarpMask, x, 2);
 }
 
 template <typename Element, int kHeadDim>
@@ -170,7 +171,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
             }
         }
         const bool keep = any_seen;  // false for a Skipped tile: its warps' kinds are all Skipped
-        const unsigned ballot = __ballot_sync(0xffffffffu, keep);
+        const unsigned ballot = __ballot_sync(kFullWarpMask, keep);
         if (lane == 0) smem.warp_counts[warp] = __popc(ballot);
         __syncthreads();
         int32_t offset = 0, total = 0;
