@@ -270,6 +270,20 @@ struct DkDvSmem {
                                   2 * kStages * T::kBlockM * int(sizeof(float)) + kStages * DsTile::kBytes + kColumnBytes;
 };
 
+// Both kernels look for their next tile 32 candidates at a time, one per lane in block order:
+// the first candidate not Skipped wins, and its kind comes from the lanes' votes (so each
+// candidate is classified once, by its own lane). Returns false when every candidate is
+// Skipped; else true, with the winner's lane in `winner` and its kind in `kind`. Call with the
+// whole warp.
+__device__ __forceinline__ bool first_live_candidate(TileKind candidate_kind, int& winner, TileKind& kind) {
+    const unsigned found = __ballot_sync(kFullWarpMask, candidate_kind != TileKind::Skipped);
+    const unsigned full = __ballot_sync(kFullWarpMask, candidate_kind == TileKind::Full);
+    if (found == 0) return false;
+    winner = __ffs(found) - 1;
+    kind = (full >> winner) & 1u ? TileKind::Full : TileKind::Partial;
+    return true;
+}
+
 // The kind of one warp's sub-tile of a Partial tile: the warp's 16 keys (two columns per lane,
 // `columns`) x rows [row_begin, row_end). Each lane classifies its columns with classify() on a
 // one-column summary and the warp votes: Skipped if every column is, Full if every column is,
@@ -340,9 +354,9 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         return kind == TileKind::Full && keys_past_end ? TileKind::Partial : kind;
     };
     // Moves (head_index, q_block) to the next non-skipped tile; head_index == heads_per_group when
-    // none. The 32 lanes of each warp classify 32 query blocks at once and the first live one
-    // wins (every thread calls this, so every lane takes part): a mask that skips most blocks
-    // costs a few rounds per CTA, not one dependent summary read per block.
+    // none. The 32 lanes of each warp classify 32 query blocks at once (first_live_candidate();
+    // every thread calls this, so every lane takes part): a mask that skips most blocks costs a
+    // few rounds per CTA, not one dependent summary read per block.
     // The summary of (current head, this key block): its address is formed when the head changes
     // (mask_head() divides) and it is read through the read-only cache. The caller passes the
     // current head's summary in `s`, read early (see the main loop); a new head reads its own.
@@ -356,13 +370,9 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 s = read_only_summary(head_summary);
             }
             const int32_t candidate = q_block + 1 + lane;
-            const TileKind candidate_kind = candidate < q_blocks ? tile_kind(s, candidate) : TileKind::Skipped;
-            const unsigned found = __ballot_sync(kFullWarpMask, candidate_kind != TileKind::Skipped);
-            const unsigned full = __ballot_sync(kFullWarpMask, candidate_kind == TileKind::Full);
-            if (found != 0) {
-                const int winner = __ffs(found) - 1;  // lane of the first live candidate
+            int winner = 0;
+            if (first_live_candidate(candidate < q_blocks ? tile_kind(s, candidate) : TileKind::Skipped, winner, kind)) {
                 q_block += winner + 1;
-                kind = (full >> winner) & 1u ? TileKind::Full : TileKind::Partial;
                 return;
             }
             q_block += kWarpSize;
@@ -674,18 +684,13 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         return kind == TileKind::Full && p.nk - key_block * kBlockN < kBlockN ? TileKind::Partial : kind;
     };
     // Moves key_block to the next non-skipped block (key_blocks when none), 32 candidates per
-    // round, one per lane, as in the dK/dV kernel: each candidate is classified once, and the
-    // winner's kind comes from the lanes' votes.
+    // round (first_live_candidate()).
     auto advance = [&](int32_t& key_block, TileKind& kind) {
         while (key_block + 1 < key_blocks) {
             const int32_t candidate = key_block + 1 + lane;
-            const TileKind candidate_kind = candidate < key_blocks ? tile_kind(candidate) : TileKind::Skipped;
-            const unsigned found = __ballot_sync(kFullWarpMask, candidate_kind != TileKind::Skipped);
-            const unsigned full = __ballot_sync(kFullWarpMask, candidate_kind == TileKind::Full);
-            if (found != 0) {
-                const int winner = __ffs(found) - 1;  // lane of the first live candidate
+            int winner = 0;
+            if (first_live_candidate(candidate < key_blocks ? tile_kind(candidate) : TileKind::Skipped, winner, kind)) {
                 key_block += winner + 1;
-                kind = (full >> winner) & 1u ? TileKind::Full : TileKind::Partial;
                 return;
             }
             key_block += kWarpSize;
