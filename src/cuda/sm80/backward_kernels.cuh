@@ -107,7 +107,8 @@ __device__ __forceinline__ float2 unpack(uint32_t pair) {
 
 // dS = P * (dP - Di) of one packed pair, packed to 16 bits: `p` is the pair of P as it entered
 // dV (rounded to the dtype), (lo, hi) = dP - Di in float32. Both kernels form dS here and only
-// here, so that the dQ kernel (deterministic mode) uses the very bits the dK/dV kernel used.
+// here, so that the dQ kernel (deterministic mode) forms dS with the same formula and roundings as
+// the dK/dV kernel (not always the same bits: its P and dP come from differently ordered products).
 //   bfloat16: dP - Di is packed to bf16 and multiplied by P in one packed multiply (HMUL2.BF16;
 //     _rn: never contracted), which saves unpacking P and two float32 multiplies per pair. The
 //     cost is one extra bf16 rounding of (dP - Di) (relative 2^-9) before the product's own:
@@ -488,6 +489,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         const TileKind this_kind = kind;
         cp_async_wait<0>();
         __syncthreads();
+        // Read right after the barrier: queued behind the dQ reductions, it waited as long as they took (ncu).
         const BlockSummary summary = read_only_summary(head_summary);
         advance(head_index, q_block, kind, summary);
         if (head_index < heads_per_group) {
@@ -518,7 +520,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         // The previous tile's dQ (its dS^T was published by this iteration's barrier), then this
         // tile's dQ is pending. It ends the iteration so that the reductions drain to L2 while the
         // warps wait at the next barrier: issued right after a barrier, the next instruction to
-        // reuse one of their registers waited for them (long scoreboard, ~8 % of the samples; ncu
+        // reuse one of their registers waited for them (long scoreboard, ~5 % of the samples; ncu
         // in bench/NOTES.md).
         auto end_tile = [&]() {
             if constexpr (kAccumulateDq) {

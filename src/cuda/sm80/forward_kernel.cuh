@@ -191,7 +191,8 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     };
     int32_t next_chunk = 0, chunk_count = 0, position = 0;
     // The entry at `position` of the list and this warp's kind of it, refilling the list from
-    // the next non-empty chunk when it is used up; kNone at the end. Uniform across the CTA.
+    // the next non-empty chunk when it is used up; kNone at the end. The entry is uniform across
+    // the CTA, warp_kind only across the warp.
     auto next_entry = [&](TileKind& warp_kind) -> int32_t {
         if (position == chunk_count) {
             chunk_count = 0;
