@@ -24,12 +24,9 @@
 
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cmath>
-#include <cstddef>
 #include <cstdint>
 #include <limits>
-#include <string>
 
 #include "cuda/common/check.hpp"
 #include "cuda/common/row_bits.cuh"
@@ -46,7 +43,6 @@
 
 namespace flashmask::cuda::sm80 {
 namespace forward_detail {
-
 
 // A key block in the CTA's compacted list: its index and whether any warp's rows of it are
 // Partial (then the CTA builds the masked-row bits of the tile).
