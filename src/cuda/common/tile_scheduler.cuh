@@ -61,7 +61,7 @@ int32_t resident_block_slots(Kernel kernel, int threads, int dynamic_smem_bytes,
 inline unsigned scheduled_ctas(const TileOrderShape& shape, int column_splits, const char* kernel) {
     const int64_t ctas = shape.ctas() * column_splits;
     if (ctas > std::numeric_limits<int32_t>::max())
-        throw Error(ErrorCode::Unsupported, "q",
+        throw Error(ErrorCode::Unsupported, blocks_argument(shape.axis),
                     std::string("flashmask: ") + kernel + " needs " + std::to_string(ctas) +
                         " CTAs (blocks x heads x batch x column splits), more than the grid's 2^31 - 1");
     return unsigned(ctas);
