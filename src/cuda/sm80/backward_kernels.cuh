@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "cuda/common/row_bits.cuh"
+#include "cuda/common/shared_memory.hpp"
 #include "cuda/common/tile_order.hpp"
 #include "cuda/common/warp.hpp"
 #include "cuda/common/workspace.cuh"
@@ -269,6 +270,9 @@ struct DkDvSmem {
     static constexpr int kColumnBytes = T::kBlockN * int(sizeof(ColumnIntervals));
     static constexpr int kBytes = 2 * KTile::kBytes + 2 * kStages * QTile::kBytes +
                                   2 * kStages * T::kBlockM * int(sizeof(float)) + kStages * DsTile::kBytes + kColumnBytes;
+    // Sized to run where the traits say (backward_traits.cuh): D = 128 on sm_80, D = 64 on sm_86 / sm_89.
+    static_assert(kHeadDim != 128 || kBytes <= kSm80SharedMemoryPerBlock, "D = 128 fits sm_80's opt-in shared memory");
+    static_assert(kHeadDim != 64 || kBytes <= kSm86SharedMemoryPerBlock, "D = 64 fits sm_86's opt-in shared memory");
 };
 
 // Both kernels look for their next tile 32 candidates at a time, one per lane in block order:
