@@ -349,7 +349,9 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     const int32_t heads_per_group = p.q_heads / p.kv_heads;
     const int32_t first_head = kv_head * heads_per_group;
     const int32_t q_blocks = ceil_div(p.nq, kBlockM);
-    const bool keys_past_end = p.nk - key0 < kBlockN;  // key0 < Nk: no int32 overflow, unlike key0 + kBlockN
+    // key0 + kBlockN > Nk without forming key0 + kBlockN (int32 overflow near 2^31). This form, not
+    // Nk - key0 < kBlockN, because that one cost the D = 256 kernel 8 bytes more spills (ptxas).
+    const bool keys_past_end = key0 > p.nk - kBlockN;
     const float scale_log2 = p.scale * kLog2e;
 
     // The tiles of this CTA, in order: (query head index in the group, query block), Skipped ones left out.
