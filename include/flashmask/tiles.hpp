@@ -160,6 +160,15 @@ FM_HOST_DEVICE TileKind classify(const BlockSummary& s, int32_t row_begin, int32
     return lower_misses && upper_misses ? TileKind::Full : TileKind::Partial;
 }
 
+// min(begin + count, end) for begin, end >= 0: the end of the range of `count` rows (keys, ...)
+// from `begin`, clipped to `end`. Without forming begin + count unless it is <= end: that sum
+// passes INT32_MAX for begin near 2^31 (the last block of Nq = 2^31 - 1 rows) and would wrap.
+// end - begin cannot overflow for operands >= 0, and stays in int32 (no 64-bit compare in the
+// kernels, whose register budgets are tight).
+FM_HOST_DEVICE constexpr int32_t clipped_end(int32_t begin, int32_t count, int32_t end) {
+    return end - begin < count ? end : begin + count;
+}
+
 // ceil(a / b) for a >= 0, b > 0, in the operands' one integer type (int32_t for block counts,
 // int64_t for element counts): mixed types do not deduce, so a caller never has a divisor or a
 // count narrowed silently. Written without a + b - 1, which overflows for a near the type's maximum.

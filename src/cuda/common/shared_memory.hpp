@@ -11,6 +11,12 @@
 
 namespace flashmask::cuda {
 
+// The opt-in shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin) of the sm80
+// kernels' smaller targets, for kernels sized to fit them exactly (static_asserts beside their
+// layouts); at run time the device's own value is what check_shared_memory() compares against.
+inline constexpr int kSm80SharedMemoryPerBlock = 163 * 1024;  // A100: 166,912 bytes
+inline constexpr int kSm86SharedMemoryPerBlock = 99 * 1024;   // sm_86 / sm_89: 101,376 bytes
+
 // A device that offers less shared memory per block than a kernel needs (sm_86 / sm_89: 99 KB;
 // sm_80: 163 KB) is refused with Unsupported, saying what was needed, before anything runs.
 // `function` is the API entry point ("forward", "backward") named in the message.

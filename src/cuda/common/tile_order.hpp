@@ -55,6 +55,12 @@ enum class TileAxis : int32_t {
     KeyBlocks,    // one CTA per (batch, KV head, key block): dK / dV
 };
 
+// The argument whose rows the blocks along `axis` cut ("q" or "k"): the one a refusal of a count
+// along that axis names (Error::argument()).
+inline const char* blocks_argument(TileAxis axis) { return axis == TileAxis::QueryBlocks ? "q" : "k"; }
+// The other axis's argument: a block's tiles are counted along that one.
+inline const char* other_blocks_argument(TileAxis axis) { return axis == TileAxis::QueryBlocks ? "k" : "q"; }
+
 // (batch, head) pairs per section, whose CTAs are interleaved rank by rank. 8 because:
 //   * their K/V stays L2-resident: at N = 8K, D = 128, bf16, one head's K + V is 4 MB, so a
 //     section's 32 MB fits the 50 MB L2 of an H100 (and a GQA group of 8 query heads, the
@@ -184,11 +190,11 @@ inline TileOrderShape make_tile_order_shape(const MaskView& mask, int32_t batch,
         max_work = int64_t(s.other_blocks) * s.query_heads_per_kv_head;
     }
     if (max_work > std::numeric_limits<int32_t>::max())
-        throw Error(ErrorCode::Unsupported, "q",
+        throw Error(ErrorCode::Unsupported, other_blocks_argument(axis),
                     "flashmask tile order: up to " + std::to_string(max_work) +
                         " tiles per block (blocks x query heads per KV head) exceed int32");
     if (s.ctas() > std::numeric_limits<int32_t>::max())
-        throw Error(ErrorCode::Unsupported, "q",
+        throw Error(ErrorCode::Unsupported, blocks_argument(axis),
                     "flashmask tile order: " + std::to_string(s.ctas()) + " blocks x heads x batch exceed the grid limit");
     s.bucket_shift = work_bucket_shift(max_work);
     s.buckets = int32_t(max_work >> s.bucket_shift) + 1;
@@ -201,7 +207,7 @@ struct RowRange {
 };
 FM_HOST_DEVICE RowRange query_block_rows(int32_t q_block, int32_t block_m, int32_t nq) {
     const int32_t begin = q_block * block_m;  // q_block < ceil(nq / block_m): begin < nq
-    return {begin, nq - begin < block_m ? nq : begin + block_m};  // no int32 overflow near 2^31
+    return {begin, clipped_end(begin, block_m, nq)};
 }
 
 // The work of block `block` of order pair (order_batch, order_head), or with step > 1 the part of

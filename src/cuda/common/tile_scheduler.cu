@@ -125,10 +125,6 @@ void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summari
     if (shape.buckets < 1 || shape.buckets > kWorkBuckets)
         throw Error(ErrorCode::InvalidArgument, "", "compute_tile_order: shape.buckets = " + std::to_string(shape.buckets) +
                                                         ", expected 1.." + std::to_string(kWorkBuckets));
-    if (summaries.blocks != shape.key_blocks)
-        throw Error(ErrorCode::InvalidArgument, "", "compute_tile_order: the summary table has " +
-                                                        std::to_string(summaries.blocks) + " key blocks, expected " +
-                                                        std::to_string(shape.key_blocks));
     tile_order_kernel<<<unsigned(shape.order_pairs()), kOrderThreads, 0, stream>>>(shape, summaries, order, work,
                                                                                    heavy_ranks);
     check_launch("flashmask tile_order_kernel");

@@ -29,8 +29,8 @@ namespace flashmask::cuda {
 // blocks heaviest first into `order`, both [order batches, order heads, blocks] in device memory,
 // and the heavy prefix R (host_heavy_prefix_ranks(), tile_order.hpp) into the device int32
 // `heavy_ranks`. `summaries` is the call's table at the key-block granularity `shape` was made
-// for. Runs the sort for any mask layout (the host class below skips it when no index tensor
-// makes it moot).
+// for, counting shape.key_blocks blocks (TileScheduler checks that before it calls this). Runs
+// the sort for any mask layout (the host class below skips it when no index tensor makes it moot).
 void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order, int32_t* work,
                         int32_t* heavy_ranks, cudaStream_t stream);
 
@@ -61,7 +61,7 @@ int32_t resident_block_slots(Kernel kernel, int threads, int dynamic_smem_bytes,
 inline unsigned scheduled_ctas(const TileOrderShape& shape, int column_splits, const char* kernel) {
     const int64_t ctas = shape.ctas() * column_splits;
     if (ctas > std::numeric_limits<int32_t>::max())
-        throw Error(ErrorCode::Unsupported, "q",
+        throw Error(ErrorCode::Unsupported, blocks_argument(shape.axis),
                     std::string("flashmask: ") + kernel + " needs " + std::to_string(ctas) +
                         " CTAs (blocks x heads x batch x column splits), more than the grid's 2^31 - 1");
     return unsigned(ctas);
@@ -69,8 +69,9 @@ inline unsigned scheduled_ctas(const TileOrderShape& shape, int column_splits, c
 
 // One launch of a scheduled kernel (forward, dK/dV, deterministic dQ), decided on the host before
 // its call queues any work: the kernel opted in to its shared memory, the shape of its
-// heaviest-first order and its grid. Planning it throws every refusal the launch would meet (a
-// CTA that fits no SM, tiles per block or a grid past int32) while the stream is still untouched.
+// heaviest-first order and its grid. Planning it throws every refusal the launch would meet (more
+// shared memory than the device offers, a CTA that fits no SM, tiles per block or a grid past
+// int32) while the stream is still untouched.
 template <typename Kernel>
 struct ScheduledLaunch {
     Kernel kernel;
@@ -80,10 +81,12 @@ struct ScheduledLaunch {
 };
 
 // `Traits`: the kernel's ForwardTraits, DkDv or Dq (kBlockM, kBlockN, kThreads, kColSplits).
+// `function`: the API entry point ("forward", "backward"), `name` the kernel, both named in refusals.
 template <typename Traits, typename Kernel>
 ScheduledLaunch<Kernel> plan_scheduled_launch(Kernel kernel, int smem_bytes, const AttentionProblem& p,
-                                              TileAxis axis, const char* name) {
-    allow_shared_memory(kernel, smem_bytes);  // before the occupancy query
+                                              TileAxis axis, const char* function, const char* name) {
+    check_shared_memory(function, smem_bytes, name);  // before opting in: a CUDA error otherwise
+    allow_shared_memory(kernel, smem_bytes);          // before the occupancy query
     const int32_t slots = resident_block_slots(kernel, Traits::kThreads, smem_bytes, Traits::kColSplits);
     // Work counted with the kernel's own kBlockM x kBlockN tiles.
     const TileOrderShape shape = make_tile_order_shape(p.mask, p.batch, p.q_heads, p.kv_heads, axis, Traits::kBlockM,

@@ -58,17 +58,19 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
     }
     // Every refusal (shared memory, occupancy, grid and tile counts) before the first work queued
     // on the stream, as in the forward: a refused call leaves no copies, scratch or kernels behind.
-    check_shared_memory("backward", DkDvSmem<Element, kHeadDim>::kBytes, "backward_dkdv_kernel");
-    if (deterministic) check_shared_memory("backward", DqSmem<Element, kHeadDim>::kBytes, "backward_dq_kernel");
+    // The dK/dV kernel is planned first and needs the more shared memory, so a device short of
+    // it refuses the call for shared memory before any other reason, deterministic or not.
+    static_assert(DqSmem<Element, kHeadDim>::kBytes <= DkDvSmem<Element, kHeadDim>::kBytes,
+                  "the dK/dV kernel's shared-memory refusal covers the dQ kernel's");
     // Heaviest key blocks first for dK/dV; heaviest query blocks first for the deterministic dQ.
     const auto dkdv = plan_scheduled_launch<DkDvT>(deterministic ? backward_dkdv_kernel<Element, kHeadDim, false>
                                                                  : backward_dkdv_kernel<Element, kHeadDim, true>,
                                                    DkDvSmem<Element, kHeadDim>::kBytes, p, TileAxis::KeyBlocks,
-                                                   "backward_dkdv_kernel");
+                                                   "backward", "backward_dkdv_kernel");
     std::optional<ScheduledLaunch<decltype(&backward_dq_kernel<Element, kHeadDim>)>> dq_launch;
     if (deterministic)
         dq_launch = plan_scheduled_launch<DqT>(backward_dq_kernel<Element, kHeadDim>, DqSmem<Element, kHeadDim>::kBytes,
-                                               p, TileAxis::QueryBlocks, "backward_dq_kernel");
+                                               p, TileAxis::QueryBlocks, "backward", "backward_dq_kernel");
 
     // The kernels read q, k, v, out, dout and write dq, dk, dv in 16-byte chunks; lse is read one
     // float at a time with its own strides and needs no copy.

@@ -17,7 +17,9 @@
 #include <type_traits>
 
 #include "cuda/common/row_bits.cuh"
+#include "cuda/common/shared_memory.hpp"
 #include "cuda/common/tile_order.hpp"
+#include "cuda/common/warp.hpp"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/backward_traits.cuh"
 #include "cuda/sm80/ptx.cuh"
@@ -106,7 +108,8 @@ __device__ __forceinline__ float2 unpack(uint32_t pair) {
 
 // dS = P * (dP - Di) of one packed pair, packed to 16 bits: `p` is the pair of P as it entered
 // dV (rounded to the dtype), (lo, hi) = dP - Di in float32. Both kernels form dS here and only
-// here, so that the dQ kernel (deterministic mode) uses the very bits the dK/dV kernel used.
+// here, so that the dQ kernel (deterministic mode) forms dS with the same formula and roundings as
+// the dK/dV kernel (not always the same bits: its P and dP come from differently ordered products).
 //   bfloat16: dP - Di is packed to bf16 and multiplied by P in one packed multiply (HMUL2.BF16;
 //     _rn: never contracted), which saves unpacking P and two float32 multiplies per pair. The
 //     cost is one extra bf16 rounding of (dP - Di) (relative 2^-9) before the product's own:
@@ -238,7 +241,7 @@ backward_preprocess_kernel(const AttentionProblem p, const BackwardScratch scrat
             sum += ElementTraits<Element>::to_float(oe[i]) * ElementTraits<Element>::to_float(de[i]);
     }
 #pragma unroll
-    for (int offset = kThreadsPerRow / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    for (int offset = kThreadsPerRow / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(kFullWarpMask, sum, offset);
     if (in_range && chunk == 0) {
         float lse_log2 = INFINITY;
         if (r < p.nq) {
@@ -267,7 +270,24 @@ struct DkDvSmem {
     static constexpr int kColumnBytes = T::kBlockN * int(sizeof(ColumnIntervals));
     static constexpr int kBytes = 2 * KTile::kBytes + 2 * kStages * QTile::kBytes +
                                   2 * kStages * T::kBlockM * int(sizeof(float)) + kStages * DsTile::kBytes + kColumnBytes;
+    // Sized to run where the traits say (backward_traits.cuh): D = 128 on sm_80, D = 64 on sm_86 / sm_89.
+    static_assert(kHeadDim != 128 || kBytes <= kSm80SharedMemoryPerBlock, "D = 128 fits sm_80's opt-in shared memory");
+    static_assert(kHeadDim != 64 || kBytes <= kSm86SharedMemoryPerBlock, "D = 64 fits sm_86's opt-in shared memory");
 };
+
+// Both kernels look for their next tile 32 candidates at a time, one per lane in block order:
+// the first candidate not Skipped wins, and its kind comes from the lanes' votes (so each
+// candidate is classified once, by its own lane). Returns false when every candidate is
+// Skipped; else true, with the winner's lane in `winner` and its kind in `kind`. Call with the
+// whole warp.
+__device__ __forceinline__ bool first_live_candidate(TileKind candidate_kind, int& winner, TileKind& kind) {
+    const unsigned found = __ballot_sync(kFullWarpMask, candidate_kind != TileKind::Skipped);
+    const unsigned full = __ballot_sync(kFullWarpMask, candidate_kind == TileKind::Full);
+    if (found == 0) return false;
+    winner = __ffs(found) - 1;
+    kind = (full >> winner) & 1u ? TileKind::Full : TileKind::Partial;
+    return true;
+}
 
 // The kind of one warp's sub-tile of a Partial tile: the warp's 16 keys (two columns per lane,
 // `columns`) x rows [row_begin, row_end). Each lane classifies its columns with classify() on a
@@ -288,8 +308,8 @@ __device__ __forceinline__ TileKind warp_sub_tile_kind(const ColumnIntervals (&c
         all_skipped = all_skipped && kind == TileKind::Skipped;
         all_full = all_full && kind == TileKind::Full;
     }
-    if (__all_sync(0xffffffffu, all_skipped)) return TileKind::Skipped;
-    return __all_sync(0xffffffffu, all_full) ? TileKind::Full : TileKind::Partial;
+    if (__all_sync(kFullWarpMask, all_skipped)) return TileKind::Skipped;
+    return __all_sync(kFullWarpMask, all_full) ? TileKind::Full : TileKind::Partial;
 }
 
 // grid: B * Hk * key blocks * kColSplits CTAs, heaviest key blocks first (schedule: TileAxis::KeyBlocks,
@@ -329,19 +349,21 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     const int32_t heads_per_group = p.q_heads / p.kv_heads;
     const int32_t first_head = kv_head * heads_per_group;
     const int32_t q_blocks = ceil_div(p.nq, kBlockM);
-    const bool keys_past_end = key0 + kBlockN > p.nk;
+    // key0 + kBlockN > Nk without forming key0 + kBlockN (int32 overflow near 2^31). This form, not
+    // Nk - key0 < kBlockN, because that one cost the D = 256 kernel 8 bytes more spills (ptxas).
+    const bool keys_past_end = key0 > p.nk - kBlockN;
     const float scale_log2 = p.scale * kLog2e;
 
     // The tiles of this CTA, in order: (query head index in the group, query block), Skipped ones left out.
     auto tile_kind = [&](const BlockSummary& s, int32_t q_block) {
         const int32_t row0 = q_block * kBlockM;
-        const TileKind kind = classify(s, row0, min(row0 + kBlockM, p.nq));
+        const TileKind kind = classify(s, row0, clipped_end(row0, kBlockM, p.nq));
         return kind == TileKind::Full && keys_past_end ? TileKind::Partial : kind;
     };
     // Moves (head_index, q_block) to the next non-skipped tile; head_index == heads_per_group when
-    // none. The 32 lanes of each warp classify 32 query blocks at once and the first live one
-    // wins (every thread calls this, so every lane takes part): a mask that skips most blocks
-    // costs a few rounds per CTA, not one dependent summary read per block.
+    // none. The 32 lanes of each warp classify 32 query blocks at once (first_live_candidate();
+    // every thread calls this, so every lane takes part): a mask that skips most blocks costs a
+    // few rounds per CTA, not one dependent summary read per block.
     // The summary of (current head, this key block): its address is formed when the head changes
     // (mask_head() divides) and it is read through the read-only cache. The caller passes the
     // current head's summary in `s`, read early (see the main loop); a new head reads its own.
@@ -355,13 +377,9 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 s = read_only_summary(head_summary);
             }
             const int32_t candidate = q_block + 1 + lane;
-            const TileKind candidate_kind = candidate < q_blocks ? tile_kind(s, candidate) : TileKind::Skipped;
-            const unsigned found = __ballot_sync(0xffffffffu, candidate_kind != TileKind::Skipped);
-            const unsigned full = __ballot_sync(0xffffffffu, candidate_kind == TileKind::Full);
-            if (found != 0) {
-                const int winner = __ffs(found) - 1;  // lane of the first live candidate
+            int winner = 0;
+            if (first_live_candidate(candidate < q_blocks ? tile_kind(s, candidate) : TileKind::Skipped, winner, kind)) {
                 q_block += winner + 1;
-                kind = (full >> winner) & 1u ? TileKind::Full : TileKind::Partial;
                 return;
             }
             q_block += kWarpSize;
@@ -479,6 +497,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         const TileKind this_kind = kind;
         cp_async_wait<0>();
         __syncthreads();
+        // Read right after the barrier: queued behind the dQ reductions, it waited as long as they took (ncu).
         const BlockSummary summary = read_only_summary(head_summary);
         advance(head_index, q_block, kind, summary);
         if (head_index < heads_per_group) {
@@ -503,13 +522,13 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 columns_head = head;
             }
             const ColumnIntervals columns[2] = {my_columns[0], my_columns[kSecondKey]};
-            warp_kind = warp_sub_tile_kind(columns, row0, min(row0 + kBlockM, p.nq));
+            warp_kind = warp_sub_tile_kind(columns, row0, clipped_end(row0, kBlockM, p.nq));
         }
 
         // The previous tile's dQ (its dS^T was published by this iteration's barrier), then this
         // tile's dQ is pending. It ends the iteration so that the reductions drain to L2 while the
         // warps wait at the next barrier: issued right after a barrier, the next instruction to
-        // reuse one of their registers waited for them (long scoreboard, ~8 % of the samples; ncu
+        // reuse one of their registers waited for them (long scoreboard, ~5 % of the samples; ncu
         // in bench/NOTES.md).
         auto end_tile = [&]() {
             if constexpr (kAccumulateDq) {
@@ -663,7 +682,7 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
     const int32_t kv_head = p.kv_head(head);
     const int32_t mask_head = p.mask.mask_head(head);
     const int32_t row0 = q_block * kBlockM;
-    const int32_t row_end = min(row0 + kBlockM, p.nq);
+    const int32_t row_end = clipped_end(row0, kBlockM, p.nq);
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     const int group = lane / 4, quad = lane % 4;
     const int32_t key_blocks = ceil_div(p.nk, kBlockN);
@@ -671,21 +690,17 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
 
     auto tile_kind = [&](int32_t key_block) {
         const TileKind kind = classify(summaries.at(p.mask, batch, head, key_block), row0, row_end);
-        return kind == TileKind::Full && (key_block + 1) * kBlockN > p.nk ? TileKind::Partial : kind;
+        // key_block * kBlockN < Nk: no int32 overflow, unlike (key_block + 1) * kBlockN
+        return kind == TileKind::Full && p.nk - key_block * kBlockN < kBlockN ? TileKind::Partial : kind;
     };
     // Moves key_block to the next non-skipped block (key_blocks when none), 32 candidates per
-    // round, one per lane, as in the dK/dV kernel: each candidate is classified once, and the
-    // winner's kind comes from the lanes' votes.
+    // round (first_live_candidate()).
     auto advance = [&](int32_t& key_block, TileKind& kind) {
         while (key_block + 1 < key_blocks) {
             const int32_t candidate = key_block + 1 + lane;
-            const TileKind candidate_kind = candidate < key_blocks ? tile_kind(candidate) : TileKind::Skipped;
-            const unsigned found = __ballot_sync(0xffffffffu, candidate_kind != TileKind::Skipped);
-            const unsigned full = __ballot_sync(0xffffffffu, candidate_kind == TileKind::Full);
-            if (found != 0) {
-                const int winner = __ffs(found) - 1;  // lane of the first live candidate
+            int winner = 0;
+            if (first_live_candidate(candidate < key_blocks ? tile_kind(candidate) : TileKind::Skipped, winner, kind)) {
                 key_block += winner + 1;
-                kind = (full >> winner) & 1u ? TileKind::Full : TileKind::Partial;
                 return;
             }
             key_block += kWarpSize;

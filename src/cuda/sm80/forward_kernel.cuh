@@ -12,9 +12,10 @@
 // so the load of V overlaps Q K^T and the load of the next K overlaps softmax and P V.
 // Full tiles run without any mask arithmetic. A Partial tile is classified again per warp, on
 // the warp's own rows (WarpKinds): a warp that sees all of it runs the unmasked path, one that
-// sees none of it skips both products. For a tile Partial to any warp, one thread per column reads
-// the column's canonical intervals (column_intervals(), tiles.hpp) and turns them into one
-// 32-bit word of masked rows per warp in shared memory; each S element then costs one bit test.
+// sees none of it skips both products; a tile that no warp sees is not loaded. For a tile
+// Partial to any warp, one thread per column reads the column's canonical intervals
+// (column_intervals(), tiles.hpp) and turns them into one 32-bit word of masked rows per warp
+// in shared memory; each S element then costs one bit test.
 // The last key block, when Nk % kBlockN != 0, is always partial: its columns >= Nk are masked.
 //
 // Warp w owns query rows [w * kWarpRows, (w + 1) * kWarpRows) of the block for both products,
@@ -23,17 +24,15 @@
 
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cmath>
-#include <cstddef>
 #include <cstdint>
 #include <limits>
-#include <string>
 
 #include "cuda/common/check.hpp"
 #include "cuda/common/row_bits.cuh"
 #include "cuda/common/shared_memory.hpp"
 #include "cuda/common/tile_scheduler.cuh"
+#include "cuda/common/warp.hpp"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/forward_traits.hpp"
 #include "cuda/sm80/kernel_operand.cuh"
@@ -44,7 +43,6 @@
 
 namespace flashmask::cuda::sm80 {
 namespace forward_detail {
-
 
 // A key block in the CTA's compacted list: its index and whether any warp's rows of it are
 // Partial (then the CTA builds the masked-row bits of the tile).
@@ -92,12 +90,12 @@ struct SharedStorage {
 };
 
 __device__ __forceinline__ float quad_max(float x) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+    x = fmaxf(x, __shfl_xor_sync(kFullWarpMask, x, 1));
+    return fmaxf(x, __shfl_xor_sync(kFullWarpMask, x, 2));
 }
 __device__ __forceinline__ float quad_sum(float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 1);
-    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+    x += __shfl_xor_sync(kFullWarpMask, x, 1);
+    return x + __shfl_xor_sync(kFullWarpMask, x, 2);
 }
 
 template <typename Element, int kHeadDim>
@@ -127,7 +125,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     const int32_t nq = p.nq, nk = p.nk;
     const int32_t kv_head = p.kv_head(head), mask_head = mask.mask_head(head);
     const int32_t row_begin = q_block * kBlockM;
-    const int32_t row_end = int32_t(min(int64_t(row_begin) + kBlockM, int64_t(nq)));  // no int32 overflow near 2^31
+    const int32_t row_end = clipped_end(row_begin, kBlockM, nq);
     const int warp_row = warp * Traits::kWarpRows;  // first row of this warp inside the block
 
     const Element* q = static_cast<const Element*>(p.q.data) + batch * p.q.stride[0] + row_begin * p.q.stride[1] +
@@ -141,14 +139,15 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     // --- which key blocks to visit ------------------------------------------------------------
     const int32_t kv_blocks = table.blocks;
     const bool ragged_last_block = nk % kBlockN != 0;  // its columns >= Nk must be masked
-    // Classifies blocks [first, first + kThreads) and compacts the non-skipped ones into
+    // Classifies blocks [first, first + kThreads) and compacts those that some warp sees (a
+    // tile Partial for the CTA may be Skipped for every warp: it is not loaded) into
     // smem.block_list (and their warps' kinds into smem.warp_kinds) in key order. Returns their
     // count (the same in every thread).
     auto classify_chunk = [&](int32_t first) -> int32_t {
         const int32_t kv_block = first + thread;
         TileKind kind = TileKind::Skipped;
         uint32_t warp_kinds = 0;
-        bool any_partial = false;
+        bool any_partial = false, any_seen = false;
         if (kv_block < kv_blocks) {
             const BlockSummary summary = table.at(mask, batch, head, kv_block);
             const bool ragged = ragged_last_block && kv_block == kv_blocks - 1;
@@ -159,15 +158,16 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
                 TileKind warp_kind = kind;
                 if (kind == TileKind::Partial) {  // rows past Nq are Skipped: nothing of theirs is stored
                     const int32_t warp_begin = row_begin + w * Traits::kWarpRows;
-                    warp_kind = classify(summary, warp_begin, min(warp_begin + Traits::kWarpRows, row_end));
+                    warp_kind = classify(summary, warp_begin, clipped_end(warp_begin, Traits::kWarpRows, row_end));
                     if (warp_kind == TileKind::Full && ragged) warp_kind = TileKind::Partial;
                 }
                 any_partial = any_partial || warp_kind == TileKind::Partial;
+                any_seen = any_seen || warp_kind != TileKind::Skipped;
                 warp_kinds = WarpKinds::with(warp_kinds, w, warp_kind);
             }
         }
-        const bool keep = kind != TileKind::Skipped;
-        const unsigned ballot = __ballot_sync(0xffffffffu, keep);
+        const bool keep = any_seen;  // false for a Skipped tile: its warps' kinds are all Skipped
+        const unsigned ballot = __ballot_sync(kFullWarpMask, keep);
         if (lane == 0) smem.warp_counts[warp] = __popc(ballot);
         __syncthreads();
         int32_t offset = 0, total = 0;
@@ -187,7 +187,8 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     };
     int32_t next_chunk = 0, chunk_count = 0, position = 0;
     // The entry at `position` of the list and this warp's kind of it, refilling the list from
-    // the next non-empty chunk when it is used up; kNone at the end. Uniform across the CTA.
+    // the next non-empty chunk when it is used up; kNone at the end. The entry is uniform across
+    // the CTA, warp_kind only across the warp.
     auto next_entry = [&](TileKind& warp_kind) -> int32_t {
         if (position == chunk_count) {
             chunk_count = 0;
@@ -444,9 +445,8 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
 
     // Every refusal (shared memory, a CTA that fits no SM, a grid past int32) before any work is queued.
     constexpr int kSmemBytes = int(sizeof(SharedStorage<Element, kHeadDim>));
-    check_shared_memory("forward", kSmemBytes, "forward_kernel");
     const auto launch = plan_scheduled_launch<Traits>(forward_kernel<Element, kHeadDim>, kSmemBytes, p,
-                                                      TileAxis::QueryBlocks, "forward_kernel");
+                                                      TileAxis::QueryBlocks, "forward", "forward_kernel");
 
     const BlockSummaries summaries(p.mask, p.batch, p.q_heads, Traits::kBlockN, stream);
     const TileScheduler tiles(p.mask, launch.shape, summaries.table(), stream);
@@ -463,8 +463,8 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
     kernel_problem.v = v.operand();
     kernel_problem.out = out.operand();
 
-    launch.kernel<<<launch.grid, Traits::kThreads, kSmemBytes, stream>>>(kernel_problem, summaries.table(),
-                                                                         tiles.schedule());
+    launch.kernel<<<launch.grid, Traits::kThreads, launch.smem_bytes, stream>>>(kernel_problem, summaries.table(),
+                                                                                tiles.schedule());
     check_launch("flashmask sm80 forward_kernel");
     out.copy_out();
 }
