@@ -41,14 +41,21 @@ def bhsd_view(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
 
 
-def random_problem(rng, dtype, batch=2, q_heads=4, kv_heads=2, head_dim=64):
-    nq, nk = (int(n) for n in rng.integers(1, 90, size=2))
+def random_problem(rng, dtype, batch=2, q_heads=4, kv_heads=2, head_dim=64, gradients_measurable=False):
+    """gradients_measurable: every row sees at least two keys (Nk >= 2, columns 0 and 1 masked
+    nowhere), so that the float64 reference's dQ and dK are not all zeros and a relative error
+    means something. Without it, a mask under which no row sees two keys (always so when Nk = 1:
+    a softmax over one key has zero gradient) leaves them exactly zero."""
+    nq = int(rng.integers(1, 90))
+    nk = int(rng.integers(2 if gradients_measurable else 1, 90))
     q = rng.standard_normal((batch, nq, q_heads, head_dim), dtype=np.float32).astype(dtype)
     k = rng.standard_normal((batch, nk, kv_heads, head_dim), dtype=np.float32).astype(dtype)
     v = rng.standard_normal((batch, nk, kv_heads, head_dim), dtype=np.float32).astype(dtype)
     dout = rng.standard_normal(q.shape, dtype=np.float32).astype(dtype)
     # Per-KV-head random intervals (C = 4, not causal): empty, partial and full tiles alike.
     indices = rng.integers(0, nq + 1, size=(batch, kv_heads, nk, 4)).astype(np.int32)
+    if gradients_measurable:
+        indices[:, :, :2] = (nq, nq, 0, 0)  # lower [Nq, Nq) and upper [0, 0): both empty
     return q, k, v, dout, indices
 
 
@@ -226,7 +233,7 @@ def test_torch_cpu_tensors(dtype_name, rng):
     bfloat16, inputs that require grad are read, and the results are the NumPy path's bits
     (float64, float32, float16) or within SPEC §5 of the float64 reference (bfloat16)."""
     torch_dtype = getattr(torch, dtype_name)
-    q64, k64, v64, dout64, indices = random_problem(rng, np.float32)
+    q64, k64, v64, dout64, indices = random_problem(rng, np.float32, gradients_measurable=True)
     q, k, v, dout = (torch_copy(x, torch_dtype, bhsd=True) for x in (q64, k64, v64, dout64))
     q.requires_grad_(True)
     # A BHSD view is non-contiguous unless Nq == 1 (torch ignores strides of size-1 dims).
