@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# An A/B of two builds in one device call, so that both run on the same card in the same state
+# (bench/NOTES.md: own-full ratios move by about 0.05 between calls): the working tree's Python
+# module against another commit's, alternately, a few rounds, then one table of both.
+#
+#   here:        git archive -o ab-base.tar <base-commit>        (the device copy has no .git)
+#   device call: scripts/ab-bench.sh ab-base.tar [rounds] -- <bench_attention.py arguments>
+#                with ab-base.tar in the call's carry (it is git-ignored), e.g.
+#                scripts/ab-bench.sh ab-base.tar 2 -- --configs b --impls flashmask --masks full,share_question
+#
+# The working tree's module is installed as scripts/gpu.sh's python step installs it (into the
+# interpreter's site-packages); the base's goes to its own --target folder and runs with its own
+# copy of bench_attention.py on PYTHONPATH. Output: $OUT (default build-gpu/ab): each run's
+# markdown and log, and ab.md, the effective TFLOP/s rows of every run in order.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { echo "usage: scripts/ab-bench.sh BASE_TARBALL [ROUNDS] -- BENCH_ARGUMENTS..." >&2; exit 2; }
+[ $# -ge 1 ] || usage
+BASE_TARBALL=$1; shift
+ROUNDS=2  # base, working tree, base, working tree: an order effect shows as a drift within one side
+if [ $# -ge 1 ] && [ "$1" != "--" ]; then ROUNDS=$1; shift; fi
+[ $# -ge 1 ] && [ "$1" = "--" ] || usage
+shift
+[ -f "$BASE_TARBALL" ] || { echo "ab-bench: no base tarball '$BASE_TARBALL' (git archive -o ab-base.tar REV here, then carry it)" >&2; exit 2; }
+
+PYTHON=${PYTHON:-python3}
+ARCHITECTURES=${FLASHMASK_CUDA_ARCHITECTURES:-90a-real}
+OUT_DIR=$(mkdir -p "${OUT:-build-gpu/ab}" && cd "${OUT:-build-gpu/ab}" && pwd)  # absolute: the base runs elsewhere
+BASE_TREE=/tmp/flashmask-ab-base
+BASE_PACKAGE=/tmp/flashmask-ab-base-package
+export PYTHONUNBUFFERED=1
+
+install() {  # install <source dir> <build dir> [pip arguments...]
+  local source=$1 build=$2; shift 2
+  (cd "$source" && FLASHMASK_CUDA=ON "$PYTHON" -m pip install -q --no-build-isolation --no-deps --no-index \
+    -C build-dir="$build" -C cmake.define.FLASHMASK_CUDA=ON -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCHITECTURES" \
+    "$@" .)
+}
+
+rm -rf "$BASE_TREE" "$BASE_PACKAGE" && mkdir -p "$BASE_TREE"
+tar xf "$BASE_TARBALL" -C "$BASE_TREE" || exit 1
+install "$BASE_TREE" /tmp/flashmask-ab-base-build --target "$BASE_PACKAGE" >"$OUT_DIR/install-base.log" 2>&1 ||
+  { tail -20 "$OUT_DIR/install-base.log"; exit 1; }
+install . "$(pwd)/build-gpu/python" >"$OUT_DIR/install-tree.log" 2>&1 || { tail -20 "$OUT_DIR/install-tree.log"; exit 1; }
+
+summary="$OUT_DIR/ab.md"
+{
+  echo "# A/B: base ($(basename "$BASE_TARBALL")) against the working tree, alternately, $ROUNDS rounds"
+  echo
+  echo "bench_attention.py $*"
+} >"$summary"
+for round in $(seq 1 "$ROUNDS"); do
+  for side in base tree; do
+    name="$side-$round"
+    if [ "$side" = base ]; then
+      (cd "$BASE_TREE" && PYTHONPATH="$BASE_PACKAGE" "$PYTHON" bench/bench_attention.py "$@" --out "$OUT_DIR/$name.md") \
+        >"$OUT_DIR/$name.log" 2>&1
+    else
+      "$PYTHON" bench/bench_attention.py "$@" --out "$OUT_DIR/$name.md" >"$OUT_DIR/$name.log" 2>&1
+    fi
+    status=$?
+    { echo; echo "## $name (exit $status)"; echo; grep -E '^\| (config|---|[ab] \()' "$OUT_DIR/$name.md" 2>/dev/null | head -16; } >>"$summary"
+  done
+done
+cat "$summary"
