@@ -369,17 +369,6 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     // current head's summary in `s`, read early (see the main loop); a new head reads its own.
     const BlockSummary* head_summary = &summaries.at(p.mask, batch, first_head, key_block);
     auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind, BlockSummary s) {
-        // The next block of this head first, classified by every lane alike: on all but the
-        // sparsest masks it is the next tile, found without the votes (and the lane index ptxas
-        // re-reads for them: ncu in bench/NOTES.md).
-        if (q_block + 1 < q_blocks) {
-            const TileKind next_kind = tile_kind(s, q_block + 1);
-            if (next_kind != TileKind::Skipped) {
-                ++q_block;
-                kind = next_kind;
-                return;
-            }
-        }
         while (true) {
             if (q_block + 1 >= q_blocks) {
                 q_block = -1;
@@ -396,30 +385,17 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             q_block += kWarpSize;
         }
     };
-    // The current head's Q and dO rows 0 and first scratch row, formed when the head changes:
-    // per block only whole blocks' rows are added. Formed per block from (batch, row, head) with
-    // int64 strides they took ~70 instructions a tile (ncu, bench/NOTES.md).
-    const Element* q_head_rows = nullptr;
-    const Element* do_head_rows = nullptr;
-    int64_t scratch_head_row = 0;
-    int32_t rows_head = -1;
     auto load_query_block = [&](int stage, int32_t head_index, int32_t q_block) {
         const int32_t head = first_head + head_index, row0 = q_block * kBlockM;
-        if (head != rows_head) {
-            q_head_rows = element_at<Element>(p.q, batch, 0, head);
-            do_head_rows = element_at<Element>(p.dout, batch, 0, head);
-            scratch_head_row = scratch.row(batch, head, p.q_heads, 0);
-            rows_head = head;
-        }
+        const Element* const q_rows = element_at<Element>(p.q, batch, row0, head);
+        const Element* const do_rows = element_at<Element>(p.dout, batch, row0, head);
         constexpr bool kWholeTileBranch = true;  // smem_tile.cuh
-        load_tile_async<QTile, kThreads, kWholeTileBranch>(q_smem + stage * QTile::kElements, q_head_rows + row0 * p.q.stride[1],
-                                                           p.q.stride[1], p.nq - row0);
-        load_tile_async<QTile, kThreads, kWholeTileBranch>(do_smem + stage * QTile::kElements,
-                                                           do_head_rows + row0 * p.dout.stride[1], p.dout.stride[1],
+        load_tile_async<QTile, kThreads, kWholeTileBranch>(q_smem + stage * QTile::kElements, q_rows, p.q.stride[1], p.nq - row0);
+        load_tile_async<QTile, kThreads, kWholeTileBranch>(do_smem + stage * QTile::kElements, do_rows, p.dout.stride[1],
                                                            p.nq - row0);
         constexpr int kRowChunks = kBlockM * int(sizeof(float)) / kCopyBytes;  // 16-byte chunks of kBlockM floats
         static_assert(2 * kRowChunks <= kThreads, "one chunk per thread");
-        const int64_t scratch_row = scratch_head_row + row0;
+        const int64_t scratch_row = scratch.row(batch, head, p.q_heads, row0);
         const int c = threadIdx.x;
         if (c < kRowChunks)
             cp_async_16(shared_address(lse_smem + stage * kBlockM + c * 4), scratch.lse_log2 + scratch_row + c * 4, true);
