@@ -31,7 +31,7 @@ BASE_TREE=/tmp/flashmask-ab-base
 BASE_PACKAGE=/tmp/flashmask-ab-base-package
 export PYTHONUNBUFFERED=1
 
-install() {  # install <source dir> <build dir> [pip arguments...]
+install_module() {  # install_module <source dir> <build dir> [pip arguments...]
   local source=$1 build=$2; shift 2
   (cd "$source" && FLASHMASK_CUDA=ON "$PYTHON" -m pip install -q --no-build-isolation --no-deps --no-index \
     -C build-dir="$build" -C cmake.define.FLASHMASK_CUDA=ON -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCHITECTURES" \
@@ -40,9 +40,9 @@ install() {  # install <source dir> <build dir> [pip arguments...]
 
 rm -rf "$BASE_TREE" "$BASE_PACKAGE" && mkdir -p "$BASE_TREE"
 tar xf "$BASE_TARBALL" -C "$BASE_TREE" || exit 1
-install "$BASE_TREE" /tmp/flashmask-ab-base-build --target "$BASE_PACKAGE" >"$OUT_DIR/install-base.log" 2>&1 ||
+install_module "$BASE_TREE" /tmp/flashmask-ab-base-build --target "$BASE_PACKAGE" >"$OUT_DIR/install-base.log" 2>&1 ||
   { tail -20 "$OUT_DIR/install-base.log"; exit 1; }
-install . "$(pwd)/build-gpu/python" >"$OUT_DIR/install-tree.log" 2>&1 || { tail -20 "$OUT_DIR/install-tree.log"; exit 1; }
+install_module . "$(pwd)/${FLASHMASK_GPU_BUILD_DIR:-build-gpu}/python" >"$OUT_DIR/install-tree.log" 2>&1 || { tail -20 "$OUT_DIR/install-tree.log"; exit 1; }
 
 summary="$OUT_DIR/ab.md"
 {
