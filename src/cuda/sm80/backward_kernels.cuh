@@ -259,17 +259,16 @@ backward_preprocess_kernel(const AttentionProblem p, const BackwardScratch scrat
 template <typename Element, int kHeadDim>
 struct DkDvSmem {
     using T = DkDv<kHeadDim>;
-    using KTile = SmemTile<T::kBlockN, kHeadDim>;    // K and V of the CTA's keys
-    using QTile = SmemTile<T::kBlockM, kHeadDim>;    // Q and dO of one query block
-    using DsTile = SmemTile<T::kBlockN, T::kBlockM>; // dS^T of one tile, [key][query], for dQ = dS K
-    // Q / dO double-buffered: the next block loads while this one is computed. dS^T as well:
-    // tile i's dQ = dS K runs in iteration i + 1, after the one barrier per iteration.
+    using KTile = SmemTile<T::kBlockN, kHeadDim>;     // K and V of the CTA's keys
+    using QTile = SmemTile<T::kBlockM, kHeadDim>;     // Q and dO of one query block
+    using PTile = SmemTile<T::kBlockM, T::kBlockN>;   // P and dS of one step, [query][key]
+    // Q / dO double-buffered: the next block loads while this one is computed.
     static constexpr int kStages = 2;
-    // The column intervals of the CTA's keys for the current head (each warp keeps its own 16),
-    // in shared memory rather than 8 registers per thread live across the main loop.
+    // The column intervals of the CTA's keys for the current head, in shared memory rather than
+    // registers live across the main loop.
     static constexpr int kColumnBytes = T::kBlockN * int(sizeof(ColumnIntervals));
     static constexpr int kBytes = 2 * KTile::kBytes + 2 * kStages * QTile::kBytes +
-                                  2 * kStages * T::kBlockM * int(sizeof(float)) + kStages * DsTile::kBytes + kColumnBytes;
+                                  2 * kStages * T::kBlockM * int(sizeof(float)) + 2 * PTile::kBytes + kColumnBytes;
     // Sized to run where the traits say (backward_traits.cuh): D = 128 on sm_80, D = 64 on sm_86 / sm_89.
     static_assert(kHeadDim != 128 || kBytes <= kSm80SharedMemoryPerBlock, "D = 128 fits sm_80's opt-in shared memory");
     static_assert(kHeadDim != 64 || kBytes <= kSm86SharedMemoryPerBlock, "D = 64 fits sm_86's opt-in shared memory");
@@ -289,31 +288,79 @@ __device__ __forceinline__ bool first_live_candidate(TileKind candidate_kind, in
     return true;
 }
 
-// The kind of one warp's sub-tile of a Partial tile: the warp's 16 keys (two columns per lane,
-// `columns`) x rows [row_begin, row_end). Each lane classifies its columns with classify() on a
-// one-column summary and the warp votes: Skipped if every column is, Full if every column is,
-// else Partial. Sound as classify() is per column. At least as sharp as classify() on a summary
-// merged over the 16 columns (which needs every column covered by the same interval to skip,
-// and all lower or all upper intervals on one side of the rows to be full), and it keeps no
-// per-head summary in registers (8 more live across the loop, where the kernel is at 255) and
-// needs no 8-field shuffle reduction: two one-column classify() and two votes per Partial tile.
-__device__ __forceinline__ TileKind warp_sub_tile_kind(const ColumnIntervals (&columns)[2], int32_t row_begin,
-                                                       int32_t row_end) {
-    bool all_skipped = true, all_full = true;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        BlockSummary column = BlockSummary::empty();
-        column.fold(columns[half]);
-        const TileKind kind = classify(column, row_begin, row_end);
-        all_skipped = all_skipped && kind == TileKind::Skipped;
-        all_full = all_full && kind == TileKind::Full;
+// The kind of one warp's sub-tile of a Partial tile: `columns` key columns (lane l < columns
+// holds column l's intervals in `column`) x rows [row_begin, row_end). Each lane classifies its
+// column with classify() on a one-column summary and the warp votes: Skipped if every column
+// is, Full if every column is, else Partial. Sound as classify() is per column, and at least as
+// sharp as classify() on a summary merged over the columns (which needs every column covered by
+// the same interval to skip). Call with the whole warp.
+__device__ __forceinline__ TileKind warp_sub_tile_kind(const ColumnIntervals& column, bool has_column,
+                                                       int32_t row_begin, int32_t row_end) {
+    TileKind kind = TileKind::Skipped;
+    if (has_column) {
+        BlockSummary summary = BlockSummary::empty();
+        summary.fold(column);
+        kind = classify(summary, row_begin, row_end);
     }
-    if (__all_sync(kFullWarpMask, all_skipped)) return TileKind::Skipped;
-    return __all_sync(kFullWarpMask, all_full) ? TileKind::Full : TileKind::Partial;
+    const bool skipped = !has_column || kind == TileKind::Skipped;
+    const bool full = !has_column || kind == TileKind::Full;
+    if (__all_sync(kFullWarpMask, skipped)) return TileKind::Skipped;
+    return __all_sync(kFullWarpMask, full) ? TileKind::Full : TileKind::Partial;
 }
 
-// grid: B * Hk * key blocks * kColSplits CTAs, heaviest key blocks first (schedule: TileAxis::KeyBlocks,
+// One warp's acc[kMTiles][kNTiles][4] += A B over k in [0, kDepth), both operands in shared
+// memory: A fragment i (rows 16 i) of k-step s at a_address(i, s), loaded with ldmatrix.x4
+// (transposed when kATransposed: A stored [k][m]); the B fragments of n-tiles 2 j, 2 j + 1 at
+// b_address(j, s) (transposed when kBTransposed: B stored [k][n]). Each B fragment feeds
+// kMTiles products, each A fragment kNTiles.
+template <typename Element, int kMTiles, int kNTiles, int kDepth, bool kATransposed, bool kBTransposed,
+          typename AAddress, typename BAddress>
+__device__ __forceinline__ void warp_mma(float (&acc)[kMTiles][kNTiles][4], AAddress a_address, BAddress b_address) {
+    static_assert(kNTiles % 2 == 0 && kDepth % 16 == 0, "whole B fragment pairs and k16 steps");
+#pragma unroll
+    for (int s = 0; s < kDepth / 16; ++s) {
+        uint32_t a[kMTiles][4];
+#pragma unroll
+        for (int i = 0; i < kMTiles; ++i) {
+            if constexpr (kATransposed)
+                ldmatrix_x4_trans(a[i], a_address(i, s));
+            else
+                ldmatrix_x4(a[i], a_address(i, s));
+        }
+#pragma unroll
+        for (int j = 0; j < kNTiles / 2; ++j) {
+            uint32_t b[4];
+            if constexpr (kBTransposed)
+                ldmatrix_x4_trans(b, b_address(j, s));
+            else
+                ldmatrix_x4(b, b_address(j, s));
+            const uint32_t left[2] = {b[0], b[1]}, right[2] = {b[2], b[3]};
+#pragma unroll
+            for (int i = 0; i < kMTiles; ++i) {
+                mma_16816<Element>(acc[i][2 * j], a[i], left);
+                mma_16816<Element>(acc[i][2 * j + 1], a[i], right);
+            }
+        }
+    }
+}
+
+template <int kMTiles, int kNTiles>
+__device__ __forceinline__ void zero(float (&acc)[kMTiles][kNTiles][4]) {
+#pragma unroll
+    for (int i = 0; i < kMTiles; ++i) zero(acc[i]);
+}
+
+// grid: B * Hk * key blocks CTAs, heaviest key blocks first (schedule: TileAxis::KeyBlocks,
 // counted with this kernel's kBlockM x kBlockN tiles); block kThreads.
+//
+// A step (one query block of one query head):
+//   barrier 1   Q, dO of the step have landed; every warp is done with the previous step, so the
+//               other Q / dO stage may take the next block's loads and P, dS may be rewritten;
+//   S, P, dP, dS   per warp tile (kSdpRows x kSdpCols), P and dS stored to shared memory;
+//   barrier 2   P, dS complete;
+//   dV += P^T dO, dK += dS^T Q   per warp tile (kDkvRows keys x kDkvCols columns);
+//   dQ += dS K   per warp tile (kDqRows x kDqColsPerWarp), added into the float32 accumulator
+//               (non-deterministic mode; the dQ kernel forms it otherwise).
 template <typename Element, int kHeadDim, bool kAccumulateDq>
 __global__ void __launch_bounds__(DkDv<kHeadDim>::kThreads, 1)
 backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, const TileSchedule schedule,
@@ -322,26 +369,28 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     using Smem = DkDvSmem<Element, kHeadDim>;
     using KTile = typename Smem::KTile;
     using QTile = typename Smem::QTile;
-    using DsTile = typename Smem::DsTile;
+    using PTile = typename Smem::PTile;
     constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kThreads = T::kThreads;
-    constexpr int kOutCols = T::kOutCols;
-    constexpr int kQueryTiles = kBlockM / kMmaCols;  // n-tiles of S^T
-    constexpr int kOutTiles = kOutCols / kMmaCols;   // n-tiles of a dK / dV row block
+    constexpr int kMTiles = T::kWarpRows / kMmaRows;     // m16 fragments of every warp tile
+    constexpr int kSdpTiles = T::kSdpCols / kMmaCols;    // n-tiles of a warp's S / dP
+    constexpr int kDkvTiles = T::kDkvCols / kMmaCols;    // n-tiles of a warp's dK / dV
+    constexpr int kDqTiles = T::kDqColsPerWarp / kMmaCols;
+    constexpr int kRowHalves = 2;                        // accumulator rows group, group + 8
 
     extern __shared__ __align__(128) unsigned char shared_memory[];
     Element* const k_smem = reinterpret_cast<Element*>(shared_memory);
     Element* const v_smem = k_smem + KTile::kElements;
-    Element* const q_smem = v_smem + KTile::kElements;               // [kStages]
+    Element* const q_smem = v_smem + KTile::kElements;                   // [kStages]
     Element* const do_smem = q_smem + Smem::kStages * QTile::kElements;  // [kStages]
-    float* const lse_smem = reinterpret_cast<float*>(do_smem + Smem::kStages * QTile::kElements);  // [kStages][kBlockM]
+    Element* const p_smem = do_smem + Smem::kStages * QTile::kElements;
+    Element* const ds_smem = p_smem + PTile::kElements;
+    float* const lse_smem = reinterpret_cast<float*>(ds_smem + PTile::kElements);  // [kStages][kBlockM]
     float* const di_smem = lse_smem + Smem::kStages * kBlockM;
-    Element* const ds_smem = reinterpret_cast<Element*>(di_smem + Smem::kStages * kBlockM);  // [kStages]
-    ColumnIntervals* const columns_smem = reinterpret_cast<ColumnIntervals*>(ds_smem + Smem::kStages * DsTile::kElements);
+    ColumnIntervals* const columns_smem = reinterpret_cast<ColumnIntervals*>(di_smem + Smem::kStages * kBlockM);
 
-    const TileCoordinates tile = schedule.at(int32_t(blockIdx.x / T::kColSplits));
+    const TileCoordinates tile = schedule.at(int32_t(blockIdx.x));
     const int32_t key_block = tile.block;
     const int32_t kv_head = tile.head;
-    const int32_t col_base = int32_t(blockIdx.x % T::kColSplits) * kOutCols;
     const int32_t batch = tile.batch;
     const int32_t key0 = key_block * kBlockN;
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
@@ -349,8 +398,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     const int32_t heads_per_group = p.q_heads / p.kv_heads;
     const int32_t first_head = kv_head * heads_per_group;
     const int32_t q_blocks = ceil_div(p.nq, kBlockM);
-    // key0 + kBlockN > Nk without forming key0 + kBlockN (int32 overflow near 2^31). This form, not
-    // Nk - key0 < kBlockN, because that one cost the D = 256 kernel 8 bytes more spills (ptxas).
+    // key0 + kBlockN > Nk without forming key0 + kBlockN (int32 overflow near 2^31).
     const bool keys_past_end = key0 > p.nk - kBlockN;
     const float scale_log2 = p.scale * kLog2e;
 
@@ -404,79 +452,45 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                         scratch.di + scratch_row + (c - kRowChunks) * 4, true);
     };
 
-    float dv_acc[kOutTiles][4], dk_acc[kOutTiles][4];
+    // The warp tiles (backward_traits.cuh).
+    const int sdp_row0 = (warp % T::kSdpWarpsM) * T::kSdpRows;  // S, dP: queries
+    const int sdp_key0 = (warp / T::kSdpWarpsM) * T::kSdpCols;  //        keys
+    const int dkv_key0 = (warp % T::kDkvWarpsN) * T::kDkvRows;  // dK, dV: keys
+    const int dkv_col0 = (warp / T::kDkvWarpsN) * T::kDkvCols;  //         columns
+    const int dq_row0 = (warp % T::kDqWarpsM) * T::kDqRows;     // dQ: queries
+    const int dq_col0 = (warp / T::kDqWarpsM) * T::kDqColsPerWarp;
+
+    // Per-lane ldmatrix addresses, formed once and stepped with constants: rows by multiples of
+    // 8 through row_bytes() (a plain add), columns by advance_column_steps(), which needs the
+    // lane's chunk and the step's to share no bit (smem_tile.cuh): every base column below is a
+    // multiple of 32 (chunk 0 or 4 of its period, +1 for the lane's second chunk) and the steps
+    // are whole 16-column pairs of chunks within a period, or whole periods.
+    const uint32_t q_address = shared_address(q_smem), do_address = shared_address(do_smem);
+    // From a Q / dO stage's start: A of S = Q K^T, dP = dO V^T; B as [query][column] of dV, dK.
+    const uint32_t qa_lane = a_fragment_address<QTile>(q_smem, sdp_row0, 0, lane) - q_address;
+    const uint32_t out_kn_lane = b_fragment_address_kn<QTile>(q_smem, 0, dkv_col0, lane) - q_address;
+    // B of S, dP: K, V as [key][d].
+    const uint32_t k_nk = b_fragment_address_nk<KTile>(k_smem, sdp_key0, 0, lane);
+    const uint32_t v_nk = b_fragment_address_nk<KTile>(v_smem, sdp_key0, 0, lane);
+    // A of dV, dK: P^T, dS^T, from their [query][key] tiles (transposed loads); from a tile's start.
+    const uint32_t p_address = shared_address(p_smem), ds_address = shared_address(ds_smem);
+    const uint32_t pt_lane = a_fragment_address_transposed<PTile>(p_smem, dkv_key0, 0, lane) - p_address;
+    // dQ = dS K: A = dS as [query][key]; B = K as [key][column].
+    const uint32_t dsa = a_fragment_address<PTile>(ds_smem, dq_row0, 0, lane);
+    const uint32_t k_kn = b_fragment_address_kn<KTile>(k_smem, 0, dq_col0, lane);
+    // This lane's P / dS pairs: (query sdp_row0 + 16 i + group + 8 h, keys sdp_key0 + 8 t + 2 quad, +1),
+    // as an element offset from a tile's start at i = h = t = 0.
+    const int pair_offset = PTile::offset(sdp_row0 + group, sdp_key0 + 2 * quad);
+    auto pair_at = [&](Element* tile_smem, int i, int h, int t) {
+        return reinterpret_cast<uint32_t*>(tile_smem + advance_chunks<kChunkElements>(uint32_t(pair_offset), t) +
+                                           (16 * i + 8 * h) * kBlockN);
+    };
+
+    float dv_acc[kMTiles][kDkvTiles][4], dk_acc[kMTiles][kDkvTiles][4];
     zero(dv_acc);
     zero(dk_acc);
 
-    // Per-lane ldmatrix addresses at step 0 (stepped with constants in the products).
-    const int32_t warp_key0 = warp * kMmaRows;
-    const uint32_t k_fragment = a_fragment_address<KTile>(k_smem, warp_key0, 0, lane);
-    const uint32_t v_fragment = a_fragment_address<KTile>(v_smem, warp_key0, 0, lane);
-    const uint32_t q_address = shared_address(q_smem), do_address = shared_address(do_smem);
-    // Offsets from a Q / dO stage's start: B as [query][d] (S^T, dP^T), B as [query][col] (dV, dK).
-    const uint32_t q_nk_lane = b_fragment_address_nk<QTile>(q_smem, 0, 0, lane) - q_address;
-    const uint32_t out_kn_lane = b_fragment_address_kn<QTile>(q_smem, 0, col_base, lane) - q_address;
-    // dQ of one tile: this warp's 16 query rows and kDqColsPerWarp columns.
-    const int dq_row0 = (warp % T::kDqRowSlices) * kMmaRows;
-    const int dq_col0 = col_base + (warp / T::kDqRowSlices) * T::kDqColsPerWarp;
-    const uint32_t ds_fragment = a_fragment_address_transposed<DsTile>(ds_smem, dq_row0, 0, lane);
-    // Stepped from col_base (a multiple of 64, as advance_column_steps() needs; dq_col0 need not be).
-    const uint32_t dq_k_fragment = b_fragment_address_kn<KTile>(k_smem, 0, col_base, lane);
-    const int dq_first_step = (dq_col0 - col_base) / 16;
-
-    // dQ (kBlockM x kOutCols) += dS K of one tile, split among the warps, added into the float32
-    // accumulator. Padded rows exist there (and add zeros): no bounds check needed.
-    auto accumulate_dq = [&](int ds_stage, int32_t head, int32_t row_begin) {
-        constexpr int kDqTiles = T::kDqColsPerWarp / kMmaCols;
-        const uint32_t ds_tile = ds_fragment + ds_stage * DsTile::kBytes;
-        float dq[kDqTiles][4];
-        zero(dq);
-#pragma unroll
-        for (int k0 = 0; k0 < kBlockN; k0 += 16) {
-            uint32_t a[4];
-            ldmatrix_x4_trans(a, ds_tile + row_bytes<DsTile>(k0));
-#pragma unroll
-            for (int t = 0; t < kDqTiles; t += 2) {
-                uint32_t b[4];
-                ldmatrix_x4_trans(b, advance_column_steps(dq_k_fragment, dq_first_step + t / 2) + row_bytes<KTile>(k0));
-                const uint32_t left[2] = {b[0], b[1]}, right[2] = {b[2], b[3]};
-                mma_16816<Element>(dq[t], a, left);
-                mma_16816<Element>(dq[t + 1], a, right);
-            }
-        }
-        // The warp's slice, in DqAccumulator order: n-tile t of this lane is 4 consecutive floats.
-        using Accumulator = DqAccumulator<kHeadDim, T::kDqColsPerWarp>;
-        float* const lane_values =
-            scratch.dq_accum + Accumulator::slice(scratch.row(batch, head, p.q_heads, row_begin + dq_row0), dq_col0) +
-            lane * Accumulator::kValuesPerLane;
-#pragma unroll
-        for (int t = 0; t < kDqTiles; ++t)
-            red_add_quad(lane_values + t * kWarpSize * Accumulator::kValuesPerLane, dq[t][0], dq[t][1], dq[t][2], dq[t][3]);
-    };
-
-    // dS^T of the warp's keys (packed A fragments) to shared memory stage `stage`, [key][query],
-    // for dQ in the next iteration. Fragment k's registers: (key, query 16k + 2 quad) for keys
-    // group, group + 8 and queries +0, +8.
-    auto store_ds_transposed = [&](int stage, const uint32_t (&dst)[kBlockM / 16][4]) {
-        Element* const ds_tile = ds_smem + stage * DsTile::kElements;
-#pragma unroll
-        for (int k = 0; k < kBlockM / 16; ++k) {
-            const int q = 16 * k + 2 * quad;
-            *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group, q)) = dst[k][0];
-            *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group + 8, q)) = dst[k][1];
-            *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group, q + 8)) = dst[k][2];
-            *reinterpret_cast<uint32_t*>(ds_tile + DsTile::offset(warp_key0 + group + 8, q + 8)) = dst[k][3];
-        }
-    };
-
-    // This thread's two keys (rows group and group + 8 of the warp's 16). Their columns'
-    // intervals for the current head's mask are in columns_smem[warp_key0 + group (+ 8)],
-    // refreshed by the warp when a Partial tile needs them.
-    const int32_t my_key[2] = {key0 + warp_key0 + group, key0 + warp_key0 + group + 8};
-    const ColumnIntervals* const my_columns = columns_smem + warp_key0 + group;
-    constexpr int kSecondKey = kMmaRows / 2;  // my_columns[kSecondKey]: key group + 8
-    int32_t columns_head = -1;
-
+    int32_t columns_head = -1;  // the head whose column intervals columns_smem holds
     int32_t head_index = 0, q_block = -1;
     TileKind kind = TileKind::Skipped;
     advance(head_index, q_block, kind, read_only_summary(head_summary));
@@ -486,17 +500,18 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         load_query_block(0, head_index, q_block);
         cp_async_commit();
     }
-    // dQ of the previous tile, whose dS^T waits in ds_smem[dq_stage] (non-deterministic mode).
-    bool dq_pending = false;
-    int32_t dq_head = 0, dq_row_begin = 0, dq_stage = 0;
-    // One barrier per iteration: after it, this tile's Q / dO have landed for every thread, and
-    // every warp is done with the previous iteration, so its Q / dO stage may be overwritten by
-    // the next block's loads and its dS^T (written before the barrier) may be read.
     for (int stage = 0; head_index < heads_per_group; stage ^= 1) {
         const int32_t head = first_head + head_index, row0 = q_block * kBlockM;
         const TileKind this_kind = kind;
+        // A Partial step needs its head's column intervals. Written before barrier 1: every warp
+        // has passed the previous step's barrier 2, after which nobody reads them.
+        if (this_kind == TileKind::Partial && columns_head != head) {
+            if (threadIdx.x < kBlockN)
+                columns_smem[threadIdx.x] = key_intervals(p.mask, batch, p.mask.mask_head(head), key0 + int32_t(threadIdx.x));
+            columns_head = head;
+        }
         cp_async_wait<0>();
-        __syncthreads();
+        __syncthreads();  // barrier 1
         // Read right after the barrier: queued behind the dQ reductions, it waited as long as they took (ncu).
         const BlockSummary summary = read_only_summary(head_summary);
         advance(head_index, q_block, kind, summary);
@@ -510,135 +525,147 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         const float* const lse_tile = lse_smem + stage * kBlockM;
         const float* const di_tile = di_smem + stage * kBlockM;
 
-        // The kind of this warp's sub-tile: the tile's kind, refined for a Partial tile to that
-        // of the warp's 16 keys x the tile's rows, so that a warp whose keys the mask hides (or
-        // shows) entirely skips its products (or the mask arithmetic). Warp-uniform.
+        // The kind of this warp's S / dP tile: the step's kind, refined for a Partial step to that
+        // of the warp's keys x rows, so that a warp whose keys the mask hides (or shows) entirely
+        // skips its products (or the mask arithmetic). Warp-uniform.
+        const int32_t warp_row_begin = row0 + sdp_row0;
         TileKind warp_kind = this_kind;
         if (this_kind == TileKind::Partial) {
-            if (columns_head != head) {  // lanes 0-15 refresh one of the warp's keys each
-                if (lane < kMmaRows)
-                    columns_smem[warp_key0 + lane] = key_intervals(p.mask, batch, p.mask.mask_head(head), key0 + warp_key0 + lane);
-                __syncwarp();
-                columns_head = head;
-            }
-            const ColumnIntervals columns[2] = {my_columns[0], my_columns[kSecondKey]};
-            warp_kind = warp_sub_tile_kind(columns, row0, clipped_end(row0, kBlockM, p.nq));
+            const bool has_column = lane < T::kSdpCols;
+            warp_kind = warp_sub_tile_kind(columns_smem[sdp_key0 + (has_column ? lane : 0)], has_column, warp_row_begin,
+                                           clipped_end(warp_row_begin, T::kSdpRows, p.nq));
         }
 
-        // The previous tile's dQ (its dS^T was published by this iteration's barrier), then this
-        // tile's dQ is pending. It ends the iteration so that the reductions drain to L2 while the
-        // warps wait at the next barrier: issued right after a barrier, the next instruction to
-        // reuse one of their registers waited for them (long scoreboard, ~5 % of the samples; ncu
-        // in bench/NOTES.md).
-        auto end_tile = [&]() {
-            if constexpr (kAccumulateDq) {
-                if (dq_pending) accumulate_dq(dq_stage, dq_head, dq_row_begin);
-                dq_pending = true;
-                dq_head = head;
-                dq_row_begin = row0;
-                dq_stage = stage;
-            }
-        };
-        // A warp whose sub-tile is Skipped (P = 0 throughout) leaves its products out: with
-        // P^T = dS^T = 0 they would add only zeros. Its dS^T rows are still written (zeros) for
-        // the dQ product of the whole tile.
         if (warp_kind == TileKind::Skipped) {
-            if constexpr (kAccumulateDq) {
-                const uint32_t zeros[kBlockM / 16][4] = {};
-                store_ds_transposed(stage, zeros);
-            }
-            end_tile();
-            continue;
-        }
-
-        // S^T = K Q^T (the warp's 16 keys x kBlockM queries), then P^T, packed to 16 bits as the
-        // A operand of dV += P^T dO. Element e of tile t: key my_key[e / 2], query 8t + 2 quad + e % 2.
-        uint32_t pt[kBlockM / 16][4];
-        {
-            float st[kQueryTiles][4];
-            mma_a_smem_b_nk<Element, QTile, kQueryTiles, kHeadDim>(st, k_fragment, q_tile + q_nk_lane);
-            // One branch per tile, not per element: Full tiles run no mask code at all; Partial
-            // tiles turn this thread's two columns into bits over the block's rows, shifted so
-            // that bit 8 t' + j is query 8 t + 2 quad + j (t' = t within its 32-row window), and
-            // zero P with one bit test per element.
+            // P = dS = 0 on this warp's tile: the products of the whole step read them.
+#pragma unroll
+            for (int i = 0; i < kMTiles; ++i)
+#pragma unroll
+                for (int h = 0; h < kRowHalves; ++h)
+#pragma unroll
+                    for (int t = 0; t < kSdpTiles; ++t) *pair_at(p_smem, i, h, t) = *pair_at(ds_smem, i, h, t) = 0u;
+        } else {
+            // S = Q K^T of the warp tile; element (i, t, e): query sdp_row0 + 16 i + group + 8 (e / 2),
+            // key sdp_key0 + 8 t + 2 quad + e % 2.
+            float s_acc[kMTiles][kSdpTiles][4];
+            zero(s_acc);
+            warp_mma<Element, kMTiles, kSdpTiles, kHeadDim, false, false>(
+                s_acc, [&](int i, int s) { return advance_column_steps(q_tile + qa_lane + row_bytes<QTile>(16 * i), s); },
+                [&](int j, int s) { return advance_column_steps(k_nk + row_bytes<KTile>(16 * j), s); });
+            // P = exp2(S scale log2 e - LSE log2 e), packed to 16 bits as it enters dV; one branch
+            // per step, not per element: Full tiles run no mask code. In a Partial tile each of
+            // the lane's key columns becomes bits over the warp's 32 rows, shifted so that bit
+            // 16 i + 8 h is the lane's row (i, h), and one bit test per element zeroes P.
+            uint32_t p_packed[kMTiles][kSdpTiles][kRowHalves];
             auto probabilities = [&](auto masked) {
-                constexpr int kWindows = kBlockM / kRowBitsWindow;
-                uint32_t hidden[2][kWindows];
+                uint32_t hidden[kSdpTiles][2];
                 if constexpr (decltype(masked)::value) {
 #pragma unroll
-                    for (int half = 0; half < 2; ++half)
+                    for (int t = 0; t < kSdpTiles; ++t)
 #pragma unroll
-                        for (int w = 0; w < kWindows; ++w) {
-                            const ColumnIntervals c = my_columns[half * kSecondKey];
-                            const int32_t first = row0 + w * kRowBitsWindow;
-                            hidden[half][w] = (row_bits(c.lower_start - first, c.lower_end - first) |
-                                               row_bits(c.upper_start - first, c.upper_end - first)) >> (2 * quad);
+                        for (int c = 0; c < 2; ++c) {
+                            const ColumnIntervals col = columns_smem[sdp_key0 + t * kMmaCols + 2 * quad + c];
+                            hidden[t][c] = (row_bits(col.lower_start - warp_row_begin, col.lower_end - warp_row_begin) |
+                                            row_bits(col.upper_start - warp_row_begin, col.upper_end - warp_row_begin)) >>
+                                           group;
                         }
                 }
 #pragma unroll
-                for (int t = 0; t < kQueryTiles; ++t) {
-                    const int q = t * kMmaCols + 2 * quad;
-                    const float2 lse = *reinterpret_cast<const float2*>(lse_tile + q);
+                for (int i = 0; i < kMTiles; ++i)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        float prob = exp2_approx(fmaf(st[t][e], scale_log2, -(e % 2 ? lse.y : lse.x)));
-                        if constexpr (decltype(masked)::value) {
-                            const uint32_t bit = 1u << ((t * kMmaCols) % kRowBitsWindow + e % 2);
-                            if (hidden[e / 2][t * kMmaCols / kRowBitsWindow] & bit) prob = 0.0f;
+                    for (int h = 0; h < kRowHalves; ++h) {
+                        const float lse = lse_tile[sdp_row0 + 16 * i + 8 * h + group];
+#pragma unroll
+                        for (int t = 0; t < kSdpTiles; ++t) {
+                            float prob[2];
+#pragma unroll
+                            for (int c = 0; c < 2; ++c) {
+                                prob[c] = exp2_approx(fmaf(s_acc[i][t][2 * h + c], scale_log2, -lse));
+                                if constexpr (decltype(masked)::value) {
+                                    if (hidden[t][c] & (1u << (16 * i + 8 * h))) prob[c] = 0.0f;
+                                }
+                            }
+                            p_packed[i][t][h] = ElementTraits<Element>::pack(prob[0], prob[1]);
                         }
-                        st[t][e] = prob;
                     }
-                }
             };
             with_mask_test_if_partial(warp_kind, probabilities);
 #pragma unroll
-            for (int k = 0; k < kBlockM / 16; ++k) accumulators_to_a<Element>(pt[k], st[2 * k], st[2 * k + 1]);
-        }
-        mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dv_acc, pt, do_tile + out_kn_lane);
-
-        // dP^T = V dO^T, dS^T = P^T * (dP^T - Di), packed: the A operand of dK += dS^T Q (scaled
-        // at the end) and, through shared memory, of dQ += dS K. P^T is used in its packed
-        // 16-bit form: the value that entered dV.
-        uint32_t dst[kBlockM / 16][4];
-        {
-            float dpt[kQueryTiles][4];
-            mma_a_smem_b_nk<Element, QTile, kQueryTiles, kHeadDim>(dpt, v_fragment, do_tile + q_nk_lane);
+            for (int i = 0; i < kMTiles; ++i)
 #pragma unroll
-            for (int t = 0; t < kQueryTiles; ++t) {
-                const int q = t * kMmaCols + 2 * quad;
-                const float2 di = *reinterpret_cast<const float2*>(di_tile + q);
-                // tile t is the left (even t) or right half of A fragment t / 2: registers 0, 1 or 2, 3
-                const int top = (t % 2) * 2;
-                dst[t / 2][top] = ds_pair<Element>(pt[t / 2][top], dpt[t][0] - di.x, dpt[t][1] - di.y);
-                dst[t / 2][top + 1] = ds_pair<Element>(pt[t / 2][top + 1], dpt[t][2] - di.x, dpt[t][3] - di.y);
+                for (int h = 0; h < kRowHalves; ++h)
+#pragma unroll
+                    for (int t = 0; t < kSdpTiles; ++t) *pair_at(p_smem, i, h, t) = p_packed[i][t][h];
+
+            // dP = dO V^T, dS = P * (dP - Di) from the packed P (the value that entered dV).
+            float dp_acc[kMTiles][kSdpTiles][4];
+            zero(dp_acc);
+            warp_mma<Element, kMTiles, kSdpTiles, kHeadDim, false, false>(
+                dp_acc, [&](int i, int s) { return advance_column_steps(do_tile + qa_lane + row_bytes<QTile>(16 * i), s); },
+                [&](int j, int s) { return advance_column_steps(v_nk + row_bytes<KTile>(16 * j), s); });
+#pragma unroll
+            for (int i = 0; i < kMTiles; ++i)
+#pragma unroll
+                for (int h = 0; h < kRowHalves; ++h) {
+                    const float di = di_tile[sdp_row0 + 16 * i + 8 * h + group];
+#pragma unroll
+                    for (int t = 0; t < kSdpTiles; ++t)
+                        *pair_at(ds_smem, i, h, t) =
+                            ds_pair<Element>(p_packed[i][t][h], dp_acc[i][t][2 * h] - di, dp_acc[i][t][2 * h + 1] - di);
+                }
+        }
+        __syncthreads();  // barrier 2: P, dS of the step complete
+
+        // dV += P^T dO, dK += dS^T Q (dK scaled at the end): A from the [query][key] tiles,
+        // transposed; B as [query][column].
+        warp_mma<Element, kMTiles, kDkvTiles, kBlockM, true, true>(
+            dv_acc, [&](int i, int s) { return advance_column_steps(p_address + pt_lane, i) + row_bytes<PTile>(16 * s); },
+            [&](int j, int s) { return advance_column_steps(do_tile + out_kn_lane, j) + row_bytes<QTile>(16 * s); });
+        warp_mma<Element, kMTiles, kDkvTiles, kBlockM, true, true>(
+            dk_acc, [&](int i, int s) { return advance_column_steps(ds_address + pt_lane, i) + row_bytes<PTile>(16 * s); },
+            [&](int j, int s) { return advance_column_steps(q_tile + out_kn_lane, j) + row_bytes<QTile>(16 * s); });
+
+        if constexpr (kAccumulateDq) {
+            // dQ += dS K of the warp tile, added into the float32 accumulator in DqAccumulator's
+            // order (one slice per m16 fragment). Padded rows exist there (and add zeros).
+            float dq[kMTiles][kDqTiles][4];
+            zero(dq);
+            warp_mma<Element, kMTiles, kDqTiles, kBlockN, false, true>(
+                dq, [&](int i, int s) { return advance_column_steps(dsa + row_bytes<PTile>(16 * i), s); },
+                [&](int j, int s) { return advance_column_steps(k_kn, j) + row_bytes<KTile>(16 * s); });
+            using Accumulator = DqAccumulator<kHeadDim, T::kDqColsPerWarp>;
+#pragma unroll
+            for (int i = 0; i < kMTiles; ++i) {
+                float* const lane_values =
+                    scratch.dq_accum +
+                    Accumulator::slice(scratch.row(batch, head, p.q_heads, row0 + dq_row0 + kMmaRows * i), dq_col0) +
+                    lane * Accumulator::kValuesPerLane;
+#pragma unroll
+                for (int t = 0; t < kDqTiles; ++t)
+                    red_add_quad(lane_values + t * kWarpSize * Accumulator::kValuesPerLane, dq[i][t][0], dq[i][t][1],
+                                 dq[i][t][2], dq[i][t][3]);
             }
         }
-        mma_a_regs_b_kn<Element, QTile, kOutTiles, kBlockM>(dk_acc, dst, q_tile + out_kn_lane);
-        if constexpr (kAccumulateDq) store_ds_transposed(stage, dst);
-        end_tile();
-    }
-    if constexpr (kAccumulateDq) {
-        if (dq_pending) {
-            __syncthreads();
-            accumulate_dq(dq_stage, dq_head, dq_row_begin);
-        }
     }
 
-    // dK = scale * dS^T Q and dV: this thread's two keys, pairs of columns.
+    // dK = scale * dS^T Q and dV: the warp's keys dkv_key0 + 16 i + group + 8 h, pairs of columns.
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        if (my_key[half] >= p.nk) continue;
-        Element* const dk_row = mutable_element_at<Element>(p.dk, batch, my_key[half], kv_head);
-        Element* const dv_row = mutable_element_at<Element>(p.dv, batch, my_key[half], kv_head);
+    for (int i = 0; i < kMTiles; ++i)
 #pragma unroll
-        for (int t = 0; t < kOutTiles; ++t) {
-            const int col = col_base + t * kMmaCols + 2 * quad;
-            *reinterpret_cast<uint32_t*>(dk_row + col) =
-                ElementTraits<Element>::pack(p.scale * dk_acc[t][2 * half], p.scale * dk_acc[t][2 * half + 1]);
-            *reinterpret_cast<uint32_t*>(dv_row + col) =
-                ElementTraits<Element>::pack(dv_acc[t][2 * half], dv_acc[t][2 * half + 1]);
+        for (int h = 0; h < kRowHalves; ++h) {
+            const int32_t key = key0 + dkv_key0 + kMmaRows * i + 8 * h + group;
+            if (key >= p.nk) continue;
+            Element* const dk_row = mutable_element_at<Element>(p.dk, batch, key, kv_head);
+            Element* const dv_row = mutable_element_at<Element>(p.dv, batch, key, kv_head);
+#pragma unroll
+            for (int t = 0; t < kDkvTiles; ++t) {
+                const int col = dkv_col0 + t * kMmaCols + 2 * quad;
+                *reinterpret_cast<uint32_t*>(dk_row + col) =
+                    ElementTraits<Element>::pack(p.scale * dk_acc[i][t][2 * h], p.scale * dk_acc[i][t][2 * h + 1]);
+                *reinterpret_cast<uint32_t*>(dv_row + col) =
+                    ElementTraits<Element>::pack(dv_acc[i][t][2 * h], dv_acc[i][t][2 * h + 1]);
+            }
         }
-    }
 }
 
 // --- dQ, deterministic ---------------------------------------------------------------------------

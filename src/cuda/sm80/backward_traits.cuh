@@ -29,39 +29,34 @@ constexpr int kMmaCols = 8;   // n of m16n8k16: one accumulator tile's columns
 // checks; padded rows hold LSE = +inf (P = 0) and Di = 0. A multiple of every kBlockM below.
 constexpr int kScratchRowAlignment = 128;
 
-// The dK/dV kernel.
-template <int kHeadDim> struct DkDvTraits;
-
-// D = 64 and 128: 8 warps x 16 keys = 128 keys per CTA, 64 queries per step. Registers per
-// thread: dK + dV accumulators 2 * (D / 8) * 4 floats (64 / 128), then S^T or dP^T (32 floats)
-// and the packed P^T (16): -Xptxas -v (sm_90a, nvcc 13.0) reports 255 at D = 128 (bf16 / fp16:
-// 24 / 24 bytes of spills with the dQ reductions, 4 / 4 in deterministic mode: loop-invariant
-// values stored before the main loop and reloaded in it) and 222-226 at D = 64 (no spills), so
-// one CTA of 256 threads per SM. Shared memory at D = 128: K, V 2 * 32 KB + Q, dO
-// double-buffered 4 * 16 KB + dS^T double-buffered 2 * 16 KB + LSE / Di 1 KB + the keys' column
-// intervals 2 KB = 163 KB: exactly the 163 KB of sm_80 (and within the 227 KB of sm_90); at
-// D = 64 exactly the 99 KB of sm_86 / sm_89, where D = 128 is refused.
-// Measured (H100, 8192, B 2, H 32, bf16): 4 warps x 2 CTAs per SM at D = 128 ran no faster.
-template <> struct DkDvTraits<64> {
-    static constexpr int kWarps = 8;
-    static constexpr int kBlockM = 64;   // queries per step: S^T is 16 x 64 per warp (32 floats)
-    static constexpr int kColSplits = 1;  // dK, dV, dQ columns handled by one CTA
-};
-template <> struct DkDvTraits<128> {
+// The dK/dV kernel: one CTA per key block of kBlockN keys, a step of kBlockM queries at a time,
+// with FlashAttention-2's arrangement: each of the three products of a step has its own 2-D
+// tiling of the warps, and P and dS pass between them through shared memory.
+//   S, dP (kBlockM x kBlockN): kSdpWarpsM warps along the queries x the rest along the keys;
+//   dK, dV (kBlockN x D):     kDkvWarpsN warps along the keys x the rest along D;
+//   dQ (kBlockM x D):         kDqWarpsM warps along the queries x the rest along D.
+// Every warp tile is 32 rows (two m16 fragments) deep: a B fragment loaded from shared memory
+// feeds two products, which is what the 1-D arrangement (a warp owning 16 keys of every
+// product, P and dS kept in registers) lacked: per warp and step it loaded 184 ldmatrix.x4 for
+// 320 mma at D = 128, this one 144 (ncu at 739aff4, bench/NOTES.md: ~40 more ldmatrix per warp
+// and tile than FA2, whose backward ran 1.09x ours).
+//
+// D = 64 and 128: 8 warps, 64 queries x 128 keys a step. Registers per thread at D = 128: the
+// dK + dV accumulators (32 keys x 64 columns each) 2 x 64 floats, S or dP of the warp's 32 x 32
+// (32 floats) and P packed (16). Shared memory at D = 128: K, V 2 x 32 KB + Q, dO
+// double-buffered 4 x 16 KB + P, dS 2 x 16 KB + LSE / Di 1 KB + the keys' column intervals
+// 2 KB = 163 KB, exactly sm_80's; at D = 64 exactly the 99 KB of sm_86 / sm_89.
+// D = 256: 64 keys a step, so that K, V (2 x 32 KB), Q, dO double-buffered (4 x 32 KB) and P,
+// dS (2 x 8 KB) fit in 210 KB (sm_90 only); warp tiles 32 x 16 (S, dP), 32 keys x 64 columns
+// (dK, dV: the same 128 accumulator floats as D = 128), 32 x 64 (dQ).
+template <int kHeadDim> struct DkDvTraits {
     static constexpr int kWarps = 8;
     static constexpr int kBlockM = 64;
-    static constexpr int kColSplits = 1;
-};
-// D = 256: the accumulators of all 256 columns (2 * 128 floats) do not fit next to S^T and dP^T,
-// so the output columns are split into halves of 128, one per CTA (adjacent CTAs of the 1-D
-// grid: blockIdx.x % kColSplits); S^T and dP^T are recomputed in full by both halves. K and V of 128 keys x 256 would take 128 KB on their own,
-// so 4 warps (64 keys): K, V 2 * 32 KB + Q, dO double-buffered 4 * 32 KB + dS^T 2 * 8 KB = 210 KB
-// with LSE / Di and column intervals (sm_90 only; sm_80's 163 KB is refused). ptxas: 255
-// registers, 16 bytes of spills (loop-invariant values reloaded in the main loop).
-template <> struct DkDvTraits<256> {
-    static constexpr int kWarps = 4;
-    static constexpr int kBlockM = 64;
-    static constexpr int kColSplits = 2;
+    static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 64;
+    static constexpr int kSdpWarpsM = 2;                          // S, dP: 2 x 4 warps
+    static constexpr int kDkvWarpsN = kBlockN / 32;               // dK, dV: 32 keys per warp
+    static constexpr int kDqWarpsM = 2;                           // dQ: 2 x 4 warps
+    static constexpr int kColSplits = 1;                          // every output column in one CTA
 };
 
 // The deterministic dQ kernel.
@@ -97,15 +92,20 @@ template <typename Table, int kHeadDim> struct DerivedTraits : Table {
 
 template <int kHeadDim> struct DkDv : DerivedTraits<DkDvTraits<kHeadDim>, kHeadDim> {
     using Base = DerivedTraits<DkDvTraits<kHeadDim>, kHeadDim>;
-    static constexpr int kBlockN = Base::kWarps * kMmaRows;  // each warp owns 16 keys
-    // dQ of one tile (kBlockM x kOutCols) is split among the warps: kBlockM / 16 row slices,
-    // the rest of the warps splitting the columns.
-    static constexpr int kDqRowSlices = Base::kBlockM / kMmaRows;
-    static constexpr int kDqColSlices = Base::kWarps / kDqRowSlices;
-    static constexpr int kDqColsPerWarp = Base::kOutCols / kDqColSlices;
-    static_assert(Base::kWarps % kDqRowSlices == 0 && kDqColsPerWarp % 16 == 0, "dQ split among warps");
+    static constexpr int kWarpRows = 2 * kMmaRows;  // every warp tile: two m16 fragments deep
+    // Warp tiles of the three products (rows x columns).
+    static constexpr int kSdpRows = Base::kBlockM / Base::kSdpWarpsM;
+    static constexpr int kSdpCols = Base::kBlockN / (Base::kWarps / Base::kSdpWarpsM);
+    static constexpr int kDkvRows = Base::kBlockN / Base::kDkvWarpsN;
+    static constexpr int kDkvCols = kHeadDim / (Base::kWarps / Base::kDkvWarpsN);
+    static constexpr int kDqRows = Base::kBlockM / Base::kDqWarpsM;
+    static constexpr int kDqColsPerWarp = kHeadDim / (Base::kWarps / Base::kDqWarpsM);
+    static_assert(kSdpRows == kWarpRows && kDkvRows == kWarpRows && kDqRows == kWarpRows, "warp tiles are 32 rows deep");
+    static_assert(kSdpCols % 16 == 0 && kDkvCols % 16 == 0 && kDqColsPerWarp % 16 == 0,
+                  "warp tiles hold whole pairs of 8-column n-tiles (one ldmatrix.x4 of B each)");
+    static_assert(kSdpRows <= kRowBitsWindow, "a warp's rows of a Partial tile are one 32-bit word (row_bits.cuh)");
     static_assert(kScratchRowAlignment % Base::kBlockM == 0, "query blocks tile the padded scratch rows");
-    static_assert(Base::kBlockM % kRowBitsWindow == 0, "Partial tiles hold masked rows in whole 32-bit words (row_bits.cuh)");
+    static_assert(Base::kBlockN <= Base::kThreads, "one thread per key refreshes the column intervals");
 };
 
 template <int kHeadDim> struct Dq : DerivedTraits<DqTraits<kHeadDim>, kHeadDim> {
