@@ -616,18 +616,11 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         }
         __syncthreads();  // barrier 2: P, dS of the step complete
 
-        // dV += P^T dO, dK += dS^T Q (dK scaled at the end): A from the [query][key] tiles,
-        // transposed; B as [query][column].
-        warp_mma<Element, kMTiles, kDkvTiles, kBlockM, true, true>(
-            dv_acc, [&](int i, int s) { return advance_column_steps(p_address + pt_lane, i) + row_bytes<PTile>(16 * s); },
-            [&](int j, int s) { return advance_column_steps(do_tile + out_kn_lane, j) + row_bytes<QTile>(16 * s); });
-        warp_mma<Element, kMTiles, kDkvTiles, kBlockM, true, true>(
-            dk_acc, [&](int i, int s) { return advance_column_steps(ds_address + pt_lane, i) + row_bytes<PTile>(16 * s); },
-            [&](int j, int s) { return advance_column_steps(q_tile + out_kn_lane, j) + row_bytes<QTile>(16 * s); });
-
         if constexpr (kAccumulateDq) {
             // dQ += dS K of the warp tile, added into the float32 accumulator in DqAccumulator's
-            // order (one slice per m16 fragment). Padded rows exist there (and add zeros).
+            // order (one slice per m16 fragment; padded rows exist there and add zeros). First,
+            // so that its reductions drain to L2 during the dV, dK products instead of queueing
+            // in front of barrier 1.
             float dq[kMTiles][kDqTiles][4];
             zero(dq);
             warp_mma<Element, kMTiles, kDqTiles, kBlockN, false, true>(
@@ -646,6 +639,14 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                                  dq[i][t][2], dq[i][t][3]);
             }
         }
+        // dV += P^T dO, dK += dS^T Q (dK scaled at the end): A from the [query][key] tiles,
+        // transposed; B as [query][column].
+        warp_mma<Element, kMTiles, kDkvTiles, kBlockM, true, true>(
+            dv_acc, [&](int i, int s) { return advance_column_steps(p_address + pt_lane, i) + row_bytes<PTile>(16 * s); },
+            [&](int j, int s) { return advance_column_steps(do_tile + out_kn_lane, j) + row_bytes<QTile>(16 * s); });
+        warp_mma<Element, kMTiles, kDkvTiles, kBlockM, true, true>(
+            dk_acc, [&](int i, int s) { return advance_column_steps(ds_address + pt_lane, i) + row_bytes<PTile>(16 * s); },
+            [&](int j, int s) { return advance_column_steps(q_tile + out_kn_lane, j) + row_bytes<QTile>(16 * s); });
     }
 
     // dK = scale * dS^T Q and dV: the warp's keys dkv_key0 + 16 i + group + 8 h, pairs of columns.
