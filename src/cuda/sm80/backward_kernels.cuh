@@ -274,19 +274,30 @@ struct DkDvSmem {
     static_assert(kHeadDim != 64 || kBytes <= kSm86SharedMemoryPerBlock, "D = 64 fits sm_86's opt-in shared memory");
 };
 
-// Both kernels look for their next tile 32 candidates at a time, one per lane in block order:
-// the first candidate not Skipped wins, and its kind comes from the lanes' votes (so each
-// candidate is classified once, by its own lane). Returns false when every candidate is
-// Skipped; else true, with the winner's lane in `winner` and its kind in `kind`. Call with the
+// Both kernels look for their next tile 32 candidates at a time, one per lane in block order
+// (lane l: the l-th block after the current one), each candidate classified once, by its own
+// lane; the warp's votes give the verdicts on all 32 as two bit masks. take() moves to the first
+// live candidate, and the rest of the verdicts stay for the next take(). Call vote() with the
 // whole warp.
-__device__ __forceinline__ bool first_live_candidate(TileKind candidate_kind, int& winner, TileKind& kind) {
-    const unsigned found = __ballot_sync(kFullWarpMask, candidate_kind != TileKind::Skipped);
-    const unsigned full = __ballot_sync(kFullWarpMask, candidate_kind == TileKind::Full);
-    if (found == 0) return false;
-    winner = __ffs(found) - 1;
-    kind = (full >> winner) & 1u ? TileKind::Full : TileKind::Partial;
-    return true;
-}
+struct CandidateVotes {
+    uint32_t live = 0;  // bit b: the candidate b + 1 blocks on is not Skipped
+    uint32_t full = 0;  //        ... and is Full
+
+    static __device__ __forceinline__ CandidateVotes vote(TileKind candidate_kind) {
+        return {__ballot_sync(kFullWarpMask, candidate_kind != TileKind::Skipped),
+                __ballot_sync(kFullWarpMask, candidate_kind == TileKind::Full)};
+    }
+    // How many blocks on the first live candidate is (0: none left), with its kind in `kind`;
+    // it and the candidates before it are dropped, so bit 0 is again the block after it.
+    __device__ __forceinline__ int take(TileKind& kind) {
+        if (live == 0) return 0;
+        const int steps = __ffs(live);
+        kind = (full >> (steps - 1)) & 1u ? TileKind::Full : TileKind::Partial;
+        live = steps < kWarpSize ? live >> steps : 0u;
+        full = steps < kWarpSize ? full >> steps : 0u;
+        return steps;
+    }
+};
 
 // The kind of one warp's sub-tile of a Partial tile: `columns` key columns (lane l < columns
 // holds column l's intervals in `column`) x rows [row_begin, row_end). Each lane classifies its
@@ -313,32 +324,43 @@ __device__ __forceinline__ TileKind warp_sub_tile_kind(const ColumnIntervals& co
 // (transposed when kATransposed: A stored [k][m]); the B fragments of n-tiles 2 j, 2 j + 1 at
 // b_address(j, s) (transposed when kBTransposed: B stored [k][n]). Each B fragment feeds
 // kMTiles products, each A fragment kNTiles.
+//
+// The fragments of step s + 1 are loaded before the products of step s (two register buffers):
+// loaded just before their products, the products waited on them (ncu: short scoreboard at the
+// HMMA, 23 % of the dK/dV kernel's stall samples).
 template <typename Element, int kMTiles, int kNTiles, int kDepth, bool kATransposed, bool kBTransposed,
           typename AAddress, typename BAddress>
 __device__ __forceinline__ void warp_mma(float (&acc)[kMTiles][kNTiles][4], AAddress a_address, BAddress b_address) {
     static_assert(kNTiles % 2 == 0 && kDepth % 16 == 0, "whole B fragment pairs and k16 steps");
-#pragma unroll
-    for (int s = 0; s < kDepth / 16; ++s) {
-        uint32_t a[kMTiles][4];
+    constexpr int kSteps = kDepth / 16;
+    uint32_t a[2][kMTiles][4], b[2][kNTiles / 2][4];
+    auto load = [&](int buffer, int s) {
 #pragma unroll
         for (int i = 0; i < kMTiles; ++i) {
             if constexpr (kATransposed)
-                ldmatrix_x4_trans(a[i], a_address(i, s));
+                ldmatrix_x4_trans(a[buffer][i], a_address(i, s));
             else
-                ldmatrix_x4(a[i], a_address(i, s));
+                ldmatrix_x4(a[buffer][i], a_address(i, s));
         }
 #pragma unroll
         for (int j = 0; j < kNTiles / 2; ++j) {
-            uint32_t b[4];
             if constexpr (kBTransposed)
-                ldmatrix_x4_trans(b, b_address(j, s));
+                ldmatrix_x4_trans(b[buffer][j], b_address(j, s));
             else
-                ldmatrix_x4(b, b_address(j, s));
-            const uint32_t left[2] = {b[0], b[1]}, right[2] = {b[2], b[3]};
+                ldmatrix_x4(b[buffer][j], b_address(j, s));
+        }
+    };
+    load(0, 0);
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+        if (s + 1 < kSteps) load((s + 1) % 2, s + 1);
+#pragma unroll
+        for (int j = 0; j < kNTiles / 2; ++j) {
+            const uint32_t left[2] = {b[s % 2][j][0], b[s % 2][j][1]}, right[2] = {b[s % 2][j][2], b[s % 2][j][3]};
 #pragma unroll
             for (int i = 0; i < kMTiles; ++i) {
-                mma_16816<Element>(acc[i][2 * j], a[i], left);
-                mma_16816<Element>(acc[i][2 * j + 1], a[i], right);
+                mma_16816<Element>(acc[i][2 * j], a[s % 2][i], left);
+                mma_16816<Element>(acc[i][2 * j + 1], a[s % 2][i], right);
             }
         }
     }
@@ -409,14 +431,22 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         return kind == TileKind::Full && keys_past_end ? TileKind::Partial : kind;
     };
     // Moves (head_index, q_block) to the next non-skipped tile; head_index == heads_per_group when
-    // none. The 32 lanes of each warp classify 32 query blocks at once (first_live_candidate();
-    // every thread calls this, so every lane takes part): a mask that skips most blocks costs a
-    // few rounds per CTA, not one dependent summary read per block.
+    // none. The 32 lanes of each warp classify 32 query blocks at once (CandidateVotes; every
+    // thread calls this, so every lane takes part): a mask that skips most blocks costs a few
+    // rounds per CTA, not one dependent summary read per block. A round's verdicts on the
+    // blocks after its winner are used first, so that a run of live blocks costs one round per
+    // 32 steps, not one each (ncu: a round was ~60 of the ~180 instructions a warp ran per step
+    // between barrier 1 and the products).
     // The summary of (current head, this key block): its address is formed when the head changes
-    // (mask_head() divides) and it is read through the read-only cache. The caller passes the
-    // current head's summary in `s`, read early (see the main loop); a new head reads its own.
+    // (mask_head() divides) and it is read through the read-only cache, by the rounds only.
     const BlockSummary* head_summary = &summaries.at(p.mask, batch, first_head, key_block);
-    auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind, BlockSummary s) {
+    CandidateVotes later;  // the last round's verdicts on the blocks after q_block
+    auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
+        if (const int steps = later.take(kind)) {
+            q_block += steps;
+            return;
+        }
+        BlockSummary s = read_only_summary(head_summary);
         while (true) {
             if (q_block + 1 >= q_blocks) {
                 q_block = -1;
@@ -425,9 +455,9 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 s = read_only_summary(head_summary);
             }
             const int32_t candidate = q_block + 1 + lane;
-            int winner = 0;
-            if (first_live_candidate(candidate < q_blocks ? tile_kind(s, candidate) : TileKind::Skipped, winner, kind)) {
-                q_block += winner + 1;
+            later = CandidateVotes::vote(candidate < q_blocks ? tile_kind(s, candidate) : TileKind::Skipped);
+            if (const int steps = later.take(kind)) {
+                q_block += steps;
                 return;
             }
             q_block += kWarpSize;
@@ -493,7 +523,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     int32_t columns_head = -1;  // the head whose column intervals columns_smem holds
     int32_t head_index = 0, q_block = -1;
     TileKind kind = TileKind::Skipped;
-    advance(head_index, q_block, kind, read_only_summary(head_summary));
+    advance(head_index, q_block, kind);
     if (head_index < heads_per_group) {
         load_tile_async<KTile, kThreads>(k_smem, element_at<Element>(p.k, batch, key0, kv_head), p.k.stride[1], p.nk - key0);
         load_tile_async<KTile, kThreads>(v_smem, element_at<Element>(p.v, batch, key0, kv_head), p.v.stride[1], p.nk - key0);
@@ -512,9 +542,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         }
         cp_async_wait<0>();
         __syncthreads();  // barrier 1
-        // Read right after the barrier: queued behind the dQ reductions, it waited as long as they took (ncu).
-        const BlockSummary summary = read_only_summary(head_summary);
-        advance(head_index, q_block, kind, summary);
+        advance(head_index, q_block, kind);
         if (head_index < heads_per_group) {
             load_query_block(stage ^ 1, head_index, q_block);
             cp_async_commit();
@@ -722,13 +750,13 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         return kind == TileKind::Full && p.nk - key_block * kBlockN < kBlockN ? TileKind::Partial : kind;
     };
     // Moves key_block to the next non-skipped block (key_blocks when none), 32 candidates per
-    // round (first_live_candidate()).
+    // round (CandidateVotes).
     auto advance = [&](int32_t& key_block, TileKind& kind) {
         while (key_block + 1 < key_blocks) {
             const int32_t candidate = key_block + 1 + lane;
-            int winner = 0;
-            if (first_live_candidate(candidate < key_blocks ? tile_kind(candidate) : TileKind::Skipped, winner, kind)) {
-                key_block += winner + 1;
+            CandidateVotes votes = CandidateVotes::vote(candidate < key_blocks ? tile_kind(candidate) : TileKind::Skipped);
+            if (const int steps = votes.take(kind)) {
+                key_block += steps;
                 return;
             }
             key_block += kWarpSize;
