@@ -3,12 +3,13 @@
 //
 // The backward is three kernels (backward_kernels.cuh):
 //   preprocess  Di = rowsum(dO * O) and LSE * log2(e) into row-padded float32 scratch;
-//   dK/dV       one CTA per (key block, KV head, batch[, output half]), launched heaviest key
-//               blocks first (tile_scheduler.cuh); warps own 16 keys each and keep S^T, P^T,
-//               dP^T, dS^T and their dK/dV rows in registers; loops over the query heads of its
-//               KV head's group (the GQA sum stays inside the CTA) and their non-skipped query
-//               blocks. Non-deterministic mode also forms dQ = dS K per tile there and adds it
-//               into a float32 accumulator (DqAccumulator's order) with vector reductions;
+//   dK/dV       one CTA per (key block, KV head, batch), launched heaviest key blocks first
+//               (tile_scheduler.cuh); loops over the query heads of its KV head's group (the
+//               GQA sum stays inside the CTA) and their non-skipped query blocks; each product
+//               of a step has its own 2-D tiling of the warps, with P and dS passed through
+//               shared memory (below). Non-deterministic mode also forms dQ = dS K per step
+//               there and adds it into a float32 accumulator (DqAccumulator's order) with
+//               vector reductions;
 //   dQ          deterministic mode only: one CTA per (query block, query head, batch[, half]),
 //               heaviest query blocks first; warps own 16 queries, loops over the non-skipped
 //               key blocks recomputing P, dP.
@@ -43,18 +44,23 @@ constexpr int kScratchRowAlignment = 128;
 //
 // D = 64 and 128: 8 warps, 64 queries x 128 keys a step. Registers per thread at D = 128: the
 // dK + dV accumulators (32 keys x 64 columns each) 2 x 64 floats, S or dP of the warp's 32 x 32
-// (32 floats) and P packed (16). Shared memory at D = 128: K, V 2 x 32 KB + Q, dO
-// double-buffered 4 x 16 KB + P, dS 2 x 16 KB + LSE / Di 1 KB + the keys' column intervals
-// 2 KB = 163 KB, exactly sm_80's; at D = 64 exactly the 99 KB of sm_86 / sm_89.
+// (32 floats) and P packed (16); ptxas (sm_90a, nvcc 13.0): 255 registers and no spills with the
+// dQ reductions, 40 bytes in deterministic mode; 196-200 registers at D = 64. Shared memory at
+// D = 128: K, V 2 x 32 KB + Q, dO double-buffered 4 x 16 KB + P, dS 2 x 16 KB + LSE / Di 1 KB +
+// the keys' column intervals 2 KB = 163 KB, exactly sm_80's; at D = 64 exactly the 99 KB of
+// sm_86 / sm_89.
 // D = 256: 64 keys a step, so that K, V (2 x 32 KB), Q, dO double-buffered (4 x 32 KB) and P,
 // dS (2 x 8 KB) fit in 210 KB (sm_90 only); warp tiles 32 x 16 (S, dP), 32 keys x 64 columns
-// (dK, dV: the same 128 accumulator floats as D = 128), 32 x 64 (dQ).
+// (dK, dV: the same 128 accumulator floats as D = 128), 32 x 64 (dQ); 251-255 registers, no
+// spills.
+// Measured (H100, 8192, B 2, H 32, bf16, full mask): 299-301 TFLOP/s against the 1-D
+// arrangement's 284-287 (bench/NOTES.md, session 5).
 template <int kHeadDim> struct DkDvTraits {
     static constexpr int kWarps = 8;
     static constexpr int kBlockM = 64;
     static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 64;
     static constexpr int kSdpWarpsM = 2;                          // S, dP: 2 x 4 warps
-    static constexpr int kDkvWarpsN = kBlockN / 32;               // dK, dV: 32 keys per warp
+    static constexpr int kDkvWarpsN = kBlockN / (2 * kMmaRows);   // dK, dV: 32 keys (two m16) per warp
     static constexpr int kDqWarpsM = 2;                           // dQ: 2 x 4 warps
     static constexpr int kColSplits = 1;                          // every output column in one CTA
 };
