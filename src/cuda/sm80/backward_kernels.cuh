@@ -515,6 +515,14 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         return reinterpret_cast<uint32_t*>(tile_smem + advance_chunks<kChunkElements>(uint32_t(pair_offset), t) +
                                            (16 * i + 8 * h) * kBlockN);
     };
+    // Calls f(i, h, row) for this lane's four rows of S / dP: m16 fragment i, row half h (group,
+    // group + 8), `row` within the step's queries.
+    auto for_each_lane_row = [&](auto&& f) {
+#pragma unroll
+        for (int i = 0; i < kMTiles; ++i)
+#pragma unroll
+            for (int h = 0; h < kRowHalves; ++h) f(i, h, sdp_row0 + kMmaRows * i + 8 * h + group);
+    };
 
     float dv_acc[kMTiles][kDkvTiles][4], dk_acc[kMTiles][kDkvTiles][4];
     zero(dv_acc);
@@ -566,12 +574,10 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
 
         if (warp_kind == TileKind::Skipped) {
             // P = dS = 0 on this warp's tile: the products of the whole step read them.
+            for_each_lane_row([&](int i, int h, int) {
 #pragma unroll
-            for (int i = 0; i < kMTiles; ++i)
-#pragma unroll
-                for (int h = 0; h < kRowHalves; ++h)
-#pragma unroll
-                    for (int t = 0; t < kSdpTiles; ++t) *pair_at(p_smem, i, h, t) = *pair_at(ds_smem, i, h, t) = 0u;
+                for (int t = 0; t < kSdpTiles; ++t) *pair_at(p_smem, i, h, t) = *pair_at(ds_smem, i, h, t) = 0u;
+            });
         } else {
             // S = Q K^T of the warp tile; element (i, t, e): query sdp_row0 + 16 i + group + 8 (e / 2),
             // key sdp_key0 + 8 t + 2 quad + e % 2.
@@ -598,32 +604,27 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                                            group;
                         }
                 }
+                for_each_lane_row([&](int i, int h, int row) {
+                    const float lse = lse_tile[row];
 #pragma unroll
-                for (int i = 0; i < kMTiles; ++i)
+                    for (int t = 0; t < kSdpTiles; ++t) {
+                        float prob[2];
 #pragma unroll
-                    for (int h = 0; h < kRowHalves; ++h) {
-                        const float lse = lse_tile[sdp_row0 + 16 * i + 8 * h + group];
-#pragma unroll
-                        for (int t = 0; t < kSdpTiles; ++t) {
-                            float prob[2];
-#pragma unroll
-                            for (int c = 0; c < 2; ++c) {
-                                prob[c] = exp2_approx(fmaf(s_acc[i][t][2 * h + c], scale_log2, -lse));
-                                if constexpr (decltype(masked)::value) {
-                                    if (hidden[t][c] & (1u << (16 * i + 8 * h))) prob[c] = 0.0f;
-                                }
+                        for (int c = 0; c < 2; ++c) {
+                            prob[c] = exp2_approx(fmaf(s_acc[i][t][2 * h + c], scale_log2, -lse));
+                            if constexpr (decltype(masked)::value) {
+                                if (hidden[t][c] & (1u << (kMmaRows * i + 8 * h))) prob[c] = 0.0f;
                             }
-                            p_packed[i][t][h] = ElementTraits<Element>::pack(prob[0], prob[1]);
                         }
+                        p_packed[i][t][h] = ElementTraits<Element>::pack(prob[0], prob[1]);
                     }
+                });
             };
             with_mask_test_if_partial(warp_kind, probabilities);
+            for_each_lane_row([&](int i, int h, int) {
 #pragma unroll
-            for (int i = 0; i < kMTiles; ++i)
-#pragma unroll
-                for (int h = 0; h < kRowHalves; ++h)
-#pragma unroll
-                    for (int t = 0; t < kSdpTiles; ++t) *pair_at(p_smem, i, h, t) = p_packed[i][t][h];
+                for (int t = 0; t < kSdpTiles; ++t) *pair_at(p_smem, i, h, t) = p_packed[i][t][h];
+            });
 
             // dP = dO V^T, dS = P * (dP - Di) from the packed P (the value that entered dV).
             float dp_acc[kMTiles][kSdpTiles][4];
@@ -631,16 +632,13 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             warp_mma<Element, kMTiles, kSdpTiles, kHeadDim, false, false>(
                 dp_acc, [&](int i, int s) { return advance_column_steps(do_tile + qa_lane + row_bytes<QTile>(16 * i), s); },
                 [&](int j, int s) { return advance_column_steps(v_nk + row_bytes<KTile>(16 * j), s); });
+            for_each_lane_row([&](int i, int h, int row) {
+                const float di = di_tile[row];
 #pragma unroll
-            for (int i = 0; i < kMTiles; ++i)
-#pragma unroll
-                for (int h = 0; h < kRowHalves; ++h) {
-                    const float di = di_tile[sdp_row0 + 16 * i + 8 * h + group];
-#pragma unroll
-                    for (int t = 0; t < kSdpTiles; ++t)
-                        *pair_at(ds_smem, i, h, t) =
-                            ds_pair<Element>(p_packed[i][t][h], dp_acc[i][t][2 * h] - di, dp_acc[i][t][2 * h + 1] - di);
-                }
+                for (int t = 0; t < kSdpTiles; ++t)
+                    *pair_at(ds_smem, i, h, t) =
+                        ds_pair<Element>(p_packed[i][t][h], dp_acc[i][t][2 * h] - di, dp_acc[i][t][2 * h + 1] - di);
+            });
         }
         __syncthreads();  // barrier 2: P, dS of the step complete
 
