@@ -62,7 +62,7 @@ __device__ __forceinline__ uint32_t b_fragment_address_kn(const Element* shared,
 }
 
 // ldmatrix_x4_trans address for the A fragment of the 16x16 block at (row0, col0) of A when the
-// tile stores A transposed, [col][row] (e.g. dS^T kept as [key][query] for dQ = dS K).
+// tile stores A transposed, [col][row] (e.g. P^T for dV = P^T dO, from P kept as [query][key]).
 template <typename Tile, typename Element>
 __device__ __forceinline__ uint32_t a_fragment_address_transposed(const Element* shared, int row0, int col0, int lane) {
     // matrix i: rows (row0 + 8 * (i % 2)), cols (col0 + 8 * (i / 2)); stored as [col][row].
