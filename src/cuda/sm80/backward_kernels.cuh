@@ -42,8 +42,8 @@ struct BackwardScratch {
     }
 };
 
-// The dQ accumulator's order: blocks of 16 rows x kSliceCols columns (one warp's slice of a tile's
-// dQ in the dK/dV kernel), each stored in the mma accumulator layout, [kSliceCols / 8 n-tiles]
+// The dQ accumulator's order: blocks of 16 rows x kSliceCols columns (one m16 fragment of a warp's
+// dQ tile in the dK/dV kernel), each stored in the mma accumulator layout, [kSliceCols / 8 n-tiles]
 // [32 lanes][4 values]: a warp adds its slice with kSliceCols / 8 vector reductions of 512
 // contiguous bytes, where the row-major order took 2 x kSliceCols / 8 reductions scattered over
 // 8 rows each (ncu: 14 % of the dK/dV kernel's stall samples). Only the convert kernel reads it.
@@ -154,44 +154,6 @@ __device__ __forceinline__ void zero(float (&acc)[kTiles][4]) {
         for (int e = 0; e < 4; ++e) acc[t][e] = 0.0f;
 }
 
-// acc[kTiles][4] = A * B over k in [0, kDepth): A is 16 rows of a row-major smem tile (ldmatrix
-// address a0 at k = 0), B is stored [n][k] (ldmatrix non-transposed; address b0 at n = 0, k = 0),
-// kTiles n-tiles of 8.
-//
-// Unrolled kSmemStepUnroll k-steps at a time, not in full: fully unrolled, ptxas hoists the
-// fragment loads of every step ahead of the products (5 x 4 registers a step) and the dK/dV
-// kernel spills more at D = 128 (-Xptxas -v, sm_90a, nvcc 13.0: 36 / 40 bytes with / without
-// the dQ reductions, against 28 / 12 two steps at a time).
-constexpr int kSmemStepUnroll = 2;
-
-template <typename Element, typename BTile, int kTiles>
-__device__ __forceinline__ void mma_a_smem_b_nk_step(float (&acc)[kTiles][4], uint32_t a0, uint32_t b0, int s) {
-    uint32_t a[4];
-    ldmatrix_x4(a, advance_column_steps(a0, s));
-    const uint32_t b_step = advance_column_steps(b0, s);
-#pragma unroll
-    for (int t = 0; t < kTiles; t += 2) {
-        uint32_t b[4];
-        ldmatrix_x4(b, b_step + row_bytes<BTile>(t * kMmaCols));
-        const uint32_t left[2] = {b[0], b[1]}, right[2] = {b[2], b[3]};
-        mma_16816<Element>(acc[t], a, left);
-        mma_16816<Element>(acc[t + 1], a, right);
-    }
-}
-
-// acc = A * B (the accumulators are zeroed here). The first kSmemStepUnroll steps are peeled out
-// of the loop so that the zeros feed the first products directly (ptxas then reads them from the
-// zero register instead of clearing kTiles * 4 accumulator registers first).
-template <typename Element, typename BTile, int kTiles, int kDepth>
-__device__ __forceinline__ void mma_a_smem_b_nk(float (&acc)[kTiles][4], uint32_t a0, uint32_t b0) {
-    static_assert(kDepth / 16 >= kSmemStepUnroll, "the peeled steps exist");
-    zero(acc);
-#pragma unroll
-    for (int s = 0; s < kSmemStepUnroll; ++s) mma_a_smem_b_nk_step<Element, BTile, kTiles>(acc, a0, b0, s);
-#pragma unroll kSmemStepUnroll
-    for (int s = kSmemStepUnroll; s < kDepth / 16; ++s) mma_a_smem_b_nk_step<Element, BTile, kTiles>(acc, a0, b0, s);
-}
-
 // acc[kTiles][4] += A * B where A is in registers, packed (a[kDepth / 16][4], one A fragment per
 // 16 k), and B (kDepth x 8 kTiles) is stored [k][n] (ldmatrix transposed; address b0 at k = 0,
 // n = 0 of the columns wanted).
@@ -203,7 +165,7 @@ __device__ __forceinline__ void mma_a_regs_b_kn(float (&acc)[kTiles][4], const u
 #pragma unroll
         for (int t = 0; t < kTiles; t += 2) {
             uint32_t b[4];
-            ldmatrix_x4_trans(b, advance_column_steps(b0, t / 2) + row_bytes<BTile>(16 * k));
+            ldmatrix_x4_trans(b, advance_column_steps(b0, t / 2) + row_bytes<BTile>(kMmaK * k));
             const uint32_t left[2] = {b[0], b[1]}, right[2] = {b[2], b[3]};
             mma_16816<Element>(acc[t], a[k], left);
             mma_16816<Element>(acc[t + 1], a[k], right);
@@ -275,7 +237,7 @@ struct DkDvSmem {
 };
 
 // Both kernels look for their next tile 32 candidates at a time, one per lane in block order
-// (lane l: the l-th block after the current one), each candidate classified once, by its own
+// (lane l: the (l + 1)-th block after the current one), each candidate classified once, by its own
 // lane; the warp's votes give the verdicts on all 32 as two bit masks. take() moves to the first
 // live candidate, and the rest of the verdicts stay for the next take(). Call vote() with the
 // whole warp.
@@ -299,8 +261,8 @@ struct CandidateVotes {
     }
 };
 
-// The kind of one warp's sub-tile of a Partial tile: `columns` key columns (lane l < columns
-// holds column l's intervals in `column`) x rows [row_begin, row_end). Each lane classifies its
+// The kind of one warp's sub-tile of a Partial tile: its key columns (lane l holds column l's
+// intervals in `column` where `has_column`) x rows [row_begin, row_end). Each lane classifies its
 // column with classify() on a one-column summary and the warp votes: Skipped if every column
 // is, Full if every column is, else Partial. Sound as classify() is per column, and at least as
 // sharp as classify() on a summary merged over the columns (which needs every column covered by
@@ -381,7 +343,7 @@ __device__ __forceinline__ void zero(float (&acc)[kMTiles][kNTiles][4]) {
 //   S, P, dP, dS   per warp tile (kSdpRows x kSdpCols), P and dS stored to shared memory;
 //   barrier 2   P, dS complete;
 //   dV += P^T dO, dK += dS^T Q   per warp tile (kDkvRows keys x kDkvCols columns);
-//   dQ += dS K   per warp tile (kDqRows x kDqColsPerWarp), added into the float32 accumulator
+//   dQ += dS K   per warp tile (kDqRows x kDqCols), added into the float32 accumulator
 //               (non-deterministic mode; the dQ kernel forms it otherwise).
 template <typename Element, int kHeadDim, bool kAccumulateDq>
 __global__ void __launch_bounds__(DkDv<kHeadDim>::kThreads, 1)
@@ -393,11 +355,12 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     using QTile = typename Smem::QTile;
     using PTile = typename Smem::PTile;
     constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kThreads = T::kThreads;
-    constexpr int kMTiles = T::kWarpRows / kMmaRows;     // m16 fragments of every warp tile
+    constexpr int kMTiles = kWarpTileRows / kMmaRows;     // m16 fragments of every warp tile
     constexpr int kSdpTiles = T::kSdpCols / kMmaCols;    // n-tiles of a warp's S / dP
     constexpr int kDkvTiles = T::kDkvCols / kMmaCols;    // n-tiles of a warp's dK / dV
-    constexpr int kDqTiles = T::kDqColsPerWarp / kMmaCols;
-    constexpr int kRowHalves = 2;                        // accumulator rows group, group + 8
+    constexpr int kDqTiles = T::kDqCols / kMmaCols;
+    constexpr int kRowHalves = 2;                        // accumulator rows group, group + kRowHalf
+    constexpr int kPairColumns = 2;                      // accumulator columns 2 quad, 2 quad + 1: one packed pair
 
     extern __shared__ __align__(128) unsigned char shared_memory[];
     Element* const k_smem = reinterpret_cast<Element*>(shared_memory);
@@ -488,13 +451,14 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     const int dkv_key0 = (warp % T::kDkvWarpsN) * T::kDkvRows;  // dK, dV: keys
     const int dkv_col0 = (warp / T::kDkvWarpsN) * T::kDkvCols;  //         columns
     const int dq_row0 = (warp % T::kDqWarpsM) * T::kDqRows;     // dQ: queries
-    const int dq_col0 = (warp / T::kDqWarpsM) * T::kDqColsPerWarp;
+    const int dq_col0 = (warp / T::kDqWarpsM) * T::kDqCols;
 
     // Per-lane ldmatrix addresses, formed once and stepped with constants: rows by multiples of
     // 8 through row_bytes() (a plain add), columns by advance_column_steps(), which needs the
-    // lane's chunk and the step's to share no bit (smem_tile.cuh): every base column below is a
-    // multiple of 32 (chunk 0 or 4 of its period, +1 for the lane's second chunk) and the steps
-    // are whole 16-column pairs of chunks within a period, or whole periods.
+    // lane's chunk and the step's to share no bit (smem_tile.cuh): each base column below is a
+    // multiple of its warp tile's width, a power of two (static_assert in DkDv), the lane adds
+    // at most its second chunk (bit 0), and the steps stay within the width or move by whole
+    // 64-column periods.
     const uint32_t q_address = shared_address(q_smem), do_address = shared_address(do_smem);
     // From a Q / dO stage's start: A of S = Q K^T, dP = dO V^T; B as [query][column] of dV, dK.
     const uint32_t qa_lane = a_fragment_address<QTile>(q_smem, sdp_row0, 0, lane) - q_address;
@@ -510,10 +474,11 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     const uint32_t k_kn = b_fragment_address_kn<KTile>(k_smem, 0, dq_col0, lane);
     // This lane's P / dS pairs: (query sdp_row0 + 16 i + group + 8 h, keys sdp_key0 + 8 t + 2 quad, +1),
     // as an element offset from a tile's start at i = h = t = 0.
-    const int pair_offset = PTile::offset(sdp_row0 + group, sdp_key0 + 2 * quad);
+    const int pair_offset = PTile::offset(sdp_row0 + group, sdp_key0 + kPairColumns * quad);
+    static_assert(kMmaCols == kChunkElements, "an n-tile is one chunk: pair_at() steps t chunks");
     auto pair_at = [&](Element* tile_smem, int i, int h, int t) {
         return reinterpret_cast<uint32_t*>(tile_smem + advance_chunks<kChunkElements>(uint32_t(pair_offset), t) +
-                                           (16 * i + 8 * h) * kBlockN);
+                                           (kMmaRows * i + kRowHalf * h) * PTile::kColsCount);
     };
     // Calls f(i, h, row) for this lane's four rows of S / dP: m16 fragment i, row half h (group,
     // group + 8), `row` within the step's queries.
@@ -521,7 +486,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
 #pragma unroll
         for (int i = 0; i < kMTiles; ++i)
 #pragma unroll
-            for (int h = 0; h < kRowHalves; ++h) f(i, h, sdp_row0 + kMmaRows * i + 8 * h + group);
+            for (int h = 0; h < kRowHalves; ++h) f(i, h, sdp_row0 + kMmaRows * i + kRowHalf * h + group);
     };
 
     float dv_acc[kMTiles][kDkvTiles][4], dk_acc[kMTiles][kDkvTiles][4];
@@ -584,21 +549,21 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             float s_acc[kMTiles][kSdpTiles][4];
             zero(s_acc);
             warp_mma<Element, kMTiles, kSdpTiles, kHeadDim, false, false>(
-                s_acc, [&](int i, int s) { return advance_column_steps(q_tile + qa_lane + row_bytes<QTile>(16 * i), s); },
-                [&](int j, int s) { return advance_column_steps(k_nk + row_bytes<KTile>(16 * j), s); });
+                s_acc, [&](int i, int s) { return advance_column_steps(q_tile + qa_lane + row_bytes<QTile>(kMmaRows * i), s); },
+                [&](int j, int s) { return advance_column_steps(k_nk + row_bytes<KTile>(kBFragmentCols * j), s); });
             // P = exp2(S scale log2 e - LSE log2 e), packed to 16 bits as it enters dV; one branch
             // per step, not per element: Full tiles run no mask code. In a Partial tile each of
             // the lane's key columns becomes bits over the warp's 32 rows, shifted so that bit
             // 16 i + 8 h is the lane's row (i, h), and one bit test per element zeroes P.
             uint32_t p_packed[kMTiles][kSdpTiles][kRowHalves];
             auto probabilities = [&](auto masked) {
-                uint32_t hidden[kSdpTiles][2];
+                uint32_t hidden[kSdpTiles][kPairColumns];
                 if constexpr (decltype(masked)::value) {
 #pragma unroll
                     for (int t = 0; t < kSdpTiles; ++t)
 #pragma unroll
-                        for (int c = 0; c < 2; ++c) {
-                            const ColumnIntervals col = columns_smem[sdp_key0 + t * kMmaCols + 2 * quad + c];
+                        for (int c = 0; c < kPairColumns; ++c) {
+                            const ColumnIntervals col = columns_smem[sdp_key0 + t * kMmaCols + kPairColumns * quad + c];
                             hidden[t][c] = (row_bits(col.lower_start - warp_row_begin, col.lower_end - warp_row_begin) |
                                             row_bits(col.upper_start - warp_row_begin, col.upper_end - warp_row_begin)) >>
                                            group;
@@ -608,12 +573,12 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                     const float lse = lse_tile[row];
 #pragma unroll
                     for (int t = 0; t < kSdpTiles; ++t) {
-                        float prob[2];
+                        float prob[kPairColumns];
 #pragma unroll
-                        for (int c = 0; c < 2; ++c) {
+                        for (int c = 0; c < kPairColumns; ++c) {
                             prob[c] = exp2_approx(fmaf(s_acc[i][t][2 * h + c], scale_log2, -lse));
                             if constexpr (decltype(masked)::value) {
-                                if (hidden[t][c] & (1u << (kMmaRows * i + 8 * h))) prob[c] = 0.0f;
+                                if (hidden[t][c] & (1u << (kMmaRows * i + kRowHalf * h))) prob[c] = 0.0f;
                             }
                         }
                         p_packed[i][t][h] = ElementTraits<Element>::pack(prob[0], prob[1]);
@@ -630,8 +595,8 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             float dp_acc[kMTiles][kSdpTiles][4];
             zero(dp_acc);
             warp_mma<Element, kMTiles, kSdpTiles, kHeadDim, false, false>(
-                dp_acc, [&](int i, int s) { return advance_column_steps(do_tile + qa_lane + row_bytes<QTile>(16 * i), s); },
-                [&](int j, int s) { return advance_column_steps(v_nk + row_bytes<KTile>(16 * j), s); });
+                dp_acc, [&](int i, int s) { return advance_column_steps(do_tile + qa_lane + row_bytes<QTile>(kMmaRows * i), s); },
+                [&](int j, int s) { return advance_column_steps(v_nk + row_bytes<KTile>(kBFragmentCols * j), s); });
             for_each_lane_row([&](int i, int h, int row) {
                 const float di = di_tile[row];
 #pragma unroll
@@ -650,9 +615,9 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             float dq[kMTiles][kDqTiles][4];
             zero(dq);
             warp_mma<Element, kMTiles, kDqTiles, kBlockN, false, true>(
-                dq, [&](int i, int s) { return advance_column_steps(dsa + row_bytes<PTile>(16 * i), s); },
-                [&](int j, int s) { return advance_column_steps(k_kn, j) + row_bytes<KTile>(16 * s); });
-            using Accumulator = DqAccumulator<kHeadDim, T::kDqColsPerWarp>;
+                dq, [&](int i, int s) { return advance_column_steps(dsa + row_bytes<PTile>(kMmaRows * i), s); },
+                [&](int j, int s) { return advance_column_steps(k_kn, j) + row_bytes<KTile>(kMmaK * s); });
+            using Accumulator = DqAccumulator<kHeadDim, T::kDqCols>;
 #pragma unroll
             for (int i = 0; i < kMTiles; ++i) {
                 float* const lane_values =
@@ -668,11 +633,11 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         // dV += P^T dO, dK += dS^T Q (dK scaled at the end): A from the [query][key] tiles,
         // transposed; B as [query][column].
         warp_mma<Element, kMTiles, kDkvTiles, kBlockM, true, true>(
-            dv_acc, [&](int i, int s) { return advance_column_steps(p_address + pt_lane, i) + row_bytes<PTile>(16 * s); },
-            [&](int j, int s) { return advance_column_steps(do_tile + out_kn_lane, j) + row_bytes<QTile>(16 * s); });
+            dv_acc, [&](int i, int s) { return advance_column_steps(p_address + pt_lane, i) + row_bytes<PTile>(kMmaK * s); },
+            [&](int j, int s) { return advance_column_steps(do_tile + out_kn_lane, j) + row_bytes<QTile>(kMmaK * s); });
         warp_mma<Element, kMTiles, kDkvTiles, kBlockM, true, true>(
-            dk_acc, [&](int i, int s) { return advance_column_steps(ds_address + pt_lane, i) + row_bytes<PTile>(16 * s); },
-            [&](int j, int s) { return advance_column_steps(q_tile + out_kn_lane, j) + row_bytes<QTile>(16 * s); });
+            dk_acc, [&](int i, int s) { return advance_column_steps(ds_address + pt_lane, i) + row_bytes<PTile>(kMmaK * s); },
+            [&](int j, int s) { return advance_column_steps(q_tile + out_kn_lane, j) + row_bytes<QTile>(kMmaK * s); });
     }
 
     // dK = scale * dS^T Q and dV: the warp's keys dkv_key0 + 16 i + group + 8 h, pairs of columns.
@@ -680,13 +645,13 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     for (int i = 0; i < kMTiles; ++i)
 #pragma unroll
         for (int h = 0; h < kRowHalves; ++h) {
-            const int32_t key = key0 + dkv_key0 + kMmaRows * i + 8 * h + group;
+            const int32_t key = key0 + dkv_key0 + kMmaRows * i + kRowHalf * h + group;
             if (key >= p.nk) continue;
             Element* const dk_row = mutable_element_at<Element>(p.dk, batch, key, kv_head);
             Element* const dv_row = mutable_element_at<Element>(p.dv, batch, key, kv_head);
 #pragma unroll
             for (int t = 0; t < kDkvTiles; ++t) {
-                const int col = dkv_col0 + t * kMmaCols + 2 * quad;
+                const int col = dkv_col0 + t * kMmaCols + kPairColumns * quad;
                 *reinterpret_cast<uint32_t*>(dk_row + col) =
                     ElementTraits<Element>::pack(p.scale * dk_acc[i][t][2 * h], p.scale * dk_acc[i][t][2 * h + 1]);
                 *reinterpret_cast<uint32_t*>(dv_row + col) =
@@ -748,12 +713,17 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         return kind == TileKind::Full && p.nk - key_block * kBlockN < kBlockN ? TileKind::Partial : kind;
     };
     // Moves key_block to the next non-skipped block (key_blocks when none), 32 candidates per
-    // round (CandidateVotes).
+    // round (CandidateVotes), a round's later verdicts used first.
+    CandidateVotes later;
     auto advance = [&](int32_t& key_block, TileKind& kind) {
+        if (const int steps = later.take(kind)) {
+            key_block += steps;
+            return;
+        }
         while (key_block + 1 < key_blocks) {
             const int32_t candidate = key_block + 1 + lane;
-            CandidateVotes votes = CandidateVotes::vote(candidate < key_blocks ? tile_kind(candidate) : TileKind::Skipped);
-            if (const int steps = votes.take(kind)) {
+            later = CandidateVotes::vote(candidate < key_blocks ? tile_kind(candidate) : TileKind::Skipped);
+            if (const int steps = later.take(kind)) {
                 key_block += steps;
                 return;
             }
@@ -803,8 +773,7 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         load_key_block(0, key_block, kind);
         cp_async_commit();
     }
-    // One barrier per iteration, as in the dK/dV kernel: after it this block's K / V (and column
-    // intervals) are visible, and the previous stage is free for the next block's loads.
+    // One barrier per iteration: after it this block's K / V (and column intervals) are visible, and the previous stage is free for the next block's loads.
     for (int stage = 0; key_block < key_blocks; stage ^= 1) {
         const TileKind this_kind = kind;
         cp_async_wait<0>();
@@ -823,9 +792,18 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
         // Element e of tile t: row my_row[e / 2], key 8t + 2 quad + e % 2.
         uint32_t ds[kBlockN / 16][4];
         {
-            float s[kKeyTiles][4], dp[kKeyTiles][4];
-            mma_a_smem_b_nk<Element, KTile, kKeyTiles, kHeadDim>(s, q_fragment, k_tile + kv_nk_lane);
-            mma_a_smem_b_nk<Element, KTile, kKeyTiles, kHeadDim>(dp, do_fragment, v_tile + kv_nk_lane);
+            // One m16 fragment of rows (the warp's 16 queries) against the block's keys.
+            float s_rows[1][kKeyTiles][4], dp_rows[1][kKeyTiles][4];
+            zero(s_rows);
+            zero(dp_rows);
+            warp_mma<Element, 1, kKeyTiles, kHeadDim, false, false>(
+                s_rows, [&](int, int step) { return advance_column_steps(q_fragment, step); },
+                [&](int j, int step) { return advance_column_steps(k_tile + kv_nk_lane + row_bytes<KTile>(kBFragmentCols * j), step); });
+            warp_mma<Element, 1, kKeyTiles, kHeadDim, false, false>(
+                dp_rows, [&](int, int step) { return advance_column_steps(do_fragment, step); },
+                [&](int j, int step) { return advance_column_steps(v_tile + kv_nk_lane + row_bytes<KTile>(kBFragmentCols * j), step); });
+            float (&s)[kKeyTiles][4] = s_rows[0];
+            float (&dp)[kKeyTiles][4] = dp_rows[0];
             // One branch per tile, not per element, as in the dK/dV kernel: Full tiles run no mask
             // code; Partial tiles test each element's column (this thread's rows are fixed here,
             // its columns vary, so the intervals are read per element from shared memory).
@@ -893,12 +871,12 @@ backward_dq_convert_kernel(const AttentionProblem p, const BackwardScratch scrat
     const int32_t head = int32_t((row / p.nq) % p.q_heads);
     const int32_t batch = int32_t(row / (int64_t(p.nq) * p.q_heads));
     // The chunk's 8 columns are 4 column pairs of one n-tile, held by 4 lanes (DqAccumulator).
-    using Accumulator = DqAccumulator<kHeadDim, DkDv<kHeadDim>::kDqColsPerWarp>;
-    static_assert(DkDv<kHeadDim>::kDqColsPerWarp % kChunkElements == 0, "a chunk stays inside one slice");
+    using Accumulator = DqAccumulator<kHeadDim, DkDv<kHeadDim>::kDqCols>;
+    static_assert(DkDv<kHeadDim>::kDqCols % kChunkElements == 0, "a chunk stays inside one slice");
     const int64_t scratch_row = scratch.row(batch, head, p.q_heads, r);
     const float* const slice = scratch.dq_accum + Accumulator::slice(scratch_row, col);
     const int r_in_slice = int(scratch_row % Accumulator::kSliceRows);
-    const int c_in_slice = col % DkDv<kHeadDim>::kDqColsPerWarp;
+    const int c_in_slice = col % DkDv<kHeadDim>::kDqCols;
     uint32_t packed[kChunkElements / 2];
 #pragma unroll
     for (int pair = 0; pair < kChunkElements / 2; ++pair) {

@@ -22,8 +22,15 @@
 
 namespace flashmask::cuda::sm80 {
 
-constexpr int kMmaRows = 16;  // one warp's rows of an m16n8k16 product: the unit every warp owns
-constexpr int kMmaCols = 8;   // n of m16n8k16: one accumulator tile's columns
+// The shape of mma.sync m16n8k16 (ptx.cuh) and of the fragments the kernels move.
+constexpr int kMmaRows = 16;                 // m: the rows of one A fragment
+constexpr int kMmaCols = 8;                  // n: one accumulator tile's columns
+constexpr int kMmaK = 16;                    // k: one product's depth, the kernels' k-step
+constexpr int kRowHalf = kMmaRows / 2;       // a lane's accumulator rows are group and group + kRowHalf
+constexpr int kBFragmentCols = 2 * kMmaCols; // one ldmatrix.x4 of B: the fragments of two n-tiles
+constexpr int kWarpTileRows = 2 * kMmaRows;  // every warp tile of the dK/dV kernel: two A fragments deep
+
+constexpr bool is_power_of_two(int x) { return x > 0 && (x & (x - 1)) == 0; }
 
 // Rows of the float32 scratch (LSE * log2 e, Di, the dQ accumulator) are padded to a multiple of
 // this, so that every query block of either kernel reads whole 16-byte chunks without bounds
@@ -44,14 +51,15 @@ constexpr int kScratchRowAlignment = 128;
 //
 // D = 64 and 128: 8 warps, 64 queries x 128 keys a step. Registers per thread at D = 128: the
 // dK + dV accumulators (32 keys x 64 columns each) 2 x 64 floats, S or dP of the warp's 32 x 32
-// (32 floats) and P packed (16); ptxas (sm_90a, nvcc 13.0): 255 registers and no spills with the
-// dQ reductions, 40 bytes in deterministic mode; 196-200 registers at D = 64. Shared memory at
+// (32 floats) and P packed (16); ptxas (sm_90a, nvcc 13.0): 255 registers at D = 128, spills
+// 0 bytes for bf16 with the dQ reductions, 56 / 64 for float16 (its dS path unpacks P to
+// float32), 40 in deterministic mode; 192-196 registers at D = 64, no spills. Shared memory at
 // D = 128: K, V 2 x 32 KB + Q, dO double-buffered 4 x 16 KB + P, dS 2 x 16 KB + LSE / Di 1 KB +
 // the keys' column intervals 2 KB = 163 KB, exactly sm_80's; at D = 64 exactly the 99 KB of
 // sm_86 / sm_89.
 // D = 256: 64 keys a step, so that K, V (2 x 32 KB), Q, dO double-buffered (4 x 32 KB) and P,
 // dS (2 x 8 KB) fit in 210 KB (sm_90 only); warp tiles 32 x 16 (S, dP), 32 keys x 64 columns
-// (dK, dV: the same 128 accumulator floats as D = 128), 32 x 64 (dQ); 251-255 registers, no
+// (dK, dV: the same 128 accumulator floats as D = 128), 32 x 64 (dQ); 250-251 registers, no
 // spills.
 // Measured (H100, 8192, B 2, H 32, bf16, full mask): 299-301 TFLOP/s against the 1-D
 // arrangement's 284-287 (bench/NOTES.md, session 5).
@@ -60,7 +68,7 @@ template <int kHeadDim> struct DkDvTraits {
     static constexpr int kBlockM = 64;
     static constexpr int kBlockN = kHeadDim <= 128 ? 128 : 64;
     static constexpr int kSdpWarpsM = 2;                          // S, dP: 2 x 4 warps
-    static constexpr int kDkvWarpsN = kBlockN / (2 * kMmaRows);   // dK, dV: 32 keys (two m16) per warp
+    static constexpr int kDkvWarpsN = kBlockN / kWarpTileRows;    // dK, dV: 32 keys per warp
     static constexpr int kDqWarpsM = 2;                           // dQ: 2 x 4 warps
     static constexpr int kColSplits = 1;                          // every output column in one CTA
 };
@@ -69,7 +77,8 @@ template <int kHeadDim> struct DkDvTraits {
 template <int kHeadDim> struct DqTraits;
 
 // 8 warps x 16 queries = 128 queries per CTA, 64 keys per step: S and dP are 16 x 64 per warp
-// (2 * 32 floats), the dQ accumulator (D / 8) * 4 floats: 207 registers at D = 128 (sm_90a). Shared
+// (2 * 32 floats), the dQ accumulator (D / 8) * 4 floats: 245 registers at D = 128 (sm_90a; the
+// products through warp_mma(), whose second fragment buffer takes the rest), no spills. Shared
 // memory at D = 128: Q, dO 2 * 32 KB + K, V double-buffered 4 * 16 KB = 128 KB.
 template <> struct DqTraits<64> {
     static constexpr int kWarps = 8;
@@ -82,7 +91,7 @@ template <> struct DqTraits<128> {
     static constexpr int kColSplits = 1;
 };
 // D = 256: 4 warps (64 queries) keep Q, dO (2 * 32 KB) and double-buffered K, V (4 * 32 KB) in
-// 192 KB; the dQ columns split into halves of 128 as in the dK/dV kernel (64 accumulator floats).
+// 192 KB; the dQ columns split into halves of 128, one per CTA (64 accumulator floats).
 template <> struct DqTraits<256> {
     static constexpr int kWarps = 4;
     static constexpr int kBlockN = 64;
@@ -93,22 +102,28 @@ template <> struct DqTraits<256> {
 template <typename Table, int kHeadDim> struct DerivedTraits : Table {
     static constexpr int kThreads = Table::kWarps * kWarpSize;
     static constexpr int kOutCols = kHeadDim / Table::kColSplits;  // output columns of one CTA
-    static_assert(kOutCols % 16 == 0, "output columns come in pairs of 8-column mma tiles");
+    static_assert(kOutCols % kBFragmentCols == 0, "output columns come in pairs of 8-column mma tiles");
 };
 
 template <int kHeadDim> struct DkDv : DerivedTraits<DkDvTraits<kHeadDim>, kHeadDim> {
     using Base = DerivedTraits<DkDvTraits<kHeadDim>, kHeadDim>;
-    static constexpr int kWarpRows = 2 * kMmaRows;  // every warp tile: two m16 fragments deep
     // Warp tiles of the three products (rows x columns).
     static constexpr int kSdpRows = Base::kBlockM / Base::kSdpWarpsM;
     static constexpr int kSdpCols = Base::kBlockN / (Base::kWarps / Base::kSdpWarpsM);
     static constexpr int kDkvRows = Base::kBlockN / Base::kDkvWarpsN;
     static constexpr int kDkvCols = kHeadDim / (Base::kWarps / Base::kDkvWarpsN);
     static constexpr int kDqRows = Base::kBlockM / Base::kDqWarpsM;
-    static constexpr int kDqColsPerWarp = kHeadDim / (Base::kWarps / Base::kDqWarpsM);
-    static_assert(kSdpRows == kWarpRows && kDkvRows == kWarpRows && kDqRows == kWarpRows, "warp tiles are 32 rows deep");
-    static_assert(kSdpCols % 16 == 0 && kDkvCols % 16 == 0 && kDqColsPerWarp % 16 == 0,
+    static constexpr int kDqCols = kHeadDim / (Base::kWarps / Base::kDqWarpsM);
+    static_assert(kSdpRows == kWarpTileRows && kDkvRows == kWarpTileRows && kDqRows == kWarpTileRows, "warp tiles are 32 rows deep");
+    static_assert(kSdpCols % kBFragmentCols == 0 && kDkvCols % kBFragmentCols == 0 && kDqCols % kBFragmentCols == 0,
                   "warp tiles hold whole pairs of 8-column n-tiles (one ldmatrix.x4 of B each)");
+    // The kernel steps swizzled addresses along a row with advance_column_steps() /
+    // advance_chunks() (smem_tile.cuh), which need the steps' chunk bits clear in the base: every
+    // warp tile starts at a multiple of its width (keys of P^T: kWarpTileRows), a power of two,
+    // and steps only within that width (or by whole 64-column periods).
+    static_assert(is_power_of_two(kSdpCols) && is_power_of_two(kDkvCols) && is_power_of_two(kDqCols) &&
+                      is_power_of_two(kWarpTileRows),
+                  "warp tile widths are powers of two");
     static_assert(kSdpRows <= kRowBitsWindow, "a warp's rows of a Partial tile are one 32-bit word (row_bits.cuh)");
     static_assert(kScratchRowAlignment % Base::kBlockM == 0, "query blocks tile the padded scratch rows");
     static_assert(Base::kBlockN <= Base::kThreads, "one thread per key refreshes the column intervals");
