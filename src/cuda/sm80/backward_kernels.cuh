@@ -52,12 +52,9 @@ template <int kHeadDim, int kSliceCols>
 struct DqAccumulator {
     static_assert(kHeadDim % kSliceCols == 0 && kSliceCols % kMmaCols == 0, "slices tile the columns");
     static constexpr int kSliceRows = kMmaRows;
-    // The m16n8 accumulator layout (ptx.cuh): lane (group, quad) holds rows group and group + 8
-    // (the two row halves), two adjacent columns 2 quad, +1 in each.
-    static constexpr int kRowsPerHalf = kMmaRows / 2;
-    static constexpr int kColumnsPerLane = 2;
-    static constexpr int kLanesPerRow = kMmaCols / kColumnsPerLane;  // the 4 quads
-    static constexpr int kValuesPerLane = 2 * kColumnsPerLane;       // rows g, g + 8 x 2 columns
+    // In the m16n8 accumulator layout (kRowHalf, kPairColumns: backward_traits.cuh).
+    static constexpr int kLanesPerRow = kMmaCols / kPairColumns;      // the 4 quads
+    static constexpr int kValuesPerLane = kRowHalves * kPairColumns;  // rows g, g + 8 x 2 columns
 
     // Floats from the accumulator's start to the slice holding (row, col).
     static __device__ __forceinline__ int64_t slice(int64_t row, int col) {
@@ -66,8 +63,8 @@ struct DqAccumulator {
     // (r, c) inside a slice, r < 16, c < kSliceCols: n-tile c / 8, lane (r % 8) * 4 + (c % 8) / 2,
     // value (r / 8) * 2 + c % 2.
     static __device__ __forceinline__ int within(int r, int c) {
-        const int lane = (r % kRowsPerHalf) * kLanesPerRow + (c % kMmaCols) / kColumnsPerLane;
-        const int value = (r / kRowsPerHalf) * kColumnsPerLane + c % kColumnsPerLane;
+        const int lane = (r % kRowHalf) * kLanesPerRow + (c % kMmaCols) / kPairColumns;
+        const int value = (r / kRowHalf) * kPairColumns + c % kPairColumns;
         return ((c / kMmaCols) * kWarpSize + lane) * kValuesPerLane + value;
     }
 };
@@ -359,8 +356,6 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     constexpr int kSdpTiles = T::kSdpCols / kMmaCols;    // n-tiles of a warp's S / dP
     constexpr int kDkvTiles = T::kDkvCols / kMmaCols;    // n-tiles of a warp's dK / dV
     constexpr int kDqTiles = T::kDqCols / kMmaCols;
-    constexpr int kRowHalves = 2;                        // accumulator rows group, group + kRowHalf
-    constexpr int kPairColumns = 2;                      // accumulator columns 2 quad, 2 quad + 1: one packed pair
 
     extern __shared__ __align__(128) unsigned char shared_memory[];
     Element* const k_smem = reinterpret_cast<Element*>(shared_memory);

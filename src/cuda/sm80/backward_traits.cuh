@@ -26,7 +26,11 @@ namespace flashmask::cuda::sm80 {
 constexpr int kMmaRows = 16;                 // m: the rows of one A fragment
 constexpr int kMmaCols = 8;                  // n: one accumulator tile's columns
 constexpr int kMmaK = 16;                    // k: one product's depth, the kernels' k-step
-constexpr int kRowHalf = kMmaRows / 2;       // a lane's accumulator rows are group and group + kRowHalf
+// The m16n8 accumulator layout (ptx.cuh): lane (group, quad) holds rows group and group + kRowHalf
+// (kRowHalves of them), two adjacent columns 2 quad, +1 in each (kPairColumns: one packed pair).
+constexpr int kRowHalf = kMmaRows / 2;
+constexpr int kRowHalves = 2;
+constexpr int kPairColumns = 2;
 constexpr int kBFragmentCols = 2 * kMmaCols; // one ldmatrix.x4 of B: the fragments of two n-tiles
 constexpr int kWarpTileRows = 2 * kMmaRows;  // every warp tile of the dK/dV kernel: two A fragments deep
 
