@@ -61,6 +61,7 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import flashmask
 from flashmask._arrays import device_operand
+from mask_columns import COLUMN_BOUND_FIELDS, column_bounds
 
 # ---------------------------------------------------------------------------------------------
 # The measurement contract (SPEC §6)
@@ -126,12 +127,6 @@ REFERENCE_ROWS = 64             # sampled query rows per check (plus the first a
 # (8K x 8K = 64 MiB on the host); above it the visible-pair count is compared instead.
 DENSE_CHECK_MAX_ELEMENTS = 8192 * 8192
 
-# Canonical column bounds from flashmask.block_summaries(block_n=1): with one column per block
-# the minima/maxima ARE the column's canonical intervals (tiles.hpp column_intervals), the
-# library's one reading of every layout. max_lower_end and min_upper_start are not used: they
-# leave empty intervals out, so they are not the column's bounds.
-COLUMN_BOUND_FIELDS = ("min_lower_start", "min_lower_end", "max_upper_start", "max_upper_end")
-
 # The benchmark's device; a constant so that a CPU smoke test of the plumbing can swap it.
 BENCH_DEVICE = torch.device("cuda")
 
@@ -167,13 +162,6 @@ def column_rule_visible(q_idx, kv_idx, bounds: Sequence[torch.Tensor]):
     in_lower = (q_idx >= lower_start) & (q_idx < lower_end)
     in_upper = (q_idx >= upper_start) & (q_idx < upper_end)
     return ~(in_lower | in_upper)
-
-
-def column_bounds(mask: flashmask.Mask, n: int) -> np.ndarray:
-    """int32 [4, N]: lower_start, lower_end, upper_start, upper_end of every column."""
-    summaries = flashmask.block_summaries(mask, nq=n, nk=n, block_n=1)[0, 0]
-    fields = [flashmask.BLOCK_SUMMARY_FIELDS.index(name) for name in COLUMN_BOUND_FIELDS]
-    return np.ascontiguousarray(summaries[:, fields].T.astype(np.int32))
 
 
 def dense_visibility(bounds: Sequence[torch.Tensor], rows: torch.Tensor, n: int) -> torch.Tensor:
