@@ -236,8 +236,8 @@ struct DkDvSmem {
 // Both kernels look for their next tile 32 candidates at a time, one per lane in block order
 // (lane l: the (l + 1)-th block after the current one), each candidate classified once, by its own
 // lane; the warp's votes give the verdicts on all 32 as two bit masks. take() moves to the first
-// live candidate, and the rest of the verdicts stay for the next take(); search() runs the
-// rounds when they are used up. Call vote() and search() with the whole warp.
+// live candidate, and the rest of the verdicts stay for the next take(). Call vote() with the
+// whole warp.
 struct CandidateVotes {
     uint32_t live = 0;  // bit b: the candidate b + 1 blocks on is not Skipped
     uint32_t full = 0;  //        ... and is Full
@@ -246,29 +246,15 @@ struct CandidateVotes {
         return {__ballot_sync(kFullWarpMask, candidate_kind != TileKind::Skipped),
                 __ballot_sync(kFullWarpMask, candidate_kind == TileKind::Full)};
     }
-    // Moves `block` to the first live candidate (true; its kind in `kind`) and drops it and the
-    // candidates before it, so bit 0 is again the block after it; false when none is left.
-    __device__ __forceinline__ bool take(int32_t& block, TileKind& kind) {
-        if (live == 0) return false;
+    // How many blocks on the first live candidate is (0: none left), with its kind in `kind`;
+    // it and the candidates before it are dropped, so bit 0 is again the block after it.
+    __device__ __forceinline__ int take(TileKind& kind) {
+        if (live == 0) return 0;
         const int steps = __ffs(live);
         kind = (full >> (steps - 1)) & 1u ? TileKind::Full : TileKind::Partial;
         live = steps < kWarpSize ? live >> steps : 0u;
         full = steps < kWarpSize ? full >> steps : 0u;
-        block += steps;
-        return true;
-    }
-    // The rounds after take() found nothing: from `block`, 32 candidates (block + 1 + lane) a
-    // round, kind_of(candidate) classifying the lane's own, until a live one before `blocks` is
-    // taken (true: block moved to it, its kind in `kind`) or none is left (false: block >= blocks - 1).
-    template <typename KindOf>
-    __device__ __forceinline__ bool search(int32_t& block, int32_t blocks, int lane, TileKind& kind, KindOf kind_of) {
-        while (block + 1 < blocks) {
-            const int32_t candidate = block + 1 + lane;
-            *this = vote(candidate < blocks ? kind_of(candidate) : TileKind::Skipped);
-            if (take(block, kind)) return true;
-            block += kWarpSize;
-        }
-        return false;
+        return steps;
     }
 };
 
@@ -414,13 +400,25 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     const BlockSummary* head_summary = &summaries.at(p.mask, batch, first_head, key_block);
     CandidateVotes later;  // the last round's verdicts on the blocks after q_block
     auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
-        if (later.take(q_block, kind)) return;
+        if (const int steps = later.take(kind)) {
+            q_block += steps;
+            return;
+        }
         BlockSummary s = read_only_summary(head_summary);
-        while (!later.search(q_block, q_blocks, lane, kind, [&](int32_t candidate) { return tile_kind(s, candidate); })) {
-            q_block = -1;
-            if (++head_index == heads_per_group) return;
-            head_summary = &summaries.at(p.mask, batch, first_head + head_index, key_block);
-            s = read_only_summary(head_summary);
+        while (true) {
+            if (q_block + 1 >= q_blocks) {
+                q_block = -1;
+                if (++head_index == heads_per_group) return;
+                head_summary = &summaries.at(p.mask, batch, first_head + head_index, key_block);
+                s = read_only_summary(head_summary);
+            }
+            const int32_t candidate = q_block + 1 + lane;
+            later = CandidateVotes::vote(candidate < q_blocks ? tile_kind(s, candidate) : TileKind::Skipped);
+            if (const int steps = later.take(kind)) {
+                q_block += steps;
+                return;
+            }
+            q_block += kWarpSize;
         }
     };
     auto load_query_block = [&](int stage, int32_t head_index, int32_t q_block) {
@@ -713,8 +711,20 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
     // round (CandidateVotes), a round's later verdicts used first.
     CandidateVotes later;
     auto advance = [&](int32_t& key_block, TileKind& kind) {
-        if (!later.take(key_block, kind) && !later.search(key_block, key_blocks, lane, kind, tile_kind))
-            key_block = key_blocks;
+        if (const int steps = later.take(kind)) {
+            key_block += steps;
+            return;
+        }
+        while (key_block + 1 < key_blocks) {
+            const int32_t candidate = key_block + 1 + lane;
+            later = CandidateVotes::vote(candidate < key_blocks ? tile_kind(candidate) : TileKind::Skipped);
+            if (const int steps = later.take(kind)) {
+                key_block += steps;
+                return;
+            }
+            key_block += kWarpSize;
+        }
+        key_block = key_blocks;
     };
     auto load_key_block = [&](int stage, int32_t key_block, TileKind kind) {
         const int32_t key0 = key_block * kBlockN;
