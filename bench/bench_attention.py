@@ -179,6 +179,15 @@ class MaskCase:
     indices: Optional[torch.Tensor]    # int32 [B, 1, N, C] on the device, or None
 
 
+def batch_indices(indices: Optional[np.ndarray], batch: int, device: torch.device) -> Optional[torch.Tensor]:
+    """One sequence's index array (int32 [1, Hm, N, C], a builder's) as the batch's own device
+    tensor [batch, Hm, N, C]; None (full / causal) stays None."""
+    if indices is None:
+        return None
+    one = torch.from_numpy(np.ascontiguousarray(indices)).to(device)
+    return one.expand(batch, *one.shape[1:]).contiguous()
+
+
 def build_mask_case(name: str, config: Config, seed: int, bounds_buffers: List[torch.Tensor],
                     device: torch.device) -> Tuple[MaskCase, List[str]]:
     """The catalogue mask, its canonical bounds copied INTO the persistent buffers that the
@@ -190,10 +199,7 @@ def build_mask_case(name: str, config: Config, seed: int, bounds_buffers: List[t
     bounds = torch.from_numpy(column_bounds(mask, n)).to(device)
     for buffer, values in zip(bounds_buffers, bounds):
         buffer.copy_(values)
-    indices = None
-    if mask.startend_row_indices is not None:
-        one = torch.from_numpy(np.ascontiguousarray(mask.startend_row_indices)).to(device)
-        indices = one.expand(config.batch, *one.shape[1:]).contiguous()
+    indices = batch_indices(mask.startend_row_indices, config.batch, device)
     problems = []
     # The column rule must be the library's mask: every element at 8K, the pair count always.
     all_rows = torch.arange(n, device=device)

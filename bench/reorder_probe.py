@@ -17,14 +17,12 @@ apart. O and the gradients are compared with the unpermuted run's.
 from __future__ import annotations
 
 import argparse
-import math
 
-import numpy as np
 import torch
 
 import flashmask
 from bench_attention import (BACKWARD_FLOPS_OVER_FORWARD, FORWARD_FLOPS_PER_PAIR_PER_DIM, HEAD_DIM,
-                             STANDARD_CONFIGS, FlashMaskEntryPoints, MaskCase, flashmask_runner, make_problem,
+                             STANDARD_CONFIGS, FlashMaskEntryPoints, MaskCase, batch_indices, flashmask_runner, make_problem,
                              median_ms, relative_error, warmup_calls)
 from mask_columns import column_bounds
 from work_efficiency import BACKWARD_TILE, FORWARD_TILE, efficiency, four_slot_indices, reorder_permutation
@@ -66,10 +64,7 @@ def main() -> None:
         for name in ["full"] + args.masks.split(","):
             mask = flashmask.catalogue(name, n, 0)
             pairs = flashmask.visible_pairs(mask, nq=n, nk=n)
-            indices = None
-            if mask.startend_row_indices is not None:
-                one = torch.from_numpy(np.ascontiguousarray(mask.startend_row_indices)).to(device)
-                indices = one.expand(config.batch, *one.shape[1:]).contiguous()
+            indices = batch_indices(mask.startend_row_indices, config.batch, device)
             case = MaskCase(name, mask, pairs, pairs / (n * n), indices)
             runner = flashmask_runner(problem, case, mask.causal, entry)
             forward_ms = median_ms(runner.forward, args.reps, warmup)
@@ -99,9 +94,8 @@ def main() -> None:
                 permutation = torch.from_numpy(permutation_np).to(device)
                 k_perm = problem.k.detach().index_select(1, permutation)
                 v_perm = problem.v.detach().index_select(1, permutation)
-                one = torch.from_numpy(permuted_indices).to(device)
                 permuted_case = MaskCase(name, mask, pairs, case.density,
-                                         one.expand(config.batch, *one.shape[1:]).contiguous())
+                                         batch_indices(permuted_indices, config.batch, device))
                 permuted_problem = type(problem)(config, problem.q, k_perm, v_perm, problem.dout, problem.scale)
                 permuted = flashmask_runner(permuted_problem, permuted_case, False, entry)
                 f_ms = median_ms(permuted.forward, args.reps, warmup)
