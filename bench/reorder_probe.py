@@ -22,8 +22,8 @@ import torch
 
 import flashmask
 from bench_attention import (BACKWARD_FLOPS_OVER_FORWARD, FORWARD_FLOPS_PER_PAIR_PER_DIM, HEAD_DIM,
-                             STANDARD_CONFIGS, FlashMaskEntryPoints, MaskCase, batch_indices, flashmask_runner, make_problem,
-                             median_ms, relative_error, warmup_calls)
+                             STANDARD_CONFIGS, FlashMaskEntryPoints, MaskCase, batch_indices, flashmask_runner,
+                             make_problem, median_ms, relative_error, warmup_calls)
 from mask_columns import column_bounds
 from work_efficiency import BACKWARD_TILE, FORWARD_TILE, efficiency, four_slot_indices, reorder_permutation
 
