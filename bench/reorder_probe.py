@@ -17,6 +17,7 @@ apart. O and the gradients are compared with the unpermuted run's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 
@@ -25,7 +26,7 @@ from bench_attention import (BACKWARD_FLOPS_OVER_FORWARD, FORWARD_FLOPS_PER_PAIR
                              STANDARD_CONFIGS, FlashMaskEntryPoints, MaskCase, batch_indices, flashmask_runner,
                              make_problem, median_ms, relative_error, warmup_calls)
 from mask_columns import column_bounds
-from work_efficiency import BACKWARD_TILE, FORWARD_TILE, efficiency, four_slot_indices, reorder_permutation
+from work_efficiency import KERNEL_TILES, efficiency, four_slot_indices, reorder_permutation
 
 # bf16 outputs of two summation orders differ by rounding only (~4e-3 relative); a wrong
 # permutation or mask gives errors of order 1.
@@ -74,8 +75,7 @@ def main() -> None:
             figures = (tflops(pairs, config, forward_ms, False), tflops(pairs, config, backward_ms, True))
             if name == "full":
                 full_figures = figures
-            efficiencies = [efficiency(mask.startend_row_indices, mask.causal, n, tile)
-                            for tile in (FORWARD_TILE, BACKWARD_TILE)]
+            efficiencies = [efficiency(mask.startend_row_indices, mask.causal, n, tile) for tile in KERNEL_TILES]
 
             def row(order, effs, figs, copy_ms, kernel_ms, errors):
                 own = "/".join(f"{f / full:.2f}" for f, full in zip(figs, full_figures))
@@ -90,13 +90,13 @@ def main() -> None:
             for window in args.windows:
                 permutation_np = reorder_permutation(bounds, window)
                 permuted_indices = four_slot_indices(bounds, permutation_np)
-                effs = [efficiency(permuted_indices, False, n, tile) for tile in (FORWARD_TILE, BACKWARD_TILE)]
+                effs = [efficiency(permuted_indices, False, n, tile) for tile in KERNEL_TILES]
                 permutation = torch.from_numpy(permutation_np).to(device)
                 k_perm = problem.k.detach().index_select(1, permutation)
                 v_perm = problem.v.detach().index_select(1, permutation)
                 permuted_case = MaskCase(name, mask, pairs, case.density,
                                          batch_indices(permuted_indices, config.batch, device))
-                permuted_problem = type(problem)(config, problem.q, k_perm, v_perm, problem.dout, problem.scale)
+                permuted_problem = dataclasses.replace(problem, k=k_perm, v=v_perm)
                 permuted = flashmask_runner(permuted_problem, permuted_case, False, entry)
                 f_ms = median_ms(permuted.forward, args.reps, warmup)
                 b_ms = median_ms(permuted.backward, args.reps, warmup)

@@ -27,6 +27,7 @@ from mask_columns import column_bounds
 
 FORWARD_TILE = (128, 64)   # query rows x keys: the sm80 forward's tile (forward_traits.hpp)
 BACKWARD_TILE = (64, 128)  # the sm80 backward's step (backward_traits.cuh)
+KERNEL_TILES = (FORWARD_TILE, BACKWARD_TILE)
 
 
 def reorder_permutation(bounds: np.ndarray, window: int) -> np.ndarray:
@@ -49,6 +50,7 @@ def four_slot_indices(bounds: np.ndarray, permutation=None) -> np.ndarray:
 
 
 def efficiency(indices, causal: bool, n: int, tile) -> float:
+    """Visible pairs over the pairs of the non-Skipped (block_m x block_n) tiles, Nq = Nk = n."""
     block_m, block_n = tile
     counts = fm.tile_counts(indices, causal, nq=n, nk=n, block_m=block_m, block_n=block_n)
     computed = (counts.partial + counts.full) * block_m * block_n
@@ -73,7 +75,7 @@ def main() -> None:
             visible = fm.visible_pairs(mask.startend_row_indices, mask.causal, nq=n, nk=n)
             if fm.visible_pairs(four_slot_indices(bounds), False, nq=n, nk=n) != visible:
                 raise SystemExit(f"{name}: the C = 4 form sees other pairs than the mask itself")
-            for tile in (FORWARD_TILE, BACKWARD_TILE):
+            for tile in KERNEL_TILES:
                 row = [str(n), name, f"{tile[0]} x {tile[1]}",
                        f"{efficiency(mask.startend_row_indices, mask.causal, n, tile):.3f}"]
                 for window in args.reorder:
