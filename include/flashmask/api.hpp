@@ -25,6 +25,7 @@ struct ForwardArgs {
     std::optional<float> scale;  // default 1 / sqrt(D)
     int num_threads = 0;         // CPU path: 0 = all hardware threads
     void* stream = nullptr;      // CUDA path: a cudaStream_t; null = the default stream
+    KeyOrder key_order = KeyOrder::Automatic;  // CUDA path
 };
 
 struct BackwardArgs {
@@ -36,6 +37,7 @@ struct BackwardArgs {
     bool deterministic = false;  // identical bits on every run (the CPU path always is)
     int num_threads = 0;
     void* stream = nullptr;
+    KeyOrder key_order = KeyOrder::Automatic;  // CUDA path
 };
 
 void forward(const ForwardArgs& args);

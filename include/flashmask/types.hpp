@@ -81,4 +81,18 @@ TensorView make_contiguous_view(void* data, DType dtype, const std::vector<int64
 // "[2, 8192, 32, 128]"
 std::string shape_string(const TensorView& t);
 
+// The order in which the CUDA kernels read the keys. Attention is exact under any permutation of
+// the keys, and a mask whose column intervals jump from key to key (random eviction) leaves most
+// of its tiles Partial in the keys' own order, where sorting the keys by their intervals inside
+// windows of 1024 makes most of them Skipped or Full (bench/NOTES.md, session 6: 0.75 -> 0.94 of
+// the computed pairs visible at 32K). The sort needs one key order per KV head, so it applies
+// only to a mask with an index tensor and Hm in {1, Hk}; otherwise the keys' own order is used.
+// The CPU path always reads the keys in their own order. Results are equal either way up to the
+// order of floating-point sums.
+enum class KeyOrder : int32_t {
+    Automatic,  // from Nk >= 16384 (cuda/common/key_order.cuh): sorted when it computes at most 0.9 of the tiles, decided on the device
+    Natural,    // the keys' own order
+    Sorted,     // sorted whenever the mask allows it (an index tensor and Hm in {1, Hk})
+};
+
 }  // namespace flashmask

@@ -331,7 +331,7 @@ void forward(const ForwardArgs& a) {
 #ifdef FLASHMASK_WITH_CUDA
     if (a.q.device == Device::CUDA) {
         const CudaDeviceGuard on_device(a.q.device_index);
-        cuda::forward(p, static_cast<cudaStream_t>(a.stream));
+        cuda::forward(p, a.key_order, static_cast<cudaStream_t>(a.stream));
         return;
     }
 #endif
@@ -352,7 +352,7 @@ void backward(const BackwardArgs& a) {
 #ifdef FLASHMASK_WITH_CUDA
     if (a.q.device == Device::CUDA) {
         const CudaDeviceGuard on_device(a.q.device_index);
-        cuda::backward(p, a.deterministic, static_cast<cudaStream_t>(a.stream));
+        cuda::backward(p, a.deterministic, a.key_order, static_cast<cudaStream_t>(a.stream));
         return;
     }
 #endif

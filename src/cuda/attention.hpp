@@ -11,11 +11,12 @@
 namespace flashmask::cuda {
 
 // Writes p.out and p.lse. p.dtype is BFloat16 or Float16, p.head_dim == p.value_dim in {64, 128, 256}.
-void forward(const AttentionProblem& p, cudaStream_t stream);
+// key_order: the order the kernels read the keys in (types.hpp, common/key_order.cuh).
+void forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t stream);
 
 // Reads p.q, k, v, out, lse, dout; writes p.dq, dk, dv. `deterministic`: identical bits on every
 // run (no floating-point atomics whose order varies).
-void backward(const AttentionProblem& p, bool deterministic, cudaStream_t stream);
+void backward(const AttentionProblem& p, bool deterministic, KeyOrder key_order, cudaStream_t stream);
 
 // Whether (dtype, head_dim, value_dim) has a kernel; the API refuses the rest with Unsupported
 // before anything runs.

@@ -94,8 +94,16 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
     order.poison();
     work.poison();
     heavy_ranks.poison();
-    cuda::compute_tile_order(shape, summaries.table(), order.get(), work.get(), heavy_ranks.get(), nullptr);
+    // The total work (the key order's WorkComparison) starts from a non-zero value: the kernel adds.
+    constexpr unsigned long long kTotalWorkStart = 7;
+    DeviceBuffer<unsigned long long> total_work(1);
+    FM_CUDA_CHECK(cudaMemcpy(total_work.get(), &kTotalWorkStart, sizeof(kTotalWorkStart), cudaMemcpyHostToDevice));
+    cuda::compute_tile_order(shape, summaries.table(), order.get(), work.get(), heavy_ranks.get(), total_work.get(),
+                             nullptr);
     FM_CUDA_CHECK(cudaDeviceSynchronize());
+    unsigned long long expected_total = kTotalWorkStart;
+    for (const int32_t w : expected.work) expected_total += static_cast<unsigned long long>(w);
+    ASSERT_EQ(total_work.to_host().at(0), expected_total) << what << ": total work";
     const std::vector<int32_t> device_work = work.to_host(), device_order = order.to_host();
     for (std::size_t i = 0; i < entries; ++i) {
         ASSERT_EQ(device_work[i], expected.work[i]) << what << ": work of entry " << i << " (pair " << i / shape.blocks

@@ -26,7 +26,7 @@ constexpr int kStagedBlocks = 2048;
 //      host zeroed it first).
 __global__ void __launch_bounds__(kOrderThreads)
 tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int32_t* order, int32_t* work,
-                  int32_t* heavy_ranks) {
+                  int32_t* heavy_ranks, unsigned long long* total_work) {
     __shared__ int32_t bins[kWorkBuckets];     // counts, then each bin's next output position
     __shared__ int32_t staged[kStagedBlocks];  // work of the current chunk's blocks, in tie order
     __shared__ unsigned long long order_head_work;  // the sum of the blocks' work
@@ -57,6 +57,7 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int3
     if (lane == 0 && warp_work != 0) atomicAdd(&order_head_work, warp_work);
     __syncthreads();
     const double threshold = heavy_work_threshold(shape, int64_t(order_head_work));
+    if (total_work != nullptr && thread == 0) atomicAdd(total_work, order_head_work);
 
     // 2. First output position of each bin. Lane l scans a run of bins from the heaviest down,
     // the lanes' totals are scanned across the warp, then each lane writes its run's positions.
@@ -116,7 +117,7 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int3
 }  // namespace
 
 void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order, int32_t* work,
-                        int32_t* heavy_ranks, cudaStream_t stream) {
+                        int32_t* heavy_ranks, unsigned long long* total_work, cudaStream_t stream) {
     if (heavy_ranks == nullptr)
         throw Error(ErrorCode::InvalidArgument, "", "compute_tile_order: heavy_ranks is null, expected a device int32");
     // Zeroed on the stream (a graph node under capture): the kernel's CTAs only raise it.
@@ -126,7 +127,7 @@ void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summari
         throw Error(ErrorCode::InvalidArgument, "", "compute_tile_order: shape.buckets = " + std::to_string(shape.buckets) +
                                                         ", expected 1.." + std::to_string(kWorkBuckets));
     tile_order_kernel<<<unsigned(shape.order_pairs()), kOrderThreads, 0, stream>>>(shape, summaries, order, work,
-                                                                                   heavy_ranks);
+                                                                                   heavy_ranks, total_work);
     check_launch("flashmask tile_order_kernel");
 }
 

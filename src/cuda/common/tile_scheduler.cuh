@@ -31,8 +31,10 @@ namespace flashmask::cuda {
 // `heavy_ranks`. `summaries` is the call's table at the key-block granularity `shape` was made
 // for, counting shape.key_blocks blocks (TileScheduler checks that before it calls this). Runs
 // the sort for any mask layout (the host class below skips it when no index tensor makes it moot).
+// total_work, when not null: a device counter the kernel adds every block's work to (the call's
+// computed tiles, WorkComparison in key_order.cuh); the caller zeroes it.
 void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order, int32_t* work,
-                        int32_t* heavy_ranks, cudaStream_t stream);
+                        int32_t* heavy_ranks, unsigned long long* total_work, cudaStream_t stream);
 
 // The blocks of `kernel` that run at once on the current device, the cta_slots of its schedule:
 // SMs x its resident CTAs per SM at `threads` threads and `dynamic_smem_bytes` of shared memory
@@ -112,12 +114,13 @@ public:
     // The same for a shape the caller made beforehand with make_tile_order_shape() (and the
     // summaries' block_n), so that it can refuse a call (grid, tile counts) before it queues any
     // work, the summaries included. Throws if the shape counts other key blocks than `summaries`.
+    // total_work: see compute_tile_order() (with no index tensor nothing is added to it).
     TileScheduler(const MaskView& mask, const TileOrderShape& shape, const SummaryTable& summaries,
-                  cudaStream_t stream)
+                  cudaStream_t stream, unsigned long long* total_work = nullptr)
         : shape_(checked_against(shape, summaries)),
           sorted_(mask.layout != MaskLayout::None && shape_.ctas() > 0),
           scratch_(sorted_ ? sizeof(int32_t) * (2 * std::size_t(shape_.order_pairs()) * shape_.blocks + 1) : 0, stream) {
-        if (sorted_) compute_tile_order(shape_, summaries, order(), work(), heavy_ranks(), stream);
+        if (sorted_) compute_tile_order(shape_, summaries, order(), work(), heavy_ranks(), total_work, stream);
         schedule_ = make_tile_schedule(shape_, order(), heavy_ranks());
     }
 

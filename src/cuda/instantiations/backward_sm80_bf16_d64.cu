@@ -2,5 +2,5 @@
 #include "cuda/sm80/backward_host.cuh"
 
 namespace flashmask::cuda::sm80 {
-template void run_backward<__nv_bfloat16, 64>(const AttentionProblem&, bool, cudaStream_t);
+template void run_backward<__nv_bfloat16, 64>(const AttentionProblem&, bool, KeyOrder, cudaStream_t);
 }  // namespace flashmask::cuda::sm80

@@ -3,5 +3,5 @@
 #include "cuda/sm80/forward_kernel.cuh"
 
 namespace flashmask::cuda::sm80 {
-template void launch_forward<__nv_bfloat16, 256>(const AttentionProblem& p, cudaStream_t stream);
+template void launch_forward<__nv_bfloat16, 256>(const AttentionProblem&, KeyOrder, cudaStream_t);
 }  // namespace flashmask::cuda::sm80

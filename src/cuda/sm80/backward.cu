@@ -16,11 +16,11 @@ namespace flashmask::cuda {
 namespace {
 
 template <typename Element>
-void dispatch_head_dim(const AttentionProblem& p, bool deterministic, cudaStream_t stream) {
+void dispatch_head_dim(const AttentionProblem& p, bool deterministic, KeyOrder key_order, cudaStream_t stream) {
     switch (p.head_dim) {
-        case 64: sm80::run_backward<Element, 64>(p, deterministic, stream); return;
-        case 128: sm80::run_backward<Element, 128>(p, deterministic, stream); return;
-        case 256: sm80::run_backward<Element, 256>(p, deterministic, stream); return;
+        case 64: sm80::run_backward<Element, 64>(p, deterministic, key_order, stream); return;
+        case 128: sm80::run_backward<Element, 128>(p, deterministic, key_order, stream); return;
+        case 256: sm80::run_backward<Element, 256>(p, deterministic, key_order, stream); return;
         default:
             throw Error(ErrorCode::Unsupported, "q",
                         "flashmask::backward: head dim " + std::to_string(p.head_dim) + ", expected 64, 128 or 256");
@@ -29,10 +29,10 @@ void dispatch_head_dim(const AttentionProblem& p, bool deterministic, cudaStream
 
 }  // namespace
 
-void backward(const AttentionProblem& p, bool deterministic, cudaStream_t stream) {
+void backward(const AttentionProblem& p, bool deterministic, KeyOrder key_order, cudaStream_t stream) {
     switch (p.dtype) {
-        case DType::BFloat16: dispatch_head_dim<__nv_bfloat16>(p, deterministic, stream); return;
-        case DType::Float16: dispatch_head_dim<__half>(p, deterministic, stream); return;
+        case DType::BFloat16: dispatch_head_dim<__nv_bfloat16>(p, deterministic, key_order, stream); return;
+        case DType::Float16: dispatch_head_dim<__half>(p, deterministic, key_order, stream); return;
         default:
             throw Error(ErrorCode::Unsupported, "q",
                         std::string("flashmask::backward: dtype ") + to_string(p.dtype) +

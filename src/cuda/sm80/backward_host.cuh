@@ -14,6 +14,7 @@
 #include <string>
 
 #include "cuda/common/check.hpp"
+#include "cuda/common/key_order.cuh"
 #include "cuda/common/shared_memory.hpp"
 #include "cuda/common/tile_scheduler.cuh"
 #include "cuda/common/workspace.cuh"
@@ -42,7 +43,7 @@ void zero_gradient(const Operand& t, int32_t batches, int32_t rows, int32_t head
 }  // namespace backward_detail
 
 template <typename Element, int kHeadDim>
-void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t stream) {
+void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_order, cudaStream_t stream) {
     using namespace backward_detail;
     using DkDvT = DkDv<kHeadDim>;
     using DqT = Dq<kHeadDim>;
@@ -63,10 +64,15 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
     static_assert(DqSmem<Element, kHeadDim>::kBytes <= DkDvSmem<Element, kHeadDim>::kBytes,
                   "the dK/dV kernel's shared-memory refusal covers the dQ kernel's");
     // Heaviest key blocks first for dK/dV; heaviest query blocks first for the deterministic dQ.
-    const auto dkdv = plan_scheduled_launch<DkDvT>(deterministic ? backward_dkdv_kernel<Element, kHeadDim, false>
-                                                                 : backward_dkdv_kernel<Element, kHeadDim, true>,
-                                                   DkDvSmem<Element, kHeadDim>::kBytes, p, TileAxis::KeyBlocks,
-                                                   "backward", "backward_dkdv_kernel");
+    constexpr int kDkDvSmemBytes = DkDvSmem<Element, kHeadDim>::kBytes;
+    const auto dkdv = plan_scheduled_launch<DkDvT>(deterministic ? backward_dkdv_kernel<Element, kHeadDim, false, false>
+                                                                 : backward_dkdv_kernel<Element, kHeadDim, true, false>,
+                                                   kDkDvSmemBytes, p, TileAxis::KeyBlocks, "backward",
+                                                   "backward_dkdv_kernel");
+    // Its sorted-key variant: the same threads and shared memory, so the same grid and occupancy.
+    const auto sorted_dkdv = deterministic ? backward_dkdv_kernel<Element, kHeadDim, false, true>
+                                           : backward_dkdv_kernel<Element, kHeadDim, true, true>;
+    allow_shared_memory(sorted_dkdv, kDkDvSmemBytes);
     std::optional<ScheduledLaunch<decltype(&backward_dq_kernel<Element, kHeadDim>)>> dq_launch;
     if (deterministic)
         dq_launch = plan_scheduled_launch<DqT>(backward_dq_kernel<Element, kHeadDim>, DqSmem<Element, kHeadDim>::kBytes,
@@ -113,11 +119,23 @@ void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t st
     check_launch("flashmask backward: backward_preprocess_kernel");
 
     {
-        const BlockSummaries summaries(p.mask, p.batch, p.q_heads, DkDvT::kBlockN, stream);
-        const TileScheduler tiles(p.mask, dkdv.shape, summaries.table(), stream);
-        dkdv.kernel<<<dkdv.grid, DkDvT::kThreads, dkdv.smem_bytes, stream>>>(kernel_problem, summaries.table(),
-                                                                             tiles.schedule(), scratch);
-        check_launch("flashmask backward: backward_dkdv_kernel");
+        // In the sorted key order (key_order.cuh) the kernel sees the permuted mask and loads and
+        // stores its key block through the order; the dQ accumulator's rows are queries, unmoved.
+        const KeyOrderedTiles tiles(p, key_order, dkdv.shape, DkDvT::kBlockN, stream);
+        if (tiles.natural_runs()) {
+            dkdv.kernel<<<dkdv.grid, DkDvT::kThreads, dkdv.smem_bytes, stream>>>(
+                kernel_problem, tiles.natural_table(), tiles.natural_schedule(), scratch, KeyOrderView{},
+                tiles.natural_condition());
+            check_launch("flashmask backward: backward_dkdv_kernel");
+        }
+        if (tiles.sorted_runs()) {
+            AttentionProblem sorted_problem = kernel_problem;
+            sorted_problem.mask = tiles.sorted_mask();
+            sorted_dkdv<<<dkdv.grid, DkDvT::kThreads, dkdv.smem_bytes, stream>>>(
+                sorted_problem, tiles.sorted_table(), tiles.sorted_schedule(), scratch, tiles.sorted_order(),
+                tiles.sorted_condition());
+            check_launch("flashmask backward: backward_dkdv_kernel (sorted keys)");
+        }
     }
 
     if (dq_launch) {

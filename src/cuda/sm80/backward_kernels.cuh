@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/common/key_order.cuh"
 #include "cuda/common/row_bits.cuh"
 #include "cuda/common/shared_memory.hpp"
 #include "cuda/common/tile_order.hpp"
@@ -332,7 +333,13 @@ __device__ __forceinline__ void zero(float (&acc)[kMTiles][kNTiles][4]) {
 }
 
 // grid: B * Hk * key blocks CTAs, heaviest key blocks first (schedule: TileAxis::KeyBlocks,
-// counted with this kernel's kBlockM x kBlockN tiles); block kThreads.
+// counted with this kernel's kBlockM x kBlockN tiles); block kThreads. Every CTA returns at once
+// when `condition` does not hold (the launch of the key order the device did not choose).
+//
+// kSortedKeys: the problem is the key-permuted one of key_order.cuh (p.mask its permuted mask);
+// the CTA loads its K / V block through `key_order` and stores dK / dV at the caller's keys. A
+// compile-time variant, so that the natural one keeps its registers: either change as a runtime
+// branch cost the default kernel 60 bytes of spills (ptxas, bf16 D = 128).
 //
 // A step (one query block of one query head):
 //   barrier 1   Q, dO of the step have landed; every warp is done with the previous step, so the
@@ -342,10 +349,10 @@ __device__ __forceinline__ void zero(float (&acc)[kMTiles][kNTiles][4]) {
 //   dV += P^T dO, dK += dS^T Q   per warp tile (kDkvRows keys x kDkvCols columns);
 //   dQ += dS K   per warp tile (kDqRows x kDqCols), added into the float32 accumulator
 //               (non-deterministic mode; the dQ kernel forms it otherwise).
-template <typename Element, int kHeadDim, bool kAccumulateDq>
+template <typename Element, int kHeadDim, bool kAccumulateDq, bool kSortedKeys>
 __global__ void __launch_bounds__(DkDv<kHeadDim>::kThreads, 1)
 backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, const TileSchedule schedule,
-                     const BackwardScratch scratch) {
+                     const BackwardScratch scratch, const KeyOrderView key_order, const LaunchCondition condition) {
     using T = DkDv<kHeadDim>;
     using Smem = DkDvSmem<Element, kHeadDim>;
     using KTile = typename Smem::KTile;
@@ -368,6 +375,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     float* const di_smem = lse_smem + Smem::kStages * kBlockM;
     ColumnIntervals* const columns_smem = reinterpret_cast<ColumnIntervals*>(di_smem + Smem::kStages * kBlockM);
 
+    if (!condition.holds()) return;  // the launch of the key order the device did not choose
     const TileCoordinates tile = schedule.at(int32_t(blockIdx.x));
     const int32_t key_block = tile.block;
     const int32_t kv_head = tile.head;
@@ -493,8 +501,18 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     TileKind kind = TileKind::Skipped;
     advance(head_index, q_block, kind);
     if (head_index < heads_per_group) {
-        load_tile_async<KTile, kThreads>(k_smem, element_at<Element>(p.k, batch, key0, kv_head), p.k.stride[1], p.nk - key0);
-        load_tile_async<KTile, kThreads>(v_smem, element_at<Element>(p.v, batch, key0, kv_head), p.v.stride[1], p.nk - key0);
+        if constexpr (!kSortedKeys) {
+            load_tile_async<KTile, kThreads>(k_smem, element_at<Element>(p.k, batch, key0, kv_head), p.k.stride[1],
+                                             p.nk - key0);
+            load_tile_async<KTile, kThreads>(v_smem, element_at<Element>(p.v, batch, key0, kv_head), p.v.stride[1],
+                                             p.nk - key0);
+        } else {  // the block's keys in the sorted order: one row lookup per copy, once per CTA
+            const int32_t* const keys = key_order.keys(batch, p.mask.mask_head(first_head)) + key0;
+            load_gathered_tile_async<KTile, kThreads>(k_smem, element_at<Element>(p.k, batch, 0, kv_head), p.k.stride[1],
+                                                      keys, p.nk - key0);
+            load_gathered_tile_async<KTile, kThreads>(v_smem, element_at<Element>(p.v, batch, 0, kv_head), p.v.stride[1],
+                                                      keys, p.nk - key0);
+        }
         load_query_block(0, head_index, q_block);
         cp_async_commit();
     }
@@ -635,24 +653,34 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             [&](int j, int s) { return advance_column_steps(q_tile + out_kn_lane, j) + row_bytes<QTile>(kMmaK * s); });
     }
 
-    // dK = scale * dS^T Q and dV: the warp's keys dkv_key0 + 16 i + group + 8 h, pairs of columns.
+    // dK = scale * dS^T Q and dV: the warp's keys dkv_key0 + 16 i + group + 8 h, pairs of columns,
+    // stored at key_of(position) (the caller's key of a position: itself, or the sorted order's).
+    auto store = [&](auto&& key_of) {
 #pragma unroll
-    for (int i = 0; i < kMTiles; ++i)
+        for (int i = 0; i < kMTiles; ++i)
 #pragma unroll
-        for (int h = 0; h < kRowHalves; ++h) {
-            const int32_t key = key0 + dkv_key0 + kMmaRows * i + kRowHalf * h + group;
-            if (key >= p.nk) continue;
-            Element* const dk_row = mutable_element_at<Element>(p.dk, batch, key, kv_head);
-            Element* const dv_row = mutable_element_at<Element>(p.dv, batch, key, kv_head);
+            for (int h = 0; h < kRowHalves; ++h) {
+                const int32_t position = key0 + dkv_key0 + kMmaRows * i + kRowHalf * h + group;
+                if (position >= p.nk) continue;
+                const int32_t key = key_of(position);
+                Element* const dk_row = mutable_element_at<Element>(p.dk, batch, key, kv_head);
+                Element* const dv_row = mutable_element_at<Element>(p.dv, batch, key, kv_head);
 #pragma unroll
-            for (int t = 0; t < kDkvTiles; ++t) {
-                const int col = dkv_col0 + t * kMmaCols + kPairColumns * quad;
-                *reinterpret_cast<uint32_t*>(dk_row + col) =
-                    ElementTraits<Element>::pack(p.scale * dk_acc[i][t][2 * h], p.scale * dk_acc[i][t][2 * h + 1]);
-                *reinterpret_cast<uint32_t*>(dv_row + col) =
-                    ElementTraits<Element>::pack(dv_acc[i][t][2 * h], dv_acc[i][t][2 * h + 1]);
+                for (int t = 0; t < kDkvTiles; ++t) {
+                    const int col = dkv_col0 + t * kMmaCols + kPairColumns * quad;
+                    *reinterpret_cast<uint32_t*>(dk_row + col) =
+                        ElementTraits<Element>::pack(p.scale * dk_acc[i][t][2 * h], p.scale * dk_acc[i][t][2 * h + 1]);
+                    *reinterpret_cast<uint32_t*>(dv_row + col) =
+                        ElementTraits<Element>::pack(dv_acc[i][t][2 * h], dv_acc[i][t][2 * h + 1]);
+                }
             }
-        }
+    };
+    if constexpr (!kSortedKeys) {
+        store([](int32_t position) { return position; });
+    } else {
+        const int32_t* const keys = key_order.keys(batch, p.mask.mask_head(first_head));
+        store([&](int32_t position) { return __ldg(keys + position); });
+    }
 }
 
 // --- dQ, deterministic ---------------------------------------------------------------------------

@@ -13,6 +13,6 @@ namespace flashmask::cuda::sm80 {
 // deterministic), the deterministic dQ kernel or the accumulator conversion; zero-size problems
 // get zero gradients. Defined in backward_host.cuh.
 template <typename Element, int kHeadDim>
-void run_backward(const AttentionProblem& p, bool deterministic, cudaStream_t stream);
+void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_order, cudaStream_t stream);
 
 }  // namespace flashmask::cuda::sm80

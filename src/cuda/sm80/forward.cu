@@ -13,11 +13,11 @@ namespace flashmask::cuda {
 namespace {
 
 template <typename Element>
-void forward_for_dtype(const AttentionProblem& p, cudaStream_t stream) {
+void forward_for_dtype(const AttentionProblem& p, KeyOrder key_order, cudaStream_t stream) {
     switch (p.head_dim) {
-        case 64: sm80::launch_forward<Element, 64>(p, stream); return;
-        case 128: sm80::launch_forward<Element, 128>(p, stream); return;
-        case 256: sm80::launch_forward<Element, 256>(p, stream); return;
+        case 64: sm80::launch_forward<Element, 64>(p, key_order, stream); return;
+        case 128: sm80::launch_forward<Element, 128>(p, key_order, stream); return;
+        case 256: sm80::launch_forward<Element, 256>(p, key_order, stream); return;
         default: break;
     }
     throw Error(ErrorCode::Unsupported, "q",
@@ -32,9 +32,9 @@ bool supports(DType dtype, int32_t head_dim, int32_t value_dim) {
            (head_dim == 64 || head_dim == 128 || head_dim == 256);
 }
 
-void forward(const AttentionProblem& p, cudaStream_t stream) {
-    if (p.dtype == DType::BFloat16) return forward_for_dtype<__nv_bfloat16>(p, stream);
-    if (p.dtype == DType::Float16) return forward_for_dtype<__half>(p, stream);
+void forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t stream) {
+    if (p.dtype == DType::BFloat16) return forward_for_dtype<__nv_bfloat16>(p, key_order, stream);
+    if (p.dtype == DType::Float16) return forward_for_dtype<__half>(p, key_order, stream);
     throw Error(ErrorCode::Unsupported, "q",
                 std::string("flashmask::forward: dtype ") + to_string(p.dtype) +
                     ", the CUDA kernels support bfloat16 and float16");

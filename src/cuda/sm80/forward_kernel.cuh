@@ -29,6 +29,7 @@
 #include <limits>
 
 #include "cuda/common/check.hpp"
+#include "cuda/common/key_order.cuh"
 #include "cuda/common/row_bits.cuh"
 #include "cuda/common/shared_memory.hpp"
 #include "cuda/common/tile_scheduler.cuh"
@@ -100,7 +101,8 @@ __device__ __forceinline__ float quad_sum(float x) {
 
 template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(ForwardTraits<kHeadDim>::kThreads, ForwardTraits<kHeadDim>::kMinBlocksPerSM)
-forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSchedule schedule) {
+forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSchedule schedule,
+               const LaunchCondition condition) {
     using Traits = ForwardTraits<kHeadDim>;
     using Storage = SharedStorage<Element, kHeadDim>;
     using QTile = typename Storage::QTile;
@@ -112,6 +114,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
 
     extern __shared__ __align__(kSwizzleBytes) unsigned char shared_raw[];  // advance_column_steps() needs 128-byte tiles
     Storage& smem = *reinterpret_cast<Storage*>(shared_raw);
+    if (!condition.holds()) return;  // the launch of the key order the device did not choose
 
     const int thread = int(threadIdx.x), warp = thread / kWarpSize, lane = thread % kWarpSize;
     const int group = lane / 4, quad = lane % 4;  // mma fragment coordinates (ptx.cuh)
@@ -438,7 +441,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
 }  // namespace forward_detail
 
 template <typename Element, int kHeadDim>
-void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
+void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t stream) {
     using namespace forward_detail;
     using Traits = ForwardTraits<kHeadDim>;
     if (p.batch == 0 || p.nq == 0) return;  // nothing to write
@@ -448,8 +451,6 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
     const auto launch = plan_scheduled_launch<Traits>(forward_kernel<Element, kHeadDim>, kSmemBytes, p,
                                                       TileAxis::QueryBlocks, "forward", "forward_kernel");
 
-    const BlockSummaries summaries(p.mask, p.batch, p.q_heads, Traits::kBlockN, stream);
-    const TileScheduler tiles(p.mask, launch.shape, summaries.table(), stream);
     const KernelOperand q(p.q, p.batch, p.nq, p.q_heads, p.head_dim, stream);
     const KernelOperand k(p.k, p.batch, p.nk, p.kv_heads, p.head_dim, stream);
     const KernelOperand v(p.v, p.batch, p.nk, p.kv_heads, p.value_dim, stream);
@@ -462,10 +463,29 @@ void launch_forward(const AttentionProblem& p, cudaStream_t stream) {
     kernel_problem.k = k.operand();
     kernel_problem.v = v.operand();
     kernel_problem.out = out.operand();
+    auto run = [&](const AttentionProblem& problem, const SummaryTable& table, const TileSchedule& schedule,
+                   const LaunchCondition& condition) {
+        launch.kernel<<<launch.grid, Traits::kThreads, launch.smem_bytes, stream>>>(problem, table, schedule, condition);
+        check_launch("flashmask sm80 forward_kernel");
+    };
 
-    launch.kernel<<<launch.grid, Traits::kThreads, launch.smem_bytes, stream>>>(kernel_problem, summaries.table(),
-                                                                                tiles.schedule());
-    check_launch("flashmask sm80 forward_kernel");
+    const KeyOrderedTiles tiles(p, key_order, launch.shape, Traits::kBlockN, stream);
+    if (tiles.natural_runs())
+        run(kernel_problem, tiles.natural_table(), tiles.natural_schedule(), tiles.natural_condition());
+    if (tiles.sorted_runs()) {
+        // K and V gathered in the sorted order (only when that order runs), read by the unchanged kernel.
+        const std::size_t key_rows = std::size_t(p.batch) * p.nk * p.kv_heads;
+        DeviceScratch gathered(sizeof(Element) * key_rows * (p.head_dim + p.value_dim), stream);
+        AttentionProblem sorted_problem = kernel_problem;
+        sorted_problem.mask = tiles.sorted_mask();
+        sorted_problem.k = contiguous_operand(gathered.as<Element>(), p.nk, p.kv_heads, p.head_dim);
+        sorted_problem.v = contiguous_operand(gathered.as<Element>() + key_rows * p.head_dim, p.nk, p.kv_heads, p.value_dim);
+        gather_keys(kernel_problem.k, sorted_problem.k, int32_t(sizeof(Element)), p.head_dim, p, tiles.sorted_order(),
+                    tiles.sorted_condition(), stream);
+        gather_keys(kernel_problem.v, sorted_problem.v, int32_t(sizeof(Element)), p.value_dim, p, tiles.sorted_order(),
+                    tiles.sorted_condition(), stream);
+        run(sorted_problem, tiles.sorted_table(), tiles.sorted_schedule(), tiles.sorted_condition());
+    }
     out.copy_out();
 }
 

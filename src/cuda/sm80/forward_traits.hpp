@@ -72,6 +72,6 @@ struct ForwardTraits : ForwardTileShape<kHeadDim_> {
 // granularity on `stream` and launches the kernel there. Defined in forward_kernel.cuh,
 // instantiated once per (Element, kHeadDim) in src/cuda/instantiations/.
 template <typename Element, int kHeadDim>
-void launch_forward(const AttentionProblem& p, cudaStream_t stream);
+void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t stream);
 
 }  // namespace flashmask::cuda::sm80

@@ -45,6 +45,17 @@ __global__ void repack_rows_kernel(const RowsViewT from, const RowsViewT to, con
     }
 }
 
+// A contiguous [batch, n, heads, dim] operand at `data` (element strides).
+inline Operand contiguous_operand(void* data, int32_t n, int32_t heads, int32_t dim) {
+    Operand t;
+    t.data = data;
+    t.stride[3] = 1;
+    t.stride[2] = dim;
+    t.stride[1] = int64_t(heads) * dim;
+    t.stride[0] = int64_t(n) * heads * dim;
+    return t;
+}
+
 // One operand of extents [batch, n, heads, dim] as the kernel sees it: the caller's own when its
 // rows are aligned, else a contiguous copy in scratch memory (copied in, or out, on `stream`).
 // Inputs call copy_in() before the kernels, outputs copy_out() after them; the scratch is freed
@@ -57,11 +68,7 @@ public:
           scratch_(repacked_ ? sizeof(uint16_t) * std::size_t(batch) * n * heads * dim : 0, stream),
           operand_(caller) {
         if (!repacked_) return;
-        operand_.data = scratch_.as<void>();
-        operand_.stride[3] = 1;
-        operand_.stride[2] = dim;
-        operand_.stride[1] = int64_t(heads) * dim;
-        operand_.stride[0] = int64_t(n) * heads * dim;
+        operand_ = contiguous_operand(scratch_.as<void>(), n, heads, dim);
     }
     const Operand& operand() const { return operand_; }
     void copy_in() const { if (repacked_) repack(caller_, operand_); }

@@ -147,6 +147,26 @@ __device__ __forceinline__ void load_tile_async(Element* shared, const Element* 
     }
 }
 
+// load_tile_async() with rows gathered: row r of the tile is row rows[r] of the global tensor
+// (at global + rows[r] * row_stride); rows >= valid_rows zero filled and their index not read.
+// For loads done once per CTA (the dK/dV kernel's K / V block in the sorted key order): the
+// index read sits in front of every copy, which a loop over tiles would feel (bench/NOTES.md).
+template <typename Tile, int kThreads, typename Element>
+__device__ __forceinline__ void load_gathered_tile_async(Element* shared, const Element* global, int64_t row_stride,
+                                                         const int32_t* rows, int valid_rows) {
+    constexpr int kChunks = Tile::kRowsCount * Tile::kChunksPerRow;
+    static_assert(kChunks % kThreads == 0, "every thread copies the same number of chunks");
+#pragma unroll
+    for (int i = 0; i < kChunks / kThreads; ++i) {
+        const unsigned chunk = unsigned(i * kThreads) + threadIdx.x;
+        const int row = int(chunk / Tile::kChunksPerRow);
+        const int col = int(chunk % Tile::kChunksPerRow) * kChunkElements;
+        const bool valid = row < valid_rows;
+        const Element* source = valid ? global + rows[row] * row_stride + col : global;
+        cp_async_16(shared_address(shared + Tile::offset(row, col)), source, valid);
+    }
+}
+
 // The fragment addresses above, advanced by `step` whole 16-column steps (col0 + 16 * step)
 // without recomputing the swizzle: with c = the lane's chunk within the 16 columns (0 or 1) and
 // r = row % 8, the chunk of step s is (2s + c) ^ r == (2s) ^ (c ^ r), because 2s is even and

@@ -1,0 +1,157 @@
+// The key-order kernels (key_order.cuh): the window sort and the gather of K / V.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "cuda/common/key_order.cuh"
+
+namespace flashmask::cuda {
+namespace {
+
+constexpr int kSortThreads = kKeyOrderWindow / 2;  // a bitonic step compares W / 2 pairs: one per thread
+constexpr int kSortedSlots = 4;                     // the permuted mask is C = 4: LTS, LTE, UTS, UTE
+constexpr int kGatherThreads = 256;
+constexpr int kGatherMaxBlocks = 8192;  // grid-stride beyond this: enough CTAs to saturate the copy
+constexpr int kGatherChunkBytes = 16;  // one int4 per thread and step
+
+// One key in the sort: its canonical intervals, in the order they are compared, then the key.
+// Lower interval first: random eviction's evicted keys share lower starts, and keys in order of
+// their upper end keep the causal diagonal's blocks as they were. The key breaks ties, so the
+// order is total and every run gives the same one.
+struct SortItem {
+    int32_t lower_start, lower_end, upper_end, upper_start, key;
+
+    __device__ __forceinline__ bool before(const SortItem& o) const {
+        if (lower_start != o.lower_start) return lower_start < o.lower_start;
+        if (lower_end != o.lower_end) return lower_end < o.lower_end;
+        if (upper_end != o.upper_end) return upper_end < o.upper_end;
+        if (upper_start != o.upper_start) return upper_start < o.upper_start;
+        return key < o.key;
+    }
+};
+
+// One CTA per (batch, mask head, window), 1-D grid in that order. Keys past Nk sort last (every
+// bound INT32_MAX, ties by key) and are not written.
+__global__ void __launch_bounds__(kSortThreads)
+sort_keys_kernel(const MaskView mask, const int32_t mask_heads, const int32_t windows, int32_t* order, int32_t* bounds) {
+    __shared__ SortItem items[kKeyOrderWindow];
+    const int32_t window = int32_t(blockIdx.x % unsigned(windows));
+    const int32_t pair = int32_t(blockIdx.x / unsigned(windows));
+    const int32_t head = pair % mask_heads, batch = pair / mask_heads;
+    const int64_t first = int64_t(window) * kKeyOrderWindow;
+    constexpr int32_t kPast = std::numeric_limits<int32_t>::max();
+
+    for (int i = int(threadIdx.x); i < kKeyOrderWindow; i += kSortThreads) {
+        const int64_t key = first + i;
+        if (key < mask.nk) {
+            const ColumnIntervals c = column_intervals(mask, batch, head, int32_t(key));
+            items[i] = {c.lower_start, c.lower_end, c.upper_end, c.upper_start, int32_t(key)};
+        } else {
+            items[i] = {kPast, kPast, kPast, kPast, int32_t(min(key, int64_t(kPast)))};
+        }
+    }
+    __syncthreads();
+
+    // Bitonic sort: for sequence size `size`, compare-exchange partners `stride` apart, each of the
+    // W / 2 threads owning one pair; pairs inside a run of `size` ascend when the run's bit is 0.
+    for (int size = 2; size <= kKeyOrderWindow; size *= 2) {
+        for (int stride = size / 2; stride > 0; stride /= 2) {
+            const int t = int(threadIdx.x);
+            const int low = 2 * stride * (t / stride) + t % stride, high = low + stride;
+            const bool ascending = (low & size) == 0;
+            const SortItem a = items[low], b = items[high];
+            if (b.before(a) == ascending) {
+                items[low] = b;
+                items[high] = a;
+            }
+            __syncthreads();
+        }
+    }
+
+    const int64_t pair_first = int64_t(pair) * mask.nk;
+    for (int i = int(threadIdx.x); i < kKeyOrderWindow; i += kSortThreads) {
+        const int64_t position = first + i;
+        if (position >= mask.nk) break;  // positions ascend with i
+        const SortItem& s = items[i];
+        order[pair_first + position] = s.key;
+        int32_t* const out = bounds + (pair_first + position) * kSortedSlots;
+        out[0] = s.lower_start;
+        out[1] = s.lower_end;
+        out[2] = s.upper_start;
+        out[3] = s.upper_end;
+    }
+}
+
+// 16-byte chunks of rows [batch, Nk, heads]: chunk c of destination row (b, j, h) is chunk c of
+// source row (b, order(b, mask head of h)[j], h).
+__global__ void gather_keys_kernel(const Operand source, const Operand destination, const int32_t element_bytes,
+                                   const int32_t chunks_per_row, const int32_t nk, const int32_t heads,
+                                   const int32_t q_heads_per_kv_head, const int32_t query_heads_per_mask_head,
+                                   const KeyOrderView order, const LaunchCondition condition, const int64_t chunks) {
+    if (!condition.holds()) return;
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < chunks; i += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t row = i / chunks_per_row;
+        const int32_t chunk = int32_t(i % chunks_per_row);
+        const int32_t head = int32_t(row % heads);
+        const int32_t position = int32_t(row / heads % nk);
+        const int32_t batch = int32_t(row / heads / nk);
+        const int32_t mask_head = head * q_heads_per_kv_head / query_heads_per_mask_head;
+        const int32_t key = order.keys(batch, mask_head)[position];
+        const char* from = static_cast<const char*>(source.data) +
+                           (batch * source.stride[0] + key * source.stride[1] + head * source.stride[2]) * element_bytes;
+        char* to = static_cast<char*>(destination.data) +
+                   (batch * destination.stride[0] + position * destination.stride[1] + head * destination.stride[2]) *
+                       element_bytes;
+        reinterpret_cast<int4*>(to)[chunk] = reinterpret_cast<const int4*>(from)[chunk];
+    }
+}
+
+}  // namespace
+
+SortedKeys::SortedKeys(const AttentionProblem& p, cudaStream_t stream)
+    : columns_(int64_t(p.batch) * mask_heads_of(p) * p.nk),
+      scratch_(sizeof(int32_t) * std::size_t(columns_) * (1 + kSortedSlots), stream) {
+    if (p.mask.layout == MaskLayout::None)
+        throw Error(ErrorCode::InvalidArgument, "startend_row_indices",
+                    "flashmask key order: the mask has no index tensor; expected one to sort the keys by");
+    const int32_t mask_heads = mask_heads_of(p);
+    int32_t* const order = scratch_.as<int32_t>();
+    int32_t* const bounds = order + columns_;
+
+    mask_ = p.mask;
+    mask_.indices = bounds;
+    mask_.layout = MaskLayout::LowerUpperBounded;
+    mask_.causal = false;  // the diagonal is in each column's upper interval
+    mask_.stride_slot = 1;
+    mask_.stride_column = kSortedSlots;
+    mask_.stride_head = int64_t(p.nk) * kSortedSlots;
+    mask_.stride_batch = int64_t(mask_heads) * mask_.stride_head;
+    order_ = {order, int64_t(mask_heads) * p.nk, int64_t(p.nk)};
+    if (columns_ == 0) return;
+
+    const int32_t windows = ceil_div(p.nk, kKeyOrderWindow);
+    const int64_t ctas = int64_t(p.batch) * mask_heads * windows;
+    if (ctas > std::numeric_limits<int32_t>::max())
+        throw Error(ErrorCode::Unsupported, "startend_row_indices",
+                    "flashmask key order: " + std::to_string(ctas) +
+                        " key windows (batch x mask heads x windows of 1024 keys), more than the grid's 2^31 - 1");
+    sort_keys_kernel<<<unsigned(ctas), kSortThreads, 0, stream>>>(p.mask, mask_heads, windows, order, bounds);
+    check_launch("flashmask sort_keys_kernel");
+}
+
+void gather_keys(const Operand& source, const Operand& destination, int32_t element_bytes, int32_t row_elements,
+                 const AttentionProblem& p, const KeyOrderView& order, const LaunchCondition& condition,
+                 cudaStream_t stream) {
+    const int32_t chunks_per_row = row_elements * element_bytes / kGatherChunkBytes;
+    const int64_t chunks = int64_t(p.batch) * p.nk * p.kv_heads * chunks_per_row;
+    if (chunks == 0) return;
+    const unsigned ctas = unsigned(std::min<int64_t>(ceil_div(chunks, int64_t{kGatherThreads}), kGatherMaxBlocks));
+    gather_keys_kernel<<<ctas, kGatherThreads, 0, stream>>>(source, destination, element_bytes, chunks_per_row, p.nk,
+                                                             p.kv_heads, p.q_heads / p.kv_heads,
+                                                             p.mask.query_heads_per_mask_head, order, condition, chunks);
+    check_launch("flashmask gather_keys_kernel");
+}
+
+}  // namespace flashmask::cuda

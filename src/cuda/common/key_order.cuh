@@ -1,0 +1,183 @@
+// Reading the keys in sorted order (KeyOrder, types.hpp): the kernels see a key-permuted problem.
+//
+// Why. Attention is exact under any permutation of the keys (with the mask's columns permuted
+// alike). Tiles of consecutive keys cap random eviction at ~0.75 of the computed pairs visible,
+// because its evicted columns are scattered through every key block; sorted by their intervals
+// inside windows of kKeyOrderWindow keys they gather into blocks that are mostly Skipped or Full
+// (bench/NOTES.md, session 6: 0.746 -> 0.936 at 32K; 0.67 -> 0.92 of the own-full forward rate
+// measured with the unchanged kernels on a permuted copy).
+//
+// How, per call, when the order applies (key_order_use()):
+//   1. SortedKeys: one CTA per window of each (batch, mask head) sorts the window's keys by their
+//      canonical intervals (column_intervals(), tiles.hpp) and writes the order and the permuted
+//      intervals as a non-causal C = 4 index tensor, which the kernels read as any other mask
+//      (the causal diagonal is part of each column's upper interval there).
+//   2. Block summaries and the heaviest-first tile order of the sorted mask, as for any mask.
+//   3. KeyOrder::Automatic: both tile orders add their computed tiles into a WorkComparison; the
+//      launches of both variants are queued, and each CTA of the one not chosen returns at once
+//      (LaunchCondition). The choice stays on the device: no host synchronisation, so a call
+//      can still be captured into a CUDA graph.
+//   4. Forward: K and V gathered in the order into scratch (gather_keys); the forward kernel is
+//      unchanged. dK/dV: its CTA loads its one K/V block through the order and stores dK/dV
+//      through it (KeyOrderView); its query loop is unchanged. The deterministic dQ kernel keeps
+//      the keys' own order: it is correct either way.
+// The order is one per (batch, KV head), as a CTA of the dK/dV kernel serves every query head of
+// its KV head: so it applies to masks with an index tensor and Hm in {1, Hk}.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "cuda/common/check.hpp"
+#include "cuda/common/tile_scheduler.cuh"
+#include "cuda/common/workspace.cuh"
+#include "flashmask/problem.hpp"
+#include "flashmask/tiles.hpp"
+#include "flashmask/types.hpp"
+
+namespace flashmask::cuda {
+
+// Keys sorted inside windows of this many: a window is one CTA's shared-memory sort (20 KB), a
+// whole number of every kernel's key blocks (64 and 128). Measured on random eviction
+// (bench/results/h100-2026-12-06-0eeb9e7-reorder-probe.md): 1024 and 2048 equal at 32K, 1024
+// better at 8K (0.84 against 0.78 of own full).
+constexpr int32_t kKeyOrderWindow = 1024;
+
+// KeyOrder::Automatic sorts from this many keys on: the sort, the second summaries and tile order
+// and the guarded launches cost ~20 us of device time a call, which would be several percent of
+// a sparse mask's forward at 8K (share_question: 0.57 ms) but is < 1 % from 16K on.
+constexpr int32_t kAutomaticKeyOrderMinKeys = 16384;
+
+// The sorted order is chosen when its computed tiles are at most this fraction of the natural
+// order's: below that the gather of K and V (forward) and the second summaries do not pay.
+constexpr unsigned long long kSortedWorkNumerator = 9, kSortedWorkDenominator = 10;
+
+FM_HOST_DEVICE bool sorted_order_pays(unsigned long long natural_tiles, unsigned long long sorted_tiles) {
+    return sorted_tiles * kSortedWorkDenominator <= natural_tiles * kSortedWorkNumerator;
+}
+
+// Which order one call uses.
+enum class KeyOrderUse { Natural, Sorted, Chosen /* on the device, by WorkComparison */ };
+
+inline int32_t mask_heads_of(const AttentionProblem& p) { return p.q_heads / p.mask.query_heads_per_mask_head; }
+
+inline KeyOrderUse key_order_use(const AttentionProblem& p, KeyOrder option) {
+    const int32_t mask_heads = mask_heads_of(p);
+    const bool possible = p.mask.layout != MaskLayout::None && p.nk > 0 && p.nq > 0 &&
+                          (mask_heads == 1 || mask_heads == p.kv_heads);
+    if (!possible || option == KeyOrder::Natural) return KeyOrderUse::Natural;
+    if (option == KeyOrder::Sorted) return KeyOrderUse::Sorted;
+    return p.nk >= kAutomaticKeyOrderMinKeys ? KeyOrderUse::Chosen : KeyOrderUse::Natural;
+}
+
+// Where a kernel finds the order of (batch, mask head): position j of the sorted problem is key
+// keys(batch, mask_head)[j] of the caller's. A null `order`: the keys' own order.
+struct KeyOrderView {
+    const int32_t* order = nullptr;  // [batch, mask heads, Nk]
+    int64_t stride_batch = 0, stride_head = 0;
+
+    FM_HOST_DEVICE const int32_t* keys(int32_t batch, int32_t mask_head) const {
+        return order + batch * stride_batch + mask_head * stride_head;
+    }
+};
+
+// Whether a launch queued for one of the two orders runs: unconditionally (`work` null), or when
+// the device's comparison chose its order. Read once per CTA, before any other work.
+struct LaunchCondition {
+    const unsigned long long* work = nullptr;  // [natural tiles, sorted tiles] (WorkComparison)
+    bool if_sorted = false;
+
+#if defined(__CUDACC__)
+    __device__ __forceinline__ bool holds() const {
+        return work == nullptr || sorted_order_pays(work[0], work[1]) == if_sorted;
+    }
+#endif
+};
+
+// The computed tiles of both orders, added up on the device by the two tile orders
+// (TileScheduler's total_work) and read by the LaunchConditions of both variants.
+class WorkComparison {
+public:
+    explicit WorkComparison(cudaStream_t stream) : scratch_(2 * sizeof(unsigned long long), stream) {
+        FM_CUDA_CHECK(cudaMemsetAsync(scratch_.as<unsigned long long>(), 0, 2 * sizeof(unsigned long long), stream));
+    }
+    unsigned long long* natural_tiles() const { return scratch_.as<unsigned long long>(); }
+    unsigned long long* sorted_tiles() const { return scratch_.as<unsigned long long>() + 1; }
+    LaunchCondition when(bool sorted) const { return {scratch_.as<unsigned long long>(), sorted}; }
+
+private:
+    DeviceScratch scratch_;
+};
+
+// Step 1 on `stream`: the order and the permuted mask of every (batch, mask head), in scratch
+// owned by this object. p.mask must have an index tensor (key_order_use() says Sorted or Chosen).
+class SortedKeys {
+public:
+    SortedKeys(const AttentionProblem& p, cudaStream_t stream);
+
+    // The permuted intervals as a non-causal C = 4 mask of p's shape and mask heads.
+    const MaskView& mask() const { return mask_; }
+    const KeyOrderView& order() const { return order_; }
+
+private:
+    int64_t columns_;  // batch x mask heads x Nk
+    DeviceScratch scratch_;
+    MaskView mask_;
+    KeyOrderView order_;
+};
+
+// Steps 1-3 for one scheduled kernel: the block summaries and tile order of each order the call
+// may run, built on `stream` (the natural one first, so that both counts are in when anything
+// reads the comparison), with the condition of each launch. Keep it alive until the launches
+// are queued. `shape`: the kernel's (plan_scheduled_launch()), whose key blocks are block_n.
+class KeyOrderedTiles {
+public:
+    KeyOrderedTiles(const AttentionProblem& p, KeyOrder option, const TileOrderShape& shape, int32_t block_n,
+                    cudaStream_t stream)
+        : use_(key_order_use(p, option)) {
+        if (use_ == KeyOrderUse::Chosen) comparison_.emplace(stream);
+        if (use_ != KeyOrderUse::Sorted) {
+            natural_summaries_.emplace(p.mask, p.batch, p.q_heads, block_n, stream);
+            natural_tiles_.emplace(p.mask, shape, natural_summaries_->table(), stream,
+                                   comparison_ ? comparison_->natural_tiles() : nullptr);
+        }
+        if (use_ == KeyOrderUse::Natural) return;
+        sorted_.emplace(p, stream);
+        sorted_summaries_.emplace(sorted_->mask(), p.batch, p.q_heads, block_n, stream);
+        sorted_tiles_.emplace(sorted_->mask(), shape, sorted_summaries_->table(), stream,
+                              comparison_ ? comparison_->sorted_tiles() : nullptr);
+    }
+
+    bool natural_runs() const { return use_ != KeyOrderUse::Sorted; }
+    bool sorted_runs() const { return use_ != KeyOrderUse::Natural; }
+    // Natural order (natural_runs()).
+    const SummaryTable& natural_table() const { return natural_summaries_->table(); }
+    const TileSchedule& natural_schedule() const { return natural_tiles_->schedule(); }
+    LaunchCondition natural_condition() const { return comparison_ ? comparison_->when(false) : LaunchCondition{}; }
+    // Sorted order (sorted_runs()).
+    const MaskView& sorted_mask() const { return sorted_->mask(); }
+    const KeyOrderView& sorted_order() const { return sorted_->order(); }
+    const SummaryTable& sorted_table() const { return sorted_summaries_->table(); }
+    const TileSchedule& sorted_schedule() const { return sorted_tiles_->schedule(); }
+    LaunchCondition sorted_condition() const { return comparison_ ? comparison_->when(true) : LaunchCondition{}; }
+
+private:
+    KeyOrderUse use_;
+    std::optional<WorkComparison> comparison_;
+    std::optional<BlockSummaries> natural_summaries_;
+    std::optional<TileScheduler> natural_tiles_;
+    std::optional<SortedKeys> sorted_;
+    std::optional<BlockSummaries> sorted_summaries_;
+    std::optional<TileScheduler> sorted_tiles_;
+};
+
+// Forward, step 4: keys (K or V, `source` [batch, Nk, heads, row_elements] of element_bytes each,
+// rows 16-byte aligned) in p's order into `destination` (contiguous, same shape), when `condition`
+// holds. q_heads_per_kv_head and query_heads_per_mask_head map a KV head to its mask head.
+void gather_keys(const Operand& source, const Operand& destination, int32_t element_bytes, int32_t row_elements,
+                 const AttentionProblem& p, const KeyOrderView& order, const LaunchCondition& condition,
+                 cudaStream_t stream);
+
+}  // namespace flashmask::cuda
