@@ -299,7 +299,8 @@ std::string GpuCase::describe() const {
     s << sizes.describe() << " " << flashmask::to_string(dtype) << " " << to_string(layout)
       << (gradient_layout ? std::string(", gradients ") + to_string(*gradient_layout) : std::string()) << " scale "
       << (scale ? std::to_string(*scale) : "default") << (backward ? (deterministic ? " +backward(deterministic)" : " +backward") : "")
-      << (stream ? " on a created stream" : "");
+      << (stream ? " on a created stream" : "")
+      << (key_order == KeyOrder::Sorted ? ", keys sorted" : key_order == KeyOrder::Natural ? ", keys in order" : "");
     return s.str();
 }
 
@@ -323,6 +324,7 @@ void check_gpu_attention(const GpuCase& c, TestMask& mask, std::mt19937_64& rng)
         args.causal = mask.causal;
         args.scale = c.scale;
         args.stream = c.stream;
+        args.key_order = c.key_order;
     };
     ForwardArgs fa;
     set_shared_args(fa);

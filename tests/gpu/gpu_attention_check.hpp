@@ -115,6 +115,7 @@ struct GpuCase {
     bool deterministic = false;  // backward in deterministic mode, run twice: identical bits
     cudaStream_t stream = nullptr;
     ReferenceKind reference = ReferenceKind::Auto;
+    KeyOrder key_order = KeyOrder::Automatic;  // the CUDA path's key order (src/cuda/common/key_order.cuh)
 
     std::string describe() const;
 };

@@ -4,7 +4,7 @@
 // mask heads 1, Hk and Hq, sizes 1, 17, 1000, 4099 and 8192, Nq != Nk with the bottom-right
 // causal diagonal, transposed BHSD and padded BSHD views, rows off 16-byte addresses (copied
 // through scratch in both directions, gradients too), explicit scales, hostile masks, the
-// deterministic backward, the stream argument and CUDA errors. Each case's dtype, head dim, layout and scale
+// deterministic backward, the stream argument, the sorted key order and CUDA errors. Each case's dtype, head dim, layout and scale
 // rotate with the mask kind, so that every combination is met without running all of them.
 //
 // The *Sanitizer* tests are the small cases for compute-sanitizer (see CMakeLists.txt).
@@ -141,6 +141,27 @@ TEST_P(GpuCatalogue, Size8192) {
     check_gpu_attention(c, mask, rng);
 }
 
+// The sorted key order (src/cuda/common/key_order.cuh) forced on every kind: the kernels run the
+// key-permuted problem, and the results must be those of the caller's keys. Odd sizes, Nq != Nk
+// with the bottom-right diagonal, GQA with mask heads 1 and Hk, the deterministic backward;
+// float64 reference for the small case, float32 GPU for the larger ones.
+TEST_P(GpuCatalogue, SortedKeyOrder) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    const int32_t extents[][2] = {{77, 130}, {1000, 1111}, {2100, 2049}};
+    int n = 0;
+    for (const auto& [nq, nk] : extents) {
+        GpuCase c = rotated_case(n, 2, nq, nk, rng);
+        c.sizes.q_heads = 2 * kGqaGroup;
+        c.sizes.kv_heads = 2;
+        c.key_order = KeyOrder::Sorted;
+        c.deterministic = n == 1;
+        TestMask mask = mask_for(c.sizes, n % 2 ? 1 : c.sizes.kv_heads, rng);
+        check_gpu_attention(c, mask, rng);
+        ++n;
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(EveryKind, GpuCatalogue, ::testing::ValuesIn(catalogue_names()),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
@@ -175,6 +196,42 @@ TEST(GpuAttention, HostileMasksGiveTheReferenceReading) {
                 c.reference = ReferenceKind::Float64Cpu;  // the literal reading, not column_intervals()
                 check_gpu_attention(c, mask, rng);
             }
+        }
+}
+
+// The same with the keys read in sorted order: random intervals of every layout, hostile values
+// included (the sort reads them through column_intervals(), as the summaries do), mask heads 1,
+// Hk and Hq (Hq with GQA cannot be sorted: one order per KV head; it must run in order).
+TEST(GpuAttention, SortedKeyOrderRandomAndHostileMasks) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const IndexLayout layout : kIndexLayouts)
+        for (const bool hostile : {false, true}) {
+            const AttentionSizes sizes{2, 97, 1100, 8, 2, 64, 64};
+            const int32_t mask_heads[] = {1, sizes.kv_heads, sizes.q_heads};
+            GpuCase c{sizes, kHalfDtypes[n % kDtypeCount]};
+            c.key_order = KeyOrder::Sorted;
+            c.reference = ReferenceKind::Float64Cpu;
+            TestMask mask = random_test_mask(layout.causal, layout.slots, hostile, sizes, mask_heads[n++ % 3], rng);
+            if (hostile) mask.indices->at(0, 0, 0, 0) = std::numeric_limits<int32_t>::min();
+            check_gpu_attention(c, mask, rng);
+        }
+}
+
+// KeyOrder::Automatic from 16K keys: both orders' launches are queued and the device runs one
+// (random eviction: the sorted one; causal_document's keys are in order already, so the natural
+// one). Natural forced on the same mask must agree with the reference too. Float32 GPU reference.
+TEST(GpuAttention, AutomaticKeyOrderAtSixteenK) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const char* name : {"random_eviction", "causal_document"})
+        for (const KeyOrder order : {KeyOrder::Automatic, KeyOrder::Natural}) {
+            GpuCase c{{1, 16384, 16384, 2, 1, 128, 128}, kHalfDtypes[n++ % kDtypeCount]};
+            c.key_order = order;
+            TestMask mask = catalogue_test_mask(name, c.sizes, 1, rng);
+            check_gpu_attention(c, mask, rng);
         }
 }
 
@@ -585,6 +642,22 @@ TEST(GpuSanitizer, PartialTileMask) {
 TEST(GpuSanitizer, Gqa) {
     FM_SKIP_WITHOUT_GPU();
     sanitizer_cases("document", true, false, 8, 2);
+}
+
+// The sorted key order: the sort, the gathers of K / V, the dK/dV kernel's loads and stores
+// through the order, both backward modes, GQA with one mask head per KV head.
+TEST(GpuSanitizer, SortedKeys) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const int32_t d : kHeadDims) {
+        GpuCase c{{1, 77, 1100, 8, 2, d, d}, kHalfDtypes[n % kDtypeCount]};
+        c.key_order = KeyOrder::Sorted;
+        c.deterministic = n++ % 2 == 1;
+        c.reference = ReferenceKind::Float64Cpu;  // no reference kernels under the sanitizer
+        TestMask mask = catalogue_test_mask("random_eviction", c.sizes, c.sizes.kv_heads, rng);
+        check_gpu_attention(c, mask, rng);
+    }
 }
 
 // Views with rows off 16-byte addresses in both directions (the copies through scratch around
