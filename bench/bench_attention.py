@@ -436,7 +436,10 @@ class FlashMaskEntryPoints:
         return None
 
 
-def flashmask_runner(problem: Problem, case: MaskCase, causal: bool, entry: FlashMaskEntryPoints) -> Runner:
+def flashmask_runner(problem: Problem, case: MaskCase, causal: bool, entry: FlashMaskEntryPoints,
+                     key_order: Optional[str] = None) -> Runner:
+    """key_order: forward_into's option; None leaves the library's default (and runs modules
+    that predate the option)."""
     if entry.missing:
         raise Unavailable(entry.missing)
     q, k, v, dout = (t.detach() for t in (problem.q, problem.k, problem.v, problem.dout))
@@ -445,6 +448,8 @@ def flashmask_runner(problem: Problem, case: MaskCase, causal: bool, entry: Flas
     lse = torch.empty((b, h, n), device=q.device, dtype=torch.float32)
     grads = tuple(torch.empty_like(t) for t in (q, k, v))
     options = dict(causal=causal, scale=problem.scale)
+    if key_order is not None:
+        options["key_order"] = key_order
 
     def stream() -> int:
         return torch.cuda.current_stream().cuda_stream

@@ -182,6 +182,15 @@ constexpr const char* kFloatDTypes = "bfloat16, float16, float32 or float64 (flo
 constexpr const char* kIndexDType = "int32";
 constexpr const char* kIndexArgument = "startend_row_indices";
 
+// key_order= of forward_into / backward_into: "auto", "natural" or "sorted" (fm::KeyOrder).
+fm::KeyOrder key_order_option(const std::string& name) {
+    if (name == "auto") return fm::KeyOrder::Automatic;
+    if (name == "natural") return fm::KeyOrder::Natural;
+    if (name == "sorted") return fm::KeyOrder::Sorted;
+    throw fm::Error(fm::ErrorCode::InvalidArgument, "key_order",
+                    "key_order = '" + name + "'; expected 'auto', 'natural' or 'sorted'");
+}
+
 template <typename Array>
 std::optional<fm::TensorView> index_view(const std::optional<Array>& indices) {
     if (!indices) return std::nullopt;
@@ -509,8 +518,10 @@ NB_MODULE(_flashmask, m) {
     m.def("forward",
           [](const AttentionInput& q, const AttentionInput& k, const AttentionInput& v, const AttentionOutput& out,
              const AttentionOutput& lse, const std::optional<AttentionInput>& indices, bool causal,
-             std::optional<float> scale, int num_threads, bool bfloat16_bits, std::uintptr_t stream) {
+             std::optional<float> scale, int num_threads, bool bfloat16_bits, std::uintptr_t stream,
+             const std::string& key_order) {
               fm::ForwardArgs args;
+              args.key_order = key_order_option(key_order);
               args.q = tensor_view(q, "q", kFloatDTypes, bfloat16_bits);
               args.k = tensor_view(k, "k", kFloatDTypes, bfloat16_bits);
               args.v = tensor_view(v, "v", kFloatDTypes, bfloat16_bits);
@@ -526,14 +537,15 @@ NB_MODULE(_flashmask, m) {
           },
           nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out").noconvert(), nb::arg("lse").noconvert(),
           nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("scale").none(),
-          nb::arg("num_threads"), nb::arg("bfloat16_bits"), nb::arg("stream"));
+          nb::arg("num_threads"), nb::arg("bfloat16_bits"), nb::arg("stream"), nb::arg("key_order") = "auto");
     m.def("backward",
           [](const AttentionInput& q, const AttentionInput& k, const AttentionInput& v, const AttentionInput& out,
              const AttentionInput& lse, const AttentionInput& dout, const AttentionOutput& dq,
              const AttentionOutput& dk, const AttentionOutput& dv, const std::optional<AttentionInput>& indices,
              bool causal, std::optional<float> scale, bool deterministic, int num_threads, bool bfloat16_bits,
-             std::uintptr_t stream) {
+             std::uintptr_t stream, const std::string& key_order) {
               fm::BackwardArgs args;
+              args.key_order = key_order_option(key_order);
               args.q = tensor_view(q, "q", kFloatDTypes, bfloat16_bits);
               args.k = tensor_view(k, "k", kFloatDTypes, bfloat16_bits);
               args.v = tensor_view(v, "v", kFloatDTypes, bfloat16_bits);
@@ -555,7 +567,8 @@ NB_MODULE(_flashmask, m) {
           nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("lse"), nb::arg("dout"),
           nb::arg("dq").noconvert(), nb::arg("dk").noconvert(), nb::arg("dv").noconvert(),
           nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("scale").none(),
-          nb::arg("deterministic"), nb::arg("num_threads"), nb::arg("bfloat16_bits"), nb::arg("stream"));
+          nb::arg("deterministic"), nb::arg("num_threads"), nb::arg("bfloat16_bits"), nb::arg("stream"),
+          nb::arg("key_order") = "auto");
     m.def("cuda_available", &fm::cuda_available);
     // The forward's per-call preprocessing alone on `stream` (see run_forward_preprocessing);
     // B is the index tensor's (1 without one), Nk its key dimension (nq without one).

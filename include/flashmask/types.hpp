@@ -90,7 +90,10 @@ std::string shape_string(const TensorView& t);
 // The CPU path always reads the keys in their own order. Results are equal either way up to the
 // order of floating-point sums.
 enum class KeyOrder : int32_t {
-    Automatic,  // from Nk >= 16384 (cuda/common/key_order.cuh): sorted when it computes at most 0.9 of the tiles, decided on the device
+    // From Nk >= 16384 (src/cuda/common/key_order.cuh): sorted when that computes at most 0.9 of
+    // the natural order's tiles, counted on the device. The host waits for that count (a stream
+    // synchronisation) except under CUDA graph capture, where the choice is made on the device.
+    Automatic,
     Natural,    // the keys' own order
     Sorted,     // sorted whenever the mask allows it (an index tensor and Hm in {1, Hk})
 };

@@ -100,7 +100,8 @@ def _index_operand(indices, stream_handle: int):
 
 
 def forward_into(q, k, v, out, lse, startend_row_indices=None, *, causal: bool = False,
-                 scale: Optional[float] = None, stream: Optional[int] = None, num_threads: int = 0) -> None:
+                 scale: Optional[float] = None, stream: Optional[int] = None, num_threads: int = 0,
+                 key_order: str = "auto") -> None:
     """Masked attention forward into caller-allocated outputs, on the CPU or a CUDA device.
 
     q [B, Nq, Hq, D], k [B, Nk, Hk, D], v [B, Nk, Hk, Dv]; out [B, Nq, Hq, Dv] in q's dtype and
@@ -116,6 +117,13 @@ def forward_into(q, k, v, out, lse, startend_row_indices=None, *, causal: bool =
     the outputs are ready in `stream`'s order. Ignored on the CPU, where num_threads applies
     (0 = all cores).
 
+    key_order: the order the CUDA kernels read the keys in. "auto" sorts them by their mask
+    intervals (inside windows of 1024 keys) from Nk = 16384 on when that leaves at most 0.9 of
+    the tiles to compute (random eviction), and then waits for the stream once to read that
+    count, except during CUDA graph capture; "natural" never sorts; "sorted" always sorts when
+    the mask allows it (an index tensor, mask heads 1 or Hk). Results agree up to the order of
+    floating-point sums. The CPU path reads the keys in order.
+
     Refusals (before anything is written): TypeError (dtype, not an array), ValueError (shape,
     device mismatch, option), NotImplementedError (not in this build: e.g. CUDA arrays without
     CUDA kernels, a head dim with no kernel), RuntimeError (a CUDA failure, CUDA's message)."""
@@ -126,12 +134,12 @@ def forward_into(q, k, v, out, lse, startend_row_indices=None, *, causal: bool =
     operands = _device_operands(named, handle)
     index_operand = _index_operand(indices, handle)
     _flashmask.forward(*operands, index_operand, causal, None if scale is None else float(scale),
-                       int(num_threads), bfloat16_bits, handle)
+                       int(num_threads), bfloat16_bits, handle, str(key_order))
 
 
 def backward_into(dout, q, k, v, out, lse, dq, dk, dv, startend_row_indices=None, *, causal: bool = False,
                   scale: Optional[float] = None, deterministic: bool = False, stream: Optional[int] = None,
-                  num_threads: int = 0) -> None:
+                  num_threads: int = 0, key_order: str = "auto") -> None:
     """Masked attention backward into caller-allocated dq, dk, dv (shaped and typed like q, k, v),
     on the CPU or a CUDA device; the arrays and `stream` as in forward_into.
 
@@ -139,7 +147,7 @@ def backward_into(dout, q, k, v, out, lse, dq, dk, dv, startend_row_indices=None
     sharing a KV head. deterministic=True gives identical bits on every run (the CPU path
     always does). On CUDA, as in forward_into, a view whose rows are off 16-byte addresses (data
     pointer or a stride but the last not a multiple of 8 elements) is copied through contiguous
-    scratch around the kernels."""
+    scratch around the kernels. key_order as in forward_into."""
     handle = cuda_stream_handle(stream)
     indices, causal = mask_arguments(startend_row_indices, causal, _batch_of(q), any_array=True)
     named = [("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse), ("dout", dout), ("dq", dq), ("dk", dk),
@@ -148,7 +156,7 @@ def backward_into(dout, q, k, v, out, lse, dq, dk, dv, startend_row_indices=None
     operands = _device_operands(named, handle)
     index_operand = _index_operand(indices, handle)
     _flashmask.backward(*operands, index_operand, causal, None if scale is None else float(scale),
-                        bool(deterministic), int(num_threads), bfloat16_bits, handle)
+                        bool(deterministic), int(num_threads), bfloat16_bits, handle, str(key_order))
 
 
 def reference_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, startend_row_indices=None, *,

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""The library's key order (src/cuda/common/key_order.cuh) measured per mask: forward_into /
+backward_into with key_order "natural", "sorted" and "auto", and "auto" replayed from a CUDA
+graph, where the choice is made on the device (both orders' launches queued, the one not chosen
+returning at once). What the sort buys where it pays (random eviction), and what "auto" costs
+where it does not. Results are compared with the natural order's (bf16, two summation orders).
+
+    python3 bench/key_order_probe.py --configs b --masks random_eviction,share_question,causal_document
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import flashmask
+from bench_attention import (BACKWARD_FLOPS_OVER_FORWARD, FORWARD_FLOPS_PER_PAIR_PER_DIM, HEAD_DIM,
+                             STANDARD_CONFIGS, FlashMaskEntryPoints, MaskCase, batch_indices, flashmask_runner,
+                             make_problem, median_ms, relative_error, warmup_calls)
+
+# bf16 outputs of two summation orders differ by rounding only (~4e-3 relative); a wrong
+# permutation or mask gives errors of order 1.
+SAME_RESULT_TOLERANCE = 2e-2
+ORDERS = ("natural", "sorted", "auto")
+
+
+def tflops(pairs: int, config, ms: float, backward: bool) -> float:
+    flops = FORWARD_FLOPS_PER_PAIR_PER_DIM * HEAD_DIM * config.heads * pairs * config.batch
+    return flops * (BACKWARD_FLOPS_OVER_FORWARD if backward else 1.0) / (ms * 1e9)
+
+
+def graph_of(fn):
+    """fn captured into a CUDA graph (after a warm-up call on a side stream), as a replay callable."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="b")
+    parser.add_argument("--masks", default="random_eviction,share_question,causal_document")
+    parser.add_argument("--reps", type=int, default=50)
+    args = parser.parse_args()
+    entry = FlashMaskEntryPoints()
+    if entry.missing:
+        raise SystemExit(entry.missing)
+    device = torch.device("cuda")
+    generator = torch.Generator(device=device).manual_seed(0)
+    warmup = warmup_calls(args.reps)
+
+    print(f"GPU: {torch.cuda.get_device_name()}; median of {args.reps} CUDA-event timings; forward / backward "
+          f"TFLOP/s (visible pairs, SPEC §6); own full = over the full mask's natural-order figure in this run")
+    print("| config | mask | key order | TFLOP/s | own full | ms fwd / bwd | max rel. error O / dQ / dK / dV vs natural |")
+    print("|---|---|---|---|---|---|---|")
+    for config_name in args.configs.split(","):
+        config = STANDARD_CONFIGS[config_name]
+        n = config.n
+        problem = make_problem(config, device, generator)
+        full_figures = None
+        for name in ["full"] + args.masks.split(","):
+            mask = flashmask.catalogue(name, n, 0)
+            pairs = flashmask.visible_pairs(mask, nq=n, nk=n)
+            case = MaskCase(name, mask, pairs, pairs / (n * n),
+                            batch_indices(mask.startend_row_indices, config.batch, device))
+            natural = None
+            for order in ORDERS + ("auto, graph",):
+                runner = flashmask_runner(problem, case, mask.causal, entry, key_order=order.split(",")[0])
+                forward, backward = runner.forward, runner.backward
+                if order.endswith("graph"):
+                    forward, backward = graph_of(runner.forward), graph_of(runner.backward)
+                forward_ms = median_ms(forward, args.reps, warmup)
+                backward_ms = median_ms(backward, args.reps, warmup)
+                out = runner.forward().clone()
+                grads = [g.clone() for g in runner.backward()]
+                figures = (tflops(pairs, config, forward_ms, False), tflops(pairs, config, backward_ms, True))
+                if natural is None:
+                    natural = (out, grads)
+                    errors = "—"
+                else:
+                    values = [relative_error(out, natural[0])] + [relative_error(g, r) for g, r in zip(grads, natural[1])]
+                    errors = " / ".join(f"{e:.1e}" for e in values)
+                    if max(values) > SAME_RESULT_TOLERANCE:
+                        errors += " MISMATCH"
+                if name == "full" and order == "natural":
+                    full_figures = figures
+                own = "/".join(f"{f / full:.2f}" for f, full in zip(figures, full_figures))
+                print(f"| {config_name} | {name} | {order} | {figures[0]:.0f} / {figures[1]:.0f} | {own} | "
+                      f"{forward_ms:.3f} / {backward_ms:.3f} | {errors} |", flush=True)
+                del runner, out, grads
+            del natural
+        del problem
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
