@@ -91,8 +91,7 @@ std::string shape_string(const TensorView& t);
 // order of floating-point sums.
 enum class KeyOrder : int32_t {
     // From Nk >= 16384 (src/cuda/common/key_order.cuh): sorted when that computes at most 0.9 of
-    // the natural order's tiles, counted on the device. The host waits for that count (a stream
-    // synchronisation) except under CUDA graph capture, where the choice is made on the device.
+    // the natural order's tiles, counted and decided on the device (no host synchronisation).
     Automatic,
     Natural,    // the keys' own order
     Sorted,     // sorted whenever the mask allows it (an index tensor and Hm in {1, Hk})

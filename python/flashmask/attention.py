@@ -119,8 +119,8 @@ def forward_into(q, k, v, out, lse, startend_row_indices=None, *, causal: bool =
 
     key_order: the order the CUDA kernels read the keys in. "auto" sorts them by their mask
     intervals (inside windows of 1024 keys) from Nk = 16384 on when that leaves at most 0.9 of
-    the tiles to compute (random eviction), and then waits for the stream once to read that
-    count, except during CUDA graph capture; "natural" never sorts; "sorted" always sorts when
+    the tiles to compute (random eviction), a choice made on the device without any host
+    synchronisation (CUDA graph capture works); "natural" never sorts; "sorted" always sorts when
     the mask allows it (an index tensor, mask heads 1 or Hk). Results agree up to the order of
     floating-point sums. The CPU path reads the keys in order.
 

@@ -145,6 +145,21 @@ def test_the_stream_is_ignored_on_the_cpu(rng):
         np.testing.assert_array_equal(lse, results[0][1])
 
 
+def test_every_key_order_gives_the_same_bits_on_the_cpu(rng):
+    """key_order picks the CUDA kernels' key order; the CPU path reads the keys in order for all."""
+    q, k, v, dout, indices = random_problem(rng, np.float32)
+    results = []
+    for key_order in ("auto", "natural", "sorted"):
+        out, lse = poisoned(q.shape, np.float32), poisoned((q.shape[0], q.shape[2], q.shape[1]), np.float32)
+        flashmask.forward_into(q, k, v, out, lse, indices, num_threads=THREADS, key_order=key_order)
+        grads = [poisoned(a.shape, np.float32) for a in (q, k, v)]
+        flashmask.backward_into(dout, q, k, v, out, lse, *grads, indices, num_threads=THREADS, key_order=key_order)
+        results.append([out, lse] + grads)
+    for other in results[1:]:
+        for got, expected in zip(other, results[0]):
+            np.testing.assert_array_equal(got, expected)
+
+
 # --- refusals ------------------------------------------------------------------------------------
 
 
@@ -154,7 +169,7 @@ def refused_forward(rng, exception, argument, **changes):
     q, k, v, _, indices = random_problem(rng, np.float16)
     call = dict(q=q, k=k, v=v, out=poisoned(q.shape, np.float16),
                 lse=poisoned((q.shape[0], q.shape[2], q.shape[1]), np.float32), startend_row_indices=indices)
-    options = {name: changes.pop(name) for name in ("stream", "scale") if name in changes}
+    options = {name: changes.pop(name) for name in ("stream", "scale", "key_order") if name in changes}
     call.update(changes)
     with pytest.raises(exception) as refused:
         flashmask.forward_into(**call, **options)
@@ -171,6 +186,10 @@ def test_a_stream_that_is_not_an_int(rng):
 
 def test_a_negative_stream(rng):
     refused_forward(rng, ValueError, "stream", stream=-1)
+
+
+def test_an_unknown_key_order(rng):
+    refused_forward(rng, ValueError, "key_order", key_order="shuffled")
 
 
 def test_something_that_is_not_an_array(rng):

@@ -13,12 +13,12 @@
 //      intervals as a non-causal C = 4 index tensor, which the kernels read as any other mask
 //      (the causal diagonal is part of each column's upper interval there).
 //   2. Block summaries and the heaviest-first tile order of the sorted mask, as for any mask.
-//   3. KeyOrder::Automatic: both tile orders add their computed tiles into a WorkComparison.
-//      Outside CUDA graph capture the host reads the two counts (one 16-byte copy and a wait
-//      for the stream) and queues only the chosen order's launches. Under capture, where a
-//      wait is illegal, both variants are queued and every CTA of the one not chosen returns
-//      at once (LaunchCondition): a launch that does nothing still costs its CTAs' start-up,
-//      which measured several percent of a sparse mask's time at 32K (bench/NOTES.md).
+//   3. KeyOrder::Automatic: both tile orders add their computed tiles into a WorkComparison;
+//      the launches of both variants are queued, and every CTA of the one not chosen returns at
+//      once (LaunchCondition). The choice stays on the device: no host synchronisation, and a
+//      call can be captured into a CUDA graph. A host that waited for the counts and queued one
+//      variant measured no faster (bench/NOTES.md, session 7: causal_document at 32K, forward
+//      2.59 ms against 2.46 ms with the choice on the device, natural order 2.45 ms).
 //   4. Forward: K and V gathered in the order into scratch (gather_keys); the forward kernel is
 //      unchanged. dK/dV: its CTA loads its one K/V block through the order and stores dK/dV
 //      through it (KeyOrderView); its query loop is unchanged. The deterministic dQ kernel keeps
@@ -150,14 +150,6 @@ public:
         sorted_summaries_.emplace(sorted_->mask(), p.batch, p.q_heads, block_n, stream);
         sorted_tiles_.emplace(sorted_->mask(), shape, sorted_summaries_->table(), stream,
                               comparison_ ? comparison_->sorted_tiles() : nullptr);
-        if (use_ == KeyOrderUse::Chosen && !capturing(stream)) {
-            unsigned long long tiles[2] = {0, 0};
-            FM_CUDA_CHECK(cudaMemcpyAsync(tiles, comparison_->natural_tiles(), sizeof(tiles), cudaMemcpyDeviceToHost,
-                                          stream));
-            FM_CUDA_CHECK(cudaStreamSynchronize(stream));
-            use_ = sorted_order_pays(tiles[0], tiles[1]) ? KeyOrderUse::Sorted : KeyOrderUse::Natural;
-            comparison_.reset();  // the launches run unconditionally
-        }
     }
 
     bool natural_runs() const { return use_ != KeyOrderUse::Sorted; }
@@ -174,12 +166,6 @@ public:
     LaunchCondition sorted_condition() const { return comparison_ ? comparison_->when(true) : LaunchCondition{}; }
 
 private:
-    static bool capturing(cudaStream_t stream) {
-        cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-        FM_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-        return status != cudaStreamCaptureStatusNone;
-    }
-
     KeyOrderUse use_;
     std::optional<WorkComparison> comparison_;
     std::optional<BlockSummaries> natural_summaries_;
