@@ -13,7 +13,11 @@ namespace {
 constexpr int kSortThreads = kKeyOrderWindow / 2;  // a bitonic step compares W / 2 pairs: one per thread
 constexpr int kSortedSlots = 4;                     // the permuted mask is C = 4: LTS, LTE, UTS, UTE
 constexpr int kGatherThreads = 256;
-constexpr int kGatherMaxBlocks = 8192;  // grid-stride beyond this: enough CTAs to saturate the copy
+// The gather's grid: one full wave (every SM filled to 2048 threads), grid-stride beyond. Under
+// KeyOrder::Automatic the gather is queued even when the natural order runs, and then every CTA
+// only reads the comparison and returns: a grid of one wave keeps that to one round of CTAs per
+// SM, where a CTA per 256 chunks would be 62 rounds at 32K.
+constexpr int kGatherCtasPerSm = 2048 / kGatherThreads;
 constexpr int kGatherChunkBytes = 16;  // one int4 per thread and step
 
 // One key in the sort: its canonical intervals, in the order they are compared, then the key.
@@ -147,7 +151,11 @@ void gather_keys(const Operand& source, const Operand& destination, int32_t elem
     const int32_t chunks_per_row = row_elements * element_bytes / kGatherChunkBytes;
     const int64_t chunks = int64_t(p.batch) * p.nk * p.kv_heads * chunks_per_row;
     if (chunks == 0) return;
-    const unsigned ctas = unsigned(std::min<int64_t>(ceil_div(chunks, int64_t{kGatherThreads}), kGatherMaxBlocks));
+    int device = 0, sms = 0;
+    FM_CUDA_CHECK(cudaGetDevice(&device));
+    FM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const unsigned ctas =
+        unsigned(std::min<int64_t>(ceil_div(chunks, int64_t{kGatherThreads}), int64_t(sms) * kGatherCtasPerSm));
     gather_keys_kernel<<<ctas, kGatherThreads, 0, stream>>>(source, destination, element_bytes, chunks_per_row, p.nk,
                                                              p.kv_heads, p.q_heads / p.kv_heads,
                                                              p.mask.query_heads_per_mask_head, order, condition, chunks);
