@@ -326,8 +326,9 @@ double scale_or_default(std::optional<double> scale, int32_t head_dim) {
 // The forward's per-call preprocessing alone (a benchmark hook)
 // ---------------------------------------------------------------------------------------------
 
-// What cuda::forward() runs before its kernel: the block summaries at the forward kernel's
-// key-block size, into stream-ordered scratch that is freed on the same stream. The benchmark
+// Part of what cuda::forward() runs before its kernel: the block summaries at the forward
+// kernel's key-block size (in the keys' own order; not the tile order, nor the key order's sort
+// from 16K keys), into stream-ordered scratch that is freed on the same stream. The benchmark
 // (bench/bench_attention.py) times it against FlexAttention's create_block_mask (the issue's
 // preprocessing targets). Refused with Unsupported in a build without CUDA kernels.
 void run_forward_preprocessing(const std::optional<fm::TensorView>& indices, const fm::MaskView& mask, int64_t batch,
