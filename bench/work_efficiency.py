@@ -5,13 +5,10 @@ computes (every tile not Skipped), by the library's own tile classification (til
 A kernel that ran its Partial tiles as fast as its Full ones would reach this fraction of its
 full-mask TFLOP/s on a mask, so it bounds the "own full" ratio of SPEC §6 / issue #3.
 
-`--reorder W` also counts the same mask with its key columns sorted inside windows of W keys.
-Attention is exact under any permutation of the keys (O and LSE sum over keys; dK / dV are per
-key), so a kernel could read K / V (and write dK / dV) through such a permutation. Sorting
-clusters each key block's interval bounds, which turns Partial tiles into Full and Skipped
-ones. A permuted key no longer sits at its own position, so the mask is first written as each
-column's two intervals with the causal diagonal folded into the upper one (column_bounds(): a
-non-causal C = 4 mask), and that is what gets permuted.
+`--reorder W` also counts the same mask with its keys sorted inside windows of W keys, the
+library's own sort (flashmask.sorted_key_order, the CUDA path's key_order="sorted" with W = 1024):
+attention is exact under any permutation of the keys, and sorting clusters each key block's
+interval bounds, which turns Partial tiles into Full and Skipped ones.
 
     python bench/work_efficiency.py --n 8192 32768 --reorder 512 1024 2048
 """
@@ -20,33 +17,11 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 import flashmask.masks as fm
-from mask_columns import column_bounds
 
 FORWARD_TILE = (128, 64)   # query rows x keys: the sm80 forward's tile (forward_traits.hpp)
 BACKWARD_TILE = (64, 128)  # the sm80 backward's step (backward_traits.cuh)
 KERNEL_TILES = (FORWARD_TILE, BACKWARD_TILE)
-
-
-def reorder_permutation(bounds: np.ndarray, window: int) -> np.ndarray:
-    """Key order sorted by (lower start, lower end, upper end, upper start) inside each window
-    of `window` keys; bounds as column_bounds() gives them ([4, N])."""
-    lower_start, lower_end, upper_start, upper_end = bounds
-    n = bounds.shape[1]
-    permutation = np.empty(n, np.int64)
-    for begin in range(0, n, window):
-        keys = np.arange(begin, min(n, begin + window))
-        order = np.lexsort((upper_start[keys], upper_end[keys], lower_end[keys], lower_start[keys]))  # last key primary
-        permutation[begin:begin + keys.size] = keys[order]
-    return permutation
-
-
-def four_slot_indices(bounds: np.ndarray, permutation=None) -> np.ndarray:
-    """The non-causal C = 4 index tensor [1, 1, N, 4] of these column bounds, keys permuted."""
-    columns = bounds.T if permutation is None else bounds.T[permutation]
-    return np.ascontiguousarray(columns.astype(np.int32)[None, None])
 
 
 def efficiency(indices, causal: bool, n: int, tile) -> float:
@@ -71,16 +46,12 @@ def main() -> None:
     for n in args.n:
         for name in args.masks.split(","):
             mask = fm.catalogue(name, n, args.seed)
-            bounds = column_bounds(mask, n)
-            visible = fm.visible_pairs(mask.startend_row_indices, mask.causal, nq=n, nk=n)
-            if fm.visible_pairs(four_slot_indices(bounds), False, nq=n, nk=n) != visible:
-                raise SystemExit(f"{name}: the C = 4 form sees other pairs than the mask itself")
+            sorted_indices = [fm.sorted_key_order(mask.startend_row_indices, mask.causal, nq=n, nk=n, window=w)[1]
+                              for w in args.reorder]
             for tile in KERNEL_TILES:
                 row = [str(n), name, f"{tile[0]} x {tile[1]}",
                        f"{efficiency(mask.startend_row_indices, mask.causal, n, tile):.3f}"]
-                for window in args.reorder:
-                    indices = four_slot_indices(bounds, reorder_permutation(bounds, window))
-                    row.append(f"{efficiency(indices, False, n, tile):.3f}")
+                row += [f"{efficiency(indices, False, n, tile):.3f}" for indices in sorted_indices]
                 print("| " + " | ".join(row) + " |")
 
 

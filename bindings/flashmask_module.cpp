@@ -495,6 +495,18 @@ NB_MODULE(_flashmask, m) {
           },
           nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("batch"), nb::arg("mask_heads"),
           nb::arg("nq"), nb::arg("nk"), nb::arg("block_n"));
+    m.def("sorted_key_order",
+          [](const std::optional<InputArray>& indices, bool causal, int64_t batch, int64_t nq, int64_t nk,
+             int64_t q_heads, int64_t kv_heads, int32_t window) {
+              const fm::MaskView mask = checked_mask_view(indices, causal, batch, nq, nk, q_heads, kv_heads);
+              const int32_t mask_heads = int32_t(q_heads) / mask.query_heads_per_mask_head;
+              fm::SortedKeyOrder sorted = fm::sorted_key_order(mask, int32_t(batch), mask_heads, window);
+              const auto b = std::size_t(batch), m = std::size_t(mask_heads), n = std::size_t(nk);
+              return nb::make_tuple(numpy_array(std::move(sorted.order), {b, m, n}),
+                                    numpy_array(std::move(sorted.indices), {b, m, n, std::size_t(fm::kSortedMaskSlots)}));
+          },
+          nb::arg("startend_row_indices").none(), nb::arg("causal"), nb::arg("batch"), nb::arg("nq"), nb::arg("nk"),
+          nb::arg("q_heads"), nb::arg("kv_heads"), nb::arg("window"));
     m.def("count_tiles",
           [](const std::optional<InputArray>& indices, bool causal, int64_t batch, int64_t nq, int64_t nk,
              int64_t q_heads, int64_t kv_heads, int32_t block_m, int32_t block_n) {

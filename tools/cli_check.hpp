@@ -227,7 +227,7 @@ inline int64_t check_progress_units(const Shape& s, bool backward) {
 // mask kind, dtype, head dim and GQA group on the largest halved sequence length it can
 // afford, run through the library on the same device.
 inline CheckSection check_backward(const Problem& p, const std::string& mask_name, uint64_t seed, fm::Device device,
-                                   int threads, bool deterministic, Progress* progress) {
+                                   int threads, bool deterministic, fm::KeyOrder key_order, Progress* progress) {
     CheckSection section;
     section.pass = "backward";
     const std::vector<Group> groups = affordable_backward_groups(p.shape);
@@ -250,7 +250,7 @@ inline CheckSection check_backward(const Problem& p, const std::string& mask_nam
     }
     Problem small = make_problem(reduced, p.dtype, catalogue_corner(mask_name, reduced.nq, reduced.nk, seed),
                                  true, mix64(seed), threads);
-    Executor executor(small, device, threads, deterministic);
+    Executor executor(small, device, threads, deterministic, key_order);
     executor.forward(nullptr);
     executor.backward(nullptr);
     executor.fetch_outputs();

@@ -132,10 +132,12 @@ struct MaskReport {
     std::string name, parameters, corner_note;
     fm::MaskSpec spec;
     MaskStats stats;
+    bool keys_sorted = false;  // the stats count the keys in the CUDA path's sorted order (key_order.hpp)
 };
 
+// keys_sorted: count the tiles of the key-sorted problem (sorted_key_order(), mask.hpp) instead.
 inline MaskReport analyse_mask(const std::string& name, int64_t nq, int64_t nk, uint64_t seed, int32_t block_m,
-                               int32_t block_n) {
+                               int32_t block_n, bool keys_sorted) {
     MaskReport r;
     r.name = name;
     r.spec = catalogue_corner(name, nq, nk, seed);
@@ -143,7 +145,14 @@ inline MaskReport analyse_mask(const std::string& name, int64_t nq, int64_t nk, 
     if (nq != nk)
         r.corner_note = format("bottom-right %lld x %lld corner of the %lld x %lld mask", (long long)nq, (long long)nk,
                                (long long)std::max(nq, nk), (long long)std::max(nq, nk));
-    r.stats = mask_stats(r.spec.mask_view(), 1, 1, block_m, block_n);
+    r.keys_sorted = keys_sorted;
+    const fm::MaskView view = r.spec.mask_view();
+    if (keys_sorted) {
+        const fm::SortedKeyOrder sorted = fm::sorted_key_order(view, 1, 1);
+        r.stats = mask_stats(sorted.mask(view), 1, 1, block_m, block_n);
+    } else {
+        r.stats = mask_stats(view, 1, 1, block_m, block_n);
+    }
     return r;
 }
 
@@ -154,6 +163,9 @@ inline void print_mask_report(const MaskReport& r, const std::string& block_orig
     std::printf("parameters   %s\n", r.parameters.c_str());
     if (!r.corner_note.empty()) std::printf("             %s\n", r.corner_note.c_str());
     std::printf("sizes        Nq = %lld, Nk = %lld\n", (long long)m.nq, (long long)m.nk);
+    if (r.keys_sorted)
+        std::printf("keys         sorted by their intervals in windows of %d (the CUDA path's key order 'sorted')\n",
+                    int(fm::kKeyOrderWindow));
     print_stats(r.stats, block_origin);
 }
 
@@ -162,6 +174,7 @@ inline JsonObject mask_json(const MaskReport& r) {
     j.text("name", r.name).boolean("causal", r.spec.causal).integer("slots", r.spec.slots);
     j.text("parameters", r.parameters).integer("nq", r.spec.nq).integer("nk", r.spec.nk);
     if (!r.corner_note.empty()) j.text("corner", r.corner_note);
+    j.text("tiles_key_order", r.keys_sorted ? "sorted" : "natural");
     add_stats_json(j, r.stats);
     return j;
 }

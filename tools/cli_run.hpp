@@ -244,9 +244,10 @@ inline std::vector<Chunk> make_chunks(const Shape& s, bool split) {
 
 class Executor {
 public:
-    // `deterministic`: the backward's identical-bits mode (BackwardArgs::deterministic).
-    Executor(Problem& p, fm::Device device, int threads, bool deterministic)
-        : p_(p), device_(device), threads_(threads), deterministic_(deterministic) {
+    // `deterministic`: the backward's identical-bits mode (BackwardArgs::deterministic);
+    // `key_order`: the CUDA kernels' key order (ForwardArgs::key_order).
+    Executor(Problem& p, fm::Device device, int threads, bool deterministic, fm::KeyOrder key_order)
+        : p_(p), device_(device), threads_(threads), deterministic_(deterministic), key_order_(key_order) {
         // On the CPU the run is split for progress; a GPU call is one launch, split only at a cost.
         chunks_ = make_chunks(p.shape, device == fm::Device::CPU);
         if (device == fm::Device::CPU) {
@@ -325,6 +326,7 @@ private:
                 a.causal = p_.mask.causal;
                 a.scale = p_.scale;
                 a.num_threads = threads_;
+                a.key_order = key_order_;
                 call(a, c);
                 if (progress) progress->advance(step + c.label());
             }
@@ -357,6 +359,7 @@ private:
     fm::Device device_;
     int threads_;
     bool deterministic_;
+    fm::KeyOrder key_order_;
     std::vector<Chunk> chunks_;
     fm::TensorView q_, k_, v_, out_, lse_, dout_, dq_, dk_, dv_;
     std::optional<fm::TensorView> mask_;

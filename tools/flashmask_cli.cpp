@@ -78,6 +78,9 @@ const std::vector<OptionSpec>& mask_options() {
         {"seed", "S", "seed of the mask's random parameters and of the inputs (default: fresh, printed)"},
         {"block-m", "M", "query rows per tile for the tile counts (default: " + std::to_string(kDefaultBlockM) + ", the CPU path's)"},
         {"block-n", "N", "keys per tile for the tile counts (default: " + std::to_string(kDefaultBlockN) + ", the CPU path's)"},
+        {"key-order", "natural|sorted", "count the tiles with the keys sorted as the CUDA path's key order 'sorted' "
+                                        "does (windows of 1024), or in their own order; run: also the CUDA kernels' key "
+                                        "order (default: natural counts; run leaves the kernels' automatic choice)"},
         {"json", "", "print one JSON object instead of the table"},
     };
     return specs;
@@ -166,6 +169,8 @@ struct MaskArgs {
     int64_t nq, nk;
     uint64_t seed;
     int32_t block_m, block_n;
+    std::optional<fm::KeyOrder> key_order;  // --key-order; none: natural counts, the kernels' automatic choice
+    bool keys_sorted() const { return key_order == fm::KeyOrder::Sorted; }
 };
 
 uint64_t fresh_seed() {
@@ -184,6 +189,9 @@ MaskArgs parse_mask_args(const ParsedArgs& args) {
     m.seed = seed_text ? ParsedArgs::parse_unsigned("seed", *seed_text) : fresh_seed();
     m.block_m = int32_t(args.integer("block-m", kDefaultBlockM, 1, kMaxSequenceLength));
     m.block_n = int32_t(args.integer("block-n", kDefaultBlockN, 1, kMaxSequenceLength));
+    if (args.has("key-order"))
+        m.key_order = args.choice("key-order", "natural", {"natural", "sorted"}) == "sorted" ? fm::KeyOrder::Sorted
+                                                                                          : fm::KeyOrder::Natural;
     return m;
 }
 
@@ -195,7 +203,7 @@ std::string block_origin(int32_t block_m, int32_t block_n) {
 int command_tiles(const std::vector<std::string>& argv) {
     const ParsedArgs args(mask_options(), argv);
     const MaskArgs m = parse_mask_args(args);
-    const MaskReport report = analyse_mask(m.name, m.nq, m.nk, m.seed, m.block_m, m.block_n);
+    const MaskReport report = analyse_mask(m.name, m.nq, m.nk, m.seed, m.block_m, m.block_n, m.keys_sorted());
     if (args.has("json")) {
         JsonObject j;
         j.text("command", "tiles").add("mask", mask_json(report).str()).add("seed", std::to_string(m.seed));
@@ -229,7 +237,7 @@ std::optional<std::string> cuda_unusable_reason(fm::DType dtype, int64_t head_di
         one_token.nq = one_token.nk = 1;
         one_token.head_dim = head_dim;
         Problem probe = make_problem(one_token, dtype, fm::full_mask(1), false, 0, 1);
-        Executor(probe, fm::Device::CUDA, 1, /*deterministic=*/false).forward(nullptr);
+        Executor(probe, fm::Device::CUDA, 1, /*deterministic=*/false, fm::KeyOrder::Automatic).forward(nullptr);
     } catch (const fm::Error& e) {
         return std::string(e.what());
     }
@@ -318,7 +326,8 @@ int command_run(const std::vector<std::string>& argv) {
     MaskArgs mask_args;
     const RunSettings settings = parse_run_args(args, mask_args);
     const Shape& s = settings.shape;
-    const MaskReport report = analyse_mask(settings.mask_name, s.nq, s.nk, settings.seed, settings.block_m, settings.block_n);
+    const MaskReport report = analyse_mask(settings.mask_name, s.nq, s.nk, settings.seed, settings.block_m, settings.block_n,
+                                           mask_args.keys_sorted());
     check_memory(s, settings.dtype, settings.backward, report.spec.slots);
     const int cpu_threads = fm::cpu::worker_count(settings.threads, std::numeric_limits<int32_t>::max());
     std::string gpu;  // which GPU gave the timings: "cuda:0, NVIDIA H100 80GB HBM3"
@@ -340,7 +349,8 @@ int command_run(const std::vector<std::string>& argv) {
 
     Problem problem = make_problem(s, settings.dtype, report.spec, settings.backward, settings.seed, settings.threads,
                                    /*show_progress=*/true);
-    Executor executor(problem, settings.device, settings.threads, settings.deterministic);
+    Executor executor(problem, settings.device, settings.threads, settings.deterministic,
+                      mask_args.key_order.value_or(fm::KeyOrder::Automatic));
     const double pairs = double(report.stats.visible_pairs) * double(s.batch) * double(s.q_heads);
     const double forward_flops = kForwardFlopsPerPairPerDim * double(s.head_dim) * pairs;
     struct Pass { const char* name; Timing timing; double flops; };
@@ -369,7 +379,7 @@ int command_run(const std::vector<std::string>& argv) {
         checks.push_back(check_forward(problem, settings.seed, &progress));
         if (settings.backward)
             checks.push_back(check_backward(problem, settings.mask_name, settings.seed, settings.device, settings.threads,
-                                            settings.deterministic,
+                                            settings.deterministic, mask_args.key_order.value_or(fm::KeyOrder::Automatic),
                                             &progress));
         progress.finish();
     }

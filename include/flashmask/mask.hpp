@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "flashmask/key_order.hpp"
 #include "flashmask/tiles.hpp"
 #include "flashmask/types.hpp"
 
@@ -145,6 +146,26 @@ std::vector<uint8_t> to_dense(const MaskSpec& mask);
 //   * C = 4: of two masked runs the upper interval is the one above; a single run is the upper
 //     interval only if it starts at row 0 and stops short of Nq, otherwise the lower one.
 MaskSpec from_dense(const uint8_t* visible, int64_t nq, int64_t nk, bool causal, int32_t slots);
+
+// ---------------------------------------------------------------------------------------------
+// The sorted key order (key_order.hpp): the host twin of the CUDA path's sort
+// ---------------------------------------------------------------------------------------------
+
+// The keys of every (batch, mask head) sorted inside windows of `window` keys (the CUDA path
+// sorts in kKeyOrderWindow; other windows are for studies), and the sorted problem's mask.
+struct SortedKeyOrder {
+    int32_t batch = 0, mask_heads = 0, nk = 0;
+    std::vector<int32_t> order;    // [batch, mask heads, Nk]: position j holds key order[j]
+    std::vector<int32_t> indices;  // [batch, mask heads, Nk, kSortedMaskSlots]: non-causal LTS, LTE, UTS, UTE
+
+    // The sorted mask as a view over `indices` (valid while this object lives), for a problem
+    // with `original`'s Nq, Nk and query heads per mask head.
+    MaskView mask(const MaskView& original) const;
+};
+// mask_heads: the number of mask heads of `mask` (1 without an index tensor). Throws
+// Error(InvalidArgument, "window") for window < 1.
+SortedKeyOrder sorted_key_order(const MaskView& mask, int32_t batch, int32_t mask_heads,
+                                int32_t window = kKeyOrderWindow);
 
 // ---------------------------------------------------------------------------------------------
 // Block summaries and tile counts

@@ -34,6 +34,7 @@ from .masks import (
     BLOCK_SUMMARY_FIELDS,
     CPU_BLOCK_M,
     CPU_BLOCK_N,
+    KEY_ORDER_WINDOW,
     Mask,
     TileCounts,
     block_summaries,
@@ -41,6 +42,7 @@ from .masks import (
     catalogue_names,
     check_mask_shape,
     from_dense,
+    sorted_key_order,
     tile_counts,
     to_dense,
     validate_mask,
@@ -85,9 +87,9 @@ def __dir__():
 
 # The lazy names are left out of __all__: `from flashmask import *` must not import torch.
 __all__ = [
-    "BLOCK_SUMMARY_FIELDS", "CPU_BLOCK_M", "CPU_BLOCK_N", "Mask", "TileCounts", "__version__",
+    "BLOCK_SUMMARY_FIELDS", "CPU_BLOCK_M", "CPU_BLOCK_N", "KEY_ORDER_WINDOW", "Mask", "TileCounts", "__version__",
     "attention_backward", "attention_forward", "backward_into", "block_summaries", "catalogue", "catalogue_names",
     "check_mask_shape", "cuda_available", "forward_into", "from_dense", "masks", "naive_backward", "naive_forward",
-    "reference_backward", "reference_forward", "spec_bound", "tile_counts", "to_dense", "validate_mask",
+    "reference_backward", "reference_forward", "sorted_key_order", "spec_bound", "tile_counts", "to_dense", "validate_mask",
     "visible_pairs",
 ]

@@ -291,6 +291,22 @@ def tile_counts(startend_row_indices, causal: bool = False, *, nq: Optional[int]
     return TileCounts(*_flashmask.count_tiles(*problem, block_m, block_n))
 
 
+KEY_ORDER_WINDOW = 1024  # the CUDA path's window (include/flashmask/key_order.hpp)
+
+
+def sorted_key_order(startend_row_indices, causal: bool = False, *, nq: Optional[int] = None,
+                     nk: Optional[int] = None, batch: Optional[int] = None, q_heads: Optional[int] = None,
+                     kv_heads: Optional[int] = None, window: int = KEY_ORDER_WINDOW) -> Tuple[np.ndarray, np.ndarray]:
+    """The keys as the CUDA path's key_order="sorted" reads them: (order, indices), order int32
+    [B, Hm, Nk] (position j holds key order[..., j]) and the sorted problem's mask, a non-causal
+    C = 4 index tensor int32 [B, Hm, Nk, 4] (pass it with causal=False). Keys are sorted by their
+    intervals inside windows of `window` keys (the kernels use KEY_ORDER_WINDOW; other windows
+    are for studies). Sizes default as for tile_counts."""
+    problem = _problem_arguments(startend_row_indices, causal, nq, nk, batch, q_heads, kv_heads)
+    order, indices = _flashmask.sorted_key_order(*problem, int(window))
+    return order, indices
+
+
 def visible_pairs(startend_row_indices, causal: bool = False, *, nq: Optional[int] = None, nk: Optional[int] = None,
                   batch: Optional[int] = None, q_heads: Optional[int] = None,
                   kv_heads: Optional[int] = None) -> int:

@@ -120,6 +120,33 @@ case_tiles_block_sizes_and_rectangles() {
   expect_out "^density +0\\.6670 \\(1,000,500 of 1,500,000 pairs visible per head\\)"
 }
 
+# --key-order sorted counts the key-sorted problem: the same visible pairs, and for random
+# eviction (scattered evicted keys) far fewer partial tiles; causal_document's keys are in
+# order already, so its counts do not move.
+case_tiles_sorted_key_order() {
+  cli tiles --mask random_eviction --seqlen 8192 --seed "$SEED" --block-m 128 --block-n 64
+  expect_rc 0
+  local pairs partial
+  pairs=$(awk '$1 == "density" { print $3 }' "$WORK/out"); partial=$(field partial)
+  cli tiles --mask random_eviction --seqlen 8192 --seed "$SEED" --block-m 128 --block-n 64 --key-order sorted
+  expect_rc 0
+  cat "$WORK/out"
+  expect_out "^keys +sorted by their intervals in windows of 1024"
+  [ "$(awk '$1 == "density" { print $3 }' "$WORK/out")" = "${pairs}" ] || fail "other visible pairs than in key order"
+  [ $(( $(field partial) * 2 )) -lt "$partial" ] || fail "sorting did not halve the partial tiles ($partial -> $(field partial))"
+  cli tiles --mask causal_document --seqlen 3000 --seed "$SEED" --json
+  local natural; natural=$(grep -Eo '"tiles": \{[^}]*\}' "$WORK/out")
+  cli tiles --mask causal_document --seqlen 3000 --seed "$SEED" --json --key-order sorted
+  expect_rc 0
+  expect_out '"tiles_key_order": "sorted"'
+  [ "$(grep -Eo '"tiles": \{[^}]*\}' "$WORK/out")" = "$natural" ] || fail "causal_document's counts moved when sorted"
+}
+
+case_error_unknown_key_order() {
+  expect_usage_error "--key-order: unknown value 'shuffled' \\(expected one of: natural, sorted\\)" \
+    tiles --mask causal --seqlen 10 --key-order shuffled
+}
+
 # ---------------------------------------------------------------------------------------------
 # run --check
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ namespace flashmask::cuda {
 namespace {
 
 constexpr int kSortThreads = kKeyOrderWindow / 2;  // a bitonic step compares W / 2 pairs: one per thread
-constexpr int kSortedSlots = 4;                     // the permuted mask is C = 4: LTS, LTE, UTS, UTE
 constexpr int kGatherThreads = 256;
 // The gather's grid: one full wave (every SM filled to 2048 threads), grid-stride beyond. Under
 // KeyOrder::Automatic the gather is queued even when the natural order runs, and then every CTA
@@ -20,41 +19,20 @@ constexpr int kGatherThreads = 256;
 constexpr int kGatherCtasPerSm = 2048 / kGatherThreads;
 constexpr int kGatherChunkBytes = 16;  // one int4 per thread and step
 
-// One key in the sort: its canonical intervals, in the order they are compared, then the key.
-// Lower interval first: random eviction's evicted keys share lower starts, and keys in order of
-// their upper end keep the causal diagonal's blocks as they were. The key breaks ties, so the
-// order is total and every run gives the same one.
-struct SortItem {
-    int32_t lower_start, lower_end, upper_end, upper_start, key;
-
-    __device__ __forceinline__ bool before(const SortItem& o) const {
-        if (lower_start != o.lower_start) return lower_start < o.lower_start;
-        if (lower_end != o.lower_end) return lower_end < o.lower_end;
-        if (upper_end != o.upper_end) return upper_end < o.upper_end;
-        if (upper_start != o.upper_start) return upper_start < o.upper_start;
-        return key < o.key;
-    }
-};
-
-// One CTA per (batch, mask head, window), 1-D grid in that order. Keys past Nk sort last (every
-// bound INT32_MAX, ties by key) and are not written.
+// One CTA per (batch, mask head, window), 1-D grid in that order, by the rule of
+// flashmask/key_order.hpp. Positions past Nk sort last and are not written.
 __global__ void __launch_bounds__(kSortThreads)
 sort_keys_kernel(const MaskView mask, const int32_t mask_heads, const int32_t windows, int32_t* order, int32_t* bounds) {
-    __shared__ SortItem items[kKeyOrderWindow];
+    __shared__ KeyOrderItem items[kKeyOrderWindow];
     const int32_t window = int32_t(blockIdx.x % unsigned(windows));
     const int32_t pair = int32_t(blockIdx.x / unsigned(windows));
     const int32_t head = pair % mask_heads, batch = pair / mask_heads;
     const int64_t first = int64_t(window) * kKeyOrderWindow;
-    constexpr int32_t kPast = std::numeric_limits<int32_t>::max();
 
     for (int i = int(threadIdx.x); i < kKeyOrderWindow; i += kSortThreads) {
         const int64_t key = first + i;
-        if (key < mask.nk) {
-            const ColumnIntervals c = column_intervals(mask, batch, head, int32_t(key));
-            items[i] = {c.lower_start, c.lower_end, c.upper_end, c.upper_start, int32_t(key)};
-        } else {
-            items[i] = {kPast, kPast, kPast, kPast, int32_t(min(key, int64_t(kPast)))};
-        }
+        items[i] = key < mask.nk ? KeyOrderItem::of(column_intervals(mask, batch, head, int32_t(key)), int32_t(key))
+                                 : KeyOrderItem::past_end(int32_t(min(key, int64_t(INT32_MAX))));
     }
     __syncthreads();
 
@@ -65,7 +43,7 @@ sort_keys_kernel(const MaskView mask, const int32_t mask_heads, const int32_t wi
             const int t = int(threadIdx.x);
             const int low = 2 * stride * (t / stride) + t % stride, high = low + stride;
             const bool ascending = (low & size) == 0;
-            const SortItem a = items[low], b = items[high];
+            const KeyOrderItem a = items[low], b = items[high];
             if (b.before(a) == ascending) {
                 items[low] = b;
                 items[high] = a;
@@ -78,13 +56,8 @@ sort_keys_kernel(const MaskView mask, const int32_t mask_heads, const int32_t wi
     for (int i = int(threadIdx.x); i < kKeyOrderWindow; i += kSortThreads) {
         const int64_t position = first + i;
         if (position >= mask.nk) break;  // positions ascend with i
-        const SortItem& s = items[i];
-        order[pair_first + position] = s.key;
-        int32_t* const out = bounds + (pair_first + position) * kSortedSlots;
-        out[0] = s.lower_start;
-        out[1] = s.lower_end;
-        out[2] = s.upper_start;
-        out[3] = s.upper_end;
+        order[pair_first + position] = items[i].key;
+        items[i].write_slots(bounds + (pair_first + position) * kSortedMaskSlots);
     }
 }
 
@@ -116,7 +89,7 @@ __global__ void gather_keys_kernel(const Operand source, const Operand destinati
 
 SortedKeys::SortedKeys(const AttentionProblem& p, cudaStream_t stream)
     : columns_(int64_t(p.batch) * mask_heads_of(p) * p.nk),
-      scratch_(sizeof(int32_t) * std::size_t(columns_) * (1 + kSortedSlots), stream) {
+      scratch_(sizeof(int32_t) * std::size_t(columns_) * (1 + kSortedMaskSlots), stream) {
     if (p.mask.layout == MaskLayout::None)
         throw Error(ErrorCode::InvalidArgument, "startend_row_indices",
                     "flashmask key order: the mask has no index tensor; expected one to sort the keys by");
@@ -129,8 +102,8 @@ SortedKeys::SortedKeys(const AttentionProblem& p, cudaStream_t stream)
     mask_.layout = MaskLayout::LowerUpperBounded;
     mask_.causal = false;  // the diagonal is in each column's upper interval
     mask_.stride_slot = 1;
-    mask_.stride_column = kSortedSlots;
-    mask_.stride_head = int64_t(p.nk) * kSortedSlots;
+    mask_.stride_column = kSortedMaskSlots;
+    mask_.stride_head = int64_t(p.nk) * kSortedMaskSlots;
     mask_.stride_batch = int64_t(mask_heads) * mask_.stride_head;
     order_ = {order, int64_t(mask_heads) * p.nk, int64_t(p.nk)};
     if (columns_ == 0) return;

@@ -8,10 +8,10 @@
 // measured with the unchanged kernels on a permuted copy).
 //
 // How, per call, when the order applies (key_order_use()):
-//   1. SortedKeys: one CTA per window of each (batch, mask head) sorts the window's keys by their
-//      canonical intervals (column_intervals(), tiles.hpp) and writes the order and the permuted
-//      intervals as a non-causal C = 4 index tensor, which the kernels read as any other mask
-//      (the causal diagonal is part of each column's upper interval there).
+//   1. SortedKeys: one CTA per window of each (batch, mask head) sorts the window's keys by the
+//      rule of flashmask/key_order.hpp and writes the order and the permuted intervals as a
+//      non-causal C = 4 index tensor, which the kernels read as any other mask. Its host twin
+//      is sorted_key_order() (mask.hpp).
 //   2. Block summaries and the heaviest-first tile order of the sorted mask, as for any mask.
 //   3. KeyOrder::Automatic: both tile orders add their computed tiles into a WorkComparison;
 //      the launches of both variants are queued, and every CTA of the one not chosen returns at
@@ -35,17 +35,12 @@
 #include "cuda/common/check.hpp"
 #include "cuda/common/tile_scheduler.cuh"
 #include "cuda/common/workspace.cuh"
+#include "flashmask/key_order.hpp"
 #include "flashmask/problem.hpp"
 #include "flashmask/tiles.hpp"
 #include "flashmask/types.hpp"
 
 namespace flashmask::cuda {
-
-// Keys sorted inside windows of this many: a window is one CTA's shared-memory sort (20 KB), a
-// whole number of every kernel's key blocks (64 and 128). Measured on random eviction
-// (bench/results/h100-2026-12-06-0eeb9e7-reorder-probe.md): 1024 and 2048 equal at 32K, 1024
-// better at 8K (0.84 against 0.78 of own full).
-constexpr int32_t kKeyOrderWindow = 1024;
 
 // KeyOrder::Automatic sorts from this many keys on: the sort, the second summaries and tile order
 // and the guarded launches cost ~20 us of device time a call, which would be several percent of
