@@ -54,4 +54,18 @@ struct KeyOrderItem {
     }
 };
 
+// The sorted problem's mask: `indices` [batch, mask_heads, Nk, kSortedMaskSlots] (contiguous)
+// read as a non-causal C = 4 mask, with `original`'s Nq, Nk and query heads per mask head.
+FM_HOST_DEVICE MaskView sorted_mask_view(const MaskView& original, const int32_t* indices, int32_t mask_heads) {
+    MaskView view = original;
+    view.indices = indices;
+    view.layout = MaskLayout::LowerUpperBounded;
+    view.causal = false;  // the diagonal is in each column's upper interval
+    view.stride_slot = 1;
+    view.stride_column = kSortedMaskSlots;
+    view.stride_head = int64_t(original.nk) * kSortedMaskSlots;
+    view.stride_batch = int64_t(mask_heads) * view.stride_head;
+    return view;
+}
+
 }  // namespace flashmask

@@ -8,15 +8,7 @@
 namespace flashmask {
 
 MaskView SortedKeyOrder::mask(const MaskView& original) const {
-    MaskView view = original;
-    view.indices = indices.data();
-    view.layout = MaskLayout::LowerUpperBounded;
-    view.causal = false;  // the diagonal is in each column's upper interval
-    view.stride_slot = 1;
-    view.stride_column = kSortedMaskSlots;
-    view.stride_head = int64_t(nk) * kSortedMaskSlots;
-    view.stride_batch = int64_t(mask_heads) * view.stride_head;
-    return view;
+    return sorted_mask_view(original, indices.data(), mask_heads);
 }
 
 SortedKeyOrder sorted_key_order(const MaskView& mask, int32_t batch, int32_t mask_heads, int32_t window) {

@@ -97,14 +97,7 @@ SortedKeys::SortedKeys(const AttentionProblem& p, cudaStream_t stream)
     int32_t* const order = scratch_.as<int32_t>();
     int32_t* const bounds = order + columns_;
 
-    mask_ = p.mask;
-    mask_.indices = bounds;
-    mask_.layout = MaskLayout::LowerUpperBounded;
-    mask_.causal = false;  // the diagonal is in each column's upper interval
-    mask_.stride_slot = 1;
-    mask_.stride_column = kSortedMaskSlots;
-    mask_.stride_head = int64_t(p.nk) * kSortedMaskSlots;
-    mask_.stride_batch = int64_t(mask_heads) * mask_.stride_head;
+    mask_ = sorted_mask_view(p.mask, bounds, mask_heads);
     order_ = {order, int64_t(mask_heads) * p.nk, int64_t(p.nk)};
     if (columns_ == 0) return;
 
@@ -113,7 +106,8 @@ SortedKeys::SortedKeys(const AttentionProblem& p, cudaStream_t stream)
     if (ctas > std::numeric_limits<int32_t>::max())
         throw Error(ErrorCode::Unsupported, "startend_row_indices",
                     "flashmask key order: " + std::to_string(ctas) +
-                        " key windows (batch x mask heads x windows of 1024 keys), more than the grid's 2^31 - 1");
+                        " key windows (batch x mask heads x windows of " + std::to_string(kKeyOrderWindow) +
+                        " keys), more than the grid's 2^31 - 1");
     sort_keys_kernel<<<unsigned(ctas), kSortThreads, 0, stream>>>(p.mask, mask_heads, windows, order, bounds);
     check_launch("flashmask sort_keys_kernel");
 }

@@ -17,8 +17,8 @@
 //      the launches of both variants are queued, and every CTA of the one not chosen returns at
 //      once (LaunchCondition). The choice stays on the device: no host synchronisation, and a
 //      call can be captured into a CUDA graph. A host that waited for the counts and queued one
-//      variant measured no faster (bench/NOTES.md, session 7: causal_document at 32K, forward
-//      2.59 ms against 2.46 ms with the choice on the device, natural order 2.45 ms).
+//      variant measured no faster in one (not interleaved) run (bench/NOTES.md, session 7:
+//      causal_document at 32K, forward 2.59 ms against 2.46 ms with the choice on the device).
 //   4. Forward: K and V gathered in the order into scratch (gather_keys); the forward kernel is
 //      unchanged. dK/dV: its CTA loads its one K/V block through the order and stores dK/dV
 //      through it (KeyOrderView); its query loop is unchanged. The deterministic dQ kernel keeps
@@ -43,8 +43,9 @@
 namespace flashmask::cuda {
 
 // KeyOrder::Automatic sorts from this many keys on: the sort, the second summaries and tile order
-// and the guarded launches cost ~20 us of device time a call, which would be several percent of
-// a sparse mask's forward at 8K (share_question: 0.57 ms) but is < 1 % from 16K on.
+// and the launches of the order not chosen cost a call's forward of the order of 0.1 ms
+// (bench/NOTES.md, session 7: share_question at 32K, 1.76 -> 1.88-1.94 ms; ~20 us predicted),
+// which at 8K would be ~20 % of a sparse mask's forward (share_question: 0.57 ms).
 constexpr int32_t kAutomaticKeyOrderMinKeys = 16384;
 
 // The sorted order is chosen when its computed tiles are at most this fraction of the natural
