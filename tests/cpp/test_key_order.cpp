@@ -3,7 +3,8 @@
 // inside each window, whose C = 4 mask is the original mask with its columns permuted (dense,
 // element by element), for every catalogue mask, random and hostile masks of every layout, odd
 // sizes, Nq != Nk, mask heads 1 and 2 and no index tensor. And what it is for: random eviction
-// computes at least a tenth fewer tiles in sorted order.
+// computes at least a tenth fewer tiles in sorted order. Also the CUDA path's rule for when it
+// sorts (key_order_choice.hpp), which needs no GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/common/key_order_choice.hpp"
 #include "test_cpu_common.hpp"
 #include "test_mask_util.hpp"
 
@@ -129,6 +131,44 @@ TEST(KeyOrder, RefusesAWindowBelowOne) {
         EXPECT_EQ(e.argument(), "window");
         EXPECT_NE(std::string(e.what()).find("window = 0"), std::string::npos) << e.what();
     }
+}
+
+// The CUDA path's choice of key order: sorting needs an index tensor and one order per KV head
+// (Hm = 1 or Hk); KeyOrder::Automatic leaves it to the device from kAutomaticKeyOrderMinKeys keys.
+TEST(KeyOrder, WhenTheCudaPathSorts) {
+    using cuda::KeyOrderUse;
+    auto problem = [](MaskLayout layout, int32_t nk, int32_t mask_heads) {
+        AttentionProblem p;
+        p.batch = 1;
+        p.nq = 100;
+        p.nk = nk;
+        p.q_heads = 8;
+        p.kv_heads = 2;
+        p.mask.layout = layout;
+        p.mask.nq = p.nq;
+        p.mask.nk = nk;
+        p.mask.query_heads_per_mask_head = p.q_heads / mask_heads;
+        return p;
+    };
+    constexpr int32_t kLong = cuda::kAutomaticKeyOrderMinKeys, kShort = cuda::kAutomaticKeyOrderMinKeys - 1;
+    for (const int32_t mask_heads : {1, 2}) {
+        const AttentionProblem p = problem(MaskLayout::CausalLower, kLong, mask_heads);
+        EXPECT_EQ(cuda::key_order_use(p, KeyOrder::Automatic), KeyOrderUse::Chosen) << "Hm " << mask_heads;
+        EXPECT_EQ(cuda::key_order_use(p, KeyOrder::Sorted), KeyOrderUse::Sorted) << "Hm " << mask_heads;
+        EXPECT_EQ(cuda::key_order_use(p, KeyOrder::Natural), KeyOrderUse::Natural) << "Hm " << mask_heads;
+        const AttentionProblem short_keys = problem(MaskLayout::CausalLower, kShort, mask_heads);
+        EXPECT_EQ(cuda::key_order_use(short_keys, KeyOrder::Automatic), KeyOrderUse::Natural) << "Hm " << mask_heads;
+        EXPECT_EQ(cuda::key_order_use(short_keys, KeyOrder::Sorted), KeyOrderUse::Sorted) << "Hm " << mask_heads;
+    }
+    // A mask per query head with GQA (Hm = Hq = 8, Hk = 2), or no index tensor: never sorted.
+    for (const KeyOrder option : {KeyOrder::Automatic, KeyOrder::Sorted}) {
+        EXPECT_EQ(cuda::key_order_use(problem(MaskLayout::LowerUpperBounded, kLong, 8), option), KeyOrderUse::Natural);
+        EXPECT_EQ(cuda::key_order_use(problem(MaskLayout::None, kLong, 1), option), KeyOrderUse::Natural);
+    }
+    // Sorted pays at 0.9 of the natural order's tiles or fewer.
+    EXPECT_TRUE(cuda::sorted_order_pays(1000, 900));
+    EXPECT_FALSE(cuda::sorted_order_pays(1000, 901));
+    EXPECT_TRUE(cuda::sorted_order_pays(0, 0));  // nothing to compute either way: either order is right
 }
 
 }  // namespace
