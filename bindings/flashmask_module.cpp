@@ -377,6 +377,7 @@ NB_MODULE(_flashmask, m) {
     // The CPU path's tile, the default for tile counts from Python.
     m.attr("cpu_block_m") = fm::cpu::kBlockM;
     m.attr("cpu_block_n") = fm::cpu::kBlockN;
+    m.attr("key_order_window") = fm::kKeyOrderWindow;
 
     nb::register_exception_translator([](const std::exception_ptr& pending, void*) {
         try {

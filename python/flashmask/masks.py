@@ -291,7 +291,7 @@ def tile_counts(startend_row_indices, causal: bool = False, *, nq: Optional[int]
     return TileCounts(*_flashmask.count_tiles(*problem, block_m, block_n))
 
 
-KEY_ORDER_WINDOW = 1024  # the CUDA path's window (include/flashmask/key_order.hpp)
+KEY_ORDER_WINDOW = int(_flashmask.key_order_window)  # the CUDA path's window (include/flashmask/key_order.hpp)
 
 
 def sorted_key_order(startend_row_indices, causal: bool = False, *, nq: Optional[int] = None,
@@ -303,8 +303,7 @@ def sorted_key_order(startend_row_indices, causal: bool = False, *, nq: Optional
     intervals inside windows of `window` keys (the kernels use KEY_ORDER_WINDOW; other windows
     are for studies). Sizes default as for tile_counts."""
     problem = _problem_arguments(startend_row_indices, causal, nq, nk, batch, q_heads, kv_heads)
-    order, indices = _flashmask.sorted_key_order(*problem, int(window))
-    return order, indices
+    return _flashmask.sorted_key_order(*problem, int(window))
 
 
 def visible_pairs(startend_row_indices, causal: bool = False, *, nq: Optional[int] = None, nk: Optional[int] = None,

@@ -29,15 +29,12 @@ SortedKeyOrder sorted_key_order(const MaskView& mask, int32_t batch, int32_t mas
     std::vector<KeyOrderItem> items;
     for (int32_t b = 0; b < batch; ++b)
         for (int32_t m = 0; m < mask_heads; ++m) {
-            // No index tensor: one mask for every (batch, head), read at (0, 0) as the kernels do.
-            const int32_t read_b = mask.layout == MaskLayout::None ? 0 : b;
-            const int32_t read_m = mask.layout == MaskLayout::None ? 0 : m;
             const std::size_t pair_first = (std::size_t(b) * mask_heads + m) * std::size_t(mask.nk);
             for (int64_t first = 0; first < mask.nk; first += window) {
                 const int32_t end = int32_t(std::min<int64_t>(first + window, mask.nk));
                 items.clear();
                 for (int32_t key = int32_t(first); key < end; ++key)
-                    items.push_back(KeyOrderItem::of(column_intervals(mask, read_b, read_m, key), key));
+                    items.push_back(KeyOrderItem::of(column_intervals(mask, b, m, key), key));
                 std::sort(items.begin(), items.end(),
                           [](const KeyOrderItem& x, const KeyOrderItem& y) { return x.before(y); });
                 for (std::size_t i = 0; i < items.size(); ++i) {

@@ -39,18 +39,16 @@ void check_sorted_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
             std::vector<int32_t> expected(std::size_t(s.nk));
             std::iota(expected.begin(), expected.end(), 0);
             ASSERT_EQ(keys, expected) << "batch " << b << " head " << m << ": not a permutation of the keys";
-            const int32_t read_b = view.layout == MaskLayout::None ? 0 : b;
-            const int32_t read_m = view.layout == MaskLayout::None ? 0 : m;
             for (int32_t j = 0; j < s.nk; ++j) {
                 ASSERT_EQ(order[j] / window, j / window) << "position " << j << " holds key " << order[j]
                                                          << " from another window";
                 if (j % window == 0) continue;
                 const KeyOrderItem previous =
-                    KeyOrderItem::of(column_intervals(view, read_b, read_m, order[j - 1]), order[j - 1]);
-                const KeyOrderItem current = KeyOrderItem::of(column_intervals(view, read_b, read_m, order[j]), order[j]);
+                    KeyOrderItem::of(column_intervals(view, b, m, order[j - 1]), order[j - 1]);
+                const KeyOrderItem current = KeyOrderItem::of(column_intervals(view, b, m, order[j]), order[j]);
                 ASSERT_TRUE(previous.before(current)) << "positions " << j - 1 << " and " << j << " out of order";
             }
-            const std::vector<uint8_t> original = to_dense(view, read_b, read_m);
+            const std::vector<uint8_t> original = to_dense(view, b, m);
             const std::vector<uint8_t> permuted = to_dense(sorted_view, b, m);
             for (int32_t i = 0; i < s.nq; ++i)
                 for (int32_t j = 0; j < s.nk; ++j)
