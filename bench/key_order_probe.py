@@ -6,6 +6,11 @@ returning at once). What the sort buys where it pays (random eviction), and what
 where it does not. Results are compared with the natural order's (bf16, two summation orders).
 
     python3 bench/key_order_probe.py --configs b --masks random_eviction,share_question,causal_document
+    python3 bench/key_order_probe.py --kernels --orders natural,auto --masks share_question
+
+--kernels lists instead, per mask and order, every kernel one forward and one backward call
+launch with its mean GPU time (torch.profiler over --reps calls), and the calls' GPU span: where
+a key order's extra time goes.
 """
 
 from __future__ import annotations
@@ -43,6 +48,23 @@ def graph_of(fn):
     return graph.replay
 
 
+def print_kernels(title: str, call, reps: int) -> None:
+    """Every kernel `call` launches, with its mean GPU time over `reps` calls (after warm-up), and
+    the mean of the calls' CUDA-event spans, which also counts the gaps between the kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    span_ms = median_ms(call, reps, warmup_calls(reps))
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            call()
+        torch.cuda.synchronize()
+    rows = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_us = sum(e.self_device_time_total for e in rows) / reps
+    print(f"\n{title}: span {span_ms * 1e3:.1f} us (median), kernels {kernel_us:.1f} us per call")
+    for e in sorted(rows, key=lambda e: -e.self_device_time_total):
+        print(f"  {e.self_device_time_total / reps:9.1f} us  x{e.count / reps:.0f}  {e.key[:110]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="b")
@@ -50,6 +72,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--orders", default=",".join(ORDERS + ("auto-graph",)),
                         help="key orders in the order they run; repeat one to see drift, e.g. natural,auto,natural,auto")
+    parser.add_argument("--kernels", action="store_true", help="list each call's kernels and their GPU times")
     args = parser.parse_args()
     entry = FlashMaskEntryPoints()
     if entry.missing:
@@ -75,6 +98,11 @@ def main() -> None:
             natural = None
             for order in args.orders.split(","):
                 runner = flashmask_runner(problem, case, mask.causal, entry, key_order=order.split("-")[0])
+                if args.kernels:
+                    for direction, call in (("forward", runner.forward), ("backward", runner.backward)):
+                        print_kernels(f"{config_name} {name} {order} {direction}", call, args.reps)
+                    del runner
+                    continue
                 forward, backward = runner.forward, runner.backward
                 if order.endswith("-graph"):
                     forward, backward = graph_of(runner.forward), graph_of(runner.backward)
