@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/parallel.hpp"
@@ -453,6 +454,22 @@ struct BackwardScratch {
 };
 
 // delta[b, h, i] = rowsum(dO * O): the softmax-gradient term every pass needs, [B, Hq, Nq].
+//
+// Two ways to get it. From the stored O (row_delta_item): one read of O and dO, as
+// FlashAttention does; O carries its storage rounding, and dS = P * (dP - delta) cancels where
+// a row's dP are close to delta, so that rounding can reach the gradients unattenuated. For
+// 16-bit storage that is the naive computation SPEC §5 measures against. For float32 it is not
+// enough: a single query row over a few keys (causal_document, Nq = 1, Nk = 17) gave dQ / dK
+// errors of 1.4e-5 against SPEC's 1e-5 about once in 50 random draws, and summing in double did
+// not help (O's rounding, not the sum's, is the error). So float32 takes delta as
+// sum_j P_ij dP_ij over the row's tiles (delta_from_probabilities_item), from the same P and dP
+// that dS then uses, in double: rounding in dP then cancels in dP - delta instead of adding to
+// it. It costs a third pass of two products (S and dP) per computed tile.
+template <class Storage>
+constexpr bool delta_from_probabilities() {
+    return std::is_same_v<Storage, Float32Storage>;
+}
+
 template <class Storage>
 void row_delta_item(const AttentionProblem& p, int64_t item, std::vector<float>& delta) {
     const int32_t h = int32_t(item % p.q_heads), b = int32_t(item / p.q_heads);
@@ -492,6 +509,41 @@ void tile_probabilities_and_gradients(const MaskTiles& tiles, TileKind kind, int
     multiply(w.dout.data(), pitch.value, 1, w.vt.data(), kBlockN, w.dprob.data(), kBlockN, round_up(rows, kRowBlock),
              tiles.p.value_dim, kBlockN, false);
     score_gradients(w.dprob.data(), w.prob.data(), w.delta.data(), rows);
+}
+
+// delta of a query block's rows as sum_j P_ij dP_ij (in double) over its computed tiles; work
+// item = (b, query head, query block), as for dQ. Hidden keys (P = 0) add nothing, whatever
+// their V holds.
+template <class Storage>
+void delta_from_probabilities_item(const MaskTiles& tiles, int64_t item, std::vector<float>& delta,
+                                   BackwardScratch& w) {
+    const AttentionProblem& p = tiles.p;
+    const Pitches pitch(p);
+    const WorkItem at = work_item(item, p.q_heads, tiles.q_blocks);
+    const int32_t b = at.b, h = at.head, q_block = at.block;
+    const int32_t kvh = p.kv_head(h), rows = tiles.rows_in(q_block), first_row = q_block * kBlockM;
+
+    load_query_block<Storage>(tiles, delta, b, h, q_block, w);
+    double sums[kBlockM] = {};
+    for (int32_t kv_block = 0; kv_block < tiles.kv_blocks; ++kv_block) {
+        const TileKind kind = tiles.kind(b, h, q_block, kv_block);
+        if (kind == TileKind::Skipped) continue;
+        const int32_t first_col = kv_block * kBlockN, cols = tiles.cols_in(kv_block);
+        load_transposed<Storage>(p.k, b, first_col, kvh, cols, p.head_dim, w.kt.data());
+        load_transposed<Storage>(p.v, b, first_col, kvh, cols, p.value_dim, w.vt.data());
+        tile_scores(tiles, kind, b, h, q_block, kv_block, w.q.data(), pitch.head, w.kt.data(), w.prob.data(),
+                    w.columns);
+        probabilities_from_lse(w.prob.data(), w.lse.data(), rows);
+        multiply(w.dout.data(), pitch.value, 1, w.vt.data(), kBlockN, w.dprob.data(), kBlockN,
+                 round_up(rows, kRowBlock), p.value_dim, kBlockN, false);
+        for (int32_t r = 0; r < rows; ++r)
+            for (int32_t c = 0; c < cols; ++c) {
+                const float probability = w.prob[r * kBlockN + c];
+                if (probability != 0.0f) sums[r] += double(probability) * double(w.dprob[r * kBlockN + c]);
+            }
+    }
+    float* out = delta.data() + (std::size_t(b) * p.q_heads + h) * p.nq + first_row;
+    for (int32_t r = 0; r < rows; ++r) out[r] = float(sums[r]);
 }
 
 // dQ work item = (b, query head, query block): dQ = scale * sum over key blocks of dS K.
@@ -572,14 +624,20 @@ template <class Storage>
 void run_backward(const AttentionProblem& p, int num_threads) {
     const MaskTiles tiles(p);
     std::vector<float> delta(std::size_t(p.batch) * p.q_heads * p.nq);
-    const int64_t row_items = int64_t(p.batch) * p.q_heads;
-    parallel_for(row_items, worker_count(num_threads, row_items),
-                 [&](int, int64_t item) { row_delta_item<Storage>(p, item, delta); });
-
     const int64_t dq_items = int64_t(p.batch) * p.q_heads * tiles.q_blocks;
     const int64_t dkdv_items = int64_t(p.batch) * p.kv_heads * tiles.kv_blocks;
     const int workers = worker_count(num_threads, std::max(dq_items, dkdv_items));
     std::vector<BackwardScratch> scratch(static_cast<std::size_t>(workers));
+    if constexpr (delta_from_probabilities<Storage>()) {
+        parallel_for(dq_items, worker_count(num_threads, dq_items), [&](int worker, int64_t item) {
+            scratch[worker].allocate(p);
+            delta_from_probabilities_item<Storage>(tiles, item, delta, scratch[worker]);
+        });
+    } else {
+        const int64_t row_items = int64_t(p.batch) * p.q_heads;
+        parallel_for(row_items, worker_count(num_threads, row_items),
+                     [&](int, int64_t item) { row_delta_item<Storage>(p, item, delta); });
+    }
     parallel_for(dq_items, worker_count(num_threads, dq_items), [&](int worker, int64_t item) {
         scratch[worker].allocate(p);
         dq_item<Storage>(tiles, delta, item, scratch[worker]);
