@@ -22,6 +22,8 @@
 #   FLASHMASK_CUDA               [ON]        the Python module's kernels (OFF: CPU-only module, for
 #                                            benchmarking the peers before the kernels exist)
 #   FLASHMASK_COMMIT             [git, else 'unknown']  recorded in the benchmark results
+#   FLASHMASK_PYTEST_FILTER      [all]       a pytest -k expression: the Python tests to run when
+#                                            device time is short (e.g. "preprocessing or key_order")
 #
 # A failing step is reported at once with the end of its log; the steps that need it are
 # skipped, the others still run, and the script exits non-zero.
@@ -174,7 +176,9 @@ install_python() {
 run_pytest() {
   # Every Python test, the CUDA ones required to run (not skip) since this module has kernels.
   # pytest exits 5 when nothing is selected: reported, not a failure.
-  FLASHMASK_REQUIRE_CUDA=1 "$PYTHON" -m pytest tests/python -q -p no:cacheprovider
+  local select=()
+  [ -n "${FLASHMASK_PYTEST_FILTER:-}" ] && select=(-k "$FLASHMASK_PYTEST_FILTER")
+  FLASHMASK_REQUIRE_CUDA=1 "$PYTHON" -m pytest tests/python -q -p no:cacheprovider "${select[@]}"
   local rc=$?
   [ $rc -eq 5 ] && { echo "pytest: no test selected"; return 0; }
   return $rc
