@@ -499,16 +499,22 @@ void load_query_block(const MaskTiles& tiles, const std::vector<float>& delta, i
     }
 }
 
-// P and dS of one non-skipped tile, from the loaded query block and key block (kt, vt).
-void tile_probabilities_and_gradients(const MaskTiles& tiles, TileKind kind, int32_t b, int32_t h, int32_t q_block,
-                                      int32_t kv_block, BackwardScratch& w) {
+// P and dP = dO V^T of one non-skipped tile, from the loaded query block and key block (kt, vt).
+void tile_probabilities_and_dprob(const MaskTiles& tiles, TileKind kind, int32_t b, int32_t h, int32_t q_block,
+                                  int32_t kv_block, BackwardScratch& w) {
     const Pitches pitch(tiles.p);
     const int32_t rows = tiles.rows_in(q_block);
     tile_scores(tiles, kind, b, h, q_block, kv_block, w.q.data(), pitch.head, w.kt.data(), w.prob.data(), w.columns);
     probabilities_from_lse(w.prob.data(), w.lse.data(), rows);
     multiply(w.dout.data(), pitch.value, 1, w.vt.data(), kBlockN, w.dprob.data(), kBlockN, round_up(rows, kRowBlock),
              tiles.p.value_dim, kBlockN, false);
-    score_gradients(w.dprob.data(), w.prob.data(), w.delta.data(), rows);
+}
+
+// P and dS of one non-skipped tile, from the loaded query block and key block (kt, vt).
+void tile_probabilities_and_gradients(const MaskTiles& tiles, TileKind kind, int32_t b, int32_t h, int32_t q_block,
+                                      int32_t kv_block, BackwardScratch& w) {
+    tile_probabilities_and_dprob(tiles, kind, b, h, q_block, kv_block, w);
+    score_gradients(w.dprob.data(), w.prob.data(), w.delta.data(), tiles.rows_in(q_block));
 }
 
 // delta of a query block's rows as sum_j P_ij dP_ij (in double) over its computed tiles; work
@@ -518,12 +524,11 @@ template <class Storage>
 void delta_from_probabilities_item(const MaskTiles& tiles, int64_t item, std::vector<float>& delta,
                                    BackwardScratch& w) {
     const AttentionProblem& p = tiles.p;
-    const Pitches pitch(p);
     const WorkItem at = work_item(item, p.q_heads, tiles.q_blocks);
     const int32_t b = at.b, h = at.head, q_block = at.block;
     const int32_t kvh = p.kv_head(h), rows = tiles.rows_in(q_block), first_row = q_block * kBlockM;
 
-    load_query_block<Storage>(tiles, delta, b, h, q_block, w);
+    load_query_block<Storage>(tiles, delta, b, h, q_block, w);  // its delta rows are this item's output
     double sums[kBlockM] = {};
     for (int32_t kv_block = 0; kv_block < tiles.kv_blocks; ++kv_block) {
         const TileKind kind = tiles.kind(b, h, q_block, kv_block);
@@ -531,11 +536,7 @@ void delta_from_probabilities_item(const MaskTiles& tiles, int64_t item, std::ve
         const int32_t first_col = kv_block * kBlockN, cols = tiles.cols_in(kv_block);
         load_transposed<Storage>(p.k, b, first_col, kvh, cols, p.head_dim, w.kt.data());
         load_transposed<Storage>(p.v, b, first_col, kvh, cols, p.value_dim, w.vt.data());
-        tile_scores(tiles, kind, b, h, q_block, kv_block, w.q.data(), pitch.head, w.kt.data(), w.prob.data(),
-                    w.columns);
-        probabilities_from_lse(w.prob.data(), w.lse.data(), rows);
-        multiply(w.dout.data(), pitch.value, 1, w.vt.data(), kBlockN, w.dprob.data(), kBlockN,
-                 round_up(rows, kRowBlock), p.value_dim, kBlockN, false);
+        tile_probabilities_and_dprob(tiles, kind, b, h, q_block, kv_block, w);
         for (int32_t r = 0; r < rows; ++r)
             for (int32_t c = 0; c < cols; ++c) {
                 const float probability = w.prob[r * kBlockN + c];
