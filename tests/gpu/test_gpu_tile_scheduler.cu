@@ -90,15 +90,15 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
 
     // The kernel itself, whatever the layout.
     const std::size_t entries = expected.order.size();
-    DeviceBuffer<int32_t> order(entries), work(entries), heavy_ranks(1);
+    DeviceBuffer<int32_t> order(entries), work(entries), counters(std::size_t(cuda::tile_order_counters(shape)));
     order.poison();
     work.poison();
-    heavy_ranks.poison();
+    counters.poison();
     // The total work (the key order's WorkComparison) starts from a non-zero value: the kernel adds.
     constexpr unsigned long long kTotalWorkStart = 7;
     DeviceBuffer<unsigned long long> total_work(1);
     FM_CUDA_CHECK(cudaMemcpy(total_work.get(), &kTotalWorkStart, sizeof(kTotalWorkStart), cudaMemcpyHostToDevice));
-    cuda::compute_tile_order(shape, summaries.table(), order.get(), work.get(), heavy_ranks.get(), total_work.get(),
+    cuda::compute_tile_order(shape, summaries.table(), order.get(), work.get(), counters.get(), total_work.get(),
                              nullptr);
     FM_CUDA_CHECK(cudaDeviceSynchronize());
     unsigned long long expected_total = kTotalWorkStart;
@@ -111,7 +111,7 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
         ASSERT_EQ(device_order[i], expected.order[i]) << what << ": order entry " << i << " (pair "
                                                       << i / shape.blocks << ", rank " << i % shape.blocks << ")";
     }
-    ASSERT_EQ(heavy_ranks.to_host().at(0), expected.heavy_ranks) << what << ": heavy prefix R";
+    ASSERT_EQ(counters.to_host().at(0), expected.heavy_ranks) << what << ": heavy prefix R";
 
     // The scheduler as a kernel launch gets it.
     const cuda::TileScheduler tiles(device.view, s.batch, s.q_heads, s.kv_heads, axis, block_m, summaries.table(),
