@@ -426,11 +426,11 @@ class FlashMaskEntryPoints:
 
     @staticmethod
     def _find_preprocess_hook():
-        # The per-call block-summary computation alone, if the module exposes it:
-        # block_summaries_cuda(startend_row_indices, *, causal, nq, q_heads, stream) runs on
-        # `stream` what forward_into does before its kernel (see bench/README.md).
+        # The per-call preprocessing alone, if the module exposes it:
+        # forward_preprocessing_cuda(startend_row_indices, *, causal, nq, q_heads, stream) runs
+        # on `stream` what forward_into does before its kernel (see bench/README.md).
         for owner in (flashmask, getattr(flashmask, "_flashmask", None)):
-            hook = getattr(owner, "block_summaries_cuda", None)
+            hook = getattr(owner, "forward_preprocessing_cuda", None)
             if hook is not None:
                 return hook
         return None
@@ -1135,7 +1135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     entry = FlashMaskEntryPoints()
     if args.preprocess_only and (entry.missing or entry.preprocess is None):
         log(f"bench_attention: --preprocess-only has nothing to measure: "
-            f"{entry.missing or 'this flashmask module has no preprocess hook (block_summaries_cuda)'}")
+            f"{entry.missing or 'this flashmask module has no preprocess hook (forward_preprocessing_cuda)'}")
         return 2
     mode = MODE_PREPROCESS_ONLY if args.preprocess_only else MODE_FULL
     import triton

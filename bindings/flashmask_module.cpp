@@ -35,8 +35,8 @@
 #include "flashmask/mask.hpp"
 
 #ifdef FLASHMASK_WITH_CUDA
-#include "cuda/common/workspace.cuh"
-#include "cuda/sm80/forward_traits.hpp"
+#include "cuda/attention.hpp"
+#include "cuda/common/check.hpp"
 #endif
 
 namespace nb = nanobind;
@@ -326,27 +326,22 @@ double scale_or_default(std::optional<double> scale, int32_t head_dim) {
 // The forward's per-call preprocessing alone (a benchmark hook)
 // ---------------------------------------------------------------------------------------------
 
-// Part of what cuda::forward() runs before its kernel: the block summaries at the forward
-// kernel's key-block size (in the keys' own order; not the tile order, nor the key order's sort
-// from 16K keys), into stream-ordered scratch that is freed on the same stream. The benchmark
-// (bench/bench_attention.py) times it against FlexAttention's create_block_mask (the issue's
-// preprocessing targets). Refused with Unsupported in a build without CUDA kernels.
+// What cuda::forward() runs before its kernel (cuda::forward_preprocessing()): the block
+// summaries and tile order at the forward kernel's tile, and from 16K keys the key order's sort
+// and comparison (KeyOrder::Automatic, forward_into's default), into stream-ordered scratch that
+// is freed on the same stream. Only the mask is read. The benchmark (bench/bench_attention.py)
+// times it against FlexAttention's create_block_mask (the preprocessing targets).
+// Refused with Unsupported in a build without CUDA kernels.
 void run_forward_preprocessing(const std::optional<fm::TensorView>& indices, const fm::MaskView& mask, int64_t batch,
-                               int64_t q_heads, int64_t head_dim, std::uintptr_t stream) {
+                               int64_t q_heads, int64_t kv_heads, int64_t head_dim, std::uintptr_t stream) {
 #ifdef FLASHMASK_WITH_CUDA
     if (indices && indices->device != fm::Device::CUDA)
         throw fm::Error(fm::ErrorCode::InvalidArgument, kIndexArgument,
                         std::string(kIndexArgument) + " is on the cpu; expected a CUDA tensor (the preprocessing "
                                                       "runs on the GPU)");
-    int32_t block_n = 0;
-    switch (head_dim) {
-        case 64: block_n = fm::cuda::sm80::ForwardTileShape<64>::kBlockN; break;
-        case 128: block_n = fm::cuda::sm80::ForwardTileShape<128>::kBlockN; break;
-        case 256: block_n = fm::cuda::sm80::ForwardTileShape<256>::kBlockN; break;
-        default:
-            throw fm::Error(fm::ErrorCode::Unsupported, "head_dim",
-                            "head_dim = " + std::to_string(head_dim) + "; the CUDA kernels support 64, 128 and 256");
-    }
+    if (!fm::cuda::supports(fm::DType::BFloat16, int32_t(head_dim), int32_t(head_dim)))
+        throw fm::Error(fm::ErrorCode::Unsupported, "head_dim",
+                        "head_dim = " + std::to_string(head_dim) + "; the CUDA kernels support 64, 128 and 256");
     // Runs on the current device: a hook has no reason to switch devices (forward() does, with
     // its device guard), so an index tensor elsewhere is refused.
     int current_device = 0;
@@ -355,17 +350,27 @@ void run_forward_preprocessing(const std::optional<fm::TensorView>& indices, con
         throw fm::Error(fm::ErrorCode::InvalidArgument, kIndexArgument,
                         std::string(kIndexArgument) + " is on cuda:" + std::to_string(indices->device_index) +
                             "; expected the current device, cuda:" + std::to_string(current_device));
-    const fm::cuda::BlockSummaries summaries(mask, int32_t(batch), int32_t(q_heads), block_n,
-                                             reinterpret_cast<cudaStream_t>(stream));
+    // The problem's shape without tensors: the preprocessing reads the mask only.
+    fm::AttentionProblem problem;
+    problem.dtype = fm::DType::BFloat16;
+    problem.batch = int32_t(batch);
+    problem.nq = mask.nq;
+    problem.nk = mask.nk;
+    problem.q_heads = int32_t(q_heads);
+    problem.kv_heads = int32_t(kv_heads);
+    problem.head_dim = problem.value_dim = int32_t(head_dim);
+    problem.mask = mask;
+    fm::cuda::forward_preprocessing(problem, fm::KeyOrder::Automatic, reinterpret_cast<cudaStream_t>(stream));
 #else
     (void)indices;
     (void)mask;
     (void)batch;
     (void)q_heads;
+    (void)kv_heads;
     (void)head_dim;
     (void)stream;
     throw fm::Error(fm::ErrorCode::Unsupported, kIndexArgument,
-                    "block_summaries_cuda: this build has no CUDA kernels (configured without nvcc)");
+                    "forward_preprocessing_cuda: this build has no CUDA kernels (configured without nvcc)");
 #endif
 }
 
@@ -586,7 +591,7 @@ NB_MODULE(_flashmask, m) {
     m.def("cuda_available", &fm::cuda_available);
     // The forward's per-call preprocessing alone on `stream` (see run_forward_preprocessing);
     // B is the index tensor's (1 without one), Nk its key dimension (nq without one).
-    m.def("block_summaries_cuda",
+    m.def("forward_preprocessing_cuda",
           [](const std::optional<AttentionInput>& index_array, bool causal, int64_t nq, int64_t q_heads,
              std::uintptr_t stream, std::optional<int64_t> nk, std::optional<int64_t> kv_heads, int64_t head_dim) {
               // Read from the tensor only at rank 4; checked_mask_view() refuses any other rank.
@@ -598,7 +603,7 @@ NB_MODULE(_flashmask, m) {
                   checked_mask_view(index_array, causal, batch, nq, keys, q_heads, kv_heads ? *kv_heads : q_heads);
               const std::optional<fm::TensorView> indices = index_view(index_array);
               nb::gil_scoped_release unlocked;
-              run_forward_preprocessing(indices, mask, batch, q_heads, head_dim, stream);
+              run_forward_preprocessing(indices, mask, batch, q_heads, kv_heads ? *kv_heads : q_heads, head_dim, stream);
           },
           nb::arg("startend_row_indices").none(), nb::kw_only(), nb::arg("causal"), nb::arg("nq"), nb::arg("q_heads"),
           nb::arg("stream") = 0, nb::arg("nk").none() = nb::none(), nb::arg("kv_heads").none() = nb::none(),

@@ -14,6 +14,11 @@ namespace flashmask::cuda {
 // key_order: the order the kernels read the keys in (types.hpp, common/key_order.cuh).
 void forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t stream);
 
+// Only what forward() queues before its kernel, from the mask alone (no tensor is read): block
+// summaries, tile order and, from 16K keys under KeyOrder::Automatic, the key order's sort and
+// comparison. The benchmark times it as the per-call preprocessing (bench/bench_attention.py).
+void forward_preprocessing(const AttentionProblem& p, KeyOrder key_order, cudaStream_t stream);
+
 // Reads p.q, k, v, out, lse, dout; writes p.dq, dk, dv. `deterministic`: identical bits on every
 // run (no floating-point atomics whose order varies).
 void backward(const AttentionProblem& p, bool deterministic, KeyOrder key_order, cudaStream_t stream);

@@ -371,19 +371,23 @@ def test_backward_refuses_before_writing(rng):
 
 
 def test_the_preprocessing_hook_runs_on_the_stream_and_refuses_a_cpu_mask(rng):
-    """_flashmask.block_summaries_cuda (bench/bench_attention.py times it): forward's block
-    summaries alone, with and without an index tensor; CUDA errors would surface at the
+    """_flashmask.forward_preprocessing_cuda (bench/bench_attention.py times it): what the
+    forward runs before its kernel, with and without an index tensor, below and from the 16K
+    keys where the key order's sort and comparison join; CUDA errors would surface at the
     synchronize. An index tensor on the CPU is refused like forward_into refuses it."""
     n = int(rng.integers(100, 3000))
     mask = masks.causal_document([n // 2, n - n // 2])
     indices = torch.from_numpy(mask.startend_row_indices).cuda()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    for index_tensor, causal in ((indices, True), (None, True), (None, False)):
-        result = flashmask._flashmask.block_summaries_cuda(index_tensor, causal=causal, nq=n, q_heads=8,
-                                                           stream=side.cuda_stream)
+    long_n = 16384 + int(rng.integers(0, 100))
+    long_indices = torch.from_numpy(masks.causal_document([long_n // 3, long_n - long_n // 3]).startend_row_indices)
+    for index_tensor, causal, length in ((indices, True, n), (None, True, n), (None, False, n),
+                                         (long_indices.cuda(), True, long_n)):
+        result = flashmask._flashmask.forward_preprocessing_cuda(index_tensor, causal=causal, nq=length, q_heads=8,
+                                                                 kv_heads=2, stream=side.cuda_stream)
         assert result is None
     side.synchronize()
     with pytest.raises(ValueError) as refused:
-        flashmask._flashmask.block_summaries_cuda(indices.cpu(), causal=True, nq=n, q_heads=8)
+        flashmask._flashmask.forward_preprocessing_cuda(indices.cpu(), causal=True, nq=n, q_heads=8)
     assert refused.value.argument == "startend_row_indices"

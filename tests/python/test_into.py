@@ -216,11 +216,11 @@ def test_a_float64_output(rng):
 
 
 def test_the_preprocessing_hook_refuses_a_host_index_array(rng):
-    """_flashmask.block_summaries_cuda (the benchmark's hook) runs on the GPU only: NumPy index
+    """_flashmask.forward_preprocessing_cuda (the benchmark's hook) runs on the GPU only: NumPy index
     arrays are refused (ValueError in a CUDA build, NotImplementedError in a CPU-only one)."""
     mask = masks.causal_document([10, 20])
     with pytest.raises((ValueError, NotImplementedError)) as refused:
-        flashmask._flashmask.block_summaries_cuda(mask.startend_row_indices, causal=True, nq=30, q_heads=4)
+        flashmask._flashmask.forward_preprocessing_cuda(mask.startend_row_indices, causal=True, nq=30, q_heads=4)
     assert refused.value.argument == "startend_row_indices"
 
 

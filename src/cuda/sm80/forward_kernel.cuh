@@ -441,7 +441,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
 }  // namespace forward_detail
 
 template <typename Element, int kHeadDim>
-void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t stream) {
+void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t stream, ForwardPart part) {
     using namespace forward_detail;
     using Traits = ForwardTraits<kHeadDim>;
     if (p.batch == 0 || p.nq == 0) return;  // nothing to write
@@ -450,6 +450,9 @@ void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t 
     constexpr int kSmemBytes = int(sizeof(SharedStorage<Element, kHeadDim>));
     const auto launch = plan_scheduled_launch<Traits>(forward_kernel<Element, kHeadDim>, kSmemBytes, p,
                                                       TileAxis::QueryBlocks, "forward", "forward_kernel");
+
+    const KeyOrderedTiles tiles(p, key_order, launch.shape, Traits::kBlockN, stream);
+    if (part == ForwardPart::PreprocessingOnly) return;
 
     const KernelOperand q(p.q, p.batch, p.nq, p.q_heads, p.head_dim, stream);
     const KernelOperand k(p.k, p.batch, p.nk, p.kv_heads, p.head_dim, stream);
@@ -469,7 +472,6 @@ void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t 
         check_launch("flashmask sm80 forward_kernel");
     };
 
-    const KeyOrderedTiles tiles(p, key_order, launch.shape, Traits::kBlockN, stream);
     if (tiles.natural_runs())
         run(kernel_problem, tiles.natural_table(), tiles.natural_schedule(), tiles.natural_condition());
     if (tiles.sorted_runs()) {

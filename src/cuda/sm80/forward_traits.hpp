@@ -68,10 +68,16 @@ struct ForwardTraits : ForwardTileShape<kHeadDim_> {
     static_assert(Shape::kBlockN <= kThreads, "one thread per column fills the partial-tile mask");
 };
 
+// What launch_forward() queues: the whole forward, or only the per-call preprocessing before its
+// kernel (block summaries, tile order, and from 16K keys the key order's sort and comparison),
+// which reads nothing but the mask (cuda::forward_preprocessing(), a benchmark hook).
+enum class ForwardPart { Attention, PreprocessingOnly };
+
 // Writes p.out and p.lse for one (dtype, head dim): builds the block summaries at kBlockN
 // granularity on `stream` and launches the kernel there. Defined in forward_kernel.cuh,
 // instantiated once per (Element, kHeadDim) in src/cuda/instantiations/.
 template <typename Element, int kHeadDim>
-void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t stream);
+void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t stream,
+                    ForwardPart part = ForwardPart::Attention);
 
 }  // namespace flashmask::cuda::sm80
