@@ -1,6 +1,5 @@
 // The kernel that sorts each (batch, head)'s blocks by work (tile_scheduler.cuh, tile_order.hpp).
 #include <cstddef>
-#include <limits>
 #include <string>
 
 #include "cuda/common/tile_scheduler.cuh"
@@ -148,10 +147,9 @@ void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summari
     if (shape.buckets < 1 || shape.buckets > kWorkBuckets)
         throw Error(ErrorCode::InvalidArgument, "", "compute_tile_order: shape.buckets = " + std::to_string(shape.buckets) +
                                                         ", expected 1.." + std::to_string(kWorkBuckets));
+    // At most shape.ctas() (order pairs <= batch x heads), which make_tile_order_shape() keeps
+    // within the grid's 2^31 - 1.
     const int64_t ctas = shape.order_pairs() * ceil_div(shape.blocks, kBlocksPerCountingCta);
-    if (ctas > std::numeric_limits<int32_t>::max())
-        throw Error(ErrorCode::Unsupported, "",
-                    "flashmask tile order: " + std::to_string(ctas) + " counting CTAs exceed the grid's 2^31 - 1");
     tile_order_kernel<<<unsigned(ctas), kOrderThreads, 0, stream>>>(shape, summaries, order, work, counters, total_work);
     check_launch("flashmask tile_order_kernel");
 }
