@@ -378,12 +378,13 @@ def test_the_preprocessing_hook_runs_on_the_stream_and_refuses_a_cpu_mask(rng):
     n = int(rng.integers(100, 3000))
     mask = masks.causal_document([n // 2, n - n // 2])
     indices = torch.from_numpy(mask.startend_row_indices).cuda()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
     long_n = 16384 + int(rng.integers(0, 100))
-    long_indices = torch.from_numpy(masks.causal_document([long_n // 3, long_n - long_n // 3]).startend_row_indices)
+    long_mask = masks.causal_document([long_n // 3, long_n - long_n // 3])
+    long_indices = torch.from_numpy(long_mask.startend_row_indices).cuda()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())  # both index tensors are on the device first
     for index_tensor, causal, length in ((indices, True, n), (None, True, n), (None, False, n),
-                                         (long_indices.cuda(), True, long_n)):
+                                         (long_indices, True, long_n)):
         result = flashmask._flashmask.forward_preprocessing_cuda(index_tensor, causal=causal, nq=length, q_heads=8,
                                                                  kv_heads=2, stream=side.cuda_stream)
         assert result is None
