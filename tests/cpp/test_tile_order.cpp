@@ -1,5 +1,6 @@
 // The heaviest-first CTA order's host twin and CTA mapping (src/cuda/common/tile_order.hpp; the
 // device kernel is checked against this twin in tests/gpu/test_gpu_tile_scheduler.cu):
+//   * the query blocks a key block skips, found in O(1) as runs, are exactly classify()'s skips;
 //   * per-block work adds up to count_tiles()'s non-skipped tiles (an independent count);
 //   * every schedule is a bijection: a heavy prefix of R ranks rank-major over all (batch, head)
 //     pairs, then section by section in rank-major order, heaviest first with ties in the
@@ -237,6 +238,62 @@ TEST(TileOrder, HeavyPrefixAtBenchmarkSizes) {
                           << "\n";
             }
         }
+}
+
+// skipped_query_blocks(), which the device's difference array and the host twin count work
+// with, against classify() query block by query block: its runs hold exactly the blocks that
+// classify() calls Skipped, once each (count()). Summaries with bounds drawn around every edge
+// (below 0, 0, inside, Nq, past Nq, the fold identity's INT32_MIN / INT32_MAX), empty blocks, and
+// sizes from one row to Nq near INT32_MAX with ragged last blocks.
+TEST(TileOrder, SkippedQueryBlocksAreExactlyClassifysSkips) {
+    auto rng = testing::test_rng();
+    constexpr int32_t kInt32Max = std::numeric_limits<int32_t>::max();
+    struct Size {
+        int32_t nq, block_m;
+    };
+    const Size sizes[] = {{1, 1}, {1, 64}, {17, 1}, {17, 4}, {128, 64}, {129, 64}, {1000, 128},
+                          {1000, 3}, {kInt32Max, 1 << 21}, {kInt32Max - 5, (1 << 21) + 1}};
+    constexpr int kSummariesPerSize = 3000;
+    for (const Size& size : sizes) {
+        const int32_t query_blocks = ceil_div(size.nq, size.block_m);
+        // A bound: an edge value, a block boundary or any row.
+        auto bound = [&]() -> int32_t {
+            const int32_t block = int32_t(rng() % uint64_t(query_blocks + 1));
+            const int64_t boundary = std::min<int64_t>(int64_t(block) * size.block_m, size.nq);
+            switch (rng() % 10) {
+                case 0: return std::numeric_limits<int32_t>::min();
+                case 1: return kInt32Max;
+                case 2: return -1;
+                case 3: return 0;
+                case 4: return size.nq;
+                case 5: return int32_t(std::min<int64_t>(int64_t(size.nq) + 1, kInt32Max));
+                case 6: return int32_t(boundary);
+                case 7: return int32_t(std::max<int64_t>(boundary - 1, 0));
+                case 8: return int32_t(std::min<int64_t>(boundary + 1, size.nq));
+                default: return int32_t(rng() % (uint64_t(size.nq) + 1));
+            }
+        };
+        for (int trial = 0; trial < kSummariesPerSize; ++trial) {
+            BlockSummary s = trial == 0 ? BlockSummary::empty() : BlockSummary{};
+            if (trial > 0)
+                s = {bound(), bound(), bound(), bound(), bound(), bound(), bound(), bound()};
+            const cuda::SkippedQueryBlocks skipped = cuda::skipped_query_blocks(s, size.block_m, size.nq, query_blocks);
+            int32_t classified_skipped = 0;
+            for (int32_t q = 0; q < query_blocks; ++q) {
+                const int32_t begin = int32_t(int64_t(q) * size.block_m);
+                const int32_t end = clipped_end(begin, size.block_m, size.nq);
+                const bool skip = classify(s, begin, end) == TileKind::Skipped;
+                classified_skipped += skip;
+                ASSERT_EQ(skipped.contains(q), skip)
+                    << "Nq " << size.nq << " block_m " << size.block_m << " query block " << q << " of "
+                    << query_blocks << ", summary {" << s.min_lower_start << ", " << s.max_lower_start << ", "
+                    << s.min_lower_end << ", " << s.max_lower_end << ", " << s.min_upper_start << ", "
+                    << s.max_upper_start << ", " << s.min_upper_end << ", " << s.max_upper_end << "}";
+            }
+            ASSERT_EQ(skipped.count(), classified_skipped) << "Nq " << size.nq << " block_m " << size.block_m
+                                                           << ": the runs overlap";
+        }
+    }
 }
 
 TEST(TileOrder, WorkBucketShift) {

@@ -90,28 +90,26 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
 
     // The kernel itself, whatever the layout.
     const std::size_t entries = expected.order.size();
-    DeviceBuffer<int32_t> order(entries), work(entries), counters(std::size_t(cuda::tile_order_counters(shape)));
+    DeviceBuffer<int32_t> order(entries), workspace(std::size_t(cuda::tile_order_workspace(shape)));
     order.poison();
-    work.poison();
-    counters.poison();
+    workspace.poison();
     // The total work (the key order's WorkComparison) starts from a non-zero value: the kernel adds.
     constexpr unsigned long long kTotalWorkStart = 7;
     DeviceBuffer<unsigned long long> total_work(1);
     FM_CUDA_CHECK(cudaMemcpy(total_work.get(), &kTotalWorkStart, sizeof(kTotalWorkStart), cudaMemcpyHostToDevice));
-    cuda::compute_tile_order(shape, summaries.table(), order.get(), work.get(), counters.get(), total_work.get(),
-                             nullptr);
+    cuda::compute_tile_order(shape, summaries.table(), order.get(), workspace.get(), total_work.get(), nullptr);
     FM_CUDA_CHECK(cudaDeviceSynchronize());
     unsigned long long expected_total = kTotalWorkStart;
     for (const int32_t w : expected.work) expected_total += static_cast<unsigned long long>(w);
     ASSERT_EQ(total_work.to_host().at(0), expected_total) << what << ": total work";
-    const std::vector<int32_t> device_work = work.to_host(), device_order = order.to_host();
+    const std::vector<int32_t> device_workspace = workspace.to_host(), device_order = order.to_host();
     for (std::size_t i = 0; i < entries; ++i) {
-        ASSERT_EQ(device_work[i], expected.work[i]) << what << ": work of entry " << i << " (pair " << i / shape.blocks
+        ASSERT_EQ(device_workspace[i], expected.work[i]) << what << ": work of entry " << i << " (pair " << i / shape.blocks
                                                     << ", block " << i % shape.blocks << ")";
         ASSERT_EQ(device_order[i], expected.order[i]) << what << ": order entry " << i << " (pair "
                                                       << i / shape.blocks << ", rank " << i % shape.blocks << ")";
     }
-    ASSERT_EQ(counters.to_host().at(0), expected.heavy_ranks) << what << ": heavy prefix R";
+    ASSERT_EQ(device_workspace.at(entries), expected.heavy_ranks) << what << ": heavy prefix R";
 
     // The scheduler as a kernel launch gets it.
     const cuda::TileScheduler tiles(device.view, s.batch, s.q_heads, s.kv_heads, axis, block_m, summaries.table(),

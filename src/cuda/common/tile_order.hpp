@@ -210,20 +210,75 @@ FM_HOST_DEVICE RowRange query_block_rows(int32_t q_block, int32_t block_m, int32
     return {begin, clipped_end(begin, block_m, nq)};
 }
 
-// The work of block `block` of order pair (order_batch, order_head), or with step > 1 the part of
-// it over the other axis's blocks first, first + step, ... (the device splits that loop over the
-// lanes of a warp and adds the parts). summaries: the table of the shape's layout; strides 0 when
-// one row serves all (no index tensor).
+// Query blocks [begin, end); empty when end <= begin.
+struct BlockRun {
+    int32_t begin = 0, end = 0;
+
+    FM_HOST_DEVICE bool empty() const { return end <= begin; }
+    FM_HOST_DEVICE int32_t size() const { return empty() ? 0 : end - begin; }
+    FM_HOST_DEVICE bool contains(int32_t block) const { return begin <= block && block < end; }
+};
+
+// The query blocks whose rows all lie in [start, end): with rows [q block_m, min((q + 1) block_m,
+// nq)) (query_block_rows()) block q qualifies when q block_m >= start and its row end <= end, which
+// holds from ceil(start / block_m) on and up to end / block_m (every block when end >= nq, where
+// the last, ragged block ends too). One run, found with divisions only: no product can overflow.
+FM_HOST_DEVICE BlockRun query_blocks_within(int32_t start, int32_t end, int32_t block_m, int32_t nq,
+                                             int32_t query_blocks) {
+    const int32_t first = start <= 0 ? 0 : ceil_div(start, block_m);
+    const int32_t last_end = end >= nq ? query_blocks : end < 0 ? 0 : end / block_m;
+    BlockRun run;
+    run.begin = first < query_blocks ? first : query_blocks;
+    run.end = last_end > run.begin ? last_end : run.begin;
+    return run;
+}
+
+// The query blocks that classify() calls Skipped against one key block: those inside the lower
+// or the upper interval common to all its columns (every block for a block without columns), as
+// at most two disjoint runs. So a tile order need not classify every tile: a key block's skipped
+// query blocks are known in O(1), and a query block's work is the key blocks minus those that
+// skip it (a difference array over the runs on the device, tile_scheduler.cu).
+struct SkippedQueryBlocks {
+    BlockRun first, second;  // disjoint; `second` empty unless the two runs neither overlap nor touch
+
+    FM_HOST_DEVICE bool contains(int32_t block) const { return first.contains(block) || second.contains(block); }
+    FM_HOST_DEVICE int32_t count() const { return first.size() + second.size(); }
+};
+
+FM_HOST_DEVICE SkippedQueryBlocks skipped_query_blocks(const BlockSummary& s, int32_t block_m, int32_t nq,
+                                                       int32_t query_blocks) {
+    SkippedQueryBlocks skipped;
+    if (s.min_lower_start > s.max_lower_start) {  // no columns: classify() skips every row range
+        skipped.first = {0, query_blocks};
+        return skipped;
+    }
+    const BlockRun lower = query_blocks_within(s.max_lower_start, s.min_lower_end, block_m, nq, query_blocks);
+    const BlockRun upper = query_blocks_within(s.max_upper_start, s.min_upper_end, block_m, nq, query_blocks);
+    if (lower.empty() || upper.empty()) {
+        skipped.first = lower.empty() ? upper : lower;
+    } else if (lower.begin <= upper.end && upper.begin <= lower.end) {  // overlapping or adjacent: one run
+        skipped.first = {lower.begin < upper.begin ? lower.begin : upper.begin,
+                         lower.end > upper.end ? lower.end : upper.end};
+    } else {
+        skipped.first = lower;
+        skipped.second = upper;
+    }
+    return skipped;
+}
+
+// The work of block `block` of order pair (order_batch, order_head). summaries: the table of the
+// shape's layout; strides 0 when one row serves all (no index tensor). O(key blocks) for a query
+// block (the host twin's way; the device adds runs into a difference array instead), O(1) per
+// query head run for a key block.
 FM_HOST_DEVICE int32_t block_work(const TileOrderShape& s, const BlockSummary* summaries, int64_t stride_batch,
-                                  int64_t stride_mask_head, int32_t order_batch, int32_t order_head, int32_t block,
-                                  int32_t first, int32_t step) {
+                                  int64_t stride_mask_head, int32_t order_batch, int32_t order_head, int32_t block) {
     const BlockSummary* batch_summaries = summaries + order_batch * stride_batch;
+    const int32_t query_blocks = s.axis == TileAxis::QueryBlocks ? s.blocks : s.other_blocks;
     int32_t work = 0;
     if (s.axis == TileAxis::QueryBlocks) {
         const BlockSummary* row = batch_summaries + order_head * stride_mask_head;  // order heads are mask heads
-        const RowRange rows = query_block_rows(block, s.block_m, s.nq);
-        for (int32_t kv_block = first; kv_block < s.other_blocks; kv_block += step)
-            work += classify(row[kv_block], rows.begin, rows.end) != TileKind::Skipped;
+        for (int32_t kv_block = 0; kv_block < s.other_blocks; ++kv_block)
+            work += !skipped_query_blocks(row[kv_block], s.block_m, s.nq, query_blocks).contains(block);
         return work;
     }
     // The query heads of the KV head this order stands for, in runs that share one mask head.
@@ -233,11 +288,7 @@ FM_HOST_DEVICE int32_t block_work(const TileOrderShape& s, const BlockSummary* s
         const int32_t mask_head = head / per_mask_head;
         const int32_t run_end = (mask_head + 1) * per_mask_head < end_head ? (mask_head + 1) * per_mask_head : end_head;
         const BlockSummary& summary = batch_summaries[mask_head * stride_mask_head + block];
-        int32_t visited = 0;
-        for (int32_t q_block = first; q_block < s.other_blocks; q_block += step) {
-            const RowRange rows = query_block_rows(q_block, s.block_m, s.nq);
-            visited += classify(summary, rows.begin, rows.end) != TileKind::Skipped;
-        }
+        const int32_t visited = query_blocks - skipped_query_blocks(summary, s.block_m, s.nq, query_blocks).count();
         work += visited * (run_end - head);
         head = run_end;
     }
@@ -350,7 +401,7 @@ inline std::vector<int32_t> host_block_work(const TileOrderShape& s, const std::
     for (int32_t b = 0; b < s.order_batches; ++b)
         for (int32_t h = 0; h < s.order_heads; ++h)
             for (int32_t block = 0; block < s.blocks; ++block)
-                work.push_back(block_work(s, summaries.data(), stride_batch, stride_mask_head, b, h, block, 0, 1));
+                work.push_back(block_work(s, summaries.data(), stride_batch, stride_mask_head, b, h, block));
     return work;
 }
 

@@ -8,78 +8,143 @@
 namespace flashmask::cuda {
 namespace {
 
-constexpr int kOrderThreads = 512;  // 16 warps, each counting one block's tiles at a time
+constexpr int kOrderThreads = 512;  // one key block per thread in step 1
 constexpr int kOrderWarps = kOrderThreads / kWarpSize;
-// Step 1 runs on several CTAs per order pair, each counting this many blocks (one per warp).
-// With one CTA per pair it was latency-bound: 81 us of share_question's 1.74 ms forward at 32K
-// (B = 1, one mask head: one CTA on one SM for 256 x 512 tiles; torch.profiler, bench/NOTES.md).
-constexpr int kBlocksPerCountingCta = kOrderWarps;
+
+// One thread per key block, and at least one CTA per pair: without keys (Nk = 0) the query
+// blocks still get their order, every one with work 0.
+FM_HOST_DEVICE int32_t order_ctas_per_pair(const TileOrderShape& shape) {
+    return shape.key_blocks > 0 ? ceil_div(shape.key_blocks, int32_t(kOrderThreads)) : 1;
+}
 // The work of this many blocks is staged in shared memory (8 KB, 40 KB with the histogram) for
 // the scatter, so that its one warp reads shared memory instead of waiting on global loads.
 constexpr int kStagedBlocks = 2048;
 
-// ceil(blocks / kBlocksPerCountingCta) CTAs per (order batch, order head), 1-D grid pair-major.
-// Each CTA counts its blocks' work; the last of a pair to finish (an arrival count per pair,
-// zeroed by the host) sorts the pair's blocks: a counting sort by work bin, heaviest bin first,
-// stable in the tie order, and this order head's part of the heavy prefix R.
-//   1. work of each block (block_work()), one warp per block with its lanes over the other axis,
-//      written to `work`; the last CTA reads them back (from L2: other CTAs wrote them), counts
-//      them into a shared-memory histogram and adds them to the order head's total work;
-//   2. warp 0 turns the counts into each bin's first output position (bins above it come first);
-//   3. in tie order, a chunk at a time, warp 0 places each block at its bin's next position:
+// Adds `value` at `index` of a device array when `valid`, one atomic per distinct index of the
+// warp (its lanes often share one: neighbouring key blocks of a document skip the same query
+// blocks). Every lane of the warp must call it.
+__device__ __forceinline__ void warp_aggregated_add(int32_t* array, int32_t index, int32_t value, bool valid) {
+    const unsigned peers = __match_any_sync(kFullWarpMask, valid ? index : -1);  // -1: never an index
+    const int lane = int(threadIdx.x) % kWarpSize;
+    if (valid && lane == __ffs(peers) - 1) atomicAdd(array + index, value * __popc(peers));
+}
+
+// Inclusive prefix sum over the CTA's threads, in thread order; `block_total` gets the sum of
+// all. warp_totals: kOrderWarps shared ints. Every thread must call it.
+__device__ __forceinline__ int32_t cta_inclusive_scan(int32_t value, int32_t* warp_totals, int32_t& block_total) {
+    const int thread = int(threadIdx.x), warp = thread / kWarpSize, lane = thread % kWarpSize;
+    int32_t inclusive = value;
+    for (int offset = 1; offset < kWarpSize; offset *= 2) {
+        const int32_t below = __shfl_up_sync(kFullWarpMask, inclusive, offset);
+        if (lane >= offset) inclusive += below;
+    }
+    __syncthreads();  // warp_totals' previous use is over
+    if (lane == kWarpSize - 1) warp_totals[warp] = inclusive;
+    __syncthreads();
+    int32_t before = 0;
+    for (int w = 0; w < warp; ++w) before += warp_totals[w];
+    block_total = 0;
+    for (int w = 0; w < kOrderWarps; ++w) block_total += warp_totals[w];
+    return before + inclusive;
+}
+
+// ceil(key blocks / kOrderThreads) CTAs per (order batch, order head), 1-D grid pair-major.
+// Each CTA handles kOrderThreads key blocks, one per thread; the last CTA of a pair to finish (an
+// arrival count per pair, zeroed by the host) turns that into the pair's work and sorts the
+// pair's blocks: a counting sort by work bin, heaviest bin first, stable in the tie order, and
+// this order head's part of the heavy prefix R.
+//   1. the query blocks its key block skips (skipped_query_blocks(), at most two runs, O(1)):
+//      - key-block axis: the block's work (block_work()), written to `work`;
+//      - query-block axis: -1 at each run's first query block and +1 after its last, added into
+//        `work` (zeroed by the host), a difference array whose prefix sums count the key blocks
+//        that skip each query block. Was one classify() per tile (256 x 512 at 32K) on warps of
+//        a few CTAs: 23 us of share_question's 1.73 ms forward at 32K, 81 us on one CTA per pair
+//        (torch.profiler on an H100, bench/NOTES.md);
+//   2. the last CTA reads them back (from L2: other CTAs wrote them), for the query-block axis
+//      takes the prefix sums (work = key blocks - skipping ones) and writes the work, counts it
+//      into a shared-memory histogram and adds it to the order head's total work;
+//   3. warp 0 turns the counts into each bin's first output position (bins above it come first);
+//   4. in tie order, a chunk at a time, warp 0 places each block at its bin's next position:
 //      __match_any_sync ranks lanes of one bin among themselves, so the sort stays stable. A
 //      heavy block (heavy_work_threshold() of the total) placed at position p needs R >= p + 1;
-//   4. warp 0 takes the largest such p + 1 into counters[0] (atomicMax over the order pairs).
-// counters: [R, arrivals of each order pair], zeroed by the host.
+//   5. warp 0 takes the largest such p + 1 into R (atomicMax over the order pairs).
+// workspace: tile_order_workspace(shape) int32s, zeroed by the host: work, R, arrivals.
 __global__ void __launch_bounds__(kOrderThreads)
-tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int32_t* order, int32_t* work,
-                  int32_t* counters, unsigned long long* total_work) {
+tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int32_t* order, int32_t* workspace,
+                  unsigned long long* total_work) {
     __shared__ int32_t bins[kWorkBuckets];     // counts, then each bin's next output position
     __shared__ int32_t staged[kStagedBlocks];  // work of the current chunk's blocks, in tie order
+    __shared__ int32_t warp_totals[kOrderWarps];
     __shared__ unsigned long long order_head_work;  // the sum of the blocks' work
     __shared__ bool last_to_arrive;
 
-    const int32_t ctas_per_pair = ceil_div(shape.blocks, kBlocksPerCountingCta);
+    const int64_t pairs = shape.order_pairs();
+    const int32_t ctas_per_pair = order_ctas_per_pair(shape);
     const int32_t pair = int32_t(blockIdx.x) / ctas_per_pair;
-    const int32_t first_block = int32_t(blockIdx.x) % ctas_per_pair * kBlocksPerCountingCta;
+    const int32_t key_block = int32_t(blockIdx.x) % ctas_per_pair * kOrderThreads + int32_t(threadIdx.x);
     const int32_t order_batch = pair / shape.order_heads, order_head = pair % shape.order_heads;
     int32_t* const pair_order = order + int64_t(pair) * shape.blocks;
-    int32_t* const pair_work = work + int64_t(pair) * shape.blocks;
+    int32_t* const pair_work = workspace + int64_t(pair) * shape.blocks;
+    int32_t* const heavy_ranks = workspace + pairs * shape.blocks;
+    int32_t* const arrivals = heavy_ranks + 1;
     const int thread = int(threadIdx.x), warp = thread / kWarpSize, lane = thread % kWarpSize;
     const int32_t buckets = shape.buckets;
+    const bool query_axis = shape.axis == TileAxis::QueryBlocks;
 
-    // 1. Work of this CTA's blocks.
-    const int32_t block = first_block + warp;
-    if (block < shape.blocks) {
-        const int32_t part = block_work(shape, summaries.summaries, summaries.stride_batch, summaries.stride_mask_head,
-                                        order_batch, order_head, block, lane, kWarpSize);
-        const int32_t total = __reduce_add_sync(kFullWarpMask, part);
-        if (lane == 0) pair_work[block] = total;
+    // 1. This thread's key block.
+    const bool has_block = key_block < shape.key_blocks;
+    if (query_axis) {
+        SkippedQueryBlocks skipped;  // empty
+        if (has_block) {
+            const BlockSummary* row = summaries.summaries + order_batch * summaries.stride_batch +
+                                      order_head * summaries.stride_mask_head;  // order heads are mask heads
+            skipped = skipped_query_blocks(row[key_block], shape.block_m, shape.nq, shape.blocks);
+        }
+        const BlockRun runs[] = {skipped.first, skipped.second};
+        for (const BlockRun& run : runs) {
+            warp_aggregated_add(pair_work, run.begin, -1, !run.empty());
+            warp_aggregated_add(pair_work, run.end, 1, !run.empty() && run.end < shape.blocks);
+        }
+    } else if (has_block) {
+        pair_work[key_block] = block_work(shape, summaries.summaries, summaries.stride_batch,
+                                          summaries.stride_mask_head, order_batch, order_head, key_block);
     }
-    // The last CTA of the pair to arrive sees every CTA's work: each made its writes visible
+    // The last CTA of the pair to arrive sees every CTA's part: each made its writes visible
     // device-wide before it counted itself in.
     __threadfence();
     __syncthreads();
-    if (thread == 0) last_to_arrive = atomicAdd(&counters[1 + pair], 1) == ctas_per_pair - 1;
+    if (thread == 0) last_to_arrive = atomicAdd(&arrivals[pair], 1) == ctas_per_pair - 1;
     __syncthreads();
     if (!last_to_arrive) return;
     __threadfence();
 
+    // 2. Work of every block: histogram and total.
     for (int32_t bin = thread; bin < buckets; bin += kOrderThreads) bins[bin] = 0;
     if (thread == 0) order_head_work = 0;
     __syncthreads();
     unsigned long long thread_work = 0;
-    for (int32_t i = thread; i < shape.blocks; i += kOrderThreads) {
-        const int32_t block_total = __ldcg(pair_work + i);
-        atomicAdd(&bins[block_total >> shape.bucket_shift], 1);
-        thread_work += static_cast<unsigned long long>(block_total);
+    int32_t skipping_before = 0;  // query-block axis: the difference array's sum before this chunk
+    for (int32_t first = 0; first < shape.blocks; first += kOrderThreads) {
+        const int32_t i = first + thread;  // uniform trip count: the scan needs every thread
+        int32_t block_total = i < shape.blocks ? __ldcg(pair_work + i) : 0;
+        if (query_axis) {
+            int32_t chunk_sum = 0;
+            const int32_t skipping = skipping_before + cta_inclusive_scan(block_total, warp_totals, chunk_sum);
+            skipping_before += chunk_sum;
+            block_total = shape.key_blocks + skipping;  // skipping <= 0: the difference array counts down
+            if (i < shape.blocks) pair_work[i] = block_total;
+        }
+        if (i < shape.blocks) {
+            atomicAdd(&bins[block_total >> shape.bucket_shift], 1);
+            thread_work += static_cast<unsigned long long>(block_total);
+        }
     }
     if (thread_work != 0) atomicAdd(&order_head_work, thread_work);
     __syncthreads();
     const double threshold = heavy_work_threshold(shape, int64_t(order_head_work));
     if (total_work != nullptr && thread == 0) atomicAdd(total_work, order_head_work);
 
-    // 2. First output position of each bin. Lane l scans a run of bins from the heaviest down,
+    // 3. First output position of each bin. Lane l scans a run of bins from the heaviest down,
     // the lanes' totals are scanned across the warp, then each lane writes its run's positions.
     if (warp == 0) {
         const int32_t per_lane = ceil_div(buckets, kWarpSize);
@@ -100,7 +165,7 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int3
         }
     }
 
-    // 3. Stable scatter in tie order.
+    // 4. Stable scatter in tie order.
     int32_t heavy_end = 0;  // 1 + the last position of a heavy block this lane placed
     for (int32_t chunk = 0; chunk < shape.blocks; chunk += kStagedBlocks) {
         const int32_t count = min(kStagedBlocks, shape.blocks - chunk);
@@ -127,30 +192,31 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int3
         }
     }
 
-    // 4. This order head's heavy prefix.
+    // 5. This order head's heavy prefix.
     if (warp == 0) {
         heavy_end = __reduce_max_sync(kFullWarpMask, heavy_end);
-        if (lane == 0 && heavy_end > 0) atomicMax(&counters[0], heavy_end);
+        if (lane == 0 && heavy_end > 0) atomicMax(heavy_ranks, heavy_end);
     }
 }
 
 }  // namespace
 
-void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order, int32_t* work,
-                        int32_t* counters, unsigned long long* total_work, cudaStream_t stream) {
-    if (counters == nullptr)
+void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order,
+                        int32_t* workspace, unsigned long long* total_work, cudaStream_t stream) {
+    if (workspace == nullptr)
         throw Error(ErrorCode::InvalidArgument, "",
-                    "compute_tile_order: counters is null, expected tile_order_counters(shape) device int32s");
-    // Zeroed on the stream (a graph node under capture): the kernel's CTAs only raise them.
-    FM_CUDA_CHECK(cudaMemsetAsync(counters, 0, sizeof(int32_t) * std::size_t(tile_order_counters(shape)), stream));
+                    "compute_tile_order: workspace is null, expected tile_order_workspace(shape) device int32s");
+    // Zeroed on the stream (a graph node under capture): the kernel's CTAs only add to it.
+    FM_CUDA_CHECK(cudaMemsetAsync(workspace, 0, sizeof(int32_t) * std::size_t(tile_order_workspace(shape)), stream));
     if (shape.order_pairs() == 0 || shape.blocks == 0) return;
     if (shape.buckets < 1 || shape.buckets > kWorkBuckets)
         throw Error(ErrorCode::InvalidArgument, "", "compute_tile_order: shape.buckets = " + std::to_string(shape.buckets) +
                                                         ", expected 1.." + std::to_string(kWorkBuckets));
-    // At most shape.ctas() (order pairs <= batch x heads), which make_tile_order_shape() keeps
-    // within the grid's 2^31 - 1.
-    const int64_t ctas = shape.order_pairs() * ceil_div(shape.blocks, kBlocksPerCountingCta);
-    tile_order_kernel<<<unsigned(ctas), kOrderThreads, 0, stream>>>(shape, summaries, order, work, counters, total_work);
+    // Within the grid's 2^31 - 1: one CTA per pair is at most shape.ctas(), which
+    // make_tile_order_shape() bounds; more need over kOrderThreads key blocks each, 2^31 x 512
+    // summaries of 32 bytes, far past any device's memory.
+    const int64_t ctas = shape.order_pairs() * order_ctas_per_pair(shape);
+    tile_order_kernel<<<unsigned(ctas), kOrderThreads, 0, stream>>>(shape, summaries, order, workspace, total_work);
     check_launch("flashmask tile_order_kernel");
 }
 

@@ -2,12 +2,13 @@
 // tile_order.hpp). A kernel launched with batch * heads * blocks CTAs along one axis takes a
 // TileSchedule and maps its blockIdx.x through TileSchedule::at().
 //
-// Cost: one launch of a CTA per 16 blocks of each order pair (one pair per mask head, or per KV
-// head on the key-block axis; one in all without an index tensor), doing blocks x other_blocks
-// classify() calls on 32-byte summaries read from L2 (O(B * Hm * query blocks * key blocks) in
-// all, Hm -> Hq for the key-block axis), then a counting sort of each pair's blocks by the pair's
-// last CTA; and a memset of (1 + pairs) int32 counters. No launch at all without an index tensor:
-// full and plain causal attention keep the tie order, which is already sorted, and R = 0.
+// Cost: a memset of the workspace (work, R, arrivals) and one launch of a CTA per 512 key blocks
+// of each order pair (one pair per mask head, or per KV head on the key-block axis; one in all
+// without an index tensor): each thread reads one 32-byte summary and finds the query blocks its
+// key block skips in O(1) (O(B * Hm * key blocks) in all, Hm -> Hq for the key-block axis), then
+// the pair's last CTA sums them into work and counting-sorts the pair's blocks. No launch at all
+// without an index tensor: full and plain causal attention keep the tie order, which is already
+// sorted, and R = 0.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -25,20 +26,28 @@
 
 namespace flashmask::cuda {
 
-// The device int32s compute_tile_order() counts in: the heavy prefix R, then one arrival count
-// per order pair (the CTAs that count a pair's work; the last to arrive sorts the pair).
-inline int64_t tile_order_counters(const TileOrderShape& shape) { return 1 + shape.order_pairs(); }
+// The device int32s compute_tile_order() works in: each block's work, [order batches, order
+// heads, blocks] (an output), then the heavy prefix R, then one arrival count per order pair
+// (the CTAs of a pair; the last to arrive sorts the pair).
+inline int64_t tile_order_workspace(const TileOrderShape& shape) {
+    return shape.order_pairs() * shape.blocks + 1 + shape.order_pairs();
+}
+// R inside that workspace.
+inline int32_t* tile_order_heavy_ranks(const TileOrderShape& shape, int32_t* workspace) {
+    return workspace + shape.order_pairs() * shape.blocks;
+}
 
-// For every (order batch, order head) of `shape`: writes each block's work into `work` and the
-// blocks heaviest first into `order`, both [order batches, order heads, blocks] in device memory,
-// and the heavy prefix R (host_heavy_prefix_ranks(), tile_order.hpp) into counters[0] of the
-// tile_order_counters(shape) device int32s at `counters` (which it zeroes first). `summaries` is the call's table at the key-block granularity `shape` was made
-// for, counting shape.key_blocks blocks (TileScheduler checks that before it calls this). Runs
-// the sort for any mask layout (the host class below skips it when no index tensor makes it moot).
-// total_work, when not null: a device counter the kernel adds every block's work to (the call's
-// computed tiles, WorkComparison in key_order.cuh); the caller zeroes it.
-void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order, int32_t* work,
-                        int32_t* counters, unsigned long long* total_work, cudaStream_t stream);
+// For every (order batch, order head) of `shape`: writes each block's work into the workspace
+// (tile_order_workspace(shape) device int32s, which it zeroes first), the blocks heaviest first
+// into `order` ([order batches, order heads, blocks]) and the heavy prefix R
+// (host_heavy_prefix_ranks(), tile_order.hpp) into tile_order_heavy_ranks(). `summaries` is the
+// call's table at the key-block granularity `shape` was made for, counting shape.key_blocks
+// blocks (TileScheduler checks that before it calls this). Runs the sort for any mask layout
+// (the host class below skips it when no index tensor makes it moot). total_work, when not null:
+// a device counter the kernel adds every block's work to (the call's computed tiles,
+// WorkComparison in key_order.cuh); the caller zeroes it.
+void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order,
+                        int32_t* workspace, unsigned long long* total_work, cudaStream_t stream);
 
 // The blocks of `kernel` that run at once on the current device, the cta_slots of its schedule:
 // SMs x its resident CTAs per SM at `threads` threads and `dynamic_smem_bytes` of shared memory
@@ -123,11 +132,11 @@ public:
                   cudaStream_t stream, unsigned long long* total_work = nullptr)
         : shape_(checked_against(shape, summaries)),
           sorted_(mask.layout != MaskLayout::None && shape_.ctas() > 0),
-          scratch_(sorted_ ? sizeof(int32_t) * std::size_t(2 * shape_.order_pairs() * shape_.blocks +
-                                                          tile_order_counters(shape_))
+          scratch_(sorted_ ? sizeof(int32_t) * std::size_t(shape_.order_pairs() * shape_.blocks +
+                                                          tile_order_workspace(shape_))
                            : 0,
                    stream) {
-        if (sorted_) compute_tile_order(shape_, summaries, order(), work(), heavy_ranks(), total_work, stream);
+        if (sorted_) compute_tile_order(shape_, summaries, order(), work(), total_work, stream);
         schedule_ = make_tile_schedule(shape_, order(), heavy_ranks());
     }
 
@@ -137,7 +146,7 @@ public:
     // the order's counters); null when no sort ran (no index tensor: the tie order, R = 0).
     int32_t* order() const { return sorted_ ? scratch_.as<int32_t>() : nullptr; }
     int32_t* work() const { return sorted_ ? order() + shape_.order_pairs() * shape_.blocks : nullptr; }
-    int32_t* heavy_ranks() const { return sorted_ ? work() + shape_.order_pairs() * shape_.blocks : nullptr; }
+    int32_t* heavy_ranks() const { return sorted_ ? tile_order_heavy_ranks(shape_, work()) : nullptr; }
 
 private:
     static const TileOrderShape& checked_against(const TileOrderShape& shape, const SummaryTable& summaries) {
