@@ -7,10 +7,12 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <utility>
 #include <vector>
 
 #include "cuda/common/check.hpp"
+#include "flashmask/tiles.hpp"
 
 namespace flashmask::testing {
 
@@ -63,5 +65,8 @@ private:
     T* data_ = nullptr;
     std::size_t count_;
 };
+
+// Bit-for-bit equal block summaries (device against host).
+inline bool same_summary(const BlockSummary& a, const BlockSummary& b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 }  // namespace flashmask::testing

@@ -1,6 +1,5 @@
 // The device block summaries must equal the host ones bit for bit: both run the same
 // column_intervals()/fold() from tiles.hpp, so any difference is a device-side bug.
-#include <cstring>
 #include <random>
 #include <vector>
 
@@ -14,8 +13,6 @@ namespace flashmask {
 namespace {
 
 using testing::DeviceBuffer;
-
-bool same(const BlockSummary& a, const BlockSummary& b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 struct Case { bool causal; int slots; int nq, nk; int block_n; };
 
@@ -39,7 +36,7 @@ void expect_device_matches_host(const Case& c, int32_t batch, int32_t mask_heads
 
     ASSERT_EQ(device.size(), host.size());
     for (std::size_t i = 0; i < host.size(); ++i)
-        ASSERT_TRUE(same(device[i], host[i])) << "summary " << i << " causal=" << c.causal << " C=" << c.slots
+        ASSERT_TRUE(testing::same_summary(device[i], host[i])) << "summary " << i << " causal=" << c.causal << " C=" << c.slots
                                               << " Nq=" << c.nq << " Nk=" << c.nk << " B=" << batch;
 }
 

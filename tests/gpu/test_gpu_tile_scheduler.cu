@@ -8,7 +8,9 @@
 //     prefix rank-major over all (batch, head) pairs, then sections of kHeadsPerSection pairs,
 //     rank-major, each head's blocks heaviest first;
 //   * resident_block_slots() counts at least one CTA per SM, within the SM's limits;
-//   * the same under CUDA graph capture, replayed twice.
+//   * the same under CUDA graph capture, replayed twice;
+//   * where the order kernel computes the block summaries itself (the forward's query-block order
+//     of a mask with an index tensor), the summaries, order and R are the same again.
 // Outputs are poisoned first: an entry the kernel leaves unwritten reads -1 (R: -1 too, which
 // the kernel's zeroing and atomicMax must overwrite).
 #include <optional>
@@ -132,6 +134,30 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
         host_schedule.heavy_ranks = &scheduled_heavy_ranks;
     }
     testing::check_schedule(shape, host_schedule, expected.work, what);
+    if (::testing::Test::HasFatalFailure()) return;
+
+    // Where the order kernel computes the summaries too (the forward's one-launch preprocessing):
+    // into a poisoned table, the host's summaries, and the same order and R.
+    if (!cuda::TileScheduler::computes_summaries(device.view, shape)) return;
+    const cuda::BlockSummaries deferred(device.view, s.batch, s.q_heads, block_n, nullptr,
+                                        cuda::BlockSummaries::SummaryFill::ByTileOrder);
+    const std::vector<BlockSummary> host_summaries =
+        block_summaries(host_view, shape.order_batches, shape.summary_heads, block_n);
+    // Every field of an entry left unwritten reads -1, which no summary holds.
+    FM_CUDA_CHECK(cudaMemset(deferred.writable(), 0xFF, host_summaries.size() * sizeof(BlockSummary)));
+    const cuda::SummariesToCompute computed{device.view, deferred.writable()};
+    const cuda::TileScheduler fused(device.view, shape, deferred.table(), nullptr, nullptr, &computed);
+    FM_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<BlockSummary> device_summaries(host_summaries.size());
+    FM_CUDA_CHECK(cudaMemcpy(device_summaries.data(), deferred.writable(),
+                             host_summaries.size() * sizeof(BlockSummary), cudaMemcpyDeviceToHost));
+    for (std::size_t i = 0; i < host_summaries.size(); ++i)
+        ASSERT_TRUE(testing::same_summary(device_summaries[i], host_summaries[i]))
+            << what << ": summary " << i << " computed by the order kernel";
+    std::vector<int32_t> fused_order(entries);
+    FM_CUDA_CHECK(cudaMemcpy(fused_order.data(), fused.order(), entries * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    ASSERT_EQ(fused_order, expected.order) << what << " (summaries computed by the order kernel)";
+    ASSERT_EQ(device_int(fused.heavy_ranks()), expected.heavy_ranks) << what << " (summaries computed by the order kernel)";
 }
 
 // One and several sections, B * H not a multiple of kHeadsPerSection, GQA, mask heads 1, Hk, Hq.

@@ -12,7 +12,8 @@
 //      rule of flashmask/key_order.hpp and writes the order and the permuted intervals as a
 //      non-causal C = 4 index tensor, which the kernels read as any other mask. Its host twin
 //      is sorted_key_order() (mask.hpp).
-//   2. Block summaries and the heaviest-first tile order of the sorted mask, as for any mask.
+//   2. Block summaries and the heaviest-first tile order of the sorted mask, as for any mask
+//      (one launch for both on the query-block axis: TileScheduler::computes_summaries()).
 //   3. KeyOrder::Automatic: both tile orders add their computed tiles into a WorkComparison;
 //      the launches of both variants are queued, and every CTA of the one not chosen returns at
 //      once (LaunchCondition). The choice stays on the device: no host synchronisation, and a
@@ -109,16 +110,13 @@ public:
                     cudaStream_t stream)
         : use_(key_order_use(p, option)) {
         if (use_ == KeyOrderUse::Chosen) comparison_.emplace(stream);
-        if (use_ != KeyOrderUse::Sorted) {
-            natural_summaries_.emplace(p.mask, p.batch, p.q_heads, block_n, stream);
-            natural_tiles_.emplace(p.mask, shape, natural_summaries_->table(), stream,
-                                   comparison_ ? comparison_->natural_tiles() : nullptr);
-        }
+        if (use_ != KeyOrderUse::Sorted)
+            build(p.mask, p, shape, block_n, comparison_ ? comparison_->natural_tiles() : nullptr, natural_summaries_,
+                  natural_tiles_, stream);
         if (use_ == KeyOrderUse::Natural) return;
         sorted_.emplace(p, stream);
-        sorted_summaries_.emplace(sorted_->mask(), p.batch, p.q_heads, block_n, stream);
-        sorted_tiles_.emplace(sorted_->mask(), shape, sorted_summaries_->table(), stream,
-                              comparison_ ? comparison_->sorted_tiles() : nullptr);
+        build(sorted_->mask(), p, shape, block_n, comparison_ ? comparison_->sorted_tiles() : nullptr,
+              sorted_summaries_, sorted_tiles_, stream);
     }
 
     bool natural_runs() const { return use_ != KeyOrderUse::Sorted; }
@@ -135,6 +133,20 @@ public:
     LaunchCondition sorted_condition() const { return comparison_ ? comparison_->when(true) : LaunchCondition{}; }
 
 private:
+    // The summaries and the order of one mask (the caller's, or the sorted one). Where the order
+    // kernel can compute the summaries too (the forward's query-block order of a mask with an
+    // index tensor), that one launch does both: the summaries kernel and its launch gap were a
+    // third of the forward's preprocessing at 8K (bench/NOTES.md, session 9).
+    static void build(const MaskView& mask, const AttentionProblem& p, const TileOrderShape& shape, int32_t block_n,
+                      unsigned long long* total_work, std::optional<BlockSummaries>& summaries,
+                      std::optional<TileScheduler>& tiles, cudaStream_t stream) {
+        const bool fused = TileScheduler::computes_summaries(mask, shape);
+        summaries.emplace(mask, p.batch, p.q_heads, block_n, stream,
+                          fused ? BlockSummaries::SummaryFill::ByTileOrder : BlockSummaries::SummaryFill::Kernel);
+        const SummariesToCompute computed{mask, summaries->writable()};
+        tiles.emplace(mask, shape, summaries->table(), stream, total_work, fused ? &computed : nullptr);
+    }
+
     KeyOrderUse use_;
     std::optional<WorkComparison> comparison_;
     std::optional<BlockSummaries> natural_summaries_;

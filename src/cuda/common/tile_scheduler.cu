@@ -2,32 +2,29 @@
 #include <cstddef>
 #include <string>
 
+#include "cuda/common/block_summaries.cuh"
 #include "cuda/common/tile_scheduler.cuh"
 #include "cuda/common/warp.hpp"
 
 namespace flashmask::cuda {
 namespace {
 
-constexpr int kOrderThreads = 512;  // one key block per thread in step 1
-constexpr int kOrderWarps = kOrderThreads / kWarpSize;
+constexpr int kOrderThreads = 512;
+constexpr int kOrderWarps = kOrderThreads / kWarpSize;  // one key block per warp in step 1
+// Resident CTAs per SM the registers are budgeted for: 2 x 512 threads leave 64 registers a
+// thread. ptxas's own choice (40, for 3 CTAs) spilled the summaries' fold; the kernel is a
+// chain of latencies over a few CTAs per pair, where occupancy buys little.
+constexpr int kOrderCtasPerSm = 2;
 
-// One thread per key block, and at least one CTA per pair: without keys (Nk = 0) the query
-// blocks still get their order, every one with work 0.
+// One warp per key block (a warp folds a block's columns when the kernel computes the summaries
+// too), and at least one CTA per pair: without keys (Nk = 0) the query blocks still get their
+// order, every one with work 0.
 FM_HOST_DEVICE int32_t order_ctas_per_pair(const TileOrderShape& shape) {
-    return shape.key_blocks > 0 ? ceil_div(shape.key_blocks, int32_t(kOrderThreads)) : 1;
+    return shape.key_blocks > 0 ? ceil_div(shape.key_blocks, int32_t(kOrderWarps)) : 1;
 }
 // The work of this many blocks is staged in shared memory (8 KB, 40 KB with the histogram) for
 // the scatter, so that its one warp reads shared memory instead of waiting on global loads.
 constexpr int kStagedBlocks = 2048;
-
-// Adds `value` at `index` of a device array when `valid`, one atomic per distinct index of the
-// warp (its lanes often share one: neighbouring key blocks of a document skip the same query
-// blocks). Every lane of the warp must call it.
-__device__ __forceinline__ void warp_aggregated_add(int32_t* array, int32_t index, int32_t value, bool valid) {
-    const unsigned peers = __match_any_sync(kFullWarpMask, valid ? index : -1);  // -1: never an index
-    const int lane = int(threadIdx.x) % kWarpSize;
-    if (valid && lane == __ffs(peers) - 1) atomicAdd(array + index, value * __popc(peers));
-}
 
 // Inclusive prefix sum over the CTA's threads, in thread order; `block_total` gets the sum of
 // all. warp_totals: kOrderWarps shared ints. Every thread must call it.
@@ -48,11 +45,15 @@ __device__ __forceinline__ int32_t cta_inclusive_scan(int32_t value, int32_t* wa
     return before + inclusive;
 }
 
-// ceil(key blocks / kOrderThreads) CTAs per (order batch, order head), 1-D grid pair-major.
-// Each CTA handles kOrderThreads key blocks, one per thread; the last CTA of a pair to finish (an
-// arrival count per pair, zeroed by the host) turns that into the pair's work and sorts the
-// pair's blocks: a counting sort by work bin, heaviest bin first, stable in the tie order, and
-// this order head's part of the heavy prefix R.
+// ceil(key blocks / kOrderWarps) CTAs per (order batch, order head), 1-D grid pair-major. Each
+// CTA handles kOrderWarps key blocks, one per warp; the last CTA of a pair to finish (an arrival
+// count per pair, zeroed by the host) turns that into the pair's work and sorts the pair's
+// blocks: a counting sort by work bin, heaviest bin first, stable in the tie order, and this
+// order head's part of the heavy prefix R.
+//   0. with `computed_summaries` (query-block axis, summaries of exactly the order pairs' rows):
+//      the warp folds its key block's columns into the summary and writes it to the table, which
+//      the attention kernel then reads; the forward's preprocessing is then this one launch and
+//      its memset (was three: summaries, memset, order). Otherwise it reads the table;
 //   1. the query blocks its key block skips (skipped_query_blocks(), at most two runs, O(1)):
 //      - key-block axis: the block's work (block_work()), written to `work`;
 //      - query-block axis: -1 at each run's first query block and +1 after its last, added into
@@ -69,8 +70,9 @@ __device__ __forceinline__ int32_t cta_inclusive_scan(int32_t value, int32_t* wa
 //      heavy block (heavy_work_threshold() of the total) placed at position p needs R >= p + 1;
 //   5. warp 0 takes the largest such p + 1 into R (atomicMax over the order pairs).
 // workspace: tile_order_workspace(shape) int32s, zeroed by the host: work, R, arrivals.
-__global__ void __launch_bounds__(kOrderThreads)
-tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int32_t* order, int32_t* workspace,
+__global__ void __launch_bounds__(kOrderThreads, kOrderCtasPerSm)
+tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, const MaskView mask,
+                  BlockSummary* computed_summaries, int32_t* order, int32_t* workspace,
                   unsigned long long* total_work) {
     __shared__ int32_t bins[kWorkBuckets];     // counts, then each bin's next output position
     __shared__ int32_t staged[kStagedBlocks];  // work of the current chunk's blocks, in tie order
@@ -81,7 +83,7 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int3
     const int64_t pairs = shape.order_pairs();
     const int32_t ctas_per_pair = order_ctas_per_pair(shape);
     const int32_t pair = int32_t(blockIdx.x) / ctas_per_pair;
-    const int32_t key_block = int32_t(blockIdx.x) % ctas_per_pair * kOrderThreads + int32_t(threadIdx.x);
+    const int32_t key_block = int32_t(blockIdx.x) % ctas_per_pair * kOrderWarps + int32_t(threadIdx.x) / kWarpSize;
     const int32_t order_batch = pair / shape.order_heads, order_head = pair % shape.order_heads;
     int32_t* const pair_order = order + int64_t(pair) * shape.blocks;
     int32_t* const pair_work = workspace + int64_t(pair) * shape.blocks;
@@ -91,23 +93,33 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int3
     const int32_t buckets = shape.buckets;
     const bool query_axis = shape.axis == TileAxis::QueryBlocks;
 
-    // 1. This thread's key block.
-    const bool has_block = key_block < shape.key_blocks;
-    if (query_axis) {
-        SkippedQueryBlocks skipped;  // empty
-        if (has_block) {
-            const BlockSummary* row = summaries.summaries + order_batch * summaries.stride_batch +
-                                      order_head * summaries.stride_mask_head;  // order heads are mask heads
-            skipped = skipped_query_blocks(row[key_block], shape.block_m, shape.nq, shape.blocks);
+    // 0-1. This warp's key block.
+    if (key_block < shape.key_blocks) {
+        const int64_t row = order_batch * summaries.stride_batch + order_head * summaries.stride_mask_head;
+        if (query_axis) {
+            BlockSummary summary;
+            if (computed_summaries != nullptr) {  // order heads are mask heads, order batches batches
+                const int64_t first = int64_t(key_block) * summaries.block_n;
+                summary = warp_block_summary(mask, order_batch, order_head, first,
+                                             min(first + summaries.block_n, int64_t(mask.nk)));
+                if (lane == 0) computed_summaries[row + key_block] = summary;
+            } else {
+                summary = summaries.summaries[row + key_block];
+            }
+            if (lane == 0) {
+                const SkippedQueryBlocks skipped = skipped_query_blocks(summary, shape.block_m, shape.nq, shape.blocks);
+                auto add_run = [&](const BlockRun& run) {
+                    if (run.empty()) return;
+                    atomicAdd(pair_work + run.begin, -1);
+                    if (run.end < shape.blocks) atomicAdd(pair_work + run.end, 1);
+                };
+                add_run(skipped.first);
+                add_run(skipped.second);
+            }
+        } else if (lane == 0) {
+            pair_work[key_block] = block_work(shape, summaries.summaries, summaries.stride_batch,
+                                              summaries.stride_mask_head, order_batch, order_head, key_block);
         }
-        const BlockRun runs[] = {skipped.first, skipped.second};
-        for (const BlockRun& run : runs) {
-            warp_aggregated_add(pair_work, run.begin, -1, !run.empty());
-            warp_aggregated_add(pair_work, run.end, 1, !run.empty() && run.end < shape.blocks);
-        }
-    } else if (has_block) {
-        pair_work[key_block] = block_work(shape, summaries.summaries, summaries.stride_batch,
-                                          summaries.stride_mask_head, order_batch, order_head, key_block);
     }
     // The last CTA of the pair to arrive sees every CTA's part: each made its writes visible
     // device-wide before it counted itself in.
@@ -202,10 +214,15 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, int3
 }  // namespace
 
 void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order,
-                        int32_t* workspace, unsigned long long* total_work, cudaStream_t stream) {
+                        int32_t* workspace, unsigned long long* total_work, cudaStream_t stream,
+                        const SummariesToCompute* computed) {
     if (workspace == nullptr)
         throw Error(ErrorCode::InvalidArgument, "",
                     "compute_tile_order: workspace is null, expected tile_order_workspace(shape) device int32s");
+    if (computed != nullptr && !tile_order_can_compute_summaries(shape, computed->mask, summaries))
+        throw Error(ErrorCode::InvalidArgument, "",
+                    "compute_tile_order: asked to compute the summaries, expected the query-block axis, an index "
+                    "tensor and a table of one row per order pair");
     // Zeroed on the stream (a graph node under capture): the kernel's CTAs only add to it.
     FM_CUDA_CHECK(cudaMemsetAsync(workspace, 0, sizeof(int32_t) * std::size_t(tile_order_workspace(shape)), stream));
     if (shape.order_pairs() == 0 || shape.blocks == 0) return;
@@ -213,10 +230,12 @@ void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summari
         throw Error(ErrorCode::InvalidArgument, "", "compute_tile_order: shape.buckets = " + std::to_string(shape.buckets) +
                                                         ", expected 1.." + std::to_string(kWorkBuckets));
     // Within the grid's 2^31 - 1: one CTA per pair is at most shape.ctas(), which
-    // make_tile_order_shape() bounds; more need over kOrderThreads key blocks each, 2^31 x 512
-    // summaries of 32 bytes, far past any device's memory.
+    // make_tile_order_shape() bounds; more need over kOrderWarps key blocks per pair, and the
+    // pairs' 32-byte summaries (2^31 x 16 of them: 1 TB) would not fit any device's memory.
     const int64_t ctas = shape.order_pairs() * order_ctas_per_pair(shape);
-    tile_order_kernel<<<unsigned(ctas), kOrderThreads, 0, stream>>>(shape, summaries, order, workspace, total_work);
+    tile_order_kernel<<<unsigned(ctas), kOrderThreads, 0, stream>>>(
+        shape, summaries, computed != nullptr ? computed->mask : MaskView{},
+        computed != nullptr ? computed->table : nullptr, order, workspace, total_work);
     check_launch("flashmask tile_order_kernel");
 }
 

@@ -37,6 +37,24 @@ inline int32_t* tile_order_heavy_ranks(const TileOrderShape& shape, int32_t* wor
     return workspace + shape.order_pairs() * shape.blocks;
 }
 
+// Block summaries that the order kernel computes itself, into `table` (the layout of the
+// SummaryTable it is given, which it then need not read): the forward's preprocessing in one
+// launch instead of two. Only where tile_order_can_compute_summaries().
+struct SummariesToCompute {
+    MaskView mask;
+    BlockSummary* table = nullptr;
+};
+
+// The query-block axis (each key block's summary serves one order pair's query blocks), with an
+// index tensor (the order is built), and a table holding exactly one row per order pair.
+inline bool tile_order_can_compute_summaries(const TileOrderShape& shape, const MaskView& mask,
+                                             const SummaryTable& table) {
+    return shape.axis == TileAxis::QueryBlocks && mask.layout != MaskLayout::None &&
+           table.blocks == shape.key_blocks && table.stride_mask_head == shape.key_blocks &&
+           table.stride_batch == int64_t(shape.order_heads) * shape.key_blocks &&
+           shape.order_heads == shape.summary_heads;
+}
+
 // For every (order batch, order head) of `shape`: writes each block's work into the workspace
 // (tile_order_workspace(shape) device int32s, which it zeroes first), the blocks heaviest first
 // into `order` ([order batches, order heads, blocks]) and the heavy prefix R
@@ -45,9 +63,11 @@ inline int32_t* tile_order_heavy_ranks(const TileOrderShape& shape, int32_t* wor
 // blocks (TileScheduler checks that before it calls this). Runs the sort for any mask layout
 // (the host class below skips it when no index tensor makes it moot). total_work, when not null:
 // a device counter the kernel adds every block's work to (the call's computed tiles,
-// WorkComparison in key_order.cuh); the caller zeroes it.
+// WorkComparison in key_order.cuh); the caller zeroes it. computed, when not null: the kernel
+// computes the summaries into computed->table first (refused unless tile_order_can_compute_summaries()).
 void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order,
-                        int32_t* workspace, unsigned long long* total_work, cudaStream_t stream);
+                        int32_t* workspace, unsigned long long* total_work, cudaStream_t stream,
+                        const SummariesToCompute* computed = nullptr);
 
 // The blocks of `kernel` that run at once on the current device, the cta_slots of its schedule:
 // SMs x its resident CTAs per SM at `threads` threads and `dynamic_smem_bytes` of shared memory
@@ -128,16 +148,30 @@ public:
     // summaries' block_n), so that it can refuse a call (grid, tile counts) before it queues any
     // work, the summaries included. Throws if the shape counts other key blocks than `summaries`.
     // total_work: see compute_tile_order() (with no index tensor nothing is added to it).
+    // computed: the summaries for the order kernel to compute (BlockSummaries made with
+    // SummaryFill::ByTileOrder); only where computes_summaries(mask, shape), else refused.
     TileScheduler(const MaskView& mask, const TileOrderShape& shape, const SummaryTable& summaries,
-                  cudaStream_t stream, unsigned long long* total_work = nullptr)
+                  cudaStream_t stream, unsigned long long* total_work = nullptr,
+                  const SummariesToCompute* computed = nullptr)
         : shape_(checked_against(shape, summaries)),
           sorted_(mask.layout != MaskLayout::None && shape_.ctas() > 0),
           scratch_(sorted_ ? sizeof(int32_t) * std::size_t(shape_.order_pairs() * shape_.blocks +
                                                           tile_order_workspace(shape_))
                            : 0,
                    stream) {
-        if (sorted_) compute_tile_order(shape_, summaries, order(), work(), total_work, stream);
+        if (computed != nullptr && !computes_summaries(mask, shape_))
+            throw Error(ErrorCode::InvalidArgument, "",
+                        "flashmask tile scheduler: asked to compute the block summaries, which only the "
+                        "query-block order of a mask with an index tensor and CTAs to order does");
+        if (sorted_) compute_tile_order(shape_, summaries, order(), work(), total_work, stream, computed);
         schedule_ = make_tile_schedule(shape_, order(), heavy_ranks());
+    }
+
+    // Whether this scheduler's order kernel can compute the call's block summaries as well (then
+    // no summaries kernel runs): it runs (an index tensor, CTAs to order), and on the query-block
+    // axis, where each key block's summary serves exactly one order pair.
+    static bool computes_summaries(const MaskView& mask, const TileOrderShape& shape) {
+        return shape.axis == TileAxis::QueryBlocks && mask.layout != MaskLayout::None && shape.ctas() > 0;
     }
 
     const TileSchedule& schedule() const { return schedule_; }

@@ -63,12 +63,19 @@ __device__ __forceinline__ BlockSummary read_only_summary(const BlockSummary* su
 // memory owned by this object.
 class BlockSummaries {
 public:
-    BlockSummaries(const MaskView& mask, int32_t batch, int32_t q_heads, int32_t block_n, cudaStream_t stream)
+    // fill: SummaryFill::Kernel computes them now (a launch on `stream`); SummaryFill::ByTileOrder
+    // only allocates the table, which the order kernel of the same call fills (to_compute(),
+    // SummariesToCompute in tile_scheduler.cuh) before any kernel reads it.
+    enum class SummaryFill { Kernel, ByTileOrder };
+
+    BlockSummaries(const MaskView& mask, int32_t batch, int32_t q_heads, int32_t block_n, cudaStream_t stream,
+                   SummaryFill fill = SummaryFill::Kernel)
         : batches_(mask.layout == MaskLayout::None ? 1 : batch),
           mask_heads_(mask.layout == MaskLayout::None ? 1 : q_heads / mask.query_heads_per_mask_head),
           blocks_(ceil_div(mask.nk, block_n)),
           scratch_(sizeof(BlockSummary) * std::size_t(batches_) * mask_heads_ * blocks_, stream) {
-        compute_block_summaries(mask, batches_, mask_heads_, block_n, scratch_.as<BlockSummary>(), stream);
+        if (fill == SummaryFill::Kernel)
+            compute_block_summaries(mask, batches_, mask_heads_, block_n, scratch_.as<BlockSummary>(), stream);
         table_.summaries = scratch_.as<BlockSummary>();
         table_.stride_mask_head = mask.layout == MaskLayout::None ? 0 : blocks_;
         table_.stride_batch = mask.layout == MaskLayout::None ? 0 : int64_t(mask_heads_) * blocks_;
@@ -76,6 +83,8 @@ public:
         table_.blocks = blocks_;
     }
     const SummaryTable& table() const { return table_; }
+    // Where an order kernel writes the summaries of a SummaryFill::ByTileOrder table.
+    BlockSummary* writable() const { return scratch_.as<BlockSummary>(); }
 
 private:
     int32_t batches_, mask_heads_, blocks_;
