@@ -18,9 +18,10 @@
 
 namespace flashmask {
 
-// A window is one CTA's shared-memory sort on the GPU (20 KB), a whole number of every kernel's
-// key blocks (64 and 128). Measured on random eviction (bench/NOTES.md, session 6): windows of
-// 1024 and 2048 equal at 32K, 1024 better at 8K (0.84 against 0.78 of the full mask's rate).
+// A window is one CTA's sort on the GPU (in registers, and 40 KB of shared memory), a whole
+// number of every kernel's key blocks (64 and 128). Measured on random eviction (bench/NOTES.md,
+// session 6): windows of 1024 and 2048 equal at 32K, 1024 better at 8K (0.84 against 0.78 of the
+// full mask's rate).
 constexpr int32_t kKeyOrderWindow = 1024;
 
 // The index tensor of a sorted problem has this many slots per key (non-causal C = 4).

@@ -6,11 +6,20 @@
 #include <string>
 
 #include "cuda/common/key_order.cuh"
+#include "cuda/common/warp.hpp"
 
 namespace flashmask::cuda {
 namespace {
 
-constexpr int kSortThreads = kKeyOrderWindow / 2;  // a bitonic step compares W / 2 pairs: one per thread
+// The sort's layout: warp w holds the window's items [w * kWarpItems, (w + 1) * kWarpItems) in
+// registers, lane l items l and kWarpSize + l of them (item[0], item[1]). A bitonic step of stride
+// kWarpSize is then a compare inside the thread and one below it a shuffle with lane ^ stride:
+// only strides of kWarpItems and more go through shared memory, one barrier each.
+constexpr int kItemsPerLane = 2;
+constexpr int kWarpItems = kItemsPerLane * kWarpSize;
+constexpr int kSortThreads = kKeyOrderWindow / kItemsPerLane;
+static_assert(kKeyOrderWindow % kWarpItems == 0, "a window is whole warps' runs of items");
+static_assert(kItemsPerLane == 2, "the step of stride kWarpSize compares a thread's item[0] with its item[1]");
 constexpr int kGatherThreads = 256;
 // The gather's grid: one full wave (every SM filled to 2048 threads), grid-stride beyond. Under
 // KeyOrder::Automatic the gather is queued even when the natural order runs, and then every CTA
@@ -19,45 +28,95 @@ constexpr int kGatherThreads = 256;
 constexpr int kGatherCtasPerSm = 2048 / kGatherThreads;
 constexpr int kGatherChunkBytes = 16;  // one int4 per thread and step
 
+// The bitonic compare-exchange of the items at `index` and `index ^ stride`, seen from `index`:
+// its thread keeps its own side of the pair, its partner computes the other side alike. Inside
+// a run of `size` the pairs ascend when the run's bit is 0. Both sides agree on the exchange:
+// before() is a total order (the key is unique), and the only items that compare equal, past-end
+// positions clamped to one key, are identical.
+__device__ __forceinline__ KeyOrderItem keep_side(const KeyOrderItem& mine, const KeyOrderItem& other, int index,
+                                                  int stride, int size) {
+    const bool keeps_lower = ((index & stride) == 0) == ((index & size) == 0);
+    return other.before(mine) == keeps_lower ? other : mine;
+}
+
+__device__ __forceinline__ KeyOrderItem shuffle_xor(const KeyOrderItem& item, int lane_mask) {
+    return {__shfl_xor_sync(kFullWarpMask, item.lower_start, lane_mask),
+            __shfl_xor_sync(kFullWarpMask, item.lower_end, lane_mask),
+            __shfl_xor_sync(kFullWarpMask, item.upper_end, lane_mask),
+            __shfl_xor_sync(kFullWarpMask, item.upper_start, lane_mask),
+            __shfl_xor_sync(kFullWarpMask, item.key, lane_mask)};
+}
+
 // One CTA per (batch, mask head, window), 1-D grid in that order, by the rule of
 // flashmask/key_order.hpp. Positions past Nk sort last and are not written.
+//
+// A bitonic sort in the register layout above: the same network, compare-exchanges and
+// directions as a plain one, so the same order. Of its 55 steps the 45 with a stride below
+// kWarpItems run in registers (kWarpSize: in the thread; smaller: __shfl_xor_sync), the other 10
+// exchange through shared memory, one __syncthreads each. There each thread keeps its own side
+// of every pair (keep_side()): a step writes the thread's items and reads their partners. The
+// steps alternate between two buffers: with one, a warp could overwrite items that a slower warp
+// has yet to read as partners, and each step would need a second barrier. It was one pair per
+// thread in shared memory with a barrier after each of the 55 steps: 24 us for 32 CTAs at 32K on
+// an H100, latency-bound by the barriers and the shared-memory round trips.
 __global__ void __launch_bounds__(kSortThreads)
 sort_keys_kernel(const MaskView mask, const int32_t mask_heads, const int32_t windows, int32_t* order, int32_t* bounds) {
-    __shared__ KeyOrderItem items[kKeyOrderWindow];
+    // 40 KB. Items are 5 words, odd: a warp's 32 consecutive items fall on 32 distinct banks.
+    __shared__ KeyOrderItem exchanged[2][kKeyOrderWindow];
     const int32_t window = int32_t(blockIdx.x % unsigned(windows));
     const int32_t pair = int32_t(blockIdx.x / unsigned(windows));
     const int32_t head = pair % mask_heads, batch = pair / mask_heads;
     const int64_t first = int64_t(window) * kKeyOrderWindow;
+    const int thread = int(threadIdx.x), warp = thread / kWarpSize, lane = thread % kWarpSize;
+    int index[kItemsPerLane];  // in the window, ascending with r
+    KeyOrderItem item[kItemsPerLane];
 
-    for (int i = int(threadIdx.x); i < kKeyOrderWindow; i += kSortThreads) {
-        const int64_t key = first + i;
-        items[i] = key < mask.nk ? KeyOrderItem::of(column_intervals(mask, batch, head, int32_t(key)), int32_t(key))
-                                 : KeyOrderItem::past_end(int32_t(min(key, int64_t(INT32_MAX))));
+#pragma unroll
+    for (int r = 0; r < kItemsPerLane; ++r) {
+        index[r] = warp * kWarpItems + r * kWarpSize + lane;
+        const int64_t key = first + index[r];
+        item[r] = key < mask.nk ? KeyOrderItem::of(column_intervals(mask, batch, head, int32_t(key)), int32_t(key))
+                                : KeyOrderItem::past_end(int32_t(min(key, int64_t(INT32_MAX))));
     }
-    __syncthreads();
 
-    // Bitonic sort: for sequence size `size`, compare-exchange partners `stride` apart, each of the
-    // W / 2 threads owning one pair; pairs inside a run of `size` ascend when the run's bit is 0.
+    int buffer = 0;
+#pragma unroll
     for (int size = 2; size <= kKeyOrderWindow; size *= 2) {
-        for (int stride = size / 2; stride > 0; stride /= 2) {
-            const int t = int(threadIdx.x);
-            const int low = 2 * stride * (t / stride) + t % stride, high = low + stride;
-            const bool ascending = (low & size) == 0;
-            const KeyOrderItem a = items[low], b = items[high];
-            if (b.before(a) == ascending) {
-                items[low] = b;
-                items[high] = a;
-            }
+#pragma unroll
+        for (int stride = size / 2; stride >= kWarpItems; stride /= 2) {
+#pragma unroll
+            for (int r = 0; r < kItemsPerLane; ++r) exchanged[buffer][index[r]] = item[r];
             __syncthreads();
+#pragma unroll
+            for (int r = 0; r < kItemsPerLane; ++r) {
+                const KeyOrderItem partner = exchanged[buffer][index[r] ^ stride];
+                item[r] = keep_side(item[r], partner, index[r], stride, size);
+            }
+            buffer ^= 1;
+        }
+        if (size >= kWarpItems) {  // stride kWarpSize: item[0] and item[1] are the pair
+            const bool ascending = (index[0] & size) == 0;
+            if (item[1].before(item[0]) == ascending) {
+                const KeyOrderItem was_first = item[0];
+                item[0] = item[1];
+                item[1] = was_first;
+            }
+        }
+#pragma unroll
+        for (int stride = min(size / 2, kWarpSize / 2); stride > 0; stride /= 2) {
+#pragma unroll
+            for (int r = 0; r < kItemsPerLane; ++r)
+                item[r] = keep_side(item[r], shuffle_xor(item[r], stride), index[r], stride, size);
         }
     }
 
     const int64_t pair_first = int64_t(pair) * mask.nk;
-    for (int i = int(threadIdx.x); i < kKeyOrderWindow; i += kSortThreads) {
-        const int64_t position = first + i;
-        if (position >= mask.nk) break;  // positions ascend with i
-        order[pair_first + position] = items[i].key;
-        items[i].write_slots(bounds + (pair_first + position) * kSortedMaskSlots);
+#pragma unroll
+    for (int r = 0; r < kItemsPerLane; ++r) {
+        const int64_t position = first + index[r];
+        if (position >= mask.nk) break;  // positions ascend with r
+        order[pair_first + position] = item[r].key;
+        item[r].write_slots(bounds + (pair_first + position) * kSortedMaskSlots);
     }
 }
 
