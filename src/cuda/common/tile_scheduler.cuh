@@ -2,13 +2,14 @@
 // tile_order.hpp). A kernel launched with batch * heads * blocks CTAs along one axis takes a
 // TileSchedule and maps its blockIdx.x through TileSchedule::at().
 //
-// Cost: a memset of the workspace (work, R, arrivals) and one launch of a CTA per 512 key blocks
+// Cost: a memset of the workspace (work, R, arrivals) and one launch of a CTA per 16 key blocks
 // of each order pair (one pair per mask head, or per KV head on the key-block axis; one in all
-// without an index tensor): each thread reads one 32-byte summary and finds the query blocks its
-// key block skips in O(1) (O(B * Hm * key blocks) in all, Hm -> Hq for the key-block axis), then
-// the pair's last CTA sums them into work and counting-sorts the pair's blocks. No launch at all
-// without an index tensor: full and plain causal attention keep the tie order, which is already
-// sorted, and R = 0.
+// without an index tensor): a warp per key block reads its 32-byte summary (or, for the
+// forward's query-block order, folds the block's columns into it: SummariesToCompute) and finds
+// the query blocks the block skips in O(1) (O(B * Hm * key blocks) in all, Hm -> Hq for the
+// key-block axis), then the pair's last CTA sums them into work and counting-sorts the pair's
+// blocks. No launch at all without an index tensor: full and plain causal attention keep the
+// tie order, which is already sorted, and R = 0.
 #pragma once
 
 #include <cuda_runtime.h>
