@@ -243,6 +243,25 @@ def median_ms(fn: Callable[[], object], reps: int, warmup: int) -> float:
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
+GPU_STATE_QUERY = "--query-gpu=clocks.sm,temperature.gpu,power.draw"
+
+
+def gpu_state() -> str:
+    """The GPU's SM clock, temperature and power draw now, as nvidia-smi reports them
+    ("1980 MHz, 54 C, 412.3 W"); "" where nvidia-smi cannot say. Taken after each timing: the
+    peers run for minutes between flashmask's masks (dense-mask SDPA ~30 s a mask at 32K), and a
+    clock that drops under that load moves the ratios between masks (bench/NOTES.md, session 9:
+    the benchmark timed flashmask 6-12 % slower than a probe run alone)."""
+    try:
+        index = torch.cuda.current_device()
+        result = subprocess.run(["nvidia-smi", f"--id={index}", GPU_STATE_QUERY, "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, check=True, timeout=10)
+        clock, temperature, power = (v.strip() for v in result.stdout.strip().split(","))
+        return f"{clock} MHz, {temperature} C, {power} W"
+    except (OSError, ValueError, RuntimeError, subprocess.SubprocessError):  # RuntimeError: no CUDA device
+        return ""
+
+
 def host_median_ms(fn: Callable[[], object], reps: int) -> float:
     """Median wall time of a host-driven call that ends on the device (create_block_mask)."""
     fn()  # warm-up: vmap tracing, allocator growth
@@ -572,6 +591,8 @@ class Measurement:
     forward_error: Optional[float] = None   # sampled rows vs float32
     gradient_error: Optional[float] = None  # vs FlexAttention's gradients
     note: str = ""
+    gpu_after_forward: str = ""   # gpu_state() right after the forward's timings
+    gpu_after_backward: str = ""  # ... and the backward's
 
 
 @dataclass
@@ -754,7 +775,9 @@ def measure_config(config: Config, mask_names: Sequence[str], implementations: S
                         row.problems.append(f"FlexAttention recompiled for this mask ({compiled} compilations)")
 
                 measurement.forward_ms = median_ms(runner.forward, args.reps, warmup)
+                measurement.gpu_after_forward = gpu_state()
                 measurement.backward_ms = median_ms(runner.backward, args.reps, warmup)
+                measurement.gpu_after_backward = gpu_state()
                 if impl in (FLASHMASK, FLEX):
                     extra, pool_high = peak_bytes_above_inputs(runner.run_both, pool)
                     # Scratch in the default pool (flashmask's) and torch's peak may not overlap in
@@ -858,6 +881,9 @@ def progress_line(row: Row, seconds: float) -> str:
             parts.append(f"{impl} {cell_tflops(row, impl, 'fwd')}/{cell_tflops(row, impl, 'bwd')}")
     if row.preprocess_ms is not None:
         parts.append(f"preprocess {fmt(row.preprocess_ms, 4)} ms per call, {fmt(row.preprocess_graph_ms, 4)} ms GPU")
+    flashmask = row.results.get(FLASHMASK)
+    if flashmask is not None and flashmask.gpu_after_forward:
+        parts.append(f"GPU after flashmask's forward: {flashmask.gpu_after_forward}")
     parts.append(f"({seconds:.1f} s)")
     for problem in row.problems:
         parts.append(f"\n    ! {problem}")
@@ -966,6 +992,16 @@ def markdown(rows: Sequence[Row], flex_stats: Dict[str, dict], meta: dict) -> st
             out.append(f"| {row.label} | {row.mask} | {fmt(None if fm_peak is None else fm_peak / gib, 3)} | "
                        f"{fmt(None if flex_peak is None else flex_peak / gib, 3)} | {fmt(None if base is None else base / gib, 3)} | "
                        f"{fmt(ratio(fm_peak, base), 3)} |")
+
+        out += ["", "## GPU state after each timing (nvidia-smi: SM clock, temperature, power; forward / backward)", "",
+                "| config | mask | " + " | ".join(IMPLEMENTATIONS) + " |", "|---|---|" + "---|" * len(IMPLEMENTATIONS)]
+        for row in rows:
+            cells = []
+            for impl in IMPLEMENTATIONS:
+                m = row.results.get(impl)
+                states = [] if m is None else [state for state in (m.gpu_after_forward, m.gpu_after_backward) if state]
+                cells.append(" / ".join(states) or "—")
+            out.append(f"| {row.label} | {row.mask} | " + " | ".join(cells) + " |")
 
         out += ["", "## Correctness checks (before timing)", "",
                 f"Forward: {REFERENCE_ROWS}+ sampled query rows against float32 (tolerance {FORWARD_ROW_TOLERANCE}); "
