@@ -3,6 +3,5 @@
 #include "cuda/sm80/forward_kernel.cuh"
 
 namespace flashmask::cuda::sm80 {
-template void launch_forward<__half, 64>(const AttentionProblem&, KeyOrder, cudaStream_t,
-                                                            ForwardPart);
+template void launch_forward<__half, 64>(const AttentionProblem&, KeyOrder, cudaStream_t, ForwardPart);
 }  // namespace flashmask::cuda::sm80
