@@ -46,11 +46,17 @@ struct SummariesToCompute {
     BlockSummary* table = nullptr;
 };
 
-// The query-block axis (each key block's summary serves one order pair's query blocks), with an
-// index tensor (the order is built), and a table holding exactly one row per order pair.
+// Where the order kernel may compute the summaries: the query-block axis (each key block's
+// summary serves one order pair's query blocks) of a mask with an index tensor (else no order
+// is built).
+inline bool order_kind_computes_summaries(const TileOrderShape& shape, const MaskView& mask) {
+    return shape.axis == TileAxis::QueryBlocks && mask.layout != MaskLayout::None;
+}
+
+// That, and a table holding exactly one row per order pair.
 inline bool tile_order_can_compute_summaries(const TileOrderShape& shape, const MaskView& mask,
                                              const SummaryTable& table) {
-    return shape.axis == TileAxis::QueryBlocks && mask.layout != MaskLayout::None &&
+    return order_kind_computes_summaries(shape, mask) &&
            table.blocks == shape.key_blocks && table.stride_mask_head == shape.key_blocks &&
            table.stride_batch == int64_t(shape.order_heads) * shape.key_blocks &&
            shape.order_heads == shape.summary_heads;
@@ -172,7 +178,7 @@ public:
     // no summaries kernel runs): it runs (an index tensor, CTAs to order), and on the query-block
     // axis, where each key block's summary serves exactly one order pair.
     static bool computes_summaries(const MaskView& mask, const TileOrderShape& shape) {
-        return shape.axis == TileAxis::QueryBlocks && mask.layout != MaskLayout::None && shape.ctas() > 0;
+        return order_kind_computes_summaries(shape, mask) && shape.ctas() > 0;
     }
 
     const TileSchedule& schedule() const { return schedule_; }

@@ -64,7 +64,7 @@ __device__ __forceinline__ BlockSummary read_only_summary(const BlockSummary* su
 class BlockSummaries {
 public:
     // fill: SummaryFill::Kernel computes them now (a launch on `stream`); SummaryFill::ByTileOrder
-    // only allocates the table, which the order kernel of the same call fills (to_compute(),
+    // only allocates the table, which the order kernel of the same call fills (writable(),
     // SummariesToCompute in tile_scheduler.cuh) before any kernel reads it.
     enum class SummaryFill { Kernel, ByTileOrder };
 
