@@ -63,21 +63,38 @@ FM_HOST_DEVICE int32_t clamp_row(int64_t value, int32_t nq) {
     return value < 0 ? 0 : value > nq ? nq : int32_t(value);
 }
 
-// Canonical intervals of column `column` (0 <= column < Nk) for batch b and mask head m.
-FM_HOST_DEVICE ColumnIntervals column_intervals(const MaskView& mask, int32_t batch, int32_t head, int32_t column) {
+// The bounds of one column as its index tensor holds them (the layout's slots, unclamped), with
+// the defaults of the slots the layout lacks: LTS, LTE, UTS, UTE.
+struct ColumnSlots {
+    int32_t lower_start, lower_end, upper_start, upper_end;
+};
+
+// Reads column `column` (0 <= column < Nk) of batch b and mask head m: the only step of
+// column_intervals() that touches memory, apart so that a kernel can issue the loads early and
+// canonicalise later (canonical_intervals()), when their latency has passed.
+FM_HOST_DEVICE ColumnSlots load_column_slots(const MaskView& mask, int32_t batch, int32_t head, int32_t column) {
     const int32_t nq = mask.nq;
-    int64_t lts = nq, lte = nq, uts = 0, ute = 0;
+    ColumnSlots raw{nq, nq, 0, 0};
     if (mask.layout != MaskLayout::None) {
         const int32_t* col = mask.indices + batch * mask.stride_batch + head * mask.stride_head + column * mask.stride_column;
         const int64_t s = mask.stride_slot;
         switch (mask.layout) {
-            case MaskLayout::CausalLower:        lts = col[0]; break;
-            case MaskLayout::CausalLowerBounded: lts = col[0]; lte = col[s]; break;
-            case MaskLayout::LowerUpper:         lts = col[0]; ute = col[s]; break;
-            case MaskLayout::LowerUpperBounded:  lts = col[0]; lte = col[s]; uts = col[2 * s]; ute = col[3 * s]; break;
+            case MaskLayout::CausalLower:        raw.lower_start = col[0]; break;
+            case MaskLayout::CausalLowerBounded: raw.lower_start = col[0]; raw.lower_end = col[s]; break;
+            case MaskLayout::LowerUpper:         raw.lower_start = col[0]; raw.upper_end = col[s]; break;
+            case MaskLayout::LowerUpperBounded:
+                raw.lower_start = col[0]; raw.lower_end = col[s]; raw.upper_start = col[2 * s]; raw.upper_end = col[3 * s];
+                break;
             case MaskLayout::None: break;
         }
     }
+    return raw;
+}
+
+// The canonical intervals of column `column` from its slots (load_column_slots()).
+FM_HOST_DEVICE ColumnIntervals canonical_intervals(const MaskView& mask, const ColumnSlots& raw, int32_t column) {
+    const int32_t nq = mask.nq;
+    int64_t lts = raw.lower_start, lte = raw.lower_end, uts = raw.upper_start, ute = raw.upper_end;
     if (mask.causal) {
         uts = 0;
         ute = int64_t(column) - mask.diagonal_offset();
@@ -94,6 +111,11 @@ FM_HOST_DEVICE ColumnIntervals column_intervals(const MaskView& mask, int32_t ba
         c.lower_start = 0; c.lower_end = nq; c.upper_start = 0; c.upper_end = nq;
     }
     return c;
+}
+
+// Canonical intervals of column `column` (0 <= column < Nk) for batch b and mask head m.
+FM_HOST_DEVICE ColumnIntervals column_intervals(const MaskView& mask, int32_t batch, int32_t head, int32_t column) {
+    return canonical_intervals(mask, load_column_slots(mask, batch, head, column), column);
 }
 
 // Minima and maxima of the canonical bounds over the columns of one key block, except that

@@ -134,6 +134,7 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, cons
     for (int32_t bin = thread; bin < buckets; bin += kOrderThreads) bins[bin] = 0;
     if (thread == 0) order_head_work = 0;
     __syncthreads();
+    const bool single_chunk = shape.blocks <= kStagedBlocks;
     unsigned long long thread_work = 0;
     int32_t skipping_before = 0;  // query-block axis: the difference array's sum before this chunk
     for (int32_t first = 0; first < shape.blocks; first += kOrderThreads) {
@@ -149,9 +150,16 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, cons
         if (i < shape.blocks) {
             atomicAdd(&bins[block_total >> shape.bucket_shift], 1);
             thread_work += static_cast<unsigned long long>(block_total);
+            // A single chunk is staged for step 4 here, at its tie-order position (tie_order_block()
+            // is its own inverse), instead of being read back from L2 there.
+            if (single_chunk) staged[tie_order_block(shape.axis, shape.blocks, i)] = block_total;
         }
     }
-    if (thread_work != 0) atomicAdd(&order_head_work, thread_work);
+    // Summed over the warp first, then one shared atomic per warp: a 64-bit shared-memory add may
+    // be a compare-and-swap loop, which 512 threads contending on one word would serialise.
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+        thread_work += __shfl_down_sync(kFullWarpMask, thread_work, offset);
+    if (lane == 0 && thread_work != 0) atomicAdd(&order_head_work, thread_work);
     __syncthreads();
     const double threshold = heavy_work_threshold(shape, int64_t(order_head_work));
     if (total_work != nullptr && thread == 0) atomicAdd(total_work, order_head_work);
@@ -182,9 +190,11 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, cons
     for (int32_t chunk = 0; chunk < shape.blocks; chunk += kStagedBlocks) {
         const int32_t count = min(kStagedBlocks, shape.blocks - chunk);
         __syncthreads();  // the scan, or warp 0's placing of the previous chunk, is done
-        for (int32_t i = thread; i < count; i += kOrderThreads)
-            staged[i] = __ldcg(pair_work + tie_order_block(shape.axis, shape.blocks, chunk + i));
-        __syncthreads();
+        if (!single_chunk) {
+            for (int32_t i = thread; i < count; i += kOrderThreads)
+                staged[i] = __ldcg(pair_work + tie_order_block(shape.axis, shape.blocks, chunk + i));
+            __syncthreads();
+        }
         if (warp != 0) continue;
         for (int32_t first = 0; first < count; first += kWarpSize) {
             const int32_t i = first + lane;

@@ -515,6 +515,14 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         }
         load_query_block(0, head_index, q_block);
         cp_async_commit();
+        // The first head's column intervals, read while the copies above are in flight: a first
+        // Partial step would otherwise have its threads wait on these loads before barrier 1, and
+        // every warp with them. Read whether or not a Partial step comes (a dK/dV CTA spends ~3
+        // steps' time outside its steps: bench/NOTES.md, session 9).
+        const int32_t head = first_head + head_index;
+        if (threadIdx.x < kBlockN)
+            columns_smem[threadIdx.x] = key_intervals(p.mask, batch, p.mask.mask_head(head), key0 + int32_t(threadIdx.x));
+        columns_head = head;
     }
     for (int stage = 0; head_index < heads_per_group; stage ^= 1) {
         const int32_t head = first_head + head_index, row0 = q_block * kBlockM;

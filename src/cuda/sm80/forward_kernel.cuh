@@ -250,18 +250,13 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
         __syncthreads();     // ... visible to all; every warp is done with V(n-1)
         load_kv_async(smem.v, v, p.v.stride[1], kv_block);
 
-        if (partial && thread < kBlockN) {
-            // Published by the barrier below; the previous tile's readers passed the one above.
-            const int64_t column = int64_t(kv_block) * kBlockN + thread;
-            ColumnIntervals c{0, nq, 0, nq};  // columns past Nk: every row masked
-            if (column < nk) c = column_intervals(mask, batch, mask_head, int32_t(column));
-#pragma unroll
-            for (int w = 0; w < kWarps; ++w) {
-                const int32_t first_row = row_begin + w * Traits::kWarpRows;  // bounds are in [0, Nq]: no overflow
-                smem.masked_rows[w][thread] = row_bits(c.lower_start - first_row, c.lower_end - first_row) |
-                                              row_bits(c.upper_start - first_row, c.upper_end - first_row);
-            }
-        }
+        // A Partial tile's column bounds: loaded here, turned into masked-row bits after S, so that
+        // the loads' latency passes under the product instead of stalling the threads below
+        // kBlockN before it (a Partial tile cost ~1.25x a Full one at 8K: bench/NOTES.md, session 9).
+        const int64_t column = int64_t(kv_block) * kBlockN + thread;
+        const bool builds_bits = partial && thread < kBlockN;
+        ColumnSlots slots{};
+        if (builds_bits && column < nk) slots = load_column_slots(mask, batch, mask_head, int32_t(column));
 
         // S = Q K^T, by the warps that see any of the tile (warp_kind is warp-uniform). A warp
         // whose rows see none of it leaves its row maxima, sums and O as they are: exactly what
@@ -293,6 +288,18 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
                         mma_16816<Element>(s[mt][2 * np + 1], a[mt], b1);
                     }
                 }
+            }
+        }
+
+        if (builds_bits) {
+            // Published by the barrier below; the previous tile's readers passed the one above.
+            ColumnIntervals c{0, nq, 0, nq};  // columns past Nk: every row masked
+            if (column < nk) c = canonical_intervals(mask, slots, int32_t(column));
+#pragma unroll
+            for (int w = 0; w < kWarps; ++w) {
+                const int32_t first_row = row_begin + w * Traits::kWarpRows;  // bounds are in [0, Nq]: no overflow
+                smem.masked_rows[w][thread] = row_bits(c.lower_start - first_row, c.lower_end - first_row) |
+                                              row_bits(c.upper_start - first_row, c.upper_end - first_row);
             }
         }
 
