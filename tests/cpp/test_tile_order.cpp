@@ -46,6 +46,55 @@ constexpr TileShape kTileShapes[] = {{128, 64}, {64, 128}, {16, 16}, {16, 32}};
 // that nearly every block with work is.
 constexpr int32_t kH100Slots = 132 * 2;
 constexpr int32_t kCtaSlots[] = {1, 7, kH100Slots, 1 << 30};
+// The dK/dV kernel's (163 KB of shared memory at D = 128: one CTA per SM).
+constexpr int32_t kH100DkDvSlots = 132;
+
+// The section size plan_scheduled_launch() gives the bf16 kernels of `s` along `axis` (the dK/dV
+// kernel adding into the dQ accumulator, as when not deterministic).
+int32_t planned_heads_per_section(const AttentionSizes& s, TileAxis axis, bool adds_into_dq_accumulator = true) {
+    AttentionProblem p;
+    p.dtype = DType::BFloat16;
+    p.batch = s.batch;
+    p.nq = s.nq;
+    p.nk = s.nk;
+    p.q_heads = s.q_heads;
+    p.kv_heads = s.kv_heads;
+    p.head_dim = s.head_dim;
+    p.value_dim = s.value_dim;
+    return cuda::heads_per_section(cuda::streamed_bytes_per_pair(p, axis, adds_into_dq_accumulator));
+}
+
+// Section sizes at the benchmark's shapes and around them (bench/NOTES.md, session 10): what a
+// section's pairs stream stays within kSectionL2Bytes, 1 to kMaxHeadsPerSection pairs.
+TEST(TileOrder, SectionsKeepTheirStreamInL2) {
+    constexpr int32_t kMax = cuda::kMaxHeadsPerSection;
+    struct Case {
+        AttentionSizes sizes;
+        TileAxis axis;
+        bool adds_into_dq_accumulator;
+        int32_t expected;
+        const char* why;
+    };
+    const Case cases[] = {
+        {{2, 8192, 8192, 32, 32, 128, 128}, TileAxis::QueryBlocks, false, kMax, "8K forward: K + V 4 MiB a head, 8 fit"},
+        {{1, 32768, 32768, 16, 16, 128, 128}, TileAxis::QueryBlocks, false, 2, "32K forward: 16 MiB a head"},
+        {{1, 16384, 16384, 16, 16, 128, 128}, TileAxis::QueryBlocks, false, 4, "16K forward: 8 MiB a head"},
+        {{1, 32768, 32768, 32, 4, 128, 128}, TileAxis::QueryBlocks, false, kMax, "32K GQA 8: one K/V for 8 heads"},
+        {{2, 8192, 8192, 32, 32, 128, 128}, TileAxis::KeyBlocks, true, 4, "8K dK/dV: Q, dO 4 MiB + dQ accumulator 4 MiB"},
+        {{2, 8192, 8192, 32, 32, 128, 128}, TileAxis::KeyBlocks, false, kMax, "8K dK/dV, deterministic: Q, dO only"},
+        {{1, 32768, 32768, 16, 16, 128, 128}, TileAxis::KeyBlocks, true, 1, "32K dK/dV: 32 MiB a head"},
+        {{1, 262144, 262144, 4, 4, 256, 256}, TileAxis::QueryBlocks, false, 1, "past the budget: still one pair"},
+        {{1, 17, 17, 3, 3, 64, 64}, TileAxis::KeyBlocks, true, kMax, "tiny: the cap"},
+        {{1, 0, 0, 3, 3, 64, 64}, TileAxis::QueryBlocks, false, kMax, "nothing streamed: the cap"},
+    };
+    for (const Case& c : cases)
+        EXPECT_EQ(planned_heads_per_section(c.sizes, c.axis, c.adds_into_dq_accumulator), c.expected)
+            << c.why << " (" << c.sizes.describe() << ")";
+    EXPECT_EQ(cuda::heads_per_section(cuda::kSectionL2Bytes), 1);
+    EXPECT_EQ(cuda::heads_per_section(cuda::kSectionL2Bytes + 1), 1);
+    EXPECT_EQ(cuda::heads_per_section(cuda::kSectionL2Bytes / 3), 3);
+    EXPECT_EQ(cuda::heads_per_section(1), kMax);
+}
 
 std::string describe(const std::string& mask, const AttentionSizes& s, int32_t mask_heads, TileAxis axis,
                      const TileShape& tile) {
@@ -137,37 +186,41 @@ TEST(TileOrder, TieOrderIsSortedWithoutIndexTensor) {
 }
 
 // The mapping alone, for grids of many sizes: blocks from 1 to more than a section's worth,
-// (batch, head) pairs below, at and around multiples of kHeadsPerSection, heavy prefixes of every
+// (batch, head) pairs below, at and around multiples of every section size the launchers pick
+// (1 to kMaxHeadsPerSection; 3 divides none of the larger pair counts), heavy prefixes of every
 // length from 0 to all blocks (a sample of them for 100 blocks).
 TEST(TileOrder, MappingIsBijectiveForAnyGrid) {
     constexpr int32_t kBlockM = 16, kBlockN = 16;
     for (int32_t blocks : {1, 2, 7, 8, 9, 100})
         for (int32_t batch : {1, 2, 3})
-            for (int32_t heads : {1, 3, 8, 9, 17}) {
-                const AttentionSizes s{batch, blocks * kBlockM, 3 * kBlockN, heads, 1, 8, 8};
-                TestMask mask;
-                mask.causal = true;
-                mask.name = "causal";
-                const MaskView view = mask.mask_view(s);
-                for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks}) {
-                    const TileOrderShape shape =
-                        cuda::make_tile_order_shape(view, batch, heads, 1, axis, kBlockM, kBlockN, kH100Slots);
-                    const std::vector<int32_t> work =
-                        cuda::host_block_work(shape, block_summaries(view, 1, 1, kBlockN));
-                    const int32_t n = shape.blocks;  // query or key blocks
-                    std::vector<int32_t> prefixes;
-                    if (n <= 9)
-                        for (int32_t r = 0; r <= n; ++r) prefixes.push_back(r);
-                    else
-                        prefixes = {0, 1, 7, 8, 9, n / 2, n - 1, n};
-                    for (int32_t heavy_ranks : prefixes) {
-                        testing::check_schedule(shape, cuda::make_tile_schedule(shape, nullptr, &heavy_ranks), work,
-                                                describe("causal", s, 1, axis, {kBlockM, kBlockN}) + " R " +
-                                                    std::to_string(heavy_ranks));
-                        if (HasFatalFailure()) return;
+            for (int32_t heads : {1, 3, 8, 9, 17})
+                for (int32_t heads_per_section : {1, 2, 3, cuda::kMaxHeadsPerSection}) {
+                    const AttentionSizes s{batch, blocks * kBlockM, 3 * kBlockN, heads, 1, 8, 8};
+                    TestMask mask;
+                    mask.causal = true;
+                    mask.name = "causal";
+                    const MaskView view = mask.mask_view(s);
+                    for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks}) {
+                        TileOrderShape shape =
+                            cuda::make_tile_order_shape(view, batch, heads, 1, axis, kBlockM, kBlockN, kH100Slots);
+                        shape.heads_per_section = heads_per_section;
+                        const std::vector<int32_t> work =
+                            cuda::host_block_work(shape, block_summaries(view, 1, 1, kBlockN));
+                        const int32_t n = shape.blocks;  // query or key blocks
+                        std::vector<int32_t> prefixes;
+                        if (n <= 9)
+                            for (int32_t r = 0; r <= n; ++r) prefixes.push_back(r);
+                        else
+                            prefixes = {0, 1, 7, 8, 9, n / 2, n - 1, n};
+                        for (int32_t heavy_ranks : prefixes) {
+                            testing::check_schedule(shape, cuda::make_tile_schedule(shape, nullptr, &heavy_ranks), work,
+                                                    describe("causal", s, 1, axis, {kBlockM, kBlockN}) + " section " +
+                                                        std::to_string(heads_per_section) + " R " +
+                                                        std::to_string(heavy_ranks));
+                            if (HasFatalFailure()) return;
+                        }
                     }
                 }
-            }
 }
 
 // The benchmark's masks (bench/bench_attention.py): catalogue seed 0, one mask head for all query
@@ -187,9 +240,10 @@ TestMask benchmark_mask(const std::string& name, int32_t batch, int32_t n, std::
     return mask;
 }
 
-// R at the benchmark's sizes on an H100's 264 slots, printed for every catalogue mask, both axes
-// with the kernels' tiles: the forward (and dQ) by query blocks of 128 rows, 64-key summaries;
-// dK/dV by key blocks, query blocks of 64 rows, 128-key summaries. What kHeavyFraction's comment
+// R at the benchmark's sizes on an H100, printed for every catalogue mask, both axes with the
+// kernels' tiles, slots and sections: the forward (and dQ) by query blocks of 128 rows, 64-key
+// summaries, 264 slots; dK/dV by key blocks, query blocks of 64 rows, 128-key summaries, 132
+// slots; sections as plan_scheduled_launch() sizes them. What kHeavyFraction's comment
 // predicts: causal_blockwise's heavy query blocks (its last document's, ~128 key blocks against
 // a slot time of ~36 at 8K) go first; masks whose every block fits in a section's slot time get
 // R = 0: sliding_window (even work), prefix_lm_causal (its heaviest block, 128 key blocks at 8K,
@@ -203,9 +257,11 @@ TEST(TileOrder, HeavyPrefixAtBenchmarkSizes) {
     struct Axis {
         TileAxis axis;
         TileShape tile;
+        int32_t cta_slots;
         const char* name;
     };
-    const Axis axes[] = {{TileAxis::QueryBlocks, {128, 64}, "query blocks"}, {TileAxis::KeyBlocks, {64, 128}, "key blocks"}};
+    const Axis axes[] = {{TileAxis::QueryBlocks, {128, 64}, kH100Slots, "query blocks"},
+                         {TileAxis::KeyBlocks, {64, 128}, kH100DkDvSlots, "key blocks"}};
     for (const Sizes& sizes : kSizes)
         for (const std::string& name : catalogue_names()) {
             const AttentionSizes s{sizes.batch, sizes.n, sizes.n, sizes.heads, sizes.heads, 128, 128};
@@ -213,8 +269,9 @@ TEST(TileOrder, HeavyPrefixAtBenchmarkSizes) {
             const MaskView view = mask.mask_view(s);
             for (const Axis& a : axes) {
                 const std::string what = describe(name, s, 1, a.axis, a.tile);
-                const TileOrderShape shape = cuda::make_tile_order_shape(view, s.batch, s.q_heads, s.kv_heads, a.axis,
-                                                                         a.tile.block_m, a.tile.block_n, kH100Slots);
+                TileOrderShape shape = cuda::make_tile_order_shape(view, s.batch, s.q_heads, s.kv_heads, a.axis,
+                                                                   a.tile.block_m, a.tile.block_n, a.cta_slots);
+                shape.heads_per_section = planned_heads_per_section(s, a.axis);
                 const std::vector<int32_t> work = cuda::host_block_work(
                     shape, block_summaries(view, shape.order_batches, shape.summary_heads, a.tile.block_n));
                 const std::vector<int32_t> order = cuda::host_tile_order(shape, work);
@@ -231,7 +288,7 @@ TEST(TileOrder, HeavyPrefixAtBenchmarkSizes) {
                 const double threshold = cuda::heavy_work_threshold(shape, total / shape.order_pairs());
                 std::cout << "heavy prefix N=" << s.nq << " B=" << s.batch << " H=" << s.q_heads << " " << std::setw(12)
                           << a.name << " " << std::setw(22) << name << ": R = " << std::setw(3) << heavy_ranks << " of "
-                          << shape.blocks << " (heaviest block " << heaviest << " tiles, average "
+                          << shape.blocks << ", sections of " << shape.heads_per_section << " (heaviest block " << heaviest << " tiles, average "
                           << std::fixed << std::setprecision(1) << double(total) / double(work.size())
                           << ", threshold " << threshold << ")" << std::defaultfloat
                           << (view.layout == MaskLayout::None ? " [no index tensor: the kernels sort nothing, R = 0]" : "")

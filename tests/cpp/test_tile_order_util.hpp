@@ -41,7 +41,7 @@ inline int32_t work_of(const cuda::TileOrderShape& s, const std::vector<int32_t>
 //   1. the mapping is a bijection onto every (batch, head, block);
 //   2. with R = *schedule.heavy_ranks (0 when null), in [0, blocks]: the first R x pairs CTAs are
 //      ranks [0, R) rank-major over all (batch, head) pairs; the rest are sections of
-//      kHeadsPerSection consecutive pairs (fewer in the last), each ranks [R, blocks) rank-major
+//      s.heads_per_section consecutive pairs (fewer in the last), each ranks [R, blocks) rank-major
 //      over its pairs; each CTA's block is its pair's order entry at that rank (written here in
 //      64-bit arithmetic, independently of TileSchedule::at());
 //   3. along one (batch, head), CTA by CTA, the work bin (work >> bucket_shift) never grows, and
@@ -54,7 +54,7 @@ inline void check_schedule(const cuda::TileOrderShape& s, const cuda::TileSchedu
     const int64_t heavy = schedule.heavy_ranks != nullptr ? *schedule.heavy_ranks : 0;
     ASSERT_TRUE(heavy >= 0 && heavy <= s.blocks) << what << ": heavy prefix of " << heavy << " ranks, blocks "
                                                  << s.blocks;
-    const int64_t heavy_ctas = heavy * pairs, section_ctas = int64_t(cuda::kHeadsPerSection) * (s.blocks - heavy);
+    const int64_t heavy_ctas = heavy * pairs, section_ctas = int64_t(s.heads_per_section) * (s.blocks - heavy);
     std::vector<uint8_t> seen(std::size_t(ctas), 0);
     struct Last { int32_t bin = 0, tie_position = -1; };
     std::vector<Last> last(static_cast<std::size_t>(pairs));
@@ -75,8 +75,8 @@ inline void check_schedule(const cuda::TileOrderShape& s, const cuda::TileSchedu
             expected_rank = cta / pairs;
         } else {
             const int64_t rest = cta - heavy_ctas, section = rest / section_ctas;
-            const int64_t first_pair = section * cuda::kHeadsPerSection, offset = rest - section * section_ctas;
-            const int64_t section_pairs = std::min<int64_t>(cuda::kHeadsPerSection, pairs - first_pair);
+            const int64_t first_pair = section * s.heads_per_section, offset = rest - section * section_ctas;
+            const int64_t section_pairs = std::min<int64_t>(s.heads_per_section, pairs - first_pair);
             expected_pair = first_pair + offset % section_pairs;
             expected_rank = heavy + offset / section_pairs;
         }

@@ -5,8 +5,9 @@
 //     axes, block counts from 1 to 65536, work values beyond the histogram (bucketed), slot
 //     counts from 1 to 2^30, and the catalogue at the benchmark's 8K with an H100's 264 slots;
 //   * TileScheduler, as the launchers build it, gives a schedule that is a bijection: the heavy
-//     prefix rank-major over all (batch, head) pairs, then sections of kHeadsPerSection pairs,
-//     rank-major, each head's blocks heaviest first;
+//     prefix rank-major over all (batch, head) pairs, then sections of heads_per_section pairs,
+//     rank-major, each head's blocks heaviest first (sections of 1, 3 and kMaxHeadsPerSection
+//     pairs, paired with the slot counts);
 //   * resident_block_slots() counts at least one CTA per SM, within the SM's limits;
 //   * the same under CUDA graph capture, replayed twice;
 //   * where the order kernel computes the block summaries itself (the forward's query-block order
@@ -47,9 +48,14 @@ struct DeviceIndices {
 };
 
 // CTA slots: an H100's 132 SMs x 2 resident CTAs, and the extremes (1: nothing heavy; 2^30:
-// nearly everything with work).
+// nearly everything with work). Each with its own section size (the heavy prefix's threshold
+// scales with both): the launchers' largest at the H100's slots, 3 (sections that do not divide
+// the pairs) and 1 (a section per head, the backward's at 32K) at the extremes.
 constexpr int32_t kH100Slots = 132 * 2;
-constexpr int32_t kCtaSlots[] = {1, kH100Slots, 1 << 30};
+struct SlotsAndSection {
+    int32_t cta_slots, heads_per_section;
+};
+constexpr SlotsAndSection kCtaSlots[] = {{1, 3}, {kH100Slots, cuda::kMaxHeadsPerSection}, {1 << 30, 1}};
 
 struct HostOrder {
     std::vector<int32_t> work, order;
@@ -77,16 +83,17 @@ std::string describe(const std::string& mask, const AttentionSizes& s, int32_t m
            std::to_string(block_n);
 }
 
-// One mask, one axis, one tile shape, one slot count: the kernel's work, order and R equal the
-// host twin's, and the TileScheduler's schedule passes check_schedule().
+// One mask, one axis, one tile shape, one slot count and section size: the kernel's work, order
+// and R equal the host twin's, and the TileScheduler's schedule passes check_schedule().
 void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_heads, TileAxis axis, int32_t block_m,
-                        int32_t block_n, int32_t cta_slots) {
-    const std::string what =
-        describe(mask.name, s, mask_heads, axis, block_m, block_n) + " slots " + std::to_string(cta_slots);
+                        int32_t block_n, SlotsAndSection slots) {
+    const std::string what = describe(mask.name, s, mask_heads, axis, block_m, block_n) + " slots " +
+                             std::to_string(slots.cta_slots) + " section " + std::to_string(slots.heads_per_section);
     const DeviceIndices device(mask, s);
     const MaskView host_view = mask.mask_view(s);
-    const TileOrderShape shape =
-        cuda::make_tile_order_shape(host_view, s.batch, s.q_heads, s.kv_heads, axis, block_m, block_n, cta_slots);
+    TileOrderShape shape = cuda::make_tile_order_shape(host_view, s.batch, s.q_heads, s.kv_heads, axis, block_m,
+                                                       block_n, slots.cta_slots);
+    shape.heads_per_section = slots.heads_per_section;  // as plan_scheduled_launch() sets it
     const HostOrder expected = host_order(shape, host_view, block_n);
     const cuda::BlockSummaries summaries(device.view, s.batch, s.q_heads, block_n, nullptr);
 
@@ -113,9 +120,15 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
     }
     ASSERT_EQ(device_workspace.at(entries), expected.heavy_ranks) << what << ": heavy prefix R";
 
-    // The scheduler as a kernel launch gets it.
-    const cuda::TileScheduler tiles(device.view, s.batch, s.q_heads, s.kv_heads, axis, block_m, summaries.table(),
-                                    cta_slots, nullptr);
+    // The scheduler as a kernel launch gets it: from the planned shape, as the launchers build it,
+    // or from the sizes (sections of kMaxHeadsPerSection).
+    std::optional<cuda::TileScheduler> built;
+    if (slots.heads_per_section == cuda::kMaxHeadsPerSection)
+        built.emplace(device.view, s.batch, s.q_heads, s.kv_heads, axis, block_m, summaries.table(), slots.cta_slots,
+                      nullptr);
+    else
+        built.emplace(device.view, shape, summaries.table(), nullptr);
+    const cuda::TileScheduler& tiles = *built;
     FM_CUDA_CHECK(cudaDeviceSynchronize());
     const bool sorted = host_view.layout != MaskLayout::None && shape.ctas() > 0;
     ASSERT_EQ(tiles.order() != nullptr, sorted) << what;
@@ -160,7 +173,7 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
     ASSERT_EQ(device_int(fused.heavy_ranks()), expected.heavy_ranks) << what << " (summaries computed by the order kernel)";
 }
 
-// One and several sections, B * H not a multiple of kHeadsPerSection, GQA, mask heads 1, Hk, Hq.
+// One and several sections, B * H not a multiple of the section sizes, GQA, mask heads 1, Hk, Hq.
 constexpr Heads kHeads[] = {{1, 1, 1, 1}, {2, 6, 2, 6}, {3, 6, 2, 2}, {2, 5, 5, 1}, {1, 16, 2, 16}};
 // The forward's and deterministic dQ kernel's tile (128 x 64), the dK/dV kernel's (64 x 128), small
 // tiles for more blocks.
@@ -181,7 +194,7 @@ TEST(GpuTileScheduler, CatalogueMasksMatchHost) {
                 const int32_t mask_heads = mask.indices ? h.mask_heads : 1;
                 for (const auto& tile : kTileShapes)
                     for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks})
-                        for (int32_t slots : kCtaSlots) {
+                        for (const SlotsAndSection& slots : kCtaSlots) {
                             check_device_order(mask, s, mask_heads, axis, tile[0], tile[1], slots);
                             if (HasFatalFailure()) return;
                         }
@@ -196,7 +209,7 @@ TEST(GpuTileScheduler, HostileMasksMatchHost) {
         for (int32_t mask_heads : {1, 2, 6}) {
             TestMask mask = testing::random_test_mask(layout.causal, layout.slots, true, s, mask_heads, rng);
             for (TileAxis axis : {TileAxis::QueryBlocks, TileAxis::KeyBlocks})
-                for (int32_t slots : kCtaSlots) {
+                for (const SlotsAndSection& slots : kCtaSlots) {
                     check_device_order(mask, s, mask_heads, axis, 16, 16, slots);
                     if (HasFatalFailure()) return;
                 }
@@ -225,15 +238,31 @@ TEST(GpuTileScheduler, ExtremeBlockCountsMatchHost) {
     };
     for (const Case& c : cases) {
         TestMask mask = testing::catalogue_test_mask(c.mask, c.sizes, c.mask_heads, rng);
-        for (int32_t slots : kCtaSlots) {
+        for (const SlotsAndSection& slots : kCtaSlots) {
             check_device_order(mask, c.sizes, c.mask_heads, c.axis, c.block_m, c.block_n, slots);
             if (HasFatalFailure()) return;
         }
     }
 }
 
+// The section size plan_scheduled_launch() gives the bf16 kernels of `s` along `axis` (the
+// dK/dV kernel adding into the dQ accumulator).
+int32_t planned_heads_per_section(const AttentionSizes& s, TileAxis axis) {
+    AttentionProblem p;
+    p.dtype = DType::BFloat16;
+    p.batch = s.batch;
+    p.nq = s.nq;
+    p.nk = s.nk;
+    p.q_heads = s.q_heads;
+    p.kv_heads = s.kv_heads;
+    p.head_dim = s.head_dim;
+    p.value_dim = s.value_dim;
+    return cuda::heads_per_section(cuda::streamed_bytes_per_pair(p, axis, /*adds_into_dq_accumulator=*/true));
+}
+
 // The catalogue at the benchmark's N = 8K, B 2, H 32 (one mask head, a mask per batch entry),
-// with the kernels' tiles on both axes and an H100's 264 slots: where R matters.
+// with the kernels' tiles on both axes, an H100's 264 slots and the launchers' sections: where R
+// matters.
 TEST(GpuTileScheduler, CatalogueAt8KMatchesHost) {
     FM_SKIP_WITHOUT_GPU();
     auto rng = testing::test_rng();
@@ -241,9 +270,11 @@ TEST(GpuTileScheduler, CatalogueAt8KMatchesHost) {
     constexpr int32_t kForwardTile[2] = {128, 64}, kDkDvTile[2] = {64, 128};
     for (const std::string& name : catalogue_names()) {
         TestMask mask = testing::catalogue_test_mask(name, s, 1, rng);
-        check_device_order(mask, s, 1, TileAxis::QueryBlocks, kForwardTile[0], kForwardTile[1], kH100Slots);
+        check_device_order(mask, s, 1, TileAxis::QueryBlocks, kForwardTile[0], kForwardTile[1],
+                           {kH100Slots, planned_heads_per_section(s, TileAxis::QueryBlocks)});
         if (HasFatalFailure()) return;
-        check_device_order(mask, s, 1, TileAxis::KeyBlocks, kDkDvTile[0], kDkDvTile[1], kH100Slots);
+        check_device_order(mask, s, 1, TileAxis::KeyBlocks, kDkDvTile[0], kDkDvTile[1],
+                           {kH100Slots, planned_heads_per_section(s, TileAxis::KeyBlocks)});
         if (HasFatalFailure()) return;
     }
 }

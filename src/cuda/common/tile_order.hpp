@@ -18,7 +18,7 @@
 // CTA order (TileSchedule::at). Rank r of a (batch, head) is its r-th heaviest block. Two parts:
 //   1. the heavy prefix: ranks [0, R) rank-major over ALL (batch, head) pairs (rank 0 of every
 //      pair, then rank 1, ...), pairs in batch-major, head-minor order;
-//   2. the rest: the pairs grouped into sections of kHeadsPerSection consecutive pairs, and
+//   2. the rest: the pairs grouped into sections of heads_per_section consecutive pairs, and
 //      inside a section ranks [R, blocks) rank-major over its pairs.
 // Sections keep the CTAs that run together on the K/V of a few heads (L2 locality, as the
 // head-major order had), and the last section, which forms the grid's tail, ends with its
@@ -45,6 +45,7 @@
 #include <string>
 #include <vector>
 
+#include "flashmask/problem.hpp"
 #include "flashmask/tiles.hpp"
 #include "flashmask/types.hpp"
 
@@ -61,14 +62,43 @@ inline const char* blocks_argument(TileAxis axis) { return axis == TileAxis::Que
 // The other axis's argument: a block's tiles are counted along that one.
 inline const char* other_blocks_argument(TileAxis axis) { return axis == TileAxis::QueryBlocks ? "k" : "q"; }
 
-// (batch, head) pairs per section, whose CTAs are interleaved rank by rank. 8 because:
-//   * their K/V stays L2-resident: at N = 8K, D = 128, bf16, one head's K + V is 4 MB, so a
-//     section's 32 MB fits the 50 MB L2 of an H100 (and a GQA group of 8 query heads, the
-//     common ratio, shares a single K/V);
-//   * a section is still about two waves of CTAs (8 heads x 64 query blocks of 128 rows = 512
-//     CTAs at 8K against 132 SMs x 2 resident CTAs), so the last section alone fills the tail
-//     with its light blocks after its heavy ones.
-inline constexpr int32_t kHeadsPerSection = 8;
+// (batch, head) pairs per section, whose CTAs are interleaved rank by rank: as many as keep what
+// their CTAs stream along the other axis within kSectionL2Bytes (heads_per_section()), between 1
+// and kMaxHeadsPerSection. The pair's streamed bytes (streamed_bytes_per_pair(), below) are K and
+// V in the forward, Q, dO and the dQ accumulator in the backward; plan_scheduled_launch()
+// (tile_scheduler.cuh) sets the size on the shape of each launch.
+//   * kMaxHeadsPerSection = 8: a section is still about two waves of CTAs (8 heads x 64 query
+//     blocks of 128 rows = 512 CTAs at 8K against 132 SMs x 2 resident CTAs), so the last
+//     section alone fills the tail with its light blocks after its heavy ones;
+//   * kSectionL2Bytes = 32 MiB: 8 heads' K + V at N = 8K, D = 128, bf16 (4 MiB each), the
+//     section measured at the top of this file, which fits the 50 MB L2 of an H100 (and a GQA
+//     group of 8 query heads, the common ratio, shares a single K/V). At 32K one head's K + V is
+//     16 MiB, so 8 heads streamed 128 MiB through it; 2 heads keep the measured 8K working set
+//     (and, at 256 query blocks each, the same two waves). The dK/dV kernel's pairs stream
+//     8 MiB each at 8K (Q, dO, the dQ accumulator): 4 heads, 1 at 32K.
+inline constexpr int32_t kMaxHeadsPerSection = 8;
+inline constexpr int64_t kSectionL2Bytes = int64_t{32} << 20;
+
+// The pairs per section for pairs that each stream `streamed_bytes_per_pair` bytes.
+inline int32_t heads_per_section(int64_t streamed_bytes_per_pair) {
+    if (streamed_bytes_per_pair <= 0) return kMaxHeadsPerSection;
+    const int64_t fitting = kSectionL2Bytes / streamed_bytes_per_pair;
+    return int32_t(std::clamp<int64_t>(fitting, 1, kMaxHeadsPerSection));
+}
+
+// What the CTAs of one (batch, head) pair of a scheduled kernel read along the other axis, in
+// bytes: the working set a section keeps in L2 (heads_per_section()). Along query
+// blocks (forward, deterministic dQ) K and V of the pair's KV head, shared by the query heads of
+// its group, which are consecutive pairs; along key blocks (dK / dV) Q and dO of the KV head's
+// query heads and, when `adds_into_dq_accumulator`, their float32 dQ accumulator rows.
+inline int64_t streamed_bytes_per_pair(const AttentionProblem& p, TileAxis axis, bool adds_into_dq_accumulator) {
+    const int64_t element = int64_t(element_size(p.dtype));
+    const int64_t group = p.kv_heads > 0 ? p.q_heads / p.kv_heads : 1;
+    if (axis == TileAxis::QueryBlocks)
+        return int64_t(p.nk) * (p.head_dim + p.value_dim) * element / (group > 0 ? group : 1);
+    const int64_t accumulator = adds_into_dq_accumulator ? int64_t(p.head_dim) * int64_t(sizeof(float)) : 0;
+    return group * int64_t(p.nq) * ((p.head_dim + p.value_dim) * element + accumulator);
+}
 
 // The heavy prefix (top of this file): which ranks run first over all pairs.
 //
@@ -76,7 +106,7 @@ inline constexpr int32_t kHeadsPerSection = 8;
 // each slot does about
 //     slot_work = section_pairs x W / cta_slots                                   tiles,
 // W being the work of one (batch, head), i.e. the sum of its blocks' work, and section_pairs =
-// min(kHeadsPerSection, batch x heads). Every pair that an order head stands for does that order
+// min(heads_per_section, batch x heads). Every pair that an order head stands for does that order
 // head's whole work W (its heads_per_order_head pairs share the order, not the work), so a
 // section's work is section_pairs x W whatever heads_per_order_head is. Each order CTA knows only
 // its own W: with per-head masks the estimate is "a section of heads like this one".
@@ -99,7 +129,7 @@ inline constexpr int32_t kHeadsPerSection = 8;
 //   * qk_sparse (~61 on average), slot_work ~ 118: R = 5, its blocks of 119-128 tiles, just
 //     above the line, where moving them gains and costs little either way;
 //   * global_sliding_window: R = 1, the global tokens' query block (128 tiles against ~41).
-// Short sequences (kHeadsPerSection x blocks < cta_slots: several sections run at once) get a
+// Short sequences (heads_per_section x blocks < cta_slots: several sections run at once) get a
 // slot_work below the average block and a long prefix, tending to the global rank-major order:
 // there is no section-sized working set to keep in L2 there anyway.
 inline constexpr double kHeavyFraction = 1.0;
@@ -132,6 +162,7 @@ struct TileOrderShape {
     int32_t query_heads_per_kv_head = 1, query_heads_per_mask_head = 1;
     int32_t bucket_shift = 0, buckets = 1;  // work w sorts by bin w >> bucket_shift, bins [0, buckets)
     int32_t cta_slots = 1;  // blocks of the kernel that run at once (resident CTAs); sets the heavy prefix
+    int32_t heads_per_section = kMaxHeadsPerSection;  // (batch, head) pairs per section, at least 1
 
     FM_HOST_DEVICE int64_t order_pairs() const { return int64_t(order_batches) * order_heads; }
     FM_HOST_DEVICE int64_t ctas() const { return int64_t(batch) * heads * blocks; }
@@ -304,7 +335,7 @@ FM_HOST_DEVICE int32_t tie_order_block(TileAxis axis, int32_t blocks, int32_t po
 // The (batch, head) pairs of a full section: all of them when the grid has fewer.
 FM_HOST_DEVICE int64_t section_pairs(const TileOrderShape& s) {
     const int64_t pairs = int64_t(s.batch) * s.heads;
-    return pairs < kHeadsPerSection ? pairs : kHeadsPerSection;
+    return pairs < s.heads_per_section ? pairs : s.heads_per_section;
 }
 
 // The work above which a block of an order head is heavy (see kHeavyFraction), given the work of
@@ -335,6 +366,7 @@ struct TileSchedule {
     int64_t order_stride_batch = 0, order_stride_head = 0;
     int32_t heads = 1, blocks = 0, pairs = 0;  // pairs = batch * heads
     int32_t heads_per_order_head = 1;
+    int32_t heads_per_section = kMaxHeadsPerSection;  // TileOrderShape's
     TileAxis axis = TileAxis::QueryBlocks;
 
     // cta in [0, pairs * blocks).
@@ -346,15 +378,16 @@ struct TileSchedule {
         if (uint32_t(cta) < heavy_ctas) {  // the heavy prefix: rank-major over all pairs
             rank = uint32_t(cta) / all_pairs;
             pair = uint32_t(cta) - rank * all_pairs;
-        } else {  // sections of kHeadsPerSection pairs over the light ranks [heavy, blocks)
+        } else {  // sections of heads_per_section pairs over the light ranks [heavy, blocks)
             const uint32_t rest = uint32_t(cta) - heavy_ctas;
             const uint32_t light_ranks = uint32_t(blocks) - heavy;  // >= 1: rest < all_pairs * light_ranks
-            // rest / (kHeadsPerSection * light_ranks), whose divisor may not fit 32 bits.
-            const uint32_t section = rest / light_ranks / uint32_t(kHeadsPerSection);
-            const uint32_t offset = rest - section * uint32_t(kHeadsPerSection) * light_ranks;  // <= rest
-            const uint32_t first_pair = section * uint32_t(kHeadsPerSection);
+            const uint32_t per_section = uint32_t(heads_per_section);
+            // rest / (per_section * light_ranks), whose divisor may not fit 32 bits.
+            const uint32_t section = rest / light_ranks / per_section;
+            const uint32_t offset = rest - section * per_section * light_ranks;  // <= rest
+            const uint32_t first_pair = section * per_section;
             const uint32_t left = all_pairs - first_pair;
-            const uint32_t pairs_here = left < uint32_t(kHeadsPerSection) ? left : uint32_t(kHeadsPerSection);
+            const uint32_t pairs_here = left < per_section ? left : per_section;
             const uint32_t light_rank = offset / pairs_here;
             rank = heavy + light_rank;
             pair = first_pair + (offset - light_rank * pairs_here);
@@ -380,6 +413,7 @@ inline TileSchedule make_tile_schedule(const TileOrderShape& shape, const int32_
     t.blocks = shape.blocks;
     t.pairs = int32_t(int64_t(shape.batch) * shape.heads);  // <= the grid, checked to fit int32
     t.heads_per_order_head = shape.heads_per_order_head;
+    t.heads_per_section = shape.heads_per_section > 0 ? shape.heads_per_section : 1;
     t.axis = shape.axis;
     return t;
 }
