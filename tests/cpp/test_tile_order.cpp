@@ -49,21 +49,6 @@ constexpr int32_t kCtaSlots[] = {1, 7, kH100Slots, 1 << 30};
 // The dK/dV kernel's (163 KB of shared memory at D = 128: one CTA per SM).
 constexpr int32_t kH100DkDvSlots = 132;
 
-// The section size plan_scheduled_launch() gives the bf16 kernels of `s` along `axis` (the dK/dV
-// kernel adding into the dQ accumulator, as when not deterministic).
-int32_t planned_heads_per_section(const AttentionSizes& s, TileAxis axis, bool adds_into_dq_accumulator = true) {
-    AttentionProblem p;
-    p.dtype = DType::BFloat16;
-    p.batch = s.batch;
-    p.nq = s.nq;
-    p.nk = s.nk;
-    p.q_heads = s.q_heads;
-    p.kv_heads = s.kv_heads;
-    p.head_dim = s.head_dim;
-    p.value_dim = s.value_dim;
-    return cuda::heads_per_section(cuda::streamed_bytes_per_pair(p, axis, adds_into_dq_accumulator));
-}
-
 // Section sizes at the benchmark's shapes and around them (bench/NOTES.md, session 10): what a
 // section's pairs stream stays within kSectionL2Bytes, 1 to kMaxHeadsPerSection pairs.
 TEST(TileOrder, SectionsKeepTheirStreamInL2) {
@@ -88,7 +73,7 @@ TEST(TileOrder, SectionsKeepTheirStreamInL2) {
         {{1, 0, 0, 3, 3, 64, 64}, TileAxis::QueryBlocks, false, kMax, "nothing streamed: the cap"},
     };
     for (const Case& c : cases)
-        EXPECT_EQ(planned_heads_per_section(c.sizes, c.axis, c.adds_into_dq_accumulator), c.expected)
+        EXPECT_EQ(testing::planned_heads_per_section(c.sizes, c.axis, c.adds_into_dq_accumulator), c.expected)
             << c.why << " (" << c.sizes.describe() << ")";
     EXPECT_EQ(cuda::heads_per_section(cuda::kSectionL2Bytes), 1);
     EXPECT_EQ(cuda::heads_per_section(cuda::kSectionL2Bytes + 1), 1);
@@ -271,7 +256,7 @@ TEST(TileOrder, HeavyPrefixAtBenchmarkSizes) {
                 const std::string what = describe(name, s, 1, a.axis, a.tile);
                 TileOrderShape shape = cuda::make_tile_order_shape(view, s.batch, s.q_heads, s.kv_heads, a.axis,
                                                                    a.tile.block_m, a.tile.block_n, a.cta_slots);
-                shape.heads_per_section = planned_heads_per_section(s, a.axis);
+                shape.heads_per_section = testing::planned_heads_per_section(s, a.axis);
                 const std::vector<int32_t> work = cuda::host_block_work(
                     shape, block_summaries(view, shape.order_batches, shape.summary_heads, a.tile.block_n));
                 const std::vector<int32_t> order = cuda::host_tile_order(shape, work);

@@ -37,6 +37,22 @@ inline int32_t work_of(const cuda::TileOrderShape& s, const std::vector<int32_t>
     return work[std::size_t((order_batch * s.order_heads + order_head) * s.blocks + block)];
 }
 
+// The section size plan_scheduled_launch() gives the bf16 kernels of `s` along `axis` (the dK/dV
+// kernel adding into the dQ accumulator unless deterministic).
+inline int32_t planned_heads_per_section(const AttentionSizes& s, cuda::TileAxis axis,
+                                         bool adds_into_dq_accumulator = true) {
+    AttentionProblem p;
+    p.dtype = DType::BFloat16;
+    p.batch = s.batch;
+    p.nq = s.nq;
+    p.nk = s.nk;
+    p.q_heads = s.q_heads;
+    p.kv_heads = s.kv_heads;
+    p.head_dim = s.head_dim;
+    p.value_dim = s.value_dim;
+    return cuda::heads_per_section(cuda::streamed_bytes_per_pair(p, axis, adds_into_dq_accumulator));
+}
+
 // Walks every CTA of `schedule` and checks, failing the test with `what` on the first violation:
 //   1. the mapping is a bijection onto every (batch, head, block);
 //   2. with R = *schedule.heavy_ranks (0 when null), in [0, blocks]: the first R x pairs CTAs are

@@ -245,21 +245,6 @@ TEST(GpuTileScheduler, ExtremeBlockCountsMatchHost) {
     }
 }
 
-// The section size plan_scheduled_launch() gives the bf16 kernels of `s` along `axis` (the
-// dK/dV kernel adding into the dQ accumulator).
-int32_t planned_heads_per_section(const AttentionSizes& s, TileAxis axis) {
-    AttentionProblem p;
-    p.dtype = DType::BFloat16;
-    p.batch = s.batch;
-    p.nq = s.nq;
-    p.nk = s.nk;
-    p.q_heads = s.q_heads;
-    p.kv_heads = s.kv_heads;
-    p.head_dim = s.head_dim;
-    p.value_dim = s.value_dim;
-    return cuda::heads_per_section(cuda::streamed_bytes_per_pair(p, axis, /*adds_into_dq_accumulator=*/true));
-}
-
 // The catalogue at the benchmark's N = 8K, B 2, H 32 (one mask head, a mask per batch entry),
 // with the kernels' tiles on both axes, an H100's 264 slots and the launchers' sections: where R
 // matters.
@@ -271,10 +256,10 @@ TEST(GpuTileScheduler, CatalogueAt8KMatchesHost) {
     for (const std::string& name : catalogue_names()) {
         TestMask mask = testing::catalogue_test_mask(name, s, 1, rng);
         check_device_order(mask, s, 1, TileAxis::QueryBlocks, kForwardTile[0], kForwardTile[1],
-                           {kH100Slots, planned_heads_per_section(s, TileAxis::QueryBlocks)});
+                           {kH100Slots, testing::planned_heads_per_section(s, TileAxis::QueryBlocks)});
         if (HasFatalFailure()) return;
         check_device_order(mask, s, 1, TileAxis::KeyBlocks, kDkDvTile[0], kDkDvTile[1],
-                           {kH100Slots, planned_heads_per_section(s, TileAxis::KeyBlocks)});
+                           {kH100Slots, testing::planned_heads_per_section(s, TileAxis::KeyBlocks)});
         if (HasFatalFailure()) return;
     }
 }
