@@ -10,8 +10,10 @@
 #
 # The working tree's module is installed as scripts/gpu.sh's python step installs it (into the
 # interpreter's site-packages); the base's goes to its own --target folder and runs with its own
-# copy of bench_attention.py on PYTHONPATH. Output: $OUT (default build-gpu/ab): each run's
-# markdown and log, and ab.md, the effective TFLOP/s rows of every run in order.
+# copy of bench_attention.py on PYTHONPATH. Output: each run's markdown and log in
+# $FLASHMASK_GPU_BUILD_DIR/ab (default build-gpu/ab), and ab.md there, every run's effective
+# TFLOP/s table in order; ab.md alone is copied to $OUT when set (the device tool brings back at
+# most 8 files), after every run, so that a call cut short still returns the runs it finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +28,8 @@ shift
 
 PYTHON=${PYTHON:-python3}
 ARCHITECTURES=${FLASHMASK_CUDA_ARCHITECTURES:-90a-real}
-OUT_DIR=$(mkdir -p "${OUT:-build-gpu/ab}" && cd "${OUT:-build-gpu/ab}" && pwd)  # absolute: the base runs elsewhere
+WORK_DIR=${FLASHMASK_GPU_BUILD_DIR:-build-gpu}/ab
+OUT_DIR=$(mkdir -p "$WORK_DIR" && cd "$WORK_DIR" && pwd)  # absolute: the base runs elsewhere
 BASE_TREE=/tmp/flashmask-ab-base
 BASE_PACKAGE=/tmp/flashmask-ab-base-package
 export PYTHONUNBUFFERED=1
@@ -60,7 +63,12 @@ for round in $(seq 1 "$ROUNDS"); do
       "$PYTHON" bench/bench_attention.py "$@" --out "$OUT_DIR/$name.md" >"$OUT_DIR/$name.log" 2>&1
     fi
     status=$?
-    { echo; echo "## $name (exit $status)"; echo; grep -E '^\| (config|---|[ab] \()' "$OUT_DIR/$name.md" 2>/dev/null | head -16; } >>"$summary"
+    {
+      echo; echo "## $name (exit $status)"; echo
+      # The effective TFLOP/s table: from its heading to the next one.
+      awk '/^## / { inside = ($0 ~ /^## Effective TFLOP/) ; next } inside && /^\|/' "$OUT_DIR/$name.md" 2>/dev/null
+    } >>"$summary"
+    [ -n "${OUT:-}" ] && mkdir -p "$OUT" && cp "$summary" "$OUT/ab.md"
   done
 done
 cat "$summary"
