@@ -32,7 +32,7 @@ using testing::Heads;
 using testing::TestMask;
 
 // (batch, query heads, KV heads, mask heads): one and several sections, B * H not a multiple of
-// kHeadsPerSection, GQA, mask heads 1, Hk and Hq.
+// kMaxHeadsPerSection (the sections of make_tile_order_shape()), GQA, mask heads 1, Hk and Hq.
 constexpr Heads kHeads[] = {{1, 1, 1, 1}, {2, 6, 2, 6}, {3, 6, 2, 2}, {2, 5, 5, 1}, {1, 16, 2, 16}, {3, 3, 1, 3}};
 
 // (query rows, keys) per tile: the forward's and deterministic dQ kernel's 128 x 64, the dK/dV
