@@ -232,15 +232,6 @@ inline TileOrderShape make_tile_order_shape(const MaskView& mask, int32_t batch,
     return s;
 }
 
-// The rows [begin, end) of query block q_block.
-struct RowRange {
-    int32_t begin, end;
-};
-FM_HOST_DEVICE RowRange query_block_rows(int32_t q_block, int32_t block_m, int32_t nq) {
-    const int32_t begin = q_block * block_m;  // q_block < ceil(nq / block_m): begin < nq
-    return {begin, clipped_end(begin, block_m, nq)};
-}
-
 // Query blocks [begin, end); empty when end <= begin.
 struct BlockRun {
     int32_t begin = 0, end = 0;
@@ -251,7 +242,7 @@ struct BlockRun {
 };
 
 // The query blocks whose rows all lie in [start, end): with rows [q block_m, min((q + 1) block_m,
-// nq)) (query_block_rows()) block q qualifies when q block_m >= start and its row end <= end, which
+// nq)) (the kernels' clipped_end()) block q qualifies when q block_m >= start and its row end <= end, which
 // holds from ceil(start / block_m) on and up to end / block_m (every block when end >= nq, where
 // the last, ragged block ends too). One run, found with divisions only: no product can overflow.
 FM_HOST_DEVICE BlockRun query_blocks_within(int32_t start, int32_t end, int32_t block_m, int32_t nq,
