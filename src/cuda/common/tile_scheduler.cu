@@ -80,14 +80,13 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, cons
     __shared__ unsigned long long order_head_work;  // the sum of the blocks' work
     __shared__ bool last_to_arrive;
 
-    const int64_t pairs = shape.order_pairs();
     const int32_t ctas_per_pair = order_ctas_per_pair(shape);
     const int32_t pair = int32_t(blockIdx.x) / ctas_per_pair;
     const int32_t key_block = int32_t(blockIdx.x) % ctas_per_pair * kOrderWarps + int32_t(threadIdx.x) / kWarpSize;
     const int32_t order_batch = pair / shape.order_heads, order_head = pair % shape.order_heads;
     int32_t* const pair_order = order + int64_t(pair) * shape.blocks;
     int32_t* const pair_work = workspace + int64_t(pair) * shape.blocks;
-    int32_t* const heavy_ranks = workspace + pairs * shape.blocks;
+    int32_t* const heavy_ranks = tile_order_heavy_ranks(shape, workspace);
     int32_t* const arrivals = heavy_ranks + 1;
     const int thread = int(threadIdx.x), warp = thread / kWarpSize, lane = thread % kWarpSize;
     const int32_t buckets = shape.buckets;

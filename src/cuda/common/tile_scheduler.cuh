@@ -33,8 +33,8 @@ namespace flashmask::cuda {
 inline int64_t tile_order_workspace(const TileOrderShape& shape) {
     return shape.order_pairs() * shape.blocks + 1 + shape.order_pairs();
 }
-// R inside that workspace.
-inline int32_t* tile_order_heavy_ranks(const TileOrderShape& shape, int32_t* workspace) {
+// R inside that workspace (the order kernel and the host read it through this one helper).
+FM_HOST_DEVICE int32_t* tile_order_heavy_ranks(const TileOrderShape& shape, int32_t* workspace) {
     return workspace + shape.order_pairs() * shape.blocks;
 }
 

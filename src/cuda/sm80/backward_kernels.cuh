@@ -497,6 +497,11 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     zero(dk_acc);
 
     int32_t columns_head = -1;  // the head whose column intervals columns_smem holds
+    const auto load_column_intervals = [&](int32_t head) {
+        if (threadIdx.x < kBlockN)
+            columns_smem[threadIdx.x] = key_intervals(p.mask, batch, p.mask.mask_head(head), key0 + int32_t(threadIdx.x));
+        columns_head = head;
+    };
     int32_t head_index = 0, q_block = -1;
     TileKind kind = TileKind::Skipped;
     advance(head_index, q_block, kind);
@@ -519,21 +524,14 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         // Partial step would otherwise have its threads wait on these loads before barrier 1, and
         // every warp with them. Read whether or not a Partial step comes (a dK/dV CTA spends ~3
         // steps' time outside its steps: bench/NOTES.md, session 9).
-        const int32_t head = first_head + head_index;
-        if (threadIdx.x < kBlockN)
-            columns_smem[threadIdx.x] = key_intervals(p.mask, batch, p.mask.mask_head(head), key0 + int32_t(threadIdx.x));
-        columns_head = head;
+        load_column_intervals(first_head + head_index);
     }
     for (int stage = 0; head_index < heads_per_group; stage ^= 1) {
         const int32_t head = first_head + head_index, row0 = q_block * kBlockM;
         const TileKind this_kind = kind;
         // A Partial step needs its head's column intervals. Written before barrier 1: every warp
         // has passed the previous step's barrier 2, after which nobody reads them.
-        if (this_kind == TileKind::Partial && columns_head != head) {
-            if (threadIdx.x < kBlockN)
-                columns_smem[threadIdx.x] = key_intervals(p.mask, batch, p.mask.mask_head(head), key0 + int32_t(threadIdx.x));
-            columns_head = head;
-        }
+        if (this_kind == TileKind::Partial && columns_head != head) load_column_intervals(head);
         cp_async_wait<0>();
         __syncthreads();  // barrier 1
         advance(head_index, q_block, kind);
