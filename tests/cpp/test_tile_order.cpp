@@ -49,31 +49,31 @@ constexpr int32_t kCtaSlots[] = {1, 7, kH100Slots, 1 << 30};
 // The dK/dV kernel's (163 KB of shared memory at D = 128: one CTA per SM).
 constexpr int32_t kH100DkDvSlots = 132;
 
-// Section sizes at the benchmark's shapes and around them (bench/NOTES.md, session 10): what a
-// section's pairs stream stays within kSectionL2Bytes, 1 to kMaxHeadsPerSection pairs.
+// Section sizes at the benchmark's shapes and around them (bench/NOTES.md, sessions 10-11):
+// along query blocks the K / V a section's pairs stream stays within kSectionL2Bytes, 1 to
+// kMaxHeadsPerSection pairs; along key blocks (dK / dV) the maximum at every size.
 TEST(TileOrder, SectionsKeepTheirStreamInL2) {
     constexpr int32_t kMax = cuda::kMaxHeadsPerSection;
     struct Case {
         AttentionSizes sizes;
         TileAxis axis;
-        bool adds_into_dq_accumulator;
         int32_t expected;
         const char* why;
     };
     const Case cases[] = {
-        {{2, 8192, 8192, 32, 32, 128, 128}, TileAxis::QueryBlocks, false, kMax, "8K forward: K + V 4 MiB a head, 8 fit"},
-        {{1, 32768, 32768, 16, 16, 128, 128}, TileAxis::QueryBlocks, false, 2, "32K forward: 16 MiB a head"},
-        {{1, 16384, 16384, 16, 16, 128, 128}, TileAxis::QueryBlocks, false, 4, "16K forward: 8 MiB a head"},
-        {{1, 32768, 32768, 32, 4, 128, 128}, TileAxis::QueryBlocks, false, kMax, "32K GQA 8: one K/V for 8 heads"},
-        {{2, 8192, 8192, 32, 32, 128, 128}, TileAxis::KeyBlocks, true, 4, "8K dK/dV: Q, dO 4 MiB + dQ accumulator 4 MiB"},
-        {{2, 8192, 8192, 32, 32, 128, 128}, TileAxis::KeyBlocks, false, kMax, "8K dK/dV, deterministic: Q, dO only"},
-        {{1, 32768, 32768, 16, 16, 128, 128}, TileAxis::KeyBlocks, true, 1, "32K dK/dV: 32 MiB a head"},
-        {{1, 262144, 262144, 4, 4, 256, 256}, TileAxis::QueryBlocks, false, 1, "past the budget: still one pair"},
-        {{1, 17, 17, 3, 3, 64, 64}, TileAxis::KeyBlocks, true, kMax, "tiny: the cap"},
-        {{1, 0, 0, 3, 3, 64, 64}, TileAxis::QueryBlocks, false, kMax, "nothing streamed: the cap"},
+        {{2, 8192, 8192, 32, 32, 128, 128}, TileAxis::QueryBlocks, kMax, "8K forward: K + V 4 MiB a head, 8 fit"},
+        {{1, 32768, 32768, 16, 16, 128, 128}, TileAxis::QueryBlocks, 2, "32K forward: 16 MiB a head"},
+        {{1, 16384, 16384, 16, 16, 128, 128}, TileAxis::QueryBlocks, 4, "16K forward: 8 MiB a head"},
+        {{1, 32768, 32768, 32, 4, 128, 128}, TileAxis::QueryBlocks, kMax, "32K GQA 8: one K/V for 8 heads"},
+        {{1, 32768, 32768, 32, 16, 128, 128}, TileAxis::QueryBlocks, 4, "32K GQA 2: 8 MiB a query head"},
+        {{2, 8192, 8192, 32, 32, 128, 128}, TileAxis::KeyBlocks, kMax, "8K dK/dV: the maximum"},
+        {{1, 32768, 32768, 16, 16, 128, 128}, TileAxis::KeyBlocks, kMax, "32K dK/dV: the maximum"},
+        {{1, 262144, 262144, 4, 4, 256, 256}, TileAxis::QueryBlocks, 1, "past the budget: still one pair"},
+        {{1, 17, 17, 3, 3, 64, 64}, TileAxis::QueryBlocks, kMax, "tiny: the cap"},
+        {{1, 0, 0, 3, 3, 64, 64}, TileAxis::QueryBlocks, kMax, "nothing streamed: the cap"},
     };
     for (const Case& c : cases)
-        EXPECT_EQ(testing::planned_heads_per_section(c.sizes, c.axis, c.adds_into_dq_accumulator), c.expected)
+        EXPECT_EQ(testing::planned_heads_per_section(c.sizes, c.axis), c.expected)
             << c.why << " (" << c.sizes.describe() << ")";
     EXPECT_EQ(cuda::heads_per_section(cuda::kSectionL2Bytes), 1);
     EXPECT_EQ(cuda::heads_per_section(cuda::kSectionL2Bytes + 1), 1);

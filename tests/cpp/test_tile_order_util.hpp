@@ -37,10 +37,8 @@ inline int32_t work_of(const cuda::TileOrderShape& s, const std::vector<int32_t>
     return work[std::size_t((order_batch * s.order_heads + order_head) * s.blocks + block)];
 }
 
-// The section size plan_scheduled_launch() gives the bf16 kernels of `s` along `axis` (the dK/dV
-// kernel adding into the dQ accumulator unless deterministic).
-inline int32_t planned_heads_per_section(const AttentionSizes& s, cuda::TileAxis axis,
-                                         bool adds_into_dq_accumulator = true) {
+// The section size plan_scheduled_launch() gives the bf16 kernels of `s` along `axis`.
+inline int32_t planned_heads_per_section(const AttentionSizes& s, cuda::TileAxis axis) {
     AttentionProblem p;
     p.dtype = DType::BFloat16;
     p.batch = s.batch;
@@ -50,7 +48,7 @@ inline int32_t planned_heads_per_section(const AttentionSizes& s, cuda::TileAxis
     p.kv_heads = s.kv_heads;
     p.head_dim = s.head_dim;
     p.value_dim = s.value_dim;
-    return cuda::heads_per_section(cuda::streamed_bytes_per_pair(p, axis, adds_into_dq_accumulator));
+    return cuda::section_heads(p, axis);
 }
 
 // Walks every CTA of `schedule` and checks, failing the test with `what` on the first violation:

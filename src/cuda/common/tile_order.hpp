@@ -62,11 +62,11 @@ inline const char* blocks_argument(TileAxis axis) { return axis == TileAxis::Que
 // The other axis's argument: a block's tiles are counted along that one.
 inline const char* other_blocks_argument(TileAxis axis) { return axis == TileAxis::QueryBlocks ? "k" : "q"; }
 
-// (batch, head) pairs per section, whose CTAs are interleaved rank by rank: as many as keep what
-// their CTAs stream along the other axis within kSectionL2Bytes (heads_per_section()), between 1
-// and kMaxHeadsPerSection. The pair's streamed bytes (streamed_bytes_per_pair(), below) are K and
-// V in the forward, Q, dO and the dQ accumulator in the backward; plan_scheduled_launch()
-// (tile_scheduler.cuh) sets the size on the shape of each launch.
+// (batch, head) pairs per section, whose CTAs are interleaved rank by rank. Along query blocks
+// (the forward, the deterministic dQ kernel) as many as keep the K and V their CTAs stream within
+// kSectionL2Bytes, between 1 and kMaxHeadsPerSection (section_heads(), below); along key blocks
+// (dK / dV) always kMaxHeadsPerSection. plan_scheduled_launch() (tile_scheduler.cuh) sets the size
+// on the shape of each launch.
 //   * kMaxHeadsPerSection = 8: a section is still about two waves of CTAs (8 heads x 64 query
 //     blocks of 128 rows = 512 CTAs at 8K against 132 SMs x 2 resident CTAs), so the last
 //     section alone fills the tail with its light blocks after its heavy ones;
@@ -74,8 +74,11 @@ inline const char* other_blocks_argument(TileAxis axis) { return axis == TileAxi
 //     section measured at the top of this file, which fits the 50 MB L2 of an H100 (and a GQA
 //     group of 8 query heads, the common ratio, shares a single K/V). At 32K one head's K + V is
 //     16 MiB, so 8 heads streamed 128 MiB through it; 2 heads keep the measured 8K working set
-//     (and, at 256 query blocks each, the same two waves). The dK/dV kernel's pairs stream
-//     8 MiB each at 8K (Q, dO, the dQ accumulator): 4 heads, 1 at 32K.
+//     (and, at 256 query blocks each, the same two waves): full-mask forward at 32K 342 -> 345-346
+//     TFLOP/s, level with FA2 (bench/NOTES.md, session 11).
+//   * dK / dV: sized the same way (Q, dO and the float32 dQ accumulator, 8 MiB a head at 8K: 4
+//     heads, 1 at 32K) it gained nothing on the full mask and lost 2-3 % on share_question's
+//     backward (same notes), so its sections stay at the maximum.
 inline constexpr int32_t kMaxHeadsPerSection = 8;
 inline constexpr int64_t kSectionL2Bytes = int64_t{32} << 20;
 
@@ -86,18 +89,17 @@ inline int32_t heads_per_section(int64_t streamed_bytes_per_pair) {
     return int32_t(std::clamp<int64_t>(fitting, 1, kMaxHeadsPerSection));
 }
 
-// What the CTAs of one (batch, head) pair of a scheduled kernel read along the other axis, in
-// bytes: the working set a section keeps in L2 (heads_per_section()). Along query
-// blocks (forward, deterministic dQ) K and V of the pair's KV head, shared by the query heads of
-// its group, which are consecutive pairs; along key blocks (dK / dV) Q and dO of the KV head's
-// query heads and, when `adds_into_dq_accumulator`, their float32 dQ accumulator rows.
-inline int64_t streamed_bytes_per_pair(const AttentionProblem& p, TileAxis axis, bool adds_into_dq_accumulator) {
+// The K and V bytes that the CTAs of one (batch, head) pair read along query blocks: those of
+// the pair's KV head, shared by the query heads of its group, which are consecutive pairs.
+inline int64_t streamed_key_value_bytes_per_pair(const AttentionProblem& p) {
     const int64_t element = int64_t(element_size(p.dtype));
-    const int64_t group = p.kv_heads > 0 ? p.q_heads / p.kv_heads : 1;
-    if (axis == TileAxis::QueryBlocks)
-        return int64_t(p.nk) * (p.head_dim + p.value_dim) * element / (group > 0 ? group : 1);
-    const int64_t accumulator = adds_into_dq_accumulator ? int64_t(p.head_dim) * int64_t(sizeof(float)) : 0;
-    return group * int64_t(p.nq) * ((p.head_dim + p.value_dim) * element + accumulator);
+    const int64_t group = p.kv_heads > 0 && p.q_heads >= p.kv_heads ? p.q_heads / p.kv_heads : 1;
+    return int64_t(p.nk) * (p.head_dim + p.value_dim) * element / group;
+}
+
+// The section size of a launch of `p` along `axis` (the rule above).
+inline int32_t section_heads(const AttentionProblem& p, TileAxis axis) {
+    return axis == TileAxis::QueryBlocks ? heads_per_section(streamed_key_value_bytes_per_pair(p)) : kMaxHeadsPerSection;
 }
 
 // The heavy prefix (top of this file): which ranks run first over all pairs.

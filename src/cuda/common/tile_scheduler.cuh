@@ -124,18 +124,16 @@ struct ScheduledLaunch {
 
 // `Traits`: the kernel's ForwardTraits, DkDv or Dq (kBlockM, kBlockN, kThreads, kColSplits).
 // `function`: the API entry point ("forward", "backward"), `name` the kernel, both named in refusals.
-// `adds_into_dq_accumulator`: the kernel adds dQ into the float32 accumulator (streamed_bytes_per_pair()).
 template <typename Traits, typename Kernel>
 ScheduledLaunch<Kernel> plan_scheduled_launch(Kernel kernel, int smem_bytes, const AttentionProblem& p,
-                                              TileAxis axis, const char* function, const char* name,
-                                              bool adds_into_dq_accumulator = false) {
+                                              TileAxis axis, const char* function, const char* name) {
     check_shared_memory(function, smem_bytes, name);  // before opting in: a CUDA error otherwise
     allow_shared_memory(kernel, smem_bytes);          // before the occupancy query
     const int32_t slots = resident_block_slots(kernel, Traits::kThreads, smem_bytes, Traits::kColSplits);
     // Work counted with the kernel's own kBlockM x kBlockN tiles.
     TileOrderShape shape = make_tile_order_shape(p.mask, p.batch, p.q_heads, p.kv_heads, axis, Traits::kBlockM,
                                                  Traits::kBlockN, slots);
-    shape.heads_per_section = heads_per_section(streamed_bytes_per_pair(p, axis, adds_into_dq_accumulator));
+    shape.heads_per_section = section_heads(p, axis);
     return {kernel, smem_bytes, shape, scheduled_ctas(shape, Traits::kColSplits, name)};
 }
 

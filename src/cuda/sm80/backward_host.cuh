@@ -68,7 +68,7 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
     const auto dkdv = plan_scheduled_launch<DkDvT>(deterministic ? backward_dkdv_kernel<Element, kHeadDim, false, false>
                                                                  : backward_dkdv_kernel<Element, kHeadDim, true, false>,
                                                    kDkDvSmemBytes, p, TileAxis::KeyBlocks, "backward",
-                                                   "backward_dkdv_kernel", /*adds_into_dq_accumulator=*/!deterministic);
+                                                   "backward_dkdv_kernel");
     // Its sorted-key variant: the same threads and shared memory, so the same grid and occupancy.
     const auto sorted_dkdv = deterministic ? backward_dkdv_kernel<Element, kHeadDim, false, true>
                                            : backward_dkdv_kernel<Element, kHeadDim, true, true>;
