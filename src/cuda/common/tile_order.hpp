@@ -74,8 +74,8 @@ inline const char* other_blocks_argument(TileAxis axis) { return axis == TileAxi
 //     section measured at the top of this file, which fits the 50 MB L2 of an H100 (and a GQA
 //     group of 8 query heads, the common ratio, shares a single K/V). At 32K one head's K + V is
 //     16 MiB, so 8 heads streamed 128 MiB through it; 2 heads keep the measured 8K working set
-//     (and, at 256 query blocks each, the same two waves): full-mask forward at 32K 342 -> 345-346
-//     TFLOP/s, level with FA2 (bench/NOTES.md, session 11).
+//     (and, at 256 query blocks each, the same two waves): the full-mask forward at 32K +1-2 %,
+//     level with FA2 in the same runs (bench/NOTES.md, session 11).
 //   * dK / dV: sized the same way (Q, dO and the float32 dQ accumulator, 8 MiB a head at 8K: 4
 //     heads, 1 at 32K) it gained nothing on the full mask and lost 2-3 % on share_question's
 //     backward (same notes), so its sections stay at the maximum.
