@@ -1,37 +1,58 @@
 #!/usr/bin/env bash
-# An A/B of two builds in one device call, so that both run on the same card in the same state
-# (bench/NOTES.md: own-full ratios move by about 0.05 between calls): the working tree's Python
-# module against another commit's, alternately, a few rounds, then one table of both.
+# An A/B of builds in one device call, so that all run on the same card in the same state
+# (bench/NOTES.md: own-full ratios move by about 0.05 between calls): another commit's Python
+# module (the base), optionally more commits' (variants), and the working tree's, run in turn a
+# few rounds, then one table of all.
 #
 #   here:        git archive -o ab-base.tar <base-commit>        (the device copy has no .git)
-#   device call: scripts/ab-bench.sh ab-base.tar [rounds] -- <bench_attention.py arguments>
-#                with ab-base.tar in the call's carry (it is git-ignored), e.g.
+#                git archive -o ab-<name>.tar <commit>          (a variant, any number of them)
+#   device call: scripts/ab-bench.sh ab-base.tar [ab-<name>.tar ...] [rounds] -- <bench_attention.py arguments>
+#                with the tarballs in the call's carry (ab-*.tar are git-ignored), e.g.
 #                scripts/ab-bench.sh ab-base.tar 2 -- --configs b --impls flashmask --masks full,share_question
+#                scripts/ab-bench.sh ab-base.tar ab-dq-fa2-order.tar 2 -- --configs a --impls flashmask,flash
 #
 # The working tree's module is installed as scripts/gpu.sh's python step installs it (into the
-# interpreter's site-packages); the base's goes to its own --target folder and runs with its own
-# copy of bench_attention.py on PYTHONPATH. Output: each run's markdown and log in
-# $FLASHMASK_GPU_BUILD_DIR/ab (default build-gpu/ab), and ab.md there, every run's effective
+# interpreter's site-packages); each tarball's goes to its own --target folder and runs with its
+# own copy of bench_attention.py on PYTHONPATH. A run is named by its tarball (ab-base.tar:
+# "base", ab-<name>.tar: "<name>") or "tree", with its round. Output: each run's markdown and log
+# in $FLASHMASK_GPU_BUILD_DIR/ab (default build-gpu/ab), and ab.md there, every run's effective
 # TFLOP/s table in order; ab.md alone is copied to $OUT when set (the device tool brings back at
 # most 8 files), after every run, so that a call cut short still returns the runs it finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: scripts/ab-bench.sh BASE_TARBALL [ROUNDS] -- BENCH_ARGUMENTS..." >&2; exit 2; }
-[ $# -ge 1 ] || usage
-BASE_TARBALL=$1; shift
-ROUNDS=2  # base, working tree, base, working tree: an order effect shows as a drift within one side
-if [ $# -ge 1 ] && [ "$1" != "--" ]; then ROUNDS=$1; shift; fi
-[ $# -ge 1 ] && [ "$1" = "--" ] || usage
+usage() {
+  echo "usage: scripts/ab-bench.sh BASE_TARBALL [VARIANT_TARBALL ...] [ROUNDS] -- BENCH_ARGUMENTS..." >&2
+  exit 2
+}
+TARBALLS=()
+ROUNDS=2  # base, variants, working tree, then again: an order effect shows as a drift within one side
+while [ $# -ge 1 ] && [ "$1" != "--" ]; do
+  case $1 in
+    *.tar) TARBALLS+=("$1") ;;
+    *[!0-9]* | "") echo "ab-bench: '$1' is neither a .tar archive nor a round count" >&2; usage ;;
+    *) ROUNDS=$1 ;;
+  esac
+  shift
+done
+[ ${#TARBALLS[@]} -ge 1 ] && [ $# -ge 1 ] && [ "$1" = "--" ] || usage
 shift
-[ -f "$BASE_TARBALL" ] || { echo "ab-bench: no base tarball '$BASE_TARBALL' (git archive -o ab-base.tar REV here, then carry it)" >&2; exit 2; }
+[ "$ROUNDS" -ge 1 ] || { echo "ab-bench: rounds must be at least 1, got $ROUNDS" >&2; exit 2; }
+
+# A run's name: the tarball's file name without .tar, and without "ab-" ("ab-base.tar" -> "base").
+side_name() { local name; name=$(basename "$1" .tar); echo "${name#ab-}"; }
+declare -A SEEN=()
+for tarball in "${TARBALLS[@]}"; do
+  [ -f "$tarball" ] || { echo "ab-bench: no tarball '$tarball' (git archive -o $tarball REV here, then carry it)" >&2; exit 2; }
+  name=$(side_name "$tarball")
+  [ "$name" != tree ] && [ -z "${SEEN[$name]:-}" ] || { echo "ab-bench: two runs would be named '$name'; rename a tarball" >&2; exit 2; }
+  SEEN[$name]=1
+done
 
 PYTHON=${PYTHON:-python3}
 ARCHITECTURES=${FLASHMASK_CUDA_ARCHITECTURES:-90a-real}
 WORK_DIR=${FLASHMASK_GPU_BUILD_DIR:-build-gpu}/ab
-OUT_DIR=$(mkdir -p "$WORK_DIR" && cd "$WORK_DIR" && pwd)  # absolute: the base runs elsewhere
-BASE_TREE=/tmp/flashmask-ab-base
-BASE_PACKAGE=/tmp/flashmask-ab-base-package
+OUT_DIR=$(mkdir -p "$WORK_DIR" && cd "$WORK_DIR" && pwd)  # absolute: the archived builds run elsewhere
 export PYTHONUNBUFFERED=1
 
 install_module() {  # install_module <source dir> <build dir> [pip arguments...]
@@ -40,33 +61,41 @@ install_module() {  # install_module <source dir> <build dir> [pip arguments...]
     -C build-dir="$build" -C cmake.define.FLASHMASK_CUDA=ON -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCHITECTURES" \
     "$@" .)
 }
+archive_tree() { echo "/tmp/flashmask-ab-$1"; }        # where a tarball is unpacked
+archive_package() { echo "/tmp/flashmask-ab-$1-package"; }  # where its module is installed
 
-rm -rf "$BASE_TREE" "$BASE_PACKAGE" && mkdir -p "$BASE_TREE"
-tar xf "$BASE_TARBALL" -C "$BASE_TREE" || exit 1
-install_module "$BASE_TREE" /tmp/flashmask-ab-base-build --target "$BASE_PACKAGE" >"$OUT_DIR/install-base.log" 2>&1 ||
-  { tail -20 "$OUT_DIR/install-base.log"; exit 1; }
-install_module . "$(pwd)/${FLASHMASK_GPU_BUILD_DIR:-build-gpu}/python" >"$OUT_DIR/install-tree.log" 2>&1 || { tail -20 "$OUT_DIR/install-tree.log"; exit 1; }
+for tarball in "${TARBALLS[@]}"; do
+  name=$(side_name "$tarball")
+  tree=$(archive_tree "$name") package=$(archive_package "$name")
+  rm -rf "$tree" "$package" && mkdir -p "$tree"
+  tar xf "$tarball" -C "$tree" || exit 1
+  install_module "$tree" "/tmp/flashmask-ab-$name-build" --target "$package" >"$OUT_DIR/install-$name.log" 2>&1 ||
+    { tail -20 "$OUT_DIR/install-$name.log"; exit 1; }
+done
+install_module . "$(pwd)/${FLASHMASK_GPU_BUILD_DIR:-build-gpu}/python" >"$OUT_DIR/install-tree.log" 2>&1 ||
+  { tail -20 "$OUT_DIR/install-tree.log"; exit 1; }
 
 summary="$OUT_DIR/ab.md"
 {
-  echo "# A/B: base ($(basename "$BASE_TARBALL")) against the working tree, alternately, $ROUNDS rounds"
+  echo "# A/B: $(for t in "${TARBALLS[@]}"; do printf '%s (%s), ' "$(side_name "$t")" "$(basename "$t")"; done)and the working tree, in turn, $ROUNDS rounds"
   echo
   echo "bench_attention.py $*"
 } >"$summary"
 for round in $(seq 1 "$ROUNDS"); do
-  for side in base tree; do
-    name="$side-$round"
-    if [ "$side" = base ]; then
-      (cd "$BASE_TREE" && PYTHONPATH="$BASE_PACKAGE" "$PYTHON" bench/bench_attention.py "$@" --out "$OUT_DIR/$name.md") \
-        >"$OUT_DIR/$name.log" 2>&1
+  for side in "${TARBALLS[@]}" tree; do
+    if [ "$side" = tree ]; then
+      name=tree
+      "$PYTHON" bench/bench_attention.py "$@" --out "$OUT_DIR/$name-$round.md" >"$OUT_DIR/$name-$round.log" 2>&1
     else
-      "$PYTHON" bench/bench_attention.py "$@" --out "$OUT_DIR/$name.md" >"$OUT_DIR/$name.log" 2>&1
+      name=$(side_name "$side")
+      (cd "$(archive_tree "$name")" && PYTHONPATH="$(archive_package "$name")" "$PYTHON" bench/bench_attention.py "$@" \
+        --out "$OUT_DIR/$name-$round.md") >"$OUT_DIR/$name-$round.log" 2>&1
     fi
     status=$?
     {
-      echo; echo "## $name (exit $status)"; echo
+      echo; echo "## $name-$round (exit $status)"; echo
       # The effective TFLOP/s table: from its heading to the next one.
-      awk '/^## / { inside = ($0 ~ /^## Effective TFLOP/) ; next } inside && /^\|/' "$OUT_DIR/$name.md" 2>/dev/null
+      awk '/^## / { inside = ($0 ~ /^## Effective TFLOP/) ; next } inside && /^\|/' "$OUT_DIR/$name-$round.md" 2>/dev/null
     } >>"$summary"
     [ -n "${OUT:-}" ] && mkdir -p "$OUT" && cp "$summary" "$OUT/ab.md"
   done
