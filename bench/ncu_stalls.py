@@ -71,8 +71,9 @@ def opcode(source: str) -> str:
 
 def print_reasons(kernel: Kernel, shown: int) -> None:
     totals = collections.Counter()
+    reasons = reasons_of(kernel)
     for row in kernel.rows:
-        for reason in reasons_of(kernel):
+        for reason in reasons:
             totals[reason[len(STALL_PREFIX):]] += number(row[reason])
     samples = sum(totals.values()) or 1.0
     executed = sum(number(row.get("Instructions Executed", "0")) for row in kernel.rows)
