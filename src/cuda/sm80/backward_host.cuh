@@ -107,10 +107,8 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
     DeviceScratch memory((2 * rows + accumulator_floats) * sizeof(float), stream);
     scratch.lse_log2 = memory.as<float>();
     scratch.di = scratch.lse_log2 + rows;
-    if (!deterministic) {
-        scratch.dq_accum = scratch.di + rows;
-        FM_CUDA_CHECK(cudaMemsetAsync(scratch.dq_accum, 0, accumulator_floats * sizeof(float), stream));
-    }
+    // The dQ accumulator is zeroed by backward_preprocess_kernel.
+    if (!deterministic) scratch.dq_accum = scratch.di + rows;
 
     constexpr int kRowsPerPreprocessBlock = kPreprocessThreads / (kHeadDim / kChunkElements);
     backward_preprocess_kernel<Element, kHeadDim>

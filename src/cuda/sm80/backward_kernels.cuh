@@ -177,6 +177,9 @@ constexpr int kPreprocessThreads = 256;
 
 // One group of D / 8 threads per padded row: Di = rowsum(dO * O) in float32 from 16-byte chunks,
 // and LSE * log2 e (+inf where LSE = -inf, so that exp2(x - it) = 0; padded rows likewise).
+// With a dQ accumulator (non-deterministic mode) it also zeroes it, D floats per padded row: the
+// same bytes a memset would write, without a launch of its own (FlashAttention-2 clears its
+// dQaccum in the same kernel).
 template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(kPreprocessThreads)
 backward_preprocess_kernel(const AttentionProblem p, const BackwardScratch scratch) {
@@ -211,6 +214,14 @@ backward_preprocess_kernel(const AttentionProblem p, const BackwardScratch scrat
         }
         scratch.lse_log2[row] = lse_log2;
         scratch.di[row] = sum;
+    }
+    if (in_range && scratch.dq_accum != nullptr) {
+        // The accumulator is rows x D floats whatever its order inside (DqAccumulator): this
+        // thread zeroes its row's floats [8 chunk, 8 chunk + 8).
+        float4* const zeros = reinterpret_cast<float4*>(scratch.dq_accum + row * kHeadDim + chunk * kChunkElements);
+        static_assert(kChunkElements % 4 == 0, "a chunk's floats are whole float4s");
+#pragma unroll
+        for (int i = 0; i < kChunkElements / 4; ++i) zeros[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
 }
 
