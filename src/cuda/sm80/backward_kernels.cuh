@@ -637,11 +637,20 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
         }
         __syncthreads();  // barrier 2: P, dS of the step complete
 
+        // dV += P^T dO, then dQ, then dK += dS^T Q (dK scaled at the end); dV and dK take A from
+        // the [query][key] tiles, transposed, and B as [query][column].
+        warp_mma<Element, kMTiles, kDkvTiles, kBlockM, true, true>(
+            dv_acc, [&](int i, int s) { return advance_column_steps(p_address + pt_lane, i) + row_bytes<PTile>(kMmaK * s); },
+            [&](int j, int s) { return advance_column_steps(do_tile + out_kn_lane, j) + row_bytes<QTile>(kMmaK * s); });
         if constexpr (kAccumulateDq) {
             // dQ += dS K of the warp tile, added into the float32 accumulator in DqAccumulator's
-            // order (one slice per m16 fragment; padded rows exist there and add zeros). First,
-            // so that its reductions drain to L2 during the dV, dK products instead of queueing
-            // in front of barrier 1.
+            // order (one slice per m16 fragment; padded rows exist there and add zeros). Between
+            // the dV and dK products, as FlashAttention-2 orders them: there ptxas issues half of
+            // the eight reductions (D = 128) among the dQ product's last products, and they drain
+            // to L2 during the dK product. Run first, before dV, all eight went in one burst that
+            // the dV product's ldmatrix queued behind (ncu: MIO throttle at LDSM twice
+            // FlashAttention-2's, bench/NOTES.md, session 11); run last, they queued in front of
+            // barrier 1 (session 5).
             float dq[kMTiles][kDqTiles][4];
             zero(dq);
             warp_mma<Element, kMTiles, kDqTiles, kBlockN, false, true>(
@@ -660,11 +669,6 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                                  dq[i][t][2], dq[i][t][3]);
             }
         }
-        // dV += P^T dO, dK += dS^T Q (dK scaled at the end): A from the [query][key] tiles,
-        // transposed; B as [query][column].
-        warp_mma<Element, kMTiles, kDkvTiles, kBlockM, true, true>(
-            dv_acc, [&](int i, int s) { return advance_column_steps(p_address + pt_lane, i) + row_bytes<PTile>(kMmaK * s); },
-            [&](int j, int s) { return advance_column_steps(do_tile + out_kn_lane, j) + row_bytes<QTile>(kMmaK * s); });
         warp_mma<Element, kMTiles, kDkvTiles, kBlockM, true, true>(
             dk_acc, [&](int i, int s) { return advance_column_steps(ds_address + pt_lane, i) + row_bytes<PTile>(kMmaK * s); },
             [&](int j, int s) { return advance_column_steps(q_tile + out_kn_lane, j) + row_bytes<QTile>(kMmaK * s); });
