@@ -23,6 +23,7 @@ import flashmask
 from bench_attention import (BACKWARD_FLOPS_OVER_FORWARD, FORWARD_FLOPS_PER_PAIR_PER_DIM, HEAD_DIM,
                              STANDARD_CONFIGS, FlashMaskEntryPoints, MaskCase, batch_indices, flashmask_runner,
                              make_problem, median_ms, relative_error, warmup_calls)
+from spec_densities import SPEC_DENSITY_SEED
 
 # bf16 outputs of two summation orders differ by rounding only (~4e-3 relative); a wrong
 # permutation or mask gives errors of order 1.
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--configs", default="b")
     parser.add_argument("--masks", default="random_eviction,share_question,causal_document")
     parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=SPEC_DENSITY_SEED, help="catalogue seed (default: the benchmark's)")
     parser.add_argument("--orders", default=",".join(ORDERS + ("auto-graph",)),
                         help="key orders in the order they run; repeat one to see drift, e.g. natural,auto,natural,auto")
     parser.add_argument("--kernels", action="store_true", help="list each call's kernels and their GPU times")
@@ -100,7 +102,7 @@ def main() -> None:
         problem = make_problem(config, device, generator)
         full_figures = None
         for name in ["full"] + args.masks.split(","):
-            mask = flashmask.catalogue(name, n, 0)
+            mask = flashmask.catalogue(name, n, args.seed)
             pairs = flashmask.visible_pairs(mask, nq=n, nk=n)
             case = MaskCase(name, mask, pairs, pairs / (n * n),
                             batch_indices(mask.startend_row_indices, config.batch, device))

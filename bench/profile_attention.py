@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flashmask
+from spec_densities import SPEC_DENSITY_SEED
 
 
 def main() -> None:
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--mask", choices=flashmask.catalogue_names(), default="full")
+    parser.add_argument("--seed", type=int, default=SPEC_DENSITY_SEED, help="catalogue seed (default: the benchmark's)")
     parser.add_argument("--sides", default="flashmask,flash",
                         help="comma-separated: flashmask, flash (SDPA FA2: full and causal only, else left out)")
     args = parser.parse_args()
@@ -34,7 +36,7 @@ def main() -> None:
     torch.manual_seed(0)
     shape = (args.batch, args.seqlen, args.heads, args.head_dim)  # BSHD
     q, k, v, dout = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-    mask = flashmask.catalogue(args.mask, args.seqlen)
+    mask = flashmask.catalogue(args.mask, args.seqlen, args.seed)
     causal = bool(mask.causal)
     indices = None
     if mask.startend_row_indices is not None:

@@ -45,9 +45,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", help="a bench_attention.py JSON file")
     parser.add_argument("--config", default="a")
-    parser.add_argument("--seed", type=int, default=0, help="catalogue seed (the benchmark's is 0)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="catalogue seed (default: the results file's, from its meta; 0 where it has none)")
     args = parser.parse_args()
-    rows = [r for r in json.load(open(args.results))["rows"] if r["config"] == args.config]
+    results = json.load(open(args.results))
+    if args.seed is None:
+        args.seed = results.get("meta", {}).get("seed", 0)
+    rows = [r for r in results["rows"] if r["config"] == args.config]
     full = next(r for r in rows if r["mask"] == "full")["results"]["flashmask"]
     for direction, tile in (("forward", FORWARD_TILE), ("backward", BACKWARD_TILE)):
         key = f"{direction}_tflops"
