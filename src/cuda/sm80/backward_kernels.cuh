@@ -357,9 +357,10 @@ __device__ __forceinline__ void zero(float (&acc)[kMTiles][kNTiles][4]) {
 //               other Q / dO stage may take the next block's loads and P, dS may be rewritten;
 //   S, P, dP, dS   per warp tile (kSdpRows x kSdpCols), P and dS stored to shared memory;
 //   barrier 2   P, dS complete;
-//   dV += P^T dO, dK += dS^T Q   per warp tile (kDkvRows keys x kDkvCols columns);
+//   dV += P^T dO   per warp tile (kDkvRows keys x kDkvCols columns);
 //   dQ += dS K   per warp tile (kDqRows x kDqCols), added into the float32 accumulator
-//               (non-deterministic mode; the dQ kernel forms it otherwise).
+//               (non-deterministic mode; the dQ kernel forms it otherwise);
+//   dK += dS^T Q   per warp tile, as dV.
 template <typename Element, int kHeadDim, bool kAccumulateDq, bool kSortedKeys>
 __global__ void __launch_bounds__(DkDv<kHeadDim>::kThreads, 1)
 backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, const TileSchedule schedule,

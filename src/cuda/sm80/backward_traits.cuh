@@ -56,17 +56,20 @@ constexpr int kScratchRowAlignment = 128;
 // D = 64 and 128: 8 warps, 64 queries x 128 keys a step. Registers per thread at D = 128: the
 // dK + dV accumulators (32 keys x 64 columns each) 2 x 64 floats, S or dP of the warp's 32 x 32
 // (32 floats) and P packed (16); ptxas (sm_90a, nvcc 13.0): 255 registers at D = 128, spills
-// 0 bytes for bf16 with the dQ reductions, 56 / 64 for float16 (its dS path unpacks P to
-// float32), 40 in deterministic mode; 192-196 registers at D = 64, no spills. Shared memory at
+// 20 bytes for bf16 with the dQ reductions (loop state, stored once a CTA and read by four
+// loads a step, since the dQ product runs between dV and dK: bench/NOTES.md, session 12; the
+// sorted-key variant 40), 32 for float16 (its dS path unpacks P to float32; sorted keys 60),
+// 40 in deterministic mode; 192-200 registers at D = 64, no spills. Shared memory at
 // D = 128: K, V 2 x 32 KB + Q, dO double-buffered 4 x 16 KB + P, dS 2 x 16 KB + LSE / Di 1 KB +
 // the keys' column intervals 2 KB = 163 KB, exactly sm_80's; at D = 64 exactly the 99 KB of
 // sm_86 / sm_89.
 // D = 256: 64 keys a step, so that K, V (2 x 32 KB), Q, dO double-buffered (4 x 32 KB) and P,
 // dS (2 x 8 KB) fit in 210 KB (sm_90 only); warp tiles 32 x 16 (S, dP), 32 keys x 64 columns
-// (dK, dV: the same 128 accumulator floats as D = 128), 32 x 64 (dQ); 250-251 registers, no
+// (dK, dV: the same 128 accumulator floats as D = 128), 32 x 64 (dQ); 248-255 registers, no
 // spills.
 // Measured (H100, 8192, B 2, H 32, bf16, full mask): 299-301 TFLOP/s against the 1-D
-// arrangement's 284-287 (bench/NOTES.md, session 5).
+// arrangement's 284-287 (bench/NOTES.md, session 5); 307 with the dQ product between dV and dK
+// (session 12; FA2 309 in the same runs).
 template <int kHeadDim> struct DkDvTraits {
     static constexpr int kWarps = 8;
     static constexpr int kBlockM = 64;
