@@ -38,6 +38,17 @@ done
 [ ${#TARBALLS[@]} -ge 1 ] && [ $# -ge 1 ] && [ "$1" = "--" ] || usage
 shift
 [ "$ROUNDS" -ge 1 ] || { echo "ab-bench: rounds must be at least 1, got $ROUNDS" >&2; exit 2; }
+# Every side times the same masks: an archived commit's bench_attention.py may default to another
+# mask seed (0 before bench/spec_densities.py), so the working tree's default goes to all of them
+# unless the arguments name one.
+case " $* " in
+  *" --seed "* | *" --seed="*) ;;
+  *)
+    seed=$(sed -n 's/^SPEC_DENSITY_SEED = \([0-9][0-9]*\)$/\1/p' bench/spec_densities.py)
+    [ -n "$seed" ] || { echo "ab-bench: no SPEC_DENSITY_SEED in bench/spec_densities.py" >&2; exit 2; }
+    set -- "$@" --seed "$seed"
+    ;;
+esac
 
 # A run's name: the tarball's file name without .tar, and without "ab-" ("ab-base.tar" -> "base").
 side_name() { local name; name=$(basename "$1" .tar); echo "${name#ab-}"; }
