@@ -143,9 +143,9 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
             kernel_problem, summaries.table(), tiles.schedule(), scratch);
         check_launch("flashmask backward: backward_dq_kernel");
     } else {
-        const int64_t chunks = int64_t(p.batch) * p.q_heads * p.nq * (kHeadDim / kChunkElements);
+        const int64_t threads = dq_convert_threads<kHeadDim>(int64_t(rows));
         backward_dq_convert_kernel<Element, kHeadDim>
-            <<<unsigned(ceil_div(chunks, int64_t{kElementwiseThreads})), kElementwiseThreads, 0, stream>>>(
+            <<<unsigned(ceil_div(threads, int64_t{kElementwiseThreads})), kElementwiseThreads, 0, stream>>>(
                 kernel_problem, scratch);
         check_launch("flashmask backward: backward_dq_convert_kernel");
     }

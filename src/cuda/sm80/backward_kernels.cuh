@@ -902,34 +902,52 @@ backward_dq_kernel(const AttentionProblem p, const SummaryTable summaries, const
 
 constexpr int kElementwiseThreads = 256;
 
-// dQ = scale * accumulator, in the dtype, with dQ's strides; one thread per 8 values.
+// backward_dq_convert_kernel's threads for `padded_rows` rows of the accumulator (B * Hq * padded_nq).
+template <int kHeadDim>
+__host__ __device__ constexpr int64_t dq_convert_threads(int64_t padded_rows) {
+    static_assert(DqAccumulator<kHeadDim, DkDv<kHeadDim>::kDqCols>::kSliceRows == kMmaRows, "slices are m16 fragments");
+    return padded_rows / kMmaRows * kRowHalf * (kHeadDim / kMmaCols);
+}
+
+// dQ = scale * accumulator, in the dtype, with dQ's strides. One thread per (16-row slice, row
+// pair g and g + 8, n-tile of 8 columns): the n-tile's four lanes hold those two rows' 8 columns
+// as four float4s side by side (DqAccumulator), which the thread reads whole (64 contiguous
+// bytes, each read once) and writes as one 16-byte chunk per row. One thread per row chunk
+// instead read four float2s 16 bytes apart, half of each sector it touched, the other half left
+// to another warp (the kernel moved its 402 MB at 2.7 TB/s: bench/NOTES.md, session 11).
 template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(kElementwiseThreads)
 backward_dq_convert_kernel(const AttentionProblem p, const BackwardScratch scratch) {
-    constexpr int kChunksPerRow = kHeadDim / kChunkElements;
-    const int64_t chunks = int64_t(p.batch) * p.q_heads * p.nq * kChunksPerRow;
-    const int64_t chunk = int64_t(blockIdx.x) * kElementwiseThreads + threadIdx.x;
-    if (chunk >= chunks) return;
-    const int col = int(chunk % kChunksPerRow) * kChunkElements;
-    const int64_t row = chunk / kChunksPerRow;  // over (batch, head, r), r fastest
-    const int32_t r = int32_t(row % p.nq);
-    const int32_t head = int32_t((row / p.nq) % p.q_heads);
-    const int32_t batch = int32_t(row / (int64_t(p.nq) * p.q_heads));
-    // The chunk's 8 columns are 4 column pairs of one n-tile, held by 4 lanes (DqAccumulator).
     using Accumulator = DqAccumulator<kHeadDim, DkDv<kHeadDim>::kDqCols>;
-    static_assert(DkDv<kHeadDim>::kDqCols % kChunkElements == 0, "a chunk stays inside one slice");
-    const int64_t scratch_row = scratch.row(batch, head, p.q_heads, r);
-    const float* const slice = scratch.dq_accum + Accumulator::slice(scratch_row, col);
-    const int r_in_slice = int(scratch_row % Accumulator::kSliceRows);
-    const int c_in_slice = col % DkDv<kHeadDim>::kDqCols;
-    uint32_t packed[kChunkElements / 2];
+    constexpr int kNTiles = kHeadDim / kMmaCols;  // n-tiles of a row; an n-tile is one chunk
+    static_assert(kMmaCols == kChunkElements, "a row's 8 columns of an n-tile are one 16-byte chunk of dQ");
+    static_assert(Accumulator::kLanesPerRow * kPairColumns == kMmaCols, "four lanes' pairs make an n-tile's row");
+    const int64_t item = int64_t(blockIdx.x) * kElementwiseThreads + threadIdx.x;
+    if (item >= dq_convert_threads<kHeadDim>(int64_t(p.batch) * p.q_heads * scratch.padded_nq)) return;
+    // n-tile fastest: a warp's writes run along two rows' columns.
+    const int n_tile = int(item % kNTiles);
+    const int g = int((item / kNTiles) % kRowHalf);
+    const int64_t slice_row0 = (item / (kNTiles * kRowHalf)) * Accumulator::kSliceRows;  // a BackwardScratch::row()
+    const int32_t r0 = int32_t(slice_row0 % scratch.padded_nq);
+    const int32_t head = int32_t((slice_row0 / scratch.padded_nq) % p.q_heads);
+    const int32_t batch = int32_t(slice_row0 / (int64_t(scratch.padded_nq) * p.q_heads));
+    const int col = n_tile * kMmaCols;
+    // Lane g * 4 + q holds rows g, g + 8 x columns col + 2q, +1 (within()'s value order: row g's
+    // pair, then row g + 8's); lanes g * 4 .. g * 4 + 3 are consecutive.
+    const float4* const quads = reinterpret_cast<const float4*>(
+        scratch.dq_accum + Accumulator::slice(slice_row0, col) + Accumulator::within(g, col % DkDv<kHeadDim>::kDqCols));
+    uint32_t upper[Accumulator::kLanesPerRow], lower[Accumulator::kLanesPerRow];  // rows g, g + 8
 #pragma unroll
-    for (int pair = 0; pair < kChunkElements / 2; ++pair) {
-        const float2 v = *reinterpret_cast<const float2*>(slice + Accumulator::within(r_in_slice, c_in_slice + 2 * pair));
-        packed[pair] = ElementTraits<Element>::pack(p.scale * v.x, p.scale * v.y);
+    for (int q = 0; q < Accumulator::kLanesPerRow; ++q) {
+        const float4 v = quads[q];
+        upper[q] = ElementTraits<Element>::pack(p.scale * v.x, p.scale * v.y);
+        lower[q] = ElementTraits<Element>::pack(p.scale * v.z, p.scale * v.w);
     }
-    *reinterpret_cast<uint4*>(mutable_element_at<Element>(p.dq, batch, r, head) + col) =
-        make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    if (r0 + g < p.nq)
+        store_global_16(mutable_element_at<Element>(p.dq, batch, r0 + g, head) + col, upper[0], upper[1], upper[2], upper[3]);
+    if (r0 + g + kRowHalf < p.nq)
+        store_global_16(mutable_element_at<Element>(p.dq, batch, r0 + g + kRowHalf, head) + col, lower[0], lower[1],
+                        lower[2], lower[3]);
 }
 
 // Zeros a strided [batches, rows, heads, kHeadDim] gradient (dK, dV with Nq = 0; dQ with Nk = 0).
@@ -945,7 +963,7 @@ zero_gradient_kernel(Operand t, int32_t batches, int32_t rows, int32_t heads) {
     const int32_t head = int32_t(row % heads);
     const int32_t r = int32_t((row / heads) % rows);
     const int32_t batch = int32_t(row / (int64_t(heads) * rows));
-    *reinterpret_cast<uint4*>(mutable_element_at<Element>(t, batch, r, head) + col) = make_uint4(0, 0, 0, 0);
+    store_global_16(mutable_element_at<Element>(t, batch, r, head) + col, 0u, 0u, 0u, 0u);
 }
 
 }  // namespace flashmask::cuda::sm80

@@ -115,6 +115,17 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
                  : "r"(address));
 }
 
+// --- global stores -----------------------------------------------------------------------------
+
+// One 16-byte store to global memory (16-byte aligned `global`). A uint4 assigned through a
+// pointer cast from a 16-bit element type compiled to four 4-byte or two 8-byte stores (SASS of
+// backward_dq_convert_kernel and zero_gradient_kernel, session 12).
+__device__ __forceinline__ void store_global_16(void* global, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(__cvta_generic_to_global(global)), "r"(a), "r"(b),
+                 "r"(c), "r"(d)
+                 : "memory");
+}
+
 // --- asynchronous global -> shared copies ----------------------------------------------------
 
 constexpr int kCopyBytes = 16;  // one cp.async moves 16 bytes: 8 bf16/f16 values
