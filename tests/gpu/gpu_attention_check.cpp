@@ -9,10 +9,16 @@
 #include "cpu/accuracy.hpp"
 #include "cpu/elements.hpp"
 #include "cpu/reference.hpp"
+#include "cuda/common/workspace.cuh"
 #include "gpu_reference.hpp"
 
 namespace flashmask::testing {
 namespace {
+
+// Every scratch allocation of the library in this test binary is filled with NaN bytes first
+// (workspace.cuh): a kernel that reads scratch before anything wrote it (a dQ accumulator left
+// unzeroed, a Di never written) fails the checks instead of passing on memory that happened to be zero.
+const bool kScratchPoisoned = [] { return setenv(cuda::kPoisonScratchVariable, "1", 0) == 0; }();
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 // LSE against the reference: float32 arithmetic on the same inputs, but the kernel sums up to

@@ -5,6 +5,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda/common/block_summaries.cuh"
 #include "cuda/common/check.hpp"
@@ -12,13 +14,26 @@
 
 namespace flashmask::cuda {
 
+// Set (to anything but "0") in the environment, every DeviceScratch is filled with 0xFF bytes
+// (float NaN, int32 -1) when allocated: scratch that a kernel reads before anything wrote it then
+// shows in the results, instead of passing on memory that happened to be zero. The GPU tests set
+// it (tests/gpu); a memset per allocation, for debugging only.
+inline constexpr const char* kPoisonScratchVariable = "FLASHMASK_POISON_SCRATCH";
+inline bool poison_scratch() {
+    const char* value = std::getenv(kPoisonScratchVariable);
+    return value != nullptr && std::strcmp(value, "0") != 0;
+}
+inline constexpr int kPoisonByte = 0xFF;
+
 // Stream-ordered scratch (cudaMallocAsync / cudaFreeAsync): no device-wide synchronisation, and
 // legal inside CUDA graph capture. Freed on the same stream when it goes out of scope, so work
 // already queued on the stream finishes with it first.
 class DeviceScratch {
 public:
     DeviceScratch(std::size_t bytes, cudaStream_t stream) : stream_(stream) {
-        if (bytes > 0) FM_CUDA_CHECK(cudaMallocAsync(&data_, bytes, stream));
+        if (bytes == 0) return;
+        FM_CUDA_CHECK(cudaMallocAsync(&data_, bytes, stream));
+        if (poison_scratch()) FM_CUDA_CHECK(cudaMemsetAsync(data_, kPoisonByte, bytes, stream));
     }
     ~DeviceScratch() {
         if (data_ != nullptr) (void)cudaFreeAsync(data_, stream_);  // a destructor cannot throw
