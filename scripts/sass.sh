@@ -42,10 +42,33 @@ fi
 
 export PATH="$(dirname "$CUOBJDUMP"):$PATH"  # cuobjdump runs nvdisasm, which the wheel puts beside it
 mkdir -p "$OUT_DIR"
-# The library's own flags for sm_90a (src/CMakeLists.txt), one architecture, ptxas verbose.
-nvcc -DFLASHMASK_WITH_CUDA=1 -Iinclude -Isrc -O3 -DNDEBUG --generate-code=arch=compute_90a,code=[sm_90a] \
-  --expt-relaxed-constexpr -std=c++17 -Xptxas -v -cubin "$SOURCE" -o "$OUT_DIR/$INSTANTIATION.cubin" \
-  >"$OUT_DIR/$INSTANTIATION.ptxas" 2>&1 || { tail -20 "$OUT_DIR/$INSTANTIATION.ptxas"; exit 1; }
+# The library's own flags (build/compile_commands.json, which CMake writes: CMakeLists.txt), with
+# one architecture, sm_90a, and ptxas verbose; the command's output, dependency and architecture
+# flags dropped. Without that file (no build yet), the flags of src/CMakeLists.txt as of writing.
+FLAGS=$(python3 - "$SOURCE" <<'PY' 2>/dev/null || true
+import json, shlex, sys, os
+source = os.path.abspath(sys.argv[1])
+for entry in json.load(open("build/compile_commands.json")):
+    if os.path.abspath(os.path.join(entry["directory"], entry["file"])) != source:
+        continue
+    words, kept, skip = shlex.split(entry["command"])[1:], [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in ("-o", "-MF", "-MT", "-x"):
+            skip = True
+        elif word in ("-c", "-MD", source) or word.startswith("--generate-code") or word.startswith("-gencode"):
+            pass
+        else:
+            kept.append(word)
+    print(shlex.join(kept))
+    break
+PY
+)
+[ -n "$FLAGS" ] || FLAGS="-DFLASHMASK_WITH_CUDA=1 -Iinclude -Isrc -O3 -DNDEBUG --expt-relaxed-constexpr -lineinfo -std=c++17"
+# shellcheck disable=SC2086  # FLAGS is a list of words
+nvcc $FLAGS --generate-code=arch=compute_90a,code=[sm_90a] -Xptxas -v -cubin "$SOURCE" \
+  -o "$OUT_DIR/$INSTANTIATION.cubin" >"$OUT_DIR/$INSTANTIATION.ptxas" 2>&1 || { tail -20 "$OUT_DIR/$INSTANTIATION.ptxas"; exit 1; }
 "$CUOBJDUMP" -sass "$OUT_DIR/$INSTANTIATION.cubin" >"$OUT_DIR/$INSTANTIATION.sass"
 
 awk -v kernel="$KERNEL_REGEX" -v opcodes="$OPCODE_REGEX" '
