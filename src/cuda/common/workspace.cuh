@@ -14,14 +14,18 @@
 
 namespace flashmask::cuda {
 
-// Set (to anything but "0") in the environment, every DeviceScratch is filled with 0xFF bytes
-// (float NaN, int32 -1) when allocated: scratch that a kernel reads before anything wrote it then
-// shows in the results, instead of passing on memory that happened to be zero. The GPU tests set
-// it (tests/gpu); a memset per allocation, for debugging only.
+// Set (to anything but "0") in the environment before the first CUDA call, every DeviceScratch
+// is filled with 0xFF bytes (float NaN, int32 -1) when allocated: scratch that a kernel reads
+// before anything wrote it then shows in the results, instead of passing on memory that happened
+// to be zero. The GPU tests set it (tests/gpu); a memset per allocation, for debugging only. Read
+// once per process, so that calls do not look the environment up each time.
 inline constexpr const char* kPoisonScratchVariable = "FLASHMASK_POISON_SCRATCH";
 inline bool poison_scratch() {
-    const char* value = std::getenv(kPoisonScratchVariable);
-    return value != nullptr && std::strcmp(value, "0") != 0;
+    static const bool poison = [] {
+        const char* value = std::getenv(kPoisonScratchVariable);
+        return value != nullptr && std::strcmp(value, "0") != 0;
+    }();
+    return poison;
 }
 inline constexpr int kPoisonByte = 0xFF;
 
