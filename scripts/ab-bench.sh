@@ -19,7 +19,7 @@
 # TFLOP/s table in order; ab.md alone is copied to $OUT when set (the device tool brings back at
 # most 8 files), after every run, so that a call cut short still returns the runs it finished.
 # ab.md's header names the GPU, the start time and each side's commit (the tarballs' from their
-# archive headers; the working tree's from FLASHMASK_COMMIT, as for scripts/gpu.sh), so that
+# archive headers; the working tree's from FLASHMASK_COMMIT, else git, as scripts/gpu.sh does), so that
 # it can be committed under bench/results/ as it is.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -114,7 +114,7 @@ summary="$OUT_DIR/ab.md"
   echo
   echo "GPU: ${gpu_name:-unknown}; started $(date -u '+%Y-%m-%d %H:%M UTC')"
   for t in "${TARBALLS[@]}"; do echo "- $(side_name "$t"): commit $(tarball_commit "$t" | cut -c1-12)"; done
-  echo "- tree: commit ${FLASHMASK_COMMIT:-unknown} (FLASHMASK_COMMIT)"
+  echo "- tree: commit ${FLASHMASK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
   echo
   echo "bench_attention.py $*"
 } >"$summary"
