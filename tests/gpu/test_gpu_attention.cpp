@@ -235,6 +235,41 @@ TEST(GpuAttention, AutomaticKeyOrderAtSixteenK) {
         }
 }
 
+// The dK/dV grid's short last wave split into parts (TailSplit, backward_kernels.cuh): full masks
+// whose grid is 2 x SMs + 3 CTAs (B = Hk = 1), a tail of 3 CTAs whether the kernel fits one or two
+// CTAs per SM, so that its last 3 key blocks run as parts, each summing its dK / dV into float32
+// and the last to arrive storing them: GQA with parts of one tile, two parts only, D = 64 / 128 /
+// 256 (key blocks of 128, 128, 64 keys), ragged last key blocks; and the deterministic backward
+// (never split) on the same shape.
+int32_t device_sms() {
+    int device = 0, sms = 0;
+    FM_CUDA_CHECK(cudaGetDevice(&device));
+    FM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms;
+}
+
+TEST(GpuAttention, BackwardTailSplitFullMask) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    const int32_t key_blocks = 2 * device_sms() + 3;
+    struct Shape {
+        int32_t nq, q_heads, head_dim, block_n;
+        DType dtype;
+        bool deterministic;
+    };
+    const Shape shapes[] = {{700, 4, 128, 128, DType::BFloat16, false},
+                            {100, 1, 64, 128, DType::Float16, false},
+                            {300, 2, 256, 64, DType::BFloat16, false},
+                            {700, 4, 128, 128, DType::Float16, true}};
+    for (const Shape& shape : shapes) {
+        const int32_t nk = key_blocks * shape.block_n - 37;  // the last key block ragged
+        GpuCase c{{1, shape.nq, nk, shape.q_heads, 1, shape.head_dim, shape.head_dim}, shape.dtype};
+        c.deterministic = shape.deterministic;
+        TestMask mask = catalogue_test_mask("full", c.sizes, 1, rng);
+        check_gpu_attention(c, mask, rng);
+    }
+}
+
 // Rows that see no key (a band hidden from every column; with Nq > Nk and causal, the top
 // Nq - Nk rows) and columns hidden from every row: O = 0, LSE = -inf, dQ = 0, dK = dV = 0.
 TEST(GpuAttention, FullyMaskedRowsAndColumns) {
@@ -624,6 +659,17 @@ TEST(GpuSanitizer, BackwardNondeterministic) {
 TEST(GpuSanitizer, BackwardDeterministic) {
     FM_SKIP_WITHOUT_GPU();
     sanitizer_cases("causal_document", true, true, 2, 2);
+}
+
+// The split last wave of the dK/dV grid (see BackwardTailSplitFullMask): 2 x SMs + 3 key blocks,
+// two parts per split CTA (one tile each).
+TEST(GpuSanitizer, BackwardTailSplit) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    GpuCase c{{1, 100, (2 * device_sms() + 3) * 128 - 37, 1, 1, 64, 64}, DType::BFloat16};
+    c.reference = ReferenceKind::Float64Cpu;  // no reference kernels under the sanitizer
+    TestMask mask = catalogue_test_mask("full", c.sizes, 1, rng);
+    check_gpu_attention(c, mask, rng);
 }
 
 // Partial tiles everywhere: a random C = 4 index tensor, hostile values included.

@@ -30,6 +30,23 @@
 
 namespace flashmask::cuda::sm80 {
 
+// The dK/dV grid's last, partial wave split over the SMs. A grid of equal CTAs (the full mask:
+// every key block meets every query block) that fills its last wave with only `tail` CTAs runs
+// that wave alone: at config (a) of SPEC §6, 4096 CTAs on 132 SMs are 31 waves and 4 CTAs, and
+// those 4 take as long as a whole wave, 3 % of the kernel. Split into `parts` CTAs each, every
+// part looping over its share of the tiles, they fill the wave instead. A part adds its dK and dV
+// into a float32 accumulator of the CTA it splits; the part that arrives last (an arrival count,
+// one release per part) reads the sums back and stores them as an unsplit CTA does. Grid
+// positions [first_cta, first_cta + tail * parts) are the parts, `parts` per split CTA, which
+// take the schedule positions [first_cta, first_cta + tail). Non-deterministic mode only (the
+// parts' order of addition varies).
+struct TailSplit {
+    int32_t first_cta = INT32_MAX;  // no split CTA below the grid's end unless set
+    int32_t parts = 1;
+    float* sums = nullptr;         // [split CTA][dK, dV][kBlockN * D / kThreads values][kThreads], zeroed
+    int32_t* arrivals = nullptr;   // [split CTA], zeroed
+};
+
 // Float32 per-call scratch, rows padded to kScratchRowAlignment: row r of (batch, head) is
 // ((batch * Hq + head) * padded_nq + r).
 struct BackwardScratch {
@@ -37,6 +54,7 @@ struct BackwardScratch {
     float* di = nullptr;         // rowsum(dO * O); 0 for padded rows
     float* dq_accum = nullptr;   // rows x D, in DqAccumulator's order; non-deterministic mode only: unscaled dS K sums
     int32_t padded_nq = 0;
+    TailSplit split;             // with dq_accum
 
     __device__ __forceinline__ int64_t row(int32_t batch, int32_t head, int32_t q_heads, int32_t r) const {
         return (int64_t(batch) * q_heads + head) * padded_nq + r;
@@ -343,6 +361,46 @@ __device__ __forceinline__ void zero(float (&acc)[kMTiles][kNTiles][4]) {
     for (int i = 0; i < kMTiles; ++i) zero(acc[i]);
 }
 
+// A part of split CTA `split_cta` (TailSplit) at the end of its tiles: adds its dK and dV
+// accumulators (each thread its own fragment values, at value-major positions so that a warp's
+// reductions cover 512 contiguous bytes) into the split CTA's sums, and counts its arrival.
+// Returns true in the part that arrives last, with the complete sums read back into dk, dv.
+// Called by every thread.
+template <int kThreads, int kMTiles, int kTiles>
+__device__ __forceinline__ bool sum_split_parts(const TailSplit& split, int32_t split_cta,
+                                                float (&dk)[kMTiles][kTiles][4], float (&dv)[kMTiles][kTiles][4]) {
+    constexpr int kQuads = kMTiles * kTiles;  // 4-float groups per thread and matrix
+    float* const dk_sums = split.sums + int64_t(split_cta) * 2 * kQuads * kThreads * 4;
+    float* const dv_sums = dk_sums + kQuads * kThreads * 4;
+    auto at = [&](float* sums, int i, int t) { return sums + ((i * kTiles + t) * kThreads + threadIdx.x) * 4; };
+#pragma unroll
+    for (int i = 0; i < kMTiles; ++i)
+#pragma unroll
+        for (int t = 0; t < kTiles; ++t) {
+            red_add_quad(at(dk_sums, i, t), dk[i][t][0], dk[i][t][1], dk[i][t][2], dk[i][t][3]);
+            red_add_quad(at(dv_sums, i, t), dv[i][t][0], dv[i][t][1], dv[i][t][2], dv[i][t][3]);
+        }
+    __shared__ bool last_part;
+    __syncthreads();  // every thread's reductions are issued: thread 0's fence covers them
+    if (threadIdx.x == 0) {
+        __threadfence();
+        last_part = atomicAdd(split.arrivals + split_cta, 1) == split.parts - 1;
+    }
+    __syncthreads();
+    if (!last_part) return false;
+    __threadfence();  // the other parts' sums, made visible before their arrivals, are read after ours
+#pragma unroll
+    for (int i = 0; i < kMTiles; ++i)
+#pragma unroll
+        for (int t = 0; t < kTiles; ++t) {
+            const float4 k = __ldcg(reinterpret_cast<const float4*>(at(dk_sums, i, t)));
+            const float4 v = __ldcg(reinterpret_cast<const float4*>(at(dv_sums, i, t)));
+            dk[i][t][0] = k.x, dk[i][t][1] = k.y, dk[i][t][2] = k.z, dk[i][t][3] = k.w;
+            dv[i][t][0] = v.x, dv[i][t][1] = v.y, dv[i][t][2] = v.z, dv[i][t][3] = v.w;
+        }
+    return true;
+}
+
 // grid: B * Hk * key blocks CTAs, heaviest key blocks first (schedule: TileAxis::KeyBlocks,
 // counted with this kernel's kBlockM x kBlockN tiles); block kThreads. Every CTA returns at once
 // when `condition` does not hold (the launch of the key order the device did not choose).
@@ -388,7 +446,15 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     ColumnIntervals* const columns_smem = reinterpret_cast<ColumnIntervals*>(di_smem + Smem::kStages * kBlockM);
 
     if (!condition.holds()) return;  // the launch of the key order the device did not choose
-    const TileCoordinates tile = schedule.at(int32_t(blockIdx.x));
+    // A part of a split CTA (TailSplit) runs the schedule position of the CTA it splits.
+    int32_t position = int32_t(blockIdx.x), part = 0;
+    const bool split = kAccumulateDq && position >= scratch.split.first_cta;
+    if (split) {
+        const int32_t index = position - scratch.split.first_cta;
+        position = scratch.split.first_cta + index / scratch.split.parts;
+        part = index % scratch.split.parts;
+    }
+    const TileCoordinates tile = schedule.at(position);
     const int32_t key_block = tile.block;
     const int32_t kv_head = tile.head;
     const int32_t batch = tile.batch;
@@ -419,7 +485,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     // (mask_head() divides) and it is read through the read-only cache, by the rounds only.
     const BlockSummary* head_summary = &summaries.at(p.mask, batch, first_head, key_block);
     CandidateVotes later;  // the last round's verdicts on the blocks after q_block
-    auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
+    auto advance_to_live = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
         if (const int steps = later.take(kind)) {
             q_block += steps;
             return;
@@ -440,6 +506,18 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             }
             q_block += kWarpSize;
         }
+    };
+    // A part's tiles are [tile_begin, tile_end) of (head_index, q_block) in order, as
+    // head_index * q_blocks + q_block (at most heads per group x query blocks: int32 by the tile
+    // order's checks); every tile for an unsplit CTA. The end is read from shared memory at each
+    // step: kept in a register across the main loop it cost ptxas 100 bytes of spills.
+    const int32_t group_tiles = heads_per_group * q_blocks;
+    const int32_t tile_begin = split ? int32_t(int64_t(group_tiles) * part / scratch.split.parts) : 0;
+    __shared__ int32_t tile_end;
+    tile_end = split ? int32_t(int64_t(group_tiles) * (part + 1) / scratch.split.parts) : group_tiles;  // every thread alike
+    auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
+        advance_to_live(head_index, q_block, kind);
+        if (head_index < heads_per_group && head_index * q_blocks + q_block >= tile_end) head_index = heads_per_group;
     };
     auto load_query_block = [&](int stage, int32_t head_index, int32_t q_block) {
         const int32_t head = first_head + head_index, row0 = q_block * kBlockM;
@@ -514,7 +592,10 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             columns_smem[threadIdx.x] = key_intervals(p.mask, batch, p.mask.mask_head(head), key0 + int32_t(threadIdx.x));
         columns_head = head;
     };
-    int32_t head_index = 0, q_block = -1;
+    // Just before the first tile: advance() moves to the first live one from there.
+    int32_t head_index = tile_begin / q_blocks, q_block = tile_begin % q_blocks - 1;
+    if (head_index < heads_per_group)
+        head_summary = &summaries.at(p.mask, batch, first_head + head_index, key_block);
     TileKind kind = TileKind::Skipped;
     advance(head_index, q_block, kind);
     if (head_index < heads_per_group) {
@@ -697,6 +778,11 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 }
             }
     };
+    // The split CTA of a part, from blockIdx again rather than kept across the main loop.
+    if (kAccumulateDq && int32_t(blockIdx.x) >= scratch.split.first_cta &&
+        !sum_split_parts<kThreads>(scratch.split, (int32_t(blockIdx.x) - scratch.split.first_cta) / scratch.split.parts,
+                                   dk_acc, dv_acc))
+        return;
     if constexpr (!kSortedKeys) {
         store([](int32_t position) { return position; });
     } else {
