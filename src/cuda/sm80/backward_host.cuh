@@ -6,7 +6,6 @@
 
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
@@ -39,31 +38,6 @@ void zero_gradient(const Operand& t, int32_t batches, int32_t rows, int32_t head
             gradient.operand(), batches, rows, heads);
     check_launch("flashmask backward: zero_gradient_kernel");
     gradient.copy_out();
-}
-
-// TailSplit's plan: how many of the grid's last CTAs to split, and into how many parts each.
-struct TailPlan {
-    int32_t split_ctas = 0, parts = 1;
-};
-
-// A split pays where the last wave is short: at most 1 / kTailSplitMaxFill of the SMs' slots.
-// The parts then fill the wave (tail x parts <= slots), each at least one tile.
-inline constexpr int32_t kTailSplitMaxFill = 4;
-
-// Only grids of equal CTAs, so that the tail is known on the host and is the last CTAs: the full
-// mask (no index tensor, not causal), whose key blocks all meet every query block. With an index
-// tensor the work per CTA lives on the device, and the heaviest-first order already ends the grid
-// with its lightest CTAs (plain causal attention likewise, by its tie order).
-template <typename DkDvT>
-TailPlan plan_tail_split(const AttentionProblem& p, int64_t grid, int32_t slots) {
-    if (p.mask.layout != MaskLayout::None || p.mask.causal || slots < 2) return {};
-    const int32_t tail = int32_t(grid % slots);
-    if (tail == 0 || int64_t(tail) * kTailSplitMaxFill > slots) return {};
-    const int64_t tiles = int64_t(p.q_heads / p.kv_heads) * ceil_div(int64_t{p.nq}, int64_t{DkDvT::kBlockM});
-    const int32_t parts = int32_t(std::min<int64_t>(slots / tail, tiles));
-    // The parts' grid must still fit grid dimension x (make_tile_order_shape() checked the unsplit one).
-    if (parts < 2 || grid - tail + int64_t(tail) * parts > std::numeric_limits<int32_t>::max()) return {};
-    return {tail, parts};
 }
 
 }  // namespace backward_detail
@@ -131,7 +105,10 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
     scratch.padded_nq = int32_t(ceil_div(int64_t{p.nq}, int64_t{kScratchRowAlignment}) * kScratchRowAlignment);
     const std::size_t rows = std::size_t(p.batch) * p.q_heads * scratch.padded_nq;
     const std::size_t accumulator_floats = deterministic ? 0 : rows * kHeadDim;
-    const TailPlan tail = deterministic ? TailPlan{} : plan_tail_split<DkDvT>(p, int64_t{dkdv.grid}, dkdv.shape.cta_slots);
+    const int64_t tiles_per_dkdv_cta = int64_t(p.q_heads / p.kv_heads) * ceil_div(int64_t{p.nq}, int64_t{DkDvT::kBlockM});
+    const TailPlan tail = !deterministic && dkdv_ctas_equal(p)
+                              ? plan_tail_split(int64_t{dkdv.grid}, dkdv.shape.cta_slots, tiles_per_dkdv_cta)
+                              : TailPlan{};
     const std::size_t split_floats = std::size_t(tail.split_ctas) * 2 * DkDvT::kBlockN * kHeadDim;
     static_assert(sizeof(int32_t) == sizeof(float), "the arrival counts take float slots of the scratch");
     DeviceScratch memory((2 * rows + accumulator_floats + split_floats + tail.split_ctas) * sizeof(float), stream);

@@ -25,27 +25,11 @@
 #include "cuda/sm80/backward_traits.cuh"
 #include "cuda/sm80/ptx.cuh"
 #include "cuda/sm80/smem_tile.cuh"
+#include "cuda/sm80/tail_split.hpp"
 #include "flashmask/problem.hpp"
 #include "flashmask/tiles.hpp"
 
 namespace flashmask::cuda::sm80 {
-
-// The dK/dV grid's last, partial wave split over the SMs. A grid of equal CTAs (the full mask:
-// every key block meets every query block) that fills its last wave with only `tail` CTAs runs
-// that wave alone: at config (a) of SPEC §6, 4096 CTAs on 132 SMs are 31 waves and 4 CTAs, and
-// those 4 take as long as a whole wave, 3 % of the kernel. Split into `parts` CTAs each, every
-// part looping over its share of the tiles, they fill the wave instead. A part adds its dK and dV
-// into a float32 accumulator of the CTA it splits; the part that arrives last (an arrival count,
-// one release per part) reads the sums back and stores them as an unsplit CTA does. Grid
-// positions [first_cta, first_cta + tail * parts) are the parts, `parts` per split CTA, which
-// take the schedule positions [first_cta, first_cta + tail). Non-deterministic mode only (the
-// parts' order of addition varies).
-struct TailSplit {
-    int32_t first_cta = INT32_MAX;  // no split CTA below the grid's end unless set
-    int32_t parts = 1;
-    float* sums = nullptr;         // [split CTA][dK, dV][kBlockN * D / kThreads values][kThreads], zeroed
-    int32_t* arrivals = nullptr;   // [split CTA], zeroed
-};
 
 // Float32 per-call scratch, rows padded to kScratchRowAlignment: row r of (batch, head) is
 // ((batch * Hq + head) * padded_nq + r).
@@ -447,14 +431,8 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
 
     if (!condition.holds()) return;  // the launch of the key order the device did not choose
     // A part of a split CTA (TailSplit) runs the schedule position of the CTA it splits.
-    int32_t position = int32_t(blockIdx.x), part = 0;
-    const bool split = kAccumulateDq && position >= scratch.split.first_cta;
-    if (split) {
-        const int32_t index = position - scratch.split.first_cta;
-        position = scratch.split.first_cta + index / scratch.split.parts;
-        part = index % scratch.split.parts;
-    }
-    const TileCoordinates tile = schedule.at(position);
+    const bool split = kAccumulateDq && scratch.split.is_part(int32_t(blockIdx.x));
+    const TileCoordinates tile = schedule.at(scratch.split.schedule_position(int32_t(blockIdx.x)));
     const int32_t key_block = tile.block;
     const int32_t kv_head = tile.head;
     const int32_t batch = tile.batch;
@@ -511,10 +489,12 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     // head_index * q_blocks + q_block (at most heads per group x query blocks: int32 by the tile
     // order's checks); every tile for an unsplit CTA. The end is read from shared memory at each
     // step: kept in a register across the main loop it cost ptxas 100 bytes of spills.
-    const int32_t group_tiles = heads_per_group * q_blocks;
-    const int32_t tile_begin = split ? int32_t(int64_t(group_tiles) * part / scratch.split.parts) : 0;
+    const PartTiles tiles = split ? part_tiles(heads_per_group * q_blocks, scratch.split.part(int32_t(blockIdx.x)),
+                                               scratch.split.parts)
+                                  : PartTiles{0, heads_per_group * q_blocks};
+    const int32_t tile_begin = tiles.begin;
     __shared__ int32_t tile_end;
-    tile_end = split ? int32_t(int64_t(group_tiles) * (part + 1) / scratch.split.parts) : group_tiles;  // every thread alike
+    tile_end = tiles.end;  // every thread alike
     auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
         advance_to_live(head_index, q_block, kind);
         if (head_index < heads_per_group && head_index * q_blocks + q_block >= tile_end) head_index = heads_per_group;
@@ -779,9 +759,8 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             }
     };
     // The split CTA of a part, from blockIdx again rather than kept across the main loop.
-    if (kAccumulateDq && int32_t(blockIdx.x) >= scratch.split.first_cta &&
-        !sum_split_parts<kThreads>(scratch.split, (int32_t(blockIdx.x) - scratch.split.first_cta) / scratch.split.parts,
-                                   dk_acc, dv_acc))
+    if (kAccumulateDq && scratch.split.is_part(int32_t(blockIdx.x)) &&
+        !sum_split_parts<kThreads>(scratch.split, scratch.split.split_index(int32_t(blockIdx.x)), dk_acc, dv_acc))
         return;
     if constexpr (!kSortedKeys) {
         store([](int32_t position) { return position; });
