@@ -417,6 +417,8 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     constexpr int kSdpTiles = T::kSdpCols / kMmaCols;    // n-tiles of a warp's S / dP
     constexpr int kDkvTiles = T::kDkvCols / kMmaCols;    // n-tiles of a warp's dK / dV
     constexpr int kDqTiles = T::kDqCols / kMmaCols;
+    static_assert(kMTiles * kDkvTiles * 4 * kThreads == kBlockN * kHeadDim,
+                  "the CTA's threads hold dK (and dV) once each: TailSplit's sums are kBlockN x D per matrix");
 
     extern __shared__ __align__(128) unsigned char shared_memory[];
     Element* const k_smem = reinterpret_cast<Element*>(shared_memory);
