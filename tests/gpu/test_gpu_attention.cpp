@@ -243,9 +243,9 @@ TEST(GpuAttention, AutomaticKeyOrderAtSixteenK) {
 // the kernel fits one or two CTAs per SM (short_tail_batches()), so that its last key blocks run
 // as parts, each summing its dK / dV into float32 and the last to arrive storing them: GQA, parts
 // of one tile (2 tiles a CTA) to several (44), D = 64 / 128 / 256 (key blocks of 128, 128, 64
-// keys), ragged last key blocks; and the deterministic backward (never split) on the same shape. Sizes within the
-// GPU reference's (kReferenceMaxSequence): a first version split one long sequence of 2 x SMs + 3
-// key blocks, 34139 keys on an H200, which the reference refused.
+// keys), ragged last key blocks; and the deterministic backward (never split) on the same shape.
+// Sizes within the GPU reference's (kReferenceMaxSequence): a first version split one long
+// sequence of 2 x SMs + 3 key blocks, 34139 keys on an H200, which the reference refused.
 constexpr int32_t kTailSplitTestKeyBlocks = 8;
 
 int32_t device_sms() {
