@@ -18,6 +18,9 @@
 # in $FLASHMASK_GPU_BUILD_DIR/ab (default build-gpu/ab), and ab.md there, every run's effective
 # TFLOP/s table in order; ab.md alone is copied to $OUT when set (the device tool brings back at
 # most 8 files), after every run, so that a call cut short still returns the runs it finished.
+# ab.md's header names the GPU, the start time and each side's commit (the tarballs' from their
+# archive headers; the working tree's from FLASHMASK_COMMIT, as for scripts/gpu.sh), so that
+# it can be committed under bench/results/ as it is.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -97,9 +100,21 @@ for i in "${!install_pids[@]}"; do
 done
 [ "$install_failed" -eq 0 ] || exit 1
 
+# The commit a tarball was made from: git archive writes it into the archive's first (pax) header
+# as "comment=<sha>"; read as bytes, since the machine's copy may have no git.
+tarball_commit() {
+  local commit
+  commit=$(head -c 1024 "$1" | tr -d '\0' | grep -ao 'comment=[0-9a-f]*' | head -1)
+  echo "${commit#comment=}"
+}
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 summary="$OUT_DIR/ab.md"
 {
   echo "# A/B: $(for t in "${TARBALLS[@]}"; do printf '%s (%s), ' "$(side_name "$t")" "$(basename "$t")"; done)and the working tree, in turn, $ROUNDS rounds"
+  echo
+  echo "GPU: ${gpu_name:-unknown}; started $(date -u '+%Y-%m-%d %H:%M UTC')"
+  for t in "${TARBALLS[@]}"; do echo "- $(side_name "$t"): commit $(tarball_commit "$t" | cut -c1-12)"; done
+  echo "- tree: commit ${FLASHMASK_COMMIT:-unknown} (FLASHMASK_COMMIT)"
   echo
   echo "bench_attention.py $*"
 } >"$summary"
