@@ -21,6 +21,7 @@
 
 #include "test_cpu_common.hpp"
 #include "test_tile_order_util.hpp"
+#include "cuda/sm80/tail_split.hpp"
 
 namespace flashmask {
 namespace {
@@ -389,6 +390,72 @@ TEST(TileOrder, RefusesWhatDoesNotFitInt32) {
     EXPECT_THROW(cuda::make_tile_order_shape(view, 1, 3, 2, TileAxis::QueryBlocks, 64, 64, kH100Slots), Error);
     EXPECT_THROW(cuda::make_tile_order_shape(view, 1, 2, 1, TileAxis::QueryBlocks, 0, 64, kH100Slots), Error);
     EXPECT_THROW(cuda::make_tile_order_shape(view, 1, 2, 1, TileAxis::QueryBlocks, 64, 64, 0), Error);
+}
+
+// TailSplit (src/cuda/sm80/tail_split.hpp): which grids are split, the parts' tiles, and the grid
+// positions' mapping onto the split CTAs, as the dK/dV kernel and its host side use them.
+TEST(TailSplit, PlanSplitsOnlyAShortLastWave) {
+    using cuda::sm80::plan_tail_split;
+    auto expect_plan = [](int64_t grid, int32_t slots, int64_t tiles, int32_t split_ctas, int32_t parts) {
+        const cuda::sm80::TailPlan plan = plan_tail_split(grid, slots, tiles);
+        EXPECT_EQ(plan.split_ctas, split_ctas) << "grid " << grid << " slots " << slots << " tiles " << tiles;
+        EXPECT_EQ(plan.parts, parts) << "grid " << grid << " slots " << slots << " tiles " << tiles;
+    };
+    expect_plan(4096, 132, 128, 4, 33);         // SPEC §6 config (a) on an H100: 31 waves and 4 CTAs
+    expect_plan(4096, 132, 512, 4, 33);         // config (b)
+    expect_plan(4096, 132, 8, 4, 8);            // no more parts than tiles
+    expect_plan(4224, 132, 128, 0, 1);          // whole waves
+    expect_plan(132 * 10 + 33, 132, 128, 33, 4);  // a quarter of the slots: still split
+    expect_plan(132 * 10 + 34, 132, 128, 0, 1);   // more: the wave is full enough
+    expect_plan(100, 132, 128, 0, 1);           // one short wave is the whole grid: nothing after it to fill
+    expect_plan(4096, 132, 1, 0, 1);            // one tile per CTA: nothing to split
+    expect_plan(4096, 1, 128, 0, 1);
+    expect_plan(0, 132, 128, 0, 1);
+    // A split that would take the grid past grid dimension x's int32 is refused: 2^31 - 1 is
+    // 67 past a multiple of 132, so a grid one past that multiple has a tail of 1, whose parts add
+    // parts - 1 CTAs to it: 127 do not fit, 59 do.
+    const int64_t whole_waves = int64_t{std::numeric_limits<int32_t>::max()} / 132 * 132;
+    ASSERT_EQ(std::numeric_limits<int32_t>::max() - whole_waves, 67);
+    expect_plan(whole_waves + 1, 132, 128, 0, 1);
+    expect_plan(whole_waves + 1, 132, 60, 1, 60);
+}
+
+TEST(TailSplit, PartsCoverEveryTileOnce) {
+    for (int32_t tiles = 1; tiles <= 40; ++tiles)
+        for (int32_t parts = 1; parts <= tiles + 3; ++parts) {
+            int32_t next = 0;
+            for (int32_t part = 0; part < parts; ++part) {
+                const cuda::sm80::PartTiles t = cuda::sm80::part_tiles(tiles, part, parts);
+                ASSERT_EQ(t.begin, next) << tiles << " tiles, part " << part << " of " << parts;
+                ASSERT_LE(t.begin, t.end) << tiles << " tiles, part " << part << " of " << parts;
+                if (parts <= tiles) ASSERT_LT(t.begin, t.end) << tiles << " tiles, part " << part << " of " << parts << " is empty";
+                next = t.end;
+            }
+            ASSERT_EQ(next, tiles) << tiles << " tiles in " << parts << " parts";
+        }
+    const cuda::sm80::PartTiles last = cuda::sm80::part_tiles(std::numeric_limits<int32_t>::max(), 32, 33);
+    EXPECT_EQ(last.end, std::numeric_limits<int32_t>::max());  // no overflow in the products
+}
+
+TEST(TailSplit, GridPositionsRunTheSplitCtas) {
+    cuda::sm80::TailSplit split;
+    EXPECT_FALSE(split.is_part(std::numeric_limits<int32_t>::max() - 1));  // unset: no part anywhere
+    EXPECT_EQ(split.schedule_position(4095), 4095);
+    split.first_cta = 4092;  // config (a): 4 split CTAs of 33 parts
+    split.parts = 33;
+    for (int32_t cta = 0; cta < 4092; ++cta) {
+        ASSERT_FALSE(split.is_part(cta));
+        ASSERT_EQ(split.schedule_position(cta), cta);
+    }
+    std::vector<int32_t> parts_seen(4 * 33, 0);
+    for (int32_t cta = 4092; cta < 4092 + 4 * 33; ++cta) {
+        ASSERT_TRUE(split.is_part(cta));
+        const int32_t index = split.split_index(cta), part = split.part(cta);
+        ASSERT_TRUE(index >= 0 && index < 4 && part >= 0 && part < 33) << cta;
+        ASSERT_EQ(split.schedule_position(cta), 4092 + index) << cta;
+        ++parts_seen[std::size_t(index * 33 + part)];
+    }
+    for (int32_t seen : parts_seen) EXPECT_EQ(seen, 1);
 }
 
 }  // namespace

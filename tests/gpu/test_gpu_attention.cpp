@@ -16,8 +16,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <stdexcept>
+#include <string>
 #include <thread>
 
+#include "cuda/sm80/tail_split.hpp"
 #include "gpu_attention_check.hpp"
 #include "gpu_reference.hpp"
 
@@ -233,6 +236,58 @@ TEST(GpuAttention, AutomaticKeyOrderAtSixteenK) {
             TestMask mask = catalogue_test_mask(name, c.sizes, 1, rng);
             check_gpu_attention(c, mask, rng);
         }
+}
+
+// The dK/dV grid's short last wave split into parts (TailSplit, backward_kernels.cuh): full masks
+// whose grid (B x 8 key blocks, Hk = 1) leaves a last wave of at most a quarter of the SMs whether
+// the kernel fits one or two CTAs per SM (short_tail_batches()), so that its last key blocks run
+// as parts, each summing its dK / dV into float32 and the last to arrive storing them: GQA, parts
+// of one tile (2 tiles a CTA) to several (44), D = 64 / 128 / 256 (key blocks of 128, 128, 64
+// keys), ragged last key blocks; and the deterministic backward (never split) on the same shape.
+// Sizes within the GPU reference's (kReferenceMaxSequence): a first version split one long
+// sequence of 2 x SMs + 3 key blocks, 34139 keys on an H200, which the reference refused.
+constexpr int32_t kTailSplitTestKeyBlocks = 8;
+
+int32_t device_sms() {
+    int device = 0, sms = 0;
+    FM_CUDA_CHECK(cudaGetDevice(&device));
+    FM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms;
+}
+
+// The fewest batches, of at least two waves, whose B x key_blocks CTAs leave the same last wave
+// of 1 .. SMs / kTailSplitMaxFill CTAs on SMs and on 2 x SMs slots.
+int32_t short_tail_batches(int32_t key_blocks) {
+    const int32_t sms = device_sms(), two_waves = 2 * sms;
+    const int32_t first = (two_waves + key_blocks - 1) / key_blocks;
+    for (int32_t batches = first; batches < first + two_waves; ++batches) {
+        const int32_t tail = batches * key_blocks % two_waves;
+        if (tail >= 1 && tail * cuda::sm80::kTailSplitMaxFill <= sms) return batches;
+    }
+    throw std::runtime_error("no batch count of " + std::to_string(key_blocks) + " key blocks leaves a short tail on " +
+                             std::to_string(sms) + " SMs");
+}
+
+TEST(GpuAttention, BackwardTailSplitFullMask) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    const int32_t batches = short_tail_batches(kTailSplitTestKeyBlocks);
+    struct Shape {
+        int32_t nq, q_heads, head_dim, block_n;
+        DType dtype;
+        bool deterministic;
+    };
+    const Shape shapes[] = {{700, 4, 128, 128, DType::BFloat16, false},
+                            {100, 1, 64, 128, DType::Float16, false},
+                            {300, 2, 256, 64, DType::BFloat16, false},
+                            {700, 4, 128, 128, DType::Float16, true}};
+    for (const Shape& shape : shapes) {
+        const int32_t nk = kTailSplitTestKeyBlocks * shape.block_n - 37;  // the last key block ragged
+        GpuCase c{{batches, shape.nq, nk, shape.q_heads, 1, shape.head_dim, shape.head_dim}, shape.dtype};
+        c.deterministic = shape.deterministic;
+        TestMask mask = catalogue_test_mask("full", c.sizes, 1, rng);
+        check_gpu_attention(c, mask, rng);
+    }
 }
 
 // Rows that see no key (a band hidden from every column; with Nq > Nk and causal, the top
@@ -624,6 +679,17 @@ TEST(GpuSanitizer, BackwardNondeterministic) {
 TEST(GpuSanitizer, BackwardDeterministic) {
     FM_SKIP_WITHOUT_GPU();
     sanitizer_cases("causal_document", true, true, 2, 2);
+}
+
+// The split last wave of the dK/dV grid (see BackwardTailSplitFullMask), parts of one tile each.
+TEST(GpuSanitizer, BackwardTailSplit) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    GpuCase c{{short_tail_batches(kTailSplitTestKeyBlocks), 100, kTailSplitTestKeyBlocks * 128 - 37, 1, 1, 64, 64},
+              DType::BFloat16};
+    c.reference = ReferenceKind::Float64Cpu;  // no reference kernels under the sanitizer
+    TestMask mask = catalogue_test_mask("full", c.sizes, 1, rng);
+    check_gpu_attention(c, mask, rng);
 }
 
 // Partial tiles everywhere: a random C = 4 index tensor, hostile values included.

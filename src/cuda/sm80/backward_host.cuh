@@ -99,16 +99,31 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
     kernel_problem.dk = dk.operand();
     kernel_problem.dv = dv.operand();
 
-    // Scratch: LSE * log2 e and Di per padded row, and the dQ accumulator when not deterministic.
+    // Scratch: LSE * log2 e and Di per padded row, and the dQ accumulator when not deterministic,
+    // then the sums and arrival counts of the split CTAs (TailSplit) when the grid is split.
     BackwardScratch scratch;
     scratch.padded_nq = int32_t(ceil_div(int64_t{p.nq}, int64_t{kScratchRowAlignment}) * kScratchRowAlignment);
     const std::size_t rows = std::size_t(p.batch) * p.q_heads * scratch.padded_nq;
     const std::size_t accumulator_floats = deterministic ? 0 : rows * kHeadDim;
-    DeviceScratch memory((2 * rows + accumulator_floats) * sizeof(float), stream);
+    const int64_t tiles_per_dkdv_cta = int64_t(p.q_heads / p.kv_heads) * ceil_div(int64_t{p.nq}, int64_t{DkDvT::kBlockM});
+    const TailPlan tail = !deterministic && dkdv_ctas_equal(p)
+                              ? plan_tail_split(int64_t{dkdv.grid}, dkdv.shape.cta_slots, tiles_per_dkdv_cta)
+                              : TailPlan{};
+    const std::size_t split_floats = std::size_t(tail.split_ctas) * 2 * DkDvT::kBlockN * kHeadDim;
+    static_assert(sizeof(int32_t) == sizeof(float), "the arrival counts take float slots of the scratch");
+    DeviceScratch memory((2 * rows + accumulator_floats + split_floats + tail.split_ctas) * sizeof(float), stream);
     scratch.lse_log2 = memory.as<float>();
     scratch.di = scratch.lse_log2 + rows;
     // The dQ accumulator is zeroed by backward_preprocess_kernel.
     if (!deterministic) scratch.dq_accum = scratch.di + rows;
+    if (tail.split_ctas > 0) {
+        scratch.split.first_cta = int32_t(dkdv.grid) - tail.split_ctas;
+        scratch.split.parts = tail.parts;
+        scratch.split.sums = scratch.dq_accum + accumulator_floats;
+        scratch.split.arrivals = reinterpret_cast<int32_t*>(scratch.split.sums + split_floats);
+        FM_CUDA_CHECK(cudaMemsetAsync(scratch.split.sums, 0, (split_floats + tail.split_ctas) * sizeof(float), stream));
+    }
+    const unsigned dkdv_grid = unsigned(int64_t{dkdv.grid} - tail.split_ctas + int64_t(tail.split_ctas) * tail.parts);
 
     constexpr int kRowsPerPreprocessBlock = kPreprocessThreads / (kHeadDim / kChunkElements);
     backward_preprocess_kernel<Element, kHeadDim>
@@ -121,7 +136,7 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
         // stores its key block through the order; the dQ accumulator's rows are queries, unmoved.
         const KeyOrderedTiles tiles(p, key_order, dkdv.shape, DkDvT::kBlockN, stream);
         if (tiles.natural_runs()) {
-            dkdv.kernel<<<dkdv.grid, DkDvT::kThreads, dkdv.smem_bytes, stream>>>(
+            dkdv.kernel<<<dkdv_grid, DkDvT::kThreads, dkdv.smem_bytes, stream>>>(
                 kernel_problem, tiles.natural_table(), tiles.natural_schedule(), scratch, KeyOrderView{},
                 tiles.natural_condition());
             check_launch("flashmask backward: backward_dkdv_kernel");
@@ -129,7 +144,7 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
         if (tiles.sorted_runs()) {
             AttentionProblem sorted_problem = kernel_problem;
             sorted_problem.mask = tiles.sorted_mask();
-            sorted_dkdv<<<dkdv.grid, DkDvT::kThreads, dkdv.smem_bytes, stream>>>(
+            sorted_dkdv<<<dkdv_grid, DkDvT::kThreads, dkdv.smem_bytes, stream>>>(
                 sorted_problem, tiles.sorted_table(), tiles.sorted_schedule(), scratch, tiles.sorted_order(),
                 tiles.sorted_condition());
             check_launch("flashmask backward: backward_dkdv_kernel (sorted keys)");

@@ -25,6 +25,7 @@
 #include "cuda/sm80/backward_traits.cuh"
 #include "cuda/sm80/ptx.cuh"
 #include "cuda/sm80/smem_tile.cuh"
+#include "cuda/sm80/tail_split.hpp"
 #include "flashmask/problem.hpp"
 #include "flashmask/tiles.hpp"
 
@@ -37,6 +38,7 @@ struct BackwardScratch {
     float* di = nullptr;         // rowsum(dO * O); 0 for padded rows
     float* dq_accum = nullptr;   // rows x D, in DqAccumulator's order; non-deterministic mode only: unscaled dS K sums
     int32_t padded_nq = 0;
+    TailSplit split;             // with dq_accum
 
     __device__ __forceinline__ int64_t row(int32_t batch, int32_t head, int32_t q_heads, int32_t r) const {
         return (int64_t(batch) * q_heads + head) * padded_nq + r;
@@ -343,6 +345,46 @@ __device__ __forceinline__ void zero(float (&acc)[kMTiles][kNTiles][4]) {
     for (int i = 0; i < kMTiles; ++i) zero(acc[i]);
 }
 
+// A part of split CTA `split_cta` (TailSplit) at the end of its tiles: adds its dK and dV
+// accumulators (each thread its own fragment values, at value-major positions so that a warp's
+// reductions cover 512 contiguous bytes) into the split CTA's sums, and counts its arrival.
+// Returns true in the part that arrives last, with the complete sums read back into dk, dv.
+// Called by every thread.
+template <int kThreads, int kMTiles, int kTiles>
+__device__ __forceinline__ bool sum_split_parts(const TailSplit& split, int32_t split_cta,
+                                                float (&dk)[kMTiles][kTiles][4], float (&dv)[kMTiles][kTiles][4]) {
+    constexpr int kQuads = kMTiles * kTiles;  // 4-float groups per thread and matrix
+    float* const dk_sums = split.sums + int64_t(split_cta) * 2 * kQuads * kThreads * 4;
+    float* const dv_sums = dk_sums + kQuads * kThreads * 4;
+    auto at = [&](float* sums, int i, int t) { return sums + ((i * kTiles + t) * kThreads + threadIdx.x) * 4; };
+#pragma unroll
+    for (int i = 0; i < kMTiles; ++i)
+#pragma unroll
+        for (int t = 0; t < kTiles; ++t) {
+            red_add_quad(at(dk_sums, i, t), dk[i][t][0], dk[i][t][1], dk[i][t][2], dk[i][t][3]);
+            red_add_quad(at(dv_sums, i, t), dv[i][t][0], dv[i][t][1], dv[i][t][2], dv[i][t][3]);
+        }
+    __shared__ bool last_part;
+    __syncthreads();  // every thread's reductions are issued: thread 0's fence covers them
+    if (threadIdx.x == 0) {
+        __threadfence();
+        last_part = atomicAdd(split.arrivals + split_cta, 1) == split.parts - 1;
+    }
+    __syncthreads();
+    if (!last_part) return false;
+    __threadfence();  // the other parts' sums, made visible before their arrivals, are read after ours
+#pragma unroll
+    for (int i = 0; i < kMTiles; ++i)
+#pragma unroll
+        for (int t = 0; t < kTiles; ++t) {
+            const float4 k = __ldcg(reinterpret_cast<const float4*>(at(dk_sums, i, t)));
+            const float4 v = __ldcg(reinterpret_cast<const float4*>(at(dv_sums, i, t)));
+            dk[i][t][0] = k.x, dk[i][t][1] = k.y, dk[i][t][2] = k.z, dk[i][t][3] = k.w;
+            dv[i][t][0] = v.x, dv[i][t][1] = v.y, dv[i][t][2] = v.z, dv[i][t][3] = v.w;
+        }
+    return true;
+}
+
 // grid: B * Hk * key blocks CTAs, heaviest key blocks first (schedule: TileAxis::KeyBlocks,
 // counted with this kernel's kBlockM x kBlockN tiles); block kThreads. Every CTA returns at once
 // when `condition` does not hold (the launch of the key order the device did not choose).
@@ -375,6 +417,8 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     constexpr int kSdpTiles = T::kSdpCols / kMmaCols;    // n-tiles of a warp's S / dP
     constexpr int kDkvTiles = T::kDkvCols / kMmaCols;    // n-tiles of a warp's dK / dV
     constexpr int kDqTiles = T::kDqCols / kMmaCols;
+    static_assert(kMTiles * kDkvTiles * 4 * kThreads == kBlockN * kHeadDim,
+                  "the CTA's threads hold dK (and dV) once each: TailSplit's sums are kBlockN x D per matrix");
 
     extern __shared__ __align__(128) unsigned char shared_memory[];
     Element* const k_smem = reinterpret_cast<Element*>(shared_memory);
@@ -388,7 +432,9 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     ColumnIntervals* const columns_smem = reinterpret_cast<ColumnIntervals*>(di_smem + Smem::kStages * kBlockM);
 
     if (!condition.holds()) return;  // the launch of the key order the device did not choose
-    const TileCoordinates tile = schedule.at(int32_t(blockIdx.x));
+    // A part of a split CTA (TailSplit) runs the schedule position of the CTA it splits.
+    const bool split = kAccumulateDq && scratch.split.is_part(int32_t(blockIdx.x));
+    const TileCoordinates tile = schedule.at(scratch.split.schedule_position(int32_t(blockIdx.x)));
     const int32_t key_block = tile.block;
     const int32_t kv_head = tile.head;
     const int32_t batch = tile.batch;
@@ -419,7 +465,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
     // (mask_head() divides) and it is read through the read-only cache, by the rounds only.
     const BlockSummary* head_summary = &summaries.at(p.mask, batch, first_head, key_block);
     CandidateVotes later;  // the last round's verdicts on the blocks after q_block
-    auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
+    auto advance_to_live = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
         if (const int steps = later.take(kind)) {
             q_block += steps;
             return;
@@ -440,6 +486,20 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             }
             q_block += kWarpSize;
         }
+    };
+    // A part's tiles are [tile_begin, tile_end) of (head_index, q_block) in order, as
+    // head_index * q_blocks + q_block (at most heads per group x query blocks: int32 by the tile
+    // order's checks); every tile for an unsplit CTA. The end is read from shared memory at each
+    // step: kept in a register across the main loop it cost ptxas 100 bytes of spills.
+    const PartTiles tiles = split ? part_tiles(heads_per_group * q_blocks, scratch.split.part(int32_t(blockIdx.x)),
+                                               scratch.split.parts)
+                                  : PartTiles{0, heads_per_group * q_blocks};
+    const int32_t tile_begin = tiles.begin;
+    __shared__ int32_t tile_end;
+    tile_end = tiles.end;  // every thread alike
+    auto advance = [&](int32_t& head_index, int32_t& q_block, TileKind& kind) {
+        advance_to_live(head_index, q_block, kind);
+        if (head_index < heads_per_group && head_index * q_blocks + q_block >= tile_end) head_index = heads_per_group;
     };
     auto load_query_block = [&](int stage, int32_t head_index, int32_t q_block) {
         const int32_t head = first_head + head_index, row0 = q_block * kBlockM;
@@ -514,7 +574,10 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             columns_smem[threadIdx.x] = key_intervals(p.mask, batch, p.mask.mask_head(head), key0 + int32_t(threadIdx.x));
         columns_head = head;
     };
-    int32_t head_index = 0, q_block = -1;
+    // Just before the first tile: advance() moves to the first live one from there.
+    int32_t head_index = tile_begin / q_blocks, q_block = tile_begin % q_blocks - 1;
+    if (head_index < heads_per_group)
+        head_summary = &summaries.at(p.mask, batch, first_head + head_index, key_block);
     TileKind kind = TileKind::Skipped;
     advance(head_index, q_block, kind);
     if (head_index < heads_per_group) {
@@ -697,6 +760,10 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 }
             }
     };
+    // The split CTA of a part, from blockIdx again rather than kept across the main loop.
+    if (kAccumulateDq && scratch.split.is_part(int32_t(blockIdx.x)) &&
+        !sum_split_parts<kThreads>(scratch.split, scratch.split.split_index(int32_t(blockIdx.x)), dk_acc, dv_acc))
+        return;
     if constexpr (!kSortedKeys) {
         store([](int32_t position) { return position; });
     } else {
