@@ -44,7 +44,11 @@ export PATH="$(dirname "$CUOBJDUMP"):$PATH"  # cuobjdump runs nvdisasm, which th
 mkdir -p "$OUT_DIR"
 # The library's own flags (build/compile_commands.json, which CMake writes: CMakeLists.txt), with
 # one architecture, sm_90a, and ptxas verbose; the command's output, dependency and architecture
-# flags dropped. Without that file (no build yet), the flags of src/CMakeLists.txt as of writing.
+# flags dropped. Without that file (no build yet), build/ is configured first, as scripts/build.sh
+# configures it, so that the flags always come from the CMake files.
+if [ ! -f build/compile_commands.json ]; then
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null || { echo "sass.sh: configuring build/ failed" >&2; exit 1; }
+fi
 FLAGS=$(python3 - "$SOURCE" <<'PY' 2>/dev/null || true
 import json, shlex, sys, os
 source = os.path.abspath(sys.argv[1])
@@ -65,7 +69,7 @@ for entry in json.load(open("build/compile_commands.json")):
     break
 PY
 )
-[ -n "$FLAGS" ] || FLAGS="-DFLASHMASK_WITH_CUDA=1 -Iinclude -Isrc -O3 -DNDEBUG --expt-relaxed-constexpr -lineinfo -std=c++17"
+[ -n "$FLAGS" ] || { echo "sass.sh: build/compile_commands.json has no command for $SOURCE (CUDA not enabled in build/?)" >&2; exit 1; }
 # shellcheck disable=SC2086  # FLAGS is a list of words
 nvcc $FLAGS --generate-code=arch=compute_90a,code=[sm_90a] -Xptxas -v -cubin "$SOURCE" \
   -o "$OUT_DIR/$INSTANTIATION.cubin" >"$OUT_DIR/$INSTANTIATION.ptxas" 2>&1 || { tail -20 "$OUT_DIR/$INSTANTIATION.ptxas"; exit 1; }
