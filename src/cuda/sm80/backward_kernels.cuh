@@ -646,22 +646,27 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 s_acc, [&](int i, int s) { return advance_column_steps(q_tile + qa_lane + row_bytes<QTile>(kMmaRows * i), s); },
                 [&](int j, int s) { return advance_column_steps(k_nk + row_bytes<KTile>(kBFragmentCols * j), s); });
             // P = exp2(S scale log2 e - LSE log2 e), packed to 16 bits as it enters dV; one branch
-            // per step, not per element: Full tiles run no mask code. In a Partial tile each of
-            // the lane's key columns becomes bits over the warp's 32 rows, shifted so that bit
-            // 16 i + 8 h is the lane's row (i, h), and one bit test per element zeroes P.
+            // per step, not per element: Full tiles run no mask code. In a Partial tile lane l
+            // turns the warp's key column l into bits over the warp's 32 rows, and each lane takes
+            // its own columns' words from their lanes by shuffles, shifted so that bit 16 i + 8 h
+            // is the lane's row (i, h); one bit test per element zeroes P. (Each lane building all
+            // of its kSdpTiles x 2 columns' words itself cost 8 interval reads and 16 row_bits a
+            // step, the same words built by the 8 lanes of a quad over and over.)
             uint32_t p_packed[kMTiles][kSdpTiles][kRowHalves];
             auto probabilities = [&](auto masked) {
                 uint32_t hidden[kSdpTiles][kPairColumns];
                 if constexpr (decltype(masked)::value) {
+                    static_assert(T::kSdpCols <= kWarpSize, "one key column of the warp tile per lane");
+                    const ColumnIntervals col = columns_smem[sdp_key0 + (lane < T::kSdpCols ? lane : 0)];
+                    const uint32_t column_rows =
+                        row_bits(col.lower_start - warp_row_begin, col.lower_end - warp_row_begin) |
+                        row_bits(col.upper_start - warp_row_begin, col.upper_end - warp_row_begin);
 #pragma unroll
                     for (int t = 0; t < kSdpTiles; ++t)
 #pragma unroll
-                        for (int c = 0; c < kPairColumns; ++c) {
-                            const ColumnIntervals col = columns_smem[sdp_key0 + t * kMmaCols + kPairColumns * quad + c];
-                            hidden[t][c] = (row_bits(col.lower_start - warp_row_begin, col.lower_end - warp_row_begin) |
-                                            row_bits(col.upper_start - warp_row_begin, col.upper_end - warp_row_begin)) >>
+                        for (int c = 0; c < kPairColumns; ++c)
+                            hidden[t][c] = __shfl_sync(kFullWarpMask, column_rows, t * kMmaCols + kPairColumns * quad + c) >>
                                            group;
-                        }
                 }
                 for_each_lane_row([&](int i, int h, int row) {
                     const float lse = lse_tile[row];
