@@ -20,6 +20,7 @@
 #include <string>
 #include <thread>
 
+#include "cuda/common/device.hpp"
 #include "cuda/sm80/tail_split.hpp"
 #include "gpu_attention_check.hpp"
 #include "gpu_reference.hpp"
@@ -248,17 +249,10 @@ TEST(GpuAttention, AutomaticKeyOrderAtSixteenK) {
 // sequence of 2 x SMs + 3 key blocks, 34139 keys on an H200, which the reference refused.
 constexpr int32_t kTailSplitTestKeyBlocks = 8;
 
-int32_t device_sms() {
-    int device = 0, sms = 0;
-    FM_CUDA_CHECK(cudaGetDevice(&device));
-    FM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    return sms;
-}
-
 // The fewest batches, of at least two waves, whose B x key_blocks CTAs leave the same last wave
 // of 1 .. SMs / kTailSplitMaxFill CTAs on SMs and on 2 x SMs slots.
 int32_t short_tail_batches(int32_t key_blocks) {
-    const int32_t sms = device_sms(), two_waves = 2 * sms;
+    const int32_t sms = cuda::current_device_sms(), two_waves = 2 * sms;
     const int32_t first = (two_waves + key_blocks - 1) / key_blocks;
     for (int32_t batches = first; batches < first + two_waves; ++batches) {
         const int32_t tail = batches * key_blocks % two_waves;

@@ -280,9 +280,9 @@ __global__ void __launch_bounds__(kSlotProbeThreads) slot_probe_kernel(int32_t* 
 TEST(GpuTileScheduler, ResidentBlockSlots) {
     FM_SKIP_WITHOUT_GPU();
     cuda::allow_shared_memory(slot_probe_kernel, kSlotProbeSmemBytes);
-    int device = 0, sms = 0, threads_per_sm = 0, smem_per_sm = 0;
+    int device = 0, threads_per_sm = 0, smem_per_sm = 0;
     FM_CUDA_CHECK(cudaGetDevice(&device));
-    FM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int32_t sms = cuda::current_device_sms();
     FM_CUDA_CHECK(cudaDeviceGetAttribute(&threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
     FM_CUDA_CHECK(cudaDeviceGetAttribute(&smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
     const int32_t slots = cuda::resident_block_slots(slot_probe_kernel, kSlotProbeThreads, kSlotProbeSmemBytes, 1);

@@ -5,6 +5,7 @@
 #include <limits>
 #include <string>
 
+#include "cuda/common/device.hpp"
 #include "cuda/common/key_order.cuh"
 #include "cuda/common/warp.hpp"
 
@@ -177,11 +178,8 @@ void gather_keys(const Operand& source, const Operand& destination, int32_t elem
     const int32_t chunks_per_row = row_elements * element_bytes / kGatherChunkBytes;
     const int64_t chunks = int64_t(p.batch) * p.nk * p.kv_heads * chunks_per_row;
     if (chunks == 0) return;
-    int device = 0, sms = 0;
-    FM_CUDA_CHECK(cudaGetDevice(&device));
-    FM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const unsigned ctas =
-        unsigned(std::min<int64_t>(ceil_div(chunks, int64_t{kGatherThreads}), int64_t(sms) * kGatherCtasPerSm));
+    const unsigned ctas = unsigned(std::min<int64_t>(ceil_div(chunks, int64_t{kGatherThreads}),
+                                                     int64_t(current_device_sms()) * kGatherCtasPerSm));
     gather_keys_kernel<<<ctas, kGatherThreads, 0, stream>>>(source, destination, element_bytes, chunks_per_row, p.nk,
                                                              p.kv_heads, p.q_heads / p.kv_heads,
                                                              p.mask.query_heads_per_mask_head, order, condition, chunks);

@@ -20,6 +20,7 @@
 #include <string>
 
 #include "cuda/common/check.hpp"
+#include "cuda/common/device.hpp"
 #include "cuda/common/shared_memory.hpp"
 #include "cuda/common/tile_order.hpp"
 #include "cuda/common/workspace.cuh"
@@ -86,15 +87,13 @@ int32_t resident_block_slots(Kernel kernel, int threads, int dynamic_smem_bytes,
     if (ctas_per_block < 1)
         throw Error(ErrorCode::InvalidArgument, "", "resident_block_slots: ctas_per_block must be >= 1, got " +
                                                         std::to_string(ctas_per_block));
-    int device = 0, sms = 0, per_sm = 0;
-    FM_CUDA_CHECK(cudaGetDevice(&device));
-    FM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    int per_sm = 0;
     FM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, std::size_t(dynamic_smem_bytes)));
     if (per_sm < 1)
         throw Error(ErrorCode::Unsupported, "",
                     "flashmask tile scheduler: the kernel fits no CTA of " + std::to_string(threads) + " threads and " +
                         std::to_string(dynamic_smem_bytes) + " bytes of dynamic shared memory on an SM");
-    const int32_t slots = sms * per_sm / ctas_per_block;
+    const int32_t slots = current_device_sms() * per_sm / ctas_per_block;
     return slots > 0 ? slots : 1;  // fewer slots than CTAs per block: one block at a time
 }
 
