@@ -9,7 +9,12 @@
 #   scripts/gpu.sh build test sanitize               # the C++ side only
 #   scripts/gpu.sh python bench -- --configs b --masks full,causal,sliding_window,causal_document,document,share_question
 #                                                    # arguments after -- go to bench_attention.py
-#   scripts/gpu.sh bench -- --quick                  # benchmark smoke run (flashmask already installed)
+#   scripts/gpu.sh bench -- --quick                  # benchmark smoke run
+#
+# bench times the module in the interpreter's site-packages, so without the python step it
+# installs this tree's first (step "install", ~15 s on a warm build folder): a module left there
+# by an earlier call (scripts/ab-bench.sh installs its working tree's too) would otherwise be
+# timed under this tree's commit.
 #
 # Before a device call, run scripts/device-deps.sh here (GoogleTest for a machine without one)
 # and name ".deps" in the call's carry. The machine's copy has no .git: pass the commit as
@@ -200,7 +205,15 @@ if wants python; then
 fi
 
 # ---- bench: the side-by-side benchmark ------------------------------------------------------
-if wants bench; then
+if wants bench && ! wants python; then
+  run_step install "$LOG_DIR/python.log" install_python
+  [ "${status[install]}" = ok ] && detail[install]="pip install ok (kernels $PYTHON_CUDA), for the benchmark"
+fi
+module_step=install
+wants python && module_step=python
+if wants bench && [ "${status[$module_step]:-}" != ok ]; then
+  skip_step bench "this tree's module did not install (step $module_step)"
+elif wants bench; then
   bench_log="$LOG_DIR/bench.log"
   slug=$(tr 'A-Z' 'a-z' <<<"$gpu_name" | sed -E 's/^nvidia //; s/[^a-z0-9]+/-/g; s/-+$//')
   results="bench/results/${slug:-gpu}-$(date -u +%Y-%m-%d-%H%M).md"
@@ -219,7 +232,7 @@ fi
   echo
   echo "== scripts/gpu.sh summary: $gpu_name, commit $commit, $(date -u '+%Y-%m-%d %H:%M UTC'), logs in $LOG_DIR"
   printf '%-9s %-8s %8s  %s\n' step status seconds detail
-  for name in build test sanitize python pytest bench; do
+  for name in build test sanitize python pytest install bench; do
     [ -n "${status[$name]:-}" ] || continue
     printf '%-9s %-8s %8s  %s\n' "$name" "${status[$name]}" "${seconds[$name]}" "${detail[$name]:-}"
   done
