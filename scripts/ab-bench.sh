@@ -19,8 +19,8 @@
 # TFLOP/s table in order; ab.md alone is copied to $OUT when set (the device tool brings back at
 # most 8 files), after every run, so that a call cut short still returns the runs it finished.
 # ab.md's header names the GPU, the start time and each side's commit (the tarballs' from their
-# archive headers; the working tree's from FLASHMASK_COMMIT, else git, as scripts/gpu.sh does), so that
-# it can be committed under bench/results/ as it is.
+# archive headers; the working tree's from FLASHMASK_COMMIT, else git: scripts/lib/provenance.sh),
+# so that it can be committed under bench/results/ as it is.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -107,14 +107,15 @@ tarball_commit() {
   commit=$(head -c 1024 "$1" | tr -d '\0' | grep -ao 'comment=[0-9a-f]*' | head -1)
   echo "${commit#comment=}"
 }
-gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+source scripts/lib/provenance.sh
+gpu_name=$(gpu_name)
 summary="$OUT_DIR/ab.md"
 {
   echo "# A/B: $(for t in "${TARBALLS[@]}"; do printf '%s (%s), ' "$(side_name "$t")" "$(basename "$t")"; done)and the working tree, in turn, $ROUNDS rounds"
   echo
   echo "GPU: ${gpu_name:-unknown}; started $(date -u '+%Y-%m-%d %H:%M UTC')"
   for t in "${TARBALLS[@]}"; do echo "- $(side_name "$t"): commit $(tarball_commit "$t" | cut -c1-12)"; done
-  echo "- tree: commit ${FLASHMASK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+  echo "- tree: commit $(tree_commit)"
   echo
   echo "bench_attention.py $*"
 } >"$summary"

@@ -17,8 +17,8 @@
 # timed under this tree's commit.
 #
 # Before a device call, run scripts/device-deps.sh here (GoogleTest for a machine without one)
-# and name ".deps" in the call's carry. The machine's copy has no .git: pass the commit as
-# FLASHMASK_COMMIT=$(git rev-parse --short HEAD) in the command.
+# and name ".deps" in the call's carry. Pass the commit as FLASHMASK_COMMIT=$(git rev-parse
+# --short HEAD) in the command: git on the machine's copy does not know it (scripts/lib/provenance.sh).
 #
 # Environment (defaults in brackets):
 #   FLASHMASK_CUDA_ARCHITECTURES [90a-real]  CUDA targets of the C++ build and the Python module
@@ -26,7 +26,7 @@
 #   FLASHMASK_GPU_JOBS           [16]        parallel compile jobs (the GPU machine has 16 cores)
 #   FLASHMASK_CUDA               [ON]        the Python module's kernels (OFF: CPU-only module, for
 #                                            benchmarking the peers before the kernels exist)
-#   FLASHMASK_COMMIT             [git, else 'unknown']  recorded in the benchmark results
+#   FLASHMASK_COMMIT             [git, "-dirty" marked, else 'unknown']  recorded in the benchmark results
 #   FLASHMASK_PYTEST_FILTER      [all]       a pytest -k expression: the Python tests to run when
 #                                            device time is short (e.g. "preprocessing or key_order")
 #
@@ -74,8 +74,9 @@ LOG_DIR=$(cd "$LOG_DIR" && pwd)
 export CMAKE_BUILD_PARALLEL_LEVEL=$JOBS
 export PYTHONUNBUFFERED=1
 
-commit=${FLASHMASK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
-gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+source scripts/lib/provenance.sh
+commit=$(tree_commit)
+gpu_name=$(gpu_name)
 gpu_name=${gpu_name:-"no GPU found"}
 
 declare -A status seconds detail
