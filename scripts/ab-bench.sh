@@ -108,7 +108,7 @@ tarball_commit() {
   echo "${commit#comment=}"
 }
 source scripts/lib/provenance.sh
-gpu_name=$(gpu_name)
+gpu_name=$(current_gpu_name)
 summary="$OUT_DIR/ab.md"
 {
   echo "# A/B: $(for t in "${TARBALLS[@]}"; do printf '%s (%s), ' "$(side_name "$t")" "$(basename "$t")"; done)and the working tree, in turn, $ROUNDS rounds"

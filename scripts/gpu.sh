@@ -76,7 +76,7 @@ export PYTHONUNBUFFERED=1
 
 source scripts/lib/provenance.sh
 commit=$(tree_commit)
-gpu_name=$(gpu_name)
+gpu_name=$(current_gpu_name)
 gpu_name=${gpu_name:-"no GPU found"}
 
 declare -A status seconds detail

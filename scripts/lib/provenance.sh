@@ -13,4 +13,4 @@ tree_commit() {
 }
 
 # The first GPU's name, or nothing without one.
-gpu_name() { nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1; }
+current_gpu_name() { nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1; }
