@@ -657,10 +657,8 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 uint32_t hidden[kSdpTiles][kPairColumns];
                 if constexpr (decltype(masked)::value) {
                     static_assert(T::kSdpCols <= kWarpSize, "one key column of the warp tile per lane");
-                    const ColumnIntervals col = columns_smem[sdp_key0 + (lane < T::kSdpCols ? lane : 0)];
                     const uint32_t column_rows =
-                        row_bits(col.lower_start - warp_row_begin, col.lower_end - warp_row_begin) |
-                        row_bits(col.upper_start - warp_row_begin, col.upper_end - warp_row_begin);
+                        masked_row_bits(columns_smem[sdp_key0 + (lane < T::kSdpCols ? lane : 0)], warp_row_begin);
 #pragma unroll
                     for (int t = 0; t < kSdpTiles; ++t)
 #pragma unroll

@@ -298,8 +298,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
 #pragma unroll
             for (int w = 0; w < kWarps; ++w) {
                 const int32_t first_row = row_begin + w * Traits::kWarpRows;  // bounds are in [0, Nq]: no overflow
-                smem.masked_rows[w][thread] = row_bits(c.lower_start - first_row, c.lower_end - first_row) |
-                                              row_bits(c.upper_start - first_row, c.upper_end - first_row);
+                smem.masked_rows[w][thread] = masked_row_bits(c, first_row);
             }
         }
 
