@@ -282,6 +282,17 @@ FM_SIMD_CLONES void online_softmax_step(float* __restrict scores, float* __restr
     }
 }
 
+// Row r of `values` (rows `pitch` floats apart, `width` used) times factors[r]; rows whose factor
+// is 1 are left as they are. The forward's rescaling of its accumulator, and the backward's
+// normalisation of P (RowTerms).
+FM_SIMD_CLONES void scale_rows(float* __restrict values, int64_t pitch, int64_t width, const float* __restrict factors,
+                               int32_t rows) {
+    for (int32_t r = 0; r < rows; ++r) {
+        if (factors[r] == 1.0f) continue;
+        for (int64_t c = 0; c < width; ++c) values[r * pitch + c] *= factors[r];
+    }
+}
+
 // Backward: scores become P = exp(s - lse) from the forward pass's LSE; rows with LSE = -inf
 // (nothing visible) get P = 0 rather than exp(-inf + inf).
 FM_SIMD_CLONES void probabilities_from_lse(float* __restrict scores, const float* __restrict lse, int32_t rows) {
@@ -296,14 +307,18 @@ FM_SIMD_CLONES void probabilities_from_lse(float* __restrict scores, const float
     }
 }
 
-// dS = P * (dP - delta), in place over dP. Where P = 0 (masked) dS is 0 outright, so that a
-// hidden key's V (even Inf or NaN) cannot leak into any gradient through 0 * dP.
+// dS = P * (dP - delta), in place over dP, with delta = delta_high + delta_low (RowTerms: the
+// low part is 0 where delta is a float). dP - delta_high is exact where they are close, which is
+// where it matters (Sterbenz), so the low part survives the cancellation. Where P = 0 (masked)
+// dS is 0 outright, so that a hidden key's V (even Inf or NaN) cannot leak into any gradient
+// through 0 * dP.
 FM_SIMD_CLONES void score_gradients(float* __restrict dprob, const float* __restrict prob,
-                                    const float* __restrict delta, int32_t rows) {
+                                    const float* __restrict delta_high, const float* __restrict delta_low,
+                                    int32_t rows) {
     for (int32_t r = 0; r < rows; ++r)
         for (int32_t c = 0; c < kBlockN; ++c) {
             const float p = prob[r * kBlockN + c];
-            dprob[r * kBlockN + c] = p == 0.0f ? 0.0f : p * (dprob[r * kBlockN + c] - delta[r]);
+            dprob[r * kBlockN + c] = p == 0.0f ? 0.0f : p * ((dprob[r * kBlockN + c] - delta_high[r]) - delta_low[r]);
         }
 }
 
@@ -411,9 +426,7 @@ void forward_item(const MaskTiles& tiles, int64_t item, ForwardScratch& w) {
         tile_scores(tiles, kind, b, h, q_block, kv_block, w.q.data(), pitch.head, w.kt.data(), w.scores.data(),
                     w.columns);
         online_softmax_step(w.scores.data(), w.row_max.data(), w.row_sum.data(), w.rescale.data(), rows);
-        for (int32_t r = 0; r < rows; ++r)
-            if (w.rescale[r] != 1.0f)
-                for (int64_t d = 0; d < pitch.value; ++d) w.acc[r * pitch.value + d] *= w.rescale[r];
+        scale_rows(w.acc.data(), pitch.value, pitch.value, w.rescale.data(), rows);
         if (kind == TileKind::Partial) clear_unseen_keys(w.scores.data(), rows, cols, w.v.data(), pitch.value);
         multiply(w.scores.data(), kBlockN, 1, w.v.data(), pitch.value, w.acc.data(), pitch.value,
                  round_up(rows, kRowBlock), cols, pitch.value, true);
@@ -432,7 +445,8 @@ void forward_item(const MaskTiles& tiles, int64_t item, ForwardScratch& w) {
 // Backward
 // ---------------------------------------------------------------------------------------------
 struct BackwardScratch {
-    std::vector<float> q, dout, lse, delta, k, kt, vt, prob, dprob, dq, dk, dv;
+    std::vector<float> q, dout, lse, delta, delta_low, inverse_sum, k, kt, vt, prob, dprob, dq, dk, dv;
+    bool normalized = false;  // inverse_sum and delta_low hold the rows' terms (RowTerms), not 1 and 0
     TileColumns columns;
 
     void allocate(const AttentionProblem& p) {
@@ -442,6 +456,8 @@ struct BackwardScratch {
         dout.resize(std::size_t(kBlockM) * pitch.value);
         lse.resize(kBlockM);
         delta.resize(kBlockM);
+        delta_low.resize(kBlockM);
+        inverse_sum.resize(kBlockM);
         k.resize(std::size_t(kBlockN) * pitch.head);
         kt.resize(std::size_t(p.head_dim) * kBlockN);
         vt.resize(std::size_t(p.value_dim) * kBlockN);
@@ -465,10 +481,30 @@ struct BackwardScratch {
 // sum_j P_ij dP_ij over the row's tiles (delta_from_probabilities_item), from the same P and dP
 // that dS then uses, in double: rounding in dP then cancels in dP - delta instead of adding to
 // it. It costs a third pass of two products (S and dP) per computed tile.
+//
+// That pass also sums each row's recomputed probabilities. P = exp(S - LSE) shares one error
+// across a row: LSE's float32 rounding (and the forward's own), so the row sums to 1 + e rather
+// than 1, and dS = P * (dP - delta) no longer sums to 0 over the row. Where a row sees few keys
+// that residue is the whole gradient: with one visible key the exact P is 1 and dS is 0, and
+// P = 1 - ulp left dQ / dK errors up to 1.3e-4 against float64 on random small masks, up to 37
+// times the naive float32 computation's (bench/NOTES.md, session 17). Dividing each row's P by
+// its sum removes the shared error: delta = sum_j P_ij dP_ij / sum_j P_ij, and the dQ and dK/dV
+// passes scale P by 1 / sum_j P_ij (RowTerms::inverse_sum) before they use it.
+// And delta keeps its double's precision as two floats: in a row that is nearly one-hot,
+// dP_j - delta is a small difference of two values near dP_j, and with delta rounded to one
+// float (the division alone) dQ errors still reached 1.4e-5, 4x the naive computation's.
 template <class Storage>
 constexpr bool delta_from_probabilities() {
     return std::is_same_v<Storage, Float32Storage>;
 }
+
+// What every row of the backward needs beside its LSE, [B, Hq, Nq] each: delta, and where the
+// delta pass ran (float32), the rounding error of delta's float (delta_low) and the inverse of
+// the row's probability sum (both empty otherwise: delta is one float and P is used as
+// recomputed).
+struct RowTerms {
+    std::vector<float> delta, delta_low, inverse_sum;
+};
 
 template <class Storage>
 void row_delta_item(const AttentionProblem& p, int64_t item, std::vector<float>& delta) {
@@ -483,19 +519,23 @@ void row_delta_item(const AttentionProblem& p, int64_t item, std::vector<float>&
     }
 }
 
-// Loads a query block's Q (scaled), dO, LSE and delta.
+// Loads a query block's Q (scaled), dO, LSE and row terms (none for the pass that forms them:
+// delta 0, P as recomputed).
 template <class Storage>
-void load_query_block(const MaskTiles& tiles, const std::vector<float>& delta, int32_t b, int32_t h,
-                      int32_t q_block, BackwardScratch& w) {
+void load_query_block(const MaskTiles& tiles, const RowTerms* terms, int32_t b, int32_t h, int32_t q_block,
+                      BackwardScratch& w) {
     const AttentionProblem& p = tiles.p;
     const Pitches pitch(p);
     const int32_t first_row = q_block * kBlockM, rows = tiles.rows_in(q_block);
     load_rows<Storage>(p.q, b, first_row, h, rows, p.head_dim, pitch.head, p.scale, w.q.data());
     load_rows<Storage>(p.dout, b, first_row, h, rows, p.value_dim, pitch.value, 1.0f, w.dout.data());
-    const float* delta_row = delta.data() + (std::size_t(b) * p.q_heads + h) * p.nq + first_row;
+    const std::size_t row0 = (std::size_t(b) * p.q_heads + h) * p.nq + first_row;
+    w.normalized = terms != nullptr && !terms->inverse_sum.empty();
     for (int32_t r = 0; r < rows; ++r) {
         w.lse[r] = *lse_pointer(p, b, h, first_row + r);
-        w.delta[r] = delta_row[r];
+        w.delta[r] = terms != nullptr ? terms->delta[row0 + r] : 0.0f;
+        w.delta_low[r] = w.normalized ? terms->delta_low[row0 + r] : 0.0f;
+        if (w.normalized) w.inverse_sum[r] = terms->inverse_sum[row0 + r];
     }
 }
 
@@ -510,26 +550,29 @@ void tile_probabilities_and_dprob(const MaskTiles& tiles, TileKind kind, int32_t
              tiles.p.value_dim, kBlockN, false);
 }
 
-// P and dS of one non-skipped tile, from the loaded query block and key block (kt, vt).
+// P (divided by its row's sum where the row terms have one) and dS of one non-skipped tile,
+// from the loaded query block and key block (kt, vt).
 void tile_probabilities_and_gradients(const MaskTiles& tiles, TileKind kind, int32_t b, int32_t h, int32_t q_block,
                                       int32_t kv_block, BackwardScratch& w) {
     tile_probabilities_and_dprob(tiles, kind, b, h, q_block, kv_block, w);
-    score_gradients(w.dprob.data(), w.prob.data(), w.delta.data(), tiles.rows_in(q_block));
+    const int32_t rows = tiles.rows_in(q_block);
+    if (w.normalized) scale_rows(w.prob.data(), kBlockN, kBlockN, w.inverse_sum.data(), rows);
+    score_gradients(w.dprob.data(), w.prob.data(), w.delta.data(), w.delta_low.data(), rows);
 }
 
-// delta of a query block's rows as sum_j P_ij dP_ij (in double) over its computed tiles; work
-// item = (b, query head, query block), as for dQ. Hidden keys (P = 0) add nothing, whatever
+// The row terms of a query block's rows from its computed tiles, in double: delta =
+// sum_j P_ij dP_ij / sum_j P_ij and inverse_sum = 1 / sum_j P_ij (1 for a row that sees nothing);
+// work item = (b, query head, query block), as for dQ. Hidden keys (P = 0) add nothing, whatever
 // their V holds.
 template <class Storage>
-void delta_from_probabilities_item(const MaskTiles& tiles, int64_t item, std::vector<float>& delta,
-                                   BackwardScratch& w) {
+void delta_from_probabilities_item(const MaskTiles& tiles, int64_t item, RowTerms& terms, BackwardScratch& w) {
     const AttentionProblem& p = tiles.p;
     const WorkItem at = work_item(item, p.q_heads, tiles.q_blocks);
     const int32_t b = at.b, h = at.head, q_block = at.block;
     const int32_t kvh = p.kv_head(h), rows = tiles.rows_in(q_block), first_row = q_block * kBlockM;
 
-    load_query_block<Storage>(tiles, delta, b, h, q_block, w);  // its delta rows are this item's output
-    double sums[kBlockM] = {};
+    load_query_block<Storage>(tiles, nullptr, b, h, q_block, w);  // its row terms are this item's output
+    double sums[kBlockM] = {}, probability_sums[kBlockM] = {};
     for (int32_t kv_block = 0; kv_block < tiles.kv_blocks; ++kv_block) {
         const TileKind kind = tiles.kind(b, h, q_block, kv_block);
         if (kind == TileKind::Skipped) continue;
@@ -540,23 +583,32 @@ void delta_from_probabilities_item(const MaskTiles& tiles, int64_t item, std::ve
         for (int32_t r = 0; r < rows; ++r)
             for (int32_t c = 0; c < cols; ++c) {
                 const float probability = w.prob[r * kBlockN + c];
-                if (probability != 0.0f) sums[r] += double(probability) * double(w.dprob[r * kBlockN + c]);
+                if (probability != 0.0f) {
+                    sums[r] += double(probability) * double(w.dprob[r * kBlockN + c]);
+                    probability_sums[r] += probability;
+                }
             }
     }
-    float* out = delta.data() + (std::size_t(b) * p.q_heads + h) * p.nq + first_row;
-    for (int32_t r = 0; r < rows; ++r) out[r] = float(sums[r]);
+    const std::size_t row0 = (std::size_t(b) * p.q_heads + h) * p.nq + first_row;
+    for (int32_t r = 0; r < rows; ++r) {
+        const bool seen = probability_sums[r] > 0.0;
+        const double delta = seen ? sums[r] / probability_sums[r] : 0.0;
+        terms.delta[row0 + r] = float(delta);
+        terms.delta_low[row0 + r] = float(delta - double(float(delta)));
+        terms.inverse_sum[row0 + r] = seen ? float(1.0 / probability_sums[r]) : 1.0f;
+    }
 }
 
 // dQ work item = (b, query head, query block): dQ = scale * sum over key blocks of dS K.
 template <class Storage>
-void dq_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t item, BackwardScratch& w) {
+void dq_item(const MaskTiles& tiles, const RowTerms& terms, int64_t item, BackwardScratch& w) {
     const AttentionProblem& p = tiles.p;
     const Pitches pitch(p);
     const WorkItem at = work_item(item, p.q_heads, tiles.q_blocks);
     const int32_t b = at.b, h = at.head, q_block = at.block;
     const int32_t kvh = p.kv_head(h), rows = tiles.rows_in(q_block);
 
-    load_query_block<Storage>(tiles, delta, b, h, q_block, w);
+    load_query_block<Storage>(tiles, &terms, b, h, q_block, w);
     std::fill(w.dq.begin(), w.dq.end(), 0.0f);
     for (int32_t kv_block = 0; kv_block < tiles.kv_blocks; ++kv_block) {
         const TileKind kind = tiles.kind(b, h, q_block, kv_block);
@@ -576,7 +628,7 @@ void dq_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t it
 // dK/dV work item = (b, kv head, key block): sums over every query head of the group and
 // every non-skipped query block, dV = P^T dO and dK = dS^T (scale Q).
 template <class Storage>
-void dkdv_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t item, BackwardScratch& w) {
+void dkdv_item(const MaskTiles& tiles, const RowTerms& terms, int64_t item, BackwardScratch& w) {
     const AttentionProblem& p = tiles.p;
     const Pitches pitch(p);
     const WorkItem at = work_item(item, p.kv_heads, tiles.kv_blocks);
@@ -597,7 +649,7 @@ void dkdv_item(const MaskTiles& tiles, const std::vector<float>& delta, int64_t 
                 load_transposed<Storage>(p.v, b, first_col, kvh, cols, p.value_dim, w.vt.data());
                 loaded = true;
             }
-            load_query_block<Storage>(tiles, delta, b, h, q_block, w);
+            load_query_block<Storage>(tiles, &terms, b, h, q_block, w);
             tile_probabilities_and_gradients(tiles, kind, b, h, q_block, kv_block, w);
             const int32_t rows = tiles.rows_in(q_block);
             multiply(w.prob.data(), 1, kBlockN, w.dout.data(), pitch.value, w.dv.data(), pitch.value, key_rows, rows,
@@ -624,28 +676,32 @@ void run_forward(const AttentionProblem& p, int num_threads) {
 template <class Storage>
 void run_backward(const AttentionProblem& p, int num_threads) {
     const MaskTiles tiles(p);
-    std::vector<float> delta(std::size_t(p.batch) * p.q_heads * p.nq);
+    const std::size_t row_count = std::size_t(p.batch) * p.q_heads * p.nq;
+    RowTerms terms;
+    terms.delta.resize(row_count);
     const int64_t dq_items = int64_t(p.batch) * p.q_heads * tiles.q_blocks;
     const int64_t dkdv_items = int64_t(p.batch) * p.kv_heads * tiles.kv_blocks;
     const int workers = worker_count(num_threads, std::max(dq_items, dkdv_items));
     std::vector<BackwardScratch> scratch(static_cast<std::size_t>(workers));
     if constexpr (delta_from_probabilities<Storage>()) {
+        terms.delta_low.resize(row_count);
+        terms.inverse_sum.resize(row_count);
         parallel_for(dq_items, worker_count(num_threads, dq_items), [&](int worker, int64_t item) {
             scratch[worker].allocate(p);
-            delta_from_probabilities_item<Storage>(tiles, item, delta, scratch[worker]);
+            delta_from_probabilities_item<Storage>(tiles, item, terms, scratch[worker]);
         });
     } else {
         const int64_t row_items = int64_t(p.batch) * p.q_heads;
         parallel_for(row_items, worker_count(num_threads, row_items),
-                     [&](int, int64_t item) { row_delta_item<Storage>(p, item, delta); });
+                     [&](int, int64_t item) { row_delta_item<Storage>(p, item, terms.delta); });
     }
     parallel_for(dq_items, worker_count(num_threads, dq_items), [&](int worker, int64_t item) {
         scratch[worker].allocate(p);
-        dq_item<Storage>(tiles, delta, item, scratch[worker]);
+        dq_item<Storage>(tiles, terms, item, scratch[worker]);
     });
     parallel_for(dkdv_items, worker_count(num_threads, dkdv_items), [&](int worker, int64_t item) {
         scratch[worker].allocate(p);
-        dkdv_item<Storage>(tiles, delta, item, scratch[worker]);
+        dkdv_item<Storage>(tiles, terms, item, scratch[worker]);
     });
 }
 
