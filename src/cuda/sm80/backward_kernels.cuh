@@ -741,9 +741,59 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             [&](int j, int s) { return advance_column_steps(q_tile + out_kn_lane, j) + row_bytes<QTile>(kMmaK * s); });
     }
 
-    // dK = scale * dS^T Q and dV: the warp's keys dkv_key0 + 16 i + group + 8 h, pairs of columns,
-    // stored at key_of(position) (the caller's key of a position: itself, or the sorted order's).
-    auto store = [&](auto&& key_of) {
+    // dK = scale * dS^T Q and dV, staged through shared memory and stored 16 bytes a lane. Stored
+    // straight from the accumulators, a lane's pairs of columns were 4-byte stores, each warp
+    // instruction 8 rows x 16 bytes (8 half-used sectors), 64 a thread per CTA; staged, a warp
+    // instruction writes 4 rows x 128 contiguous bytes and a thread issues 16. K's and V's tiles
+    // take dK and dV: the barrier below is every warp past its last products (the dQ product
+    // reads K), and each warp then reads back only its own keys x columns. Rows at keys >= Nk are
+    // not stored; key_of(position) is the caller's key of a position (itself, or the sorted
+    // order's). Deterministic mode keeps the direct stores: staged, ptxas spilled 56 bytes there
+    // (5 spill loads a step at bf16 D = 128, none before).
+    auto store_staged = [&](auto&& key_of) {
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < kMTiles; ++i)
+#pragma unroll
+            for (int h = 0; h < kRowHalves; ++h) {
+                const int row = dkv_key0 + kMmaRows * i + kRowHalf * h + group;
+#pragma unroll
+                for (int t = 0; t < kDkvTiles; ++t) {
+                    const int offset = KTile::offset(row, dkv_col0 + t * kMmaCols + kPairColumns * quad);
+                    *reinterpret_cast<uint32_t*>(k_smem + offset) =
+                        ElementTraits<Element>::pack(p.scale * dk_acc[i][t][2 * h], p.scale * dk_acc[i][t][2 * h + 1]);
+                    *reinterpret_cast<uint32_t*>(v_smem + offset) =
+                        ElementTraits<Element>::pack(dv_acc[i][t][2 * h], dv_acc[i][t][2 * h + 1]);
+                }
+            }
+        __syncwarp();
+        // Lane l: rows dkv_key0 + l / kLaneChunks + kSwizzleRows r, chunks l % kLaneChunks +
+        // kLaneChunks j of the warp's columns.
+        constexpr int kLaneChunks = kWarpSize / kSwizzleRows;
+        constexpr int kRowSteps = T::kDkvRows / kSwizzleRows;
+        constexpr int kChunkSteps = T::kDkvCols / kChunkElements / kLaneChunks;
+        static_assert(T::kDkvRows % kSwizzleRows == 0 && (T::kDkvCols / kChunkElements) % kLaneChunks == 0,
+                      "a warp's dK / dV tile is whole rows of whole lane chunks");
+#pragma unroll
+        for (int r = 0; r < kRowSteps; ++r) {
+            const int row = dkv_key0 + lane / kLaneChunks + kSwizzleRows * r;
+            const int32_t position = key0 + row;
+            if (position >= p.nk) continue;
+            const int32_t key = key_of(position);
+            Element* const dk_row = mutable_element_at<Element>(p.dk, batch, key, kv_head);
+            Element* const dv_row = mutable_element_at<Element>(p.dv, batch, key, kv_head);
+#pragma unroll
+            for (int j = 0; j < kChunkSteps; ++j) {
+                const int col = dkv_col0 + (lane % kLaneChunks + kLaneChunks * j) * kChunkElements;
+                const int offset = KTile::offset(row, col);
+                const uint4 dk_chunk = *reinterpret_cast<const uint4*>(k_smem + offset);
+                const uint4 dv_chunk = *reinterpret_cast<const uint4*>(v_smem + offset);
+                store_global_16(dk_row + col, dk_chunk.x, dk_chunk.y, dk_chunk.z, dk_chunk.w);
+                store_global_16(dv_row + col, dv_chunk.x, dv_chunk.y, dv_chunk.z, dv_chunk.w);
+            }
+        }
+    };
+    auto store_direct = [&](auto&& key_of) {
 #pragma unroll
         for (int i = 0; i < kMTiles; ++i)
 #pragma unroll
@@ -762,6 +812,12 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                         ElementTraits<Element>::pack(dv_acc[i][t][2 * h], dv_acc[i][t][2 * h + 1]);
                 }
             }
+    };
+    auto store = [&](auto&& key_of) {
+        if constexpr (kAccumulateDq)
+            store_staged(key_of);
+        else
+            store_direct(key_of);
     };
     // The split CTA of a part, from blockIdx again rather than kept across the main loop.
     if (kAccumulateDq && scratch.split.is_part(int32_t(blockIdx.x)) &&
