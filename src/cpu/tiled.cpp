@@ -446,7 +446,6 @@ void forward_item(const MaskTiles& tiles, int64_t item, ForwardScratch& w) {
 // ---------------------------------------------------------------------------------------------
 struct BackwardScratch {
     std::vector<float> q, dout, lse, delta, delta_low, inverse_sum, k, kt, vt, prob, dprob, dq, dk, dv;
-    bool normalized = false;  // inverse_sum and delta_low hold the rows' terms (RowTerms), not 1 and 0
     TileColumns columns;
 
     void allocate(const AttentionProblem& p) {
@@ -530,12 +529,12 @@ void load_query_block(const MaskTiles& tiles, const RowTerms* terms, int32_t b, 
     load_rows<Storage>(p.q, b, first_row, h, rows, p.head_dim, pitch.head, p.scale, w.q.data());
     load_rows<Storage>(p.dout, b, first_row, h, rows, p.value_dim, pitch.value, 1.0f, w.dout.data());
     const std::size_t row0 = (std::size_t(b) * p.q_heads + h) * p.nq + first_row;
-    w.normalized = terms != nullptr && !terms->inverse_sum.empty();
+    const bool normalized = terms != nullptr && !terms->inverse_sum.empty();
     for (int32_t r = 0; r < rows; ++r) {
         w.lse[r] = *lse_pointer(p, b, h, first_row + r);
         w.delta[r] = terms != nullptr ? terms->delta[row0 + r] : 0.0f;
-        w.delta_low[r] = w.normalized ? terms->delta_low[row0 + r] : 0.0f;
-        if (w.normalized) w.inverse_sum[r] = terms->inverse_sum[row0 + r];
+        w.delta_low[r] = normalized ? terms->delta_low[row0 + r] : 0.0f;
+        w.inverse_sum[r] = normalized ? terms->inverse_sum[row0 + r] : 1.0f;  // 1: scale_rows leaves the row
     }
 }
 
@@ -556,7 +555,7 @@ void tile_probabilities_and_gradients(const MaskTiles& tiles, TileKind kind, int
                                       int32_t kv_block, BackwardScratch& w) {
     tile_probabilities_and_dprob(tiles, kind, b, h, q_block, kv_block, w);
     const int32_t rows = tiles.rows_in(q_block);
-    if (w.normalized) scale_rows(w.prob.data(), kBlockN, kBlockN, w.inverse_sum.data(), rows);
+    scale_rows(w.prob.data(), kBlockN, kBlockN, w.inverse_sum.data(), rows);
     score_gradients(w.dprob.data(), w.prob.data(), w.delta.data(), w.delta_low.data(), rows);
 }
 
