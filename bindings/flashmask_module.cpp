@@ -374,6 +374,23 @@ void run_forward_preprocessing(const std::optional<fm::TensorView>& indices, con
 #endif
 }
 
+// The arguments forward() and backward() share, filled alike into either's struct (the same
+// member names in fm::ForwardArgs and fm::BackwardArgs).
+template <typename Args>
+void set_shared_arguments(Args& args, const AttentionInput& q, const AttentionInput& k, const AttentionInput& v,
+                          const std::optional<AttentionInput>& indices, bool causal, std::optional<float> scale,
+                          int num_threads, bool bfloat16_bits, std::uintptr_t stream, const std::string& key_order) {
+    args.key_order = key_order_option(key_order);
+    args.q = tensor_view(q, "q", kFloatDTypes, bfloat16_bits);
+    args.k = tensor_view(k, "k", kFloatDTypes, bfloat16_bits);
+    args.v = tensor_view(v, "v", kFloatDTypes, bfloat16_bits);
+    args.startend_row_indices = index_view(indices);
+    args.causal = causal;
+    args.scale = scale;
+    args.num_threads = num_threads;
+    args.stream = cuda_stream(stream);
+}
+
 }  // namespace
 
 NB_MODULE(_flashmask, m) {
@@ -540,17 +557,9 @@ NB_MODULE(_flashmask, m) {
              std::optional<float> scale, int num_threads, bool bfloat16_bits, std::uintptr_t stream,
              const std::string& key_order) {
               fm::ForwardArgs args;
-              args.key_order = key_order_option(key_order);
-              args.q = tensor_view(q, "q", kFloatDTypes, bfloat16_bits);
-              args.k = tensor_view(k, "k", kFloatDTypes, bfloat16_bits);
-              args.v = tensor_view(v, "v", kFloatDTypes, bfloat16_bits);
+              set_shared_arguments(args, q, k, v, indices, causal, scale, num_threads, bfloat16_bits, stream, key_order);
               args.out = tensor_view(out, "out", kFloatDTypes, bfloat16_bits);
               args.lse = tensor_view(lse, "lse", "float32");
-              args.startend_row_indices = index_view(indices);
-              args.causal = causal;
-              args.scale = scale;
-              args.num_threads = num_threads;
-              args.stream = cuda_stream(stream);
               nb::gil_scoped_release unlocked;
               fm::forward(args);
           },
@@ -564,22 +573,14 @@ NB_MODULE(_flashmask, m) {
              bool causal, std::optional<float> scale, bool deterministic, int num_threads, bool bfloat16_bits,
              std::uintptr_t stream, const std::string& key_order) {
               fm::BackwardArgs args;
-              args.key_order = key_order_option(key_order);
-              args.q = tensor_view(q, "q", kFloatDTypes, bfloat16_bits);
-              args.k = tensor_view(k, "k", kFloatDTypes, bfloat16_bits);
-              args.v = tensor_view(v, "v", kFloatDTypes, bfloat16_bits);
+              set_shared_arguments(args, q, k, v, indices, causal, scale, num_threads, bfloat16_bits, stream, key_order);
               args.out = tensor_view(out, "out", kFloatDTypes, bfloat16_bits);
               args.lse = tensor_view(lse, "lse", "float32");
               args.dout = tensor_view(dout, "dout", kFloatDTypes, bfloat16_bits);
               args.dq = tensor_view(dq, "dq", kFloatDTypes, bfloat16_bits);
               args.dk = tensor_view(dk, "dk", kFloatDTypes, bfloat16_bits);
               args.dv = tensor_view(dv, "dv", kFloatDTypes, bfloat16_bits);
-              args.startend_row_indices = index_view(indices);
-              args.causal = causal;
-              args.scale = scale;
               args.deterministic = deterministic;
-              args.num_threads = num_threads;
-              args.stream = cuda_stream(stream);
               nb::gil_scoped_release unlocked;
               fm::backward(args);
           },
