@@ -57,6 +57,14 @@ struct ColumnIntervals {
     FM_HOST_DEVICE bool masks(int32_t row) const {
         return (lower_start <= row && row < lower_end) || (upper_start <= row && row < upper_end);
     }
+    // Rows of [0, nq) that see the column. Canonical intervals (column_intervals()) are clamped
+    // to [0, nq) and not inverted, so each length is its end minus its start.
+    FM_HOST_DEVICE int64_t visible_rows(int32_t nq) const {
+        const int64_t overlap_begin = lower_start > upper_start ? lower_start : upper_start;
+        const int64_t overlap_end = lower_end < upper_end ? lower_end : upper_end;
+        const int64_t overlap = overlap_end > overlap_begin ? overlap_end - overlap_begin : 0;
+        return int64_t(nq) - (int64_t(lower_end) - lower_start + int64_t(upper_end) - upper_start - overlap);
+    }
 };
 
 FM_HOST_DEVICE int32_t clamp_row(int64_t value, int32_t nq) {

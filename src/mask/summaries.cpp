@@ -97,15 +97,7 @@ int64_t visible_pairs(const MaskView& mask, int32_t batch, int32_t q_heads) {
     check_count(q_heads, "q_heads", "visible_pairs");
     return sum_over_query_heads<int64_t>(mask, batch, q_heads, [&](int32_t b, int32_t m) {
         int64_t pairs = 0;
-        for (int32_t j = 0; j < mask.nk; ++j) {
-            const ColumnIntervals c = column_intervals(mask, b, m, j);
-            // Canonical intervals are clamped and non-inverted, so lengths are ends minus starts.
-            const int64_t lower = c.lower_end - c.lower_start, upper = c.upper_end - c.upper_start;
-            const int64_t overlap_begin = c.lower_start > c.upper_start ? c.lower_start : c.upper_start;
-            const int64_t overlap_end = c.lower_end < c.upper_end ? c.lower_end : c.upper_end;
-            const int64_t overlap = overlap_end > overlap_begin ? overlap_end - overlap_begin : 0;
-            pairs += mask.nq - (lower + upper - overlap);
-        }
+        for (int32_t j = 0; j < mask.nk; ++j) pairs += column_intervals(mask, b, m, j).visible_rows(mask.nq);
         return pairs;
     });
 }

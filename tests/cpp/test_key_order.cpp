@@ -119,6 +119,57 @@ TEST(KeyOrder, RandomEvictionComputesFewerTilesSorted) {
     }
 }
 
+// KeyOrder::Automatic's early gate (sorted_order_may_pay()): it may rule the sorted order out
+// only where sorted_order_pays() would, for every catalogue mask at 32K with both kernels' tiles
+// (the bound is exact: each computed tile holds at most its block_m x block_n pairs); and what
+// it is for: it rules out the structured masks that the sort does not help, and lets random
+// eviction through. Counted as the CUDA path counts them (host twins of the tile-order kernel).
+TEST(KeyOrder, TheEarlyGateNeverRulesOutAPayingSort) {
+    constexpr int64_t kN = 32768;
+    struct Tile {
+        int32_t block_m, block_n;
+    };
+    constexpr Tile kTiles[] = {{128, 64}, {64, 128}};  // the sm80 forward's, the dK/dV kernel's
+    for (const std::string& name : catalogue_names()) {
+        const MaskSpec spec = catalogue_mask(name, kN, 0);
+        if (spec.slots == 0) continue;  // no index tensor: never sorted
+        const TensorView indices =
+            make_contiguous_view(const_cast<int32_t*>(spec.indices.data()), DType::Int32, {1, 1, kN, spec.slots});
+        const MaskView view = make_mask_view(indices, spec.causal, kN, kN, 1);
+        const SortedKeyOrder sorted = sorted_key_order(view, 1, 1);
+        const auto visible = static_cast<unsigned long long>(visible_pairs(view, 1, 1));
+        for (const Tile& tile : kTiles) {
+            SCOPED_TRACE(name + " " + std::to_string(tile.block_m) + "x" + std::to_string(tile.block_n));
+            const TileCounts natural = count_tiles(view, 1, 1, tile.block_m, tile.block_n);
+            const TileCounts in_order = count_tiles(sorted.mask(view), 1, 1, tile.block_m, tile.block_n);
+            const auto natural_tiles = static_cast<unsigned long long>(natural.partial + natural.full);
+            const auto sorted_tiles = static_cast<unsigned long long>(in_order.partial + in_order.full);
+            const unsigned long long tile_pairs = natural_tiles * unsigned(tile.block_m) * unsigned(tile.block_n);
+            const bool may_pay = cuda::sorted_order_may_pay(visible, tile_pairs);
+            if (cuda::sorted_order_pays(natural_tiles, sorted_tiles))
+                EXPECT_TRUE(may_pay) << "the sort pays (" << natural_tiles << " -> " << sorted_tiles
+                                     << " tiles) but the gate ruled it out (" << visible << " visible of "
+                                     << tile_pairs << " pairs)";
+            if (name == "random_eviction") EXPECT_TRUE(may_pay);
+            if (name == "causal_document" || name == "document" || name == "sliding_window" ||
+                name == "prefix_lm_document" || name == "global_sliding_window")
+                EXPECT_FALSE(may_pay) << visible << " visible of " << tile_pairs << " pairs";
+            // The device's counters give the same choice (LaunchCondition, read on the host here).
+            std::vector<unsigned long long> counters(cuda::kWorkCounters);
+            counters[cuda::kNaturalTiles] = natural_tiles;
+            counters[cuda::kSortedTiles] = sorted_tiles;
+            counters[cuda::kNaturalVisiblePairs] = visible;
+            counters[cuda::kNaturalTilePairs] = tile_pairs;
+            const cuda::LaunchCondition natural_launch{counters.data(), false}, sorted_launch{counters.data(), true};
+            EXPECT_EQ(sorted_launch.sorted_order_possible(), may_pay);
+            EXPECT_EQ(sorted_launch.holds(), may_pay && cuda::sorted_order_pays(natural_tiles, sorted_tiles));
+            EXPECT_NE(natural_launch.holds(), sorted_launch.holds());
+        }
+    }
+    EXPECT_TRUE(cuda::LaunchCondition{}.holds());  // no comparison: every launch runs
+    EXPECT_TRUE(cuda::LaunchCondition{}.sorted_order_possible());
+}
+
 TEST(KeyOrder, RefusesAWindowBelowOne) {
     const AttentionSizes s{1, 10, 10, 1, 1, 64, 64};
     TestMask mask;
@@ -167,6 +218,11 @@ TEST(KeyOrder, WhenTheCudaPathSorts) {
     EXPECT_TRUE(cuda::sorted_order_pays(1000, 900));
     EXPECT_FALSE(cuda::sorted_order_pays(1000, 901));
     EXPECT_TRUE(cuda::sorted_order_pays(0, 0));  // nothing to compute either way: either order is right
+    // It may pay while the visible pairs are at most 0.9 of the natural tiles' pairs.
+    EXPECT_TRUE(cuda::sorted_order_may_pay(900, 1000));
+    EXPECT_FALSE(cuda::sorted_order_may_pay(901, 1000));
+    EXPECT_TRUE(cuda::sorted_order_may_pay(0, 0));
+    EXPECT_TRUE(cuda::sorted_order_may_pay(9ULL << 60, 10ULL << 60));  // past 64 bits once multiplied
 }
 
 }  // namespace

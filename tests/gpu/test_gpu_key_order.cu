@@ -37,7 +37,7 @@ void expect_device_sort_matches_host(const testing::IndexLayout& layout, int32_t
     p.q_heads = kQueryHeads;
     p.kv_heads = kKvHeads;
     p.mask = mask;
-    const cuda::SortedKeys device(p, nullptr);
+    const cuda::SortedKeys device(p, cuda::LaunchCondition{}, nullptr);
     FM_CUDA_CHECK(cudaDeviceSynchronize());
 
     std::vector<int32_t> order(host.order.size()), sorted_indices(host.indices.size());

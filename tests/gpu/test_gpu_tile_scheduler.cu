@@ -14,6 +14,7 @@
 //     of a mask with an index tensor), the summaries, order and R are the same again.
 // Outputs are poisoned first: an entry the kernel leaves unwritten reads -1 (R: -1 too, which
 // the kernel's zeroing and atomicMax must overwrite).
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -102,15 +103,24 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
     DeviceBuffer<int32_t> order(entries), workspace(std::size_t(cuda::tile_order_workspace(shape)));
     order.poison();
     workspace.poison();
-    // The total work (the key order's WorkComparison) starts from a non-zero value: the kernel adds.
-    constexpr unsigned long long kTotalWorkStart = 7;
-    DeviceBuffer<unsigned long long> total_work(1);
-    FM_CUDA_CHECK(cudaMemcpy(total_work.get(), &kTotalWorkStart, sizeof(kTotalWorkStart), cudaMemcpyHostToDevice));
-    cuda::compute_tile_order(shape, summaries.table(), order.get(), workspace.get(), total_work.get(), nullptr);
+    // The totals (the key order's WorkComparison: tiles, their pairs, visible pairs) start from
+    // non-zero values: the kernel adds.
+    const std::vector<unsigned long long> totals_start = {7, 11, 13};
+    DeviceBuffer<unsigned long long> totals(totals_start.size());
+    FM_CUDA_CHECK(cudaMemcpy(totals.get(), totals_start.data(), sizeof(unsigned long long) * totals_start.size(),
+                             cudaMemcpyHostToDevice));
+    const cuda::OrderTotals order_totals{totals.get(), totals.get() + 1, totals.get() + 2, device.view};
+    cuda::compute_tile_order(shape, summaries.table(), order.get(), workspace.get(), order_totals, nullptr);
     FM_CUDA_CHECK(cudaDeviceSynchronize());
-    unsigned long long expected_total = kTotalWorkStart;
-    for (const int32_t w : expected.work) expected_total += static_cast<unsigned long long>(w);
-    ASSERT_EQ(total_work.to_host().at(0), expected_total) << what << ": total work";
+    unsigned long long expected_tiles = 0;
+    for (const int32_t w : expected.work) expected_tiles += static_cast<unsigned long long>(w);
+    const std::vector<unsigned long long> device_totals = totals.to_host();
+    ASSERT_EQ(device_totals.at(0), totals_start[0] + expected_tiles) << what << ": total work";
+    ASSERT_EQ(device_totals.at(1), totals_start[1] + expected_tiles * static_cast<unsigned long long>(block_m) *
+                                                         static_cast<unsigned long long>(block_n))
+        << what << ": the tiles' pairs";
+    ASSERT_EQ(device_totals.at(2), totals_start[2] + cuda::host_order_visible_pairs(shape, host_view))
+        << what << ": visible pairs";
     const std::vector<int32_t> device_workspace = workspace.to_host(), device_order = order.to_host();
     for (std::size_t i = 0; i < entries; ++i) {
         ASSERT_EQ(device_workspace[i], expected.work[i]) << what << ": work of entry " << i << " (pair " << i / shape.blocks
@@ -159,7 +169,7 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
     // Every field of an entry left unwritten reads -1, which no summary holds.
     FM_CUDA_CHECK(cudaMemset(deferred.writable(), 0xFF, host_summaries.size() * sizeof(BlockSummary)));
     const cuda::SummariesToCompute computed{device.view, deferred.writable()};
-    const cuda::TileScheduler fused(device.view, shape, deferred.table(), nullptr, nullptr, &computed);
+    const cuda::TileScheduler fused(device.view, shape, deferred.table(), nullptr, {}, &computed);
     FM_CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<BlockSummary> device_summaries(host_summaries.size());
     FM_CUDA_CHECK(cudaMemcpy(device_summaries.data(), deferred.writable(),
@@ -261,6 +271,67 @@ TEST(GpuTileScheduler, CatalogueAt8KMatchesHost) {
         check_device_order(mask, s, 1, TileAxis::KeyBlocks, kDkDvTile[0], kDkDvTile[1],
                            {kH100Slots, testing::planned_heads_per_section(s, TileAxis::KeyBlocks)});
         if (HasFatalFailure()) return;
+    }
+}
+
+// KeyOrder::Automatic's early gate (sorted_order_may_pay(), key_order_choice.hpp): the kernels
+// that build the sorted order, given the condition of its launches, write nothing and add nothing
+// when the natural order's counts rule the sorted order out (9 visible pairs in 10 tile pairs is
+// the bound), and work as unconditioned ones when they do not. Outputs poisoned first.
+TEST(GpuTileScheduler, SortedOrderKernelsReturnWhenItCannotPay) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = testing::test_rng();
+    const AttentionSizes s{2, 700, 900, 4, 2, 64, 64};
+    TestMask mask = testing::catalogue_test_mask("random_eviction", s, 1, rng);
+    const DeviceIndices device(mask, s);
+    const MaskView host_view = mask.mask_view(s);
+    constexpr int32_t kBlockM = 64, kBlockN = 128;
+    const TileOrderShape shape = cuda::make_tile_order_shape(host_view, s.batch, s.q_heads, s.kv_heads,
+                                                             TileAxis::KeyBlocks, kBlockM, kBlockN, kH100Slots);
+    const HostOrder expected = host_order(shape, host_view, kBlockN);
+    const std::vector<BlockSummary> host_summaries =
+        block_summaries(host_view, shape.order_batches, shape.summary_heads, kBlockN);
+    for (const bool may_pay : {false, true}) {
+        const std::string what = may_pay ? "sorted order possible" : "sorted order ruled out";
+        std::vector<unsigned long long> counters(cuda::kWorkCounters, 0);
+        counters[cuda::kNaturalTilePairs] = 10;
+        counters[cuda::kNaturalVisiblePairs] = may_pay ? 9 : 10;
+        ASSERT_EQ(cuda::LaunchCondition({counters.data(), true}).sorted_order_possible(), may_pay) << what;
+        DeviceBuffer<unsigned long long> device_counters(counters.size());
+        FM_CUDA_CHECK(cudaMemcpy(device_counters.get(), counters.data(), sizeof(unsigned long long) * counters.size(),
+                                 cudaMemcpyHostToDevice));
+        const cuda::LaunchCondition condition{device_counters.get(), true};
+
+        // The summaries kernel, into a poisoned table (-1 in every field, which no summary holds).
+        DeviceBuffer<BlockSummary> summaries(host_summaries.size());
+        FM_CUDA_CHECK(cudaMemset(summaries.get(), 0xFF, host_summaries.size() * sizeof(BlockSummary)));
+        cuda::compute_block_summaries(device.view, shape.order_batches, shape.summary_heads, kBlockN, summaries.get(),
+                                      nullptr, condition);
+        FM_CUDA_CHECK(cudaDeviceSynchronize());
+        const std::vector<BlockSummary> device_summaries = summaries.to_host();
+        for (std::size_t i = 0; i < host_summaries.size(); ++i) {
+            BlockSummary poisoned;
+            std::memset(&poisoned, 0xFF, sizeof(poisoned));
+            ASSERT_TRUE(testing::same_summary(device_summaries[i], may_pay ? host_summaries[i] : poisoned))
+                << what << ": summary " << i;
+        }
+
+        // The tile order, from the host's summaries, adding to the sorted order's tile counter.
+        const DeviceBuffer<BlockSummary> table_summaries(host_summaries);
+        const cuda::SummaryTable device_table{table_summaries.get(), int64_t(shape.summary_heads) * shape.key_blocks,
+                                              shape.key_blocks, kBlockN, shape.key_blocks};
+        DeviceBuffer<int32_t> order(expected.order.size()), workspace(std::size_t(cuda::tile_order_workspace(shape)));
+        order.poison();
+        const cuda::OrderTotals totals{device_counters.get() + cuda::kSortedTiles, nullptr, nullptr, device.view};
+        cuda::compute_tile_order(shape, device_table, order.get(), workspace.get(), totals, nullptr, nullptr,
+                                 condition);
+        FM_CUDA_CHECK(cudaDeviceSynchronize());
+        unsigned long long expected_tiles = 0;
+        for (const int32_t w : expected.work) expected_tiles += static_cast<unsigned long long>(w);
+        ASSERT_EQ(device_counters.to_host().at(cuda::kSortedTiles), may_pay ? expected_tiles : 0) << what;
+        const std::vector<int32_t> device_order = order.to_host();
+        for (std::size_t i = 0; i < device_order.size(); ++i)
+            ASSERT_EQ(device_order[i], may_pay ? expected.order[i] : -1) << what << ": order entry " << i;
     }
 }
 

@@ -17,7 +17,8 @@ constexpr int kSummaryWarps = kSummaryThreads / kWarpSize;  // one summary per w
 // barrier; was a CTA per summary merging through a shared-memory tree).
 __global__ void __launch_bounds__(kSummaryThreads)
 block_summaries_kernel(MaskView mask, int32_t block_n, int32_t blocks_per_row, int32_t mask_heads, int64_t summaries,
-                       BlockSummary* out) {
+                       BlockSummary* out, const LaunchCondition condition) {
+    if (!condition.sorted_order_possible()) return;
     const int64_t warps = int64_t(gridDim.x) * kSummaryWarps;
     for (int64_t index = int64_t(blockIdx.x) * kSummaryWarps + int64_t(threadIdx.x) / kWarpSize; index < summaries;
          index += warps) {
@@ -33,14 +34,14 @@ block_summaries_kernel(MaskView mask, int32_t block_n, int32_t blocks_per_row, i
 }  // namespace
 
 void compute_block_summaries(const MaskView& mask, int32_t batch, int32_t mask_heads, int32_t block_n,
-                             BlockSummary* summaries, cudaStream_t stream) {
+                             BlockSummary* summaries, cudaStream_t stream, const LaunchCondition& condition) {
     const int32_t blocks_per_row = ceil_div(mask.nk, block_n);
     if (blocks_per_row == 0 || batch == 0 || mask_heads == 0) return;
     const int64_t count = int64_t(batch) * mask_heads * blocks_per_row;
     const unsigned ctas =
         unsigned(std::min<int64_t>(ceil_div(count, int64_t{kSummaryWarps}), std::numeric_limits<int32_t>::max()));
     block_summaries_kernel<<<ctas, kSummaryThreads, 0, stream>>>(mask, block_n, blocks_per_row, mask_heads, count,
-                                                                 summaries);
+                                                                 summaries, condition);
     check_launch("block_summaries_kernel");
 }
 

@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include "cuda/common/key_order_choice.hpp"
 #include "cuda/common/warp.hpp"
 #include "flashmask/tiles.hpp"
 
@@ -35,8 +36,9 @@ __device__ __forceinline__ BlockSummary warp_block_summary(const MaskView& mask,
 }
 #endif
 
-// summaries: [batch, mask_heads, ceil(Nk / block_n)], device memory.
+// summaries: [batch, mask_heads, ceil(Nk / block_n)], device memory. Every CTA returns at once
+// unless condition.sorted_order_possible() (the sorted order's summaries, under Automatic).
 void compute_block_summaries(const MaskView& mask, int32_t batch, int32_t mask_heads, int32_t block_n,
-                             BlockSummary* summaries, cudaStream_t stream);
+                             BlockSummary* summaries, cudaStream_t stream, const LaunchCondition& condition = {});
 
 }  // namespace flashmask::cuda

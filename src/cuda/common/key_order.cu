@@ -61,7 +61,9 @@ __device__ __forceinline__ KeyOrderItem shuffle_xor(const KeyOrderItem& item, in
 // thread in shared memory with a barrier after each of the 55 steps: 24 us for 32 CTAs at 32K on
 // an H100, latency-bound by the barriers and the shared-memory round trips.
 __global__ void __launch_bounds__(kSortThreads)
-sort_keys_kernel(const MaskView mask, const int32_t mask_heads, const int32_t windows, int32_t* order, int32_t* bounds) {
+sort_keys_kernel(const MaskView mask, const int32_t mask_heads, const int32_t windows, int32_t* order, int32_t* bounds,
+                 const LaunchCondition condition) {
+    if (!condition.sorted_order_possible()) return;
     // 40 KB. Items are 5 words, odd: a warp's 32 consecutive items fall on 32 distinct banks.
     __shared__ KeyOrderItem exchanged[2][kKeyOrderWindow];
     const int32_t window = int32_t(blockIdx.x % unsigned(windows));
@@ -147,7 +149,7 @@ __global__ void gather_keys_kernel(const Operand source, const Operand destinati
 
 }  // namespace
 
-SortedKeys::SortedKeys(const AttentionProblem& p, cudaStream_t stream)
+SortedKeys::SortedKeys(const AttentionProblem& p, const LaunchCondition& condition, cudaStream_t stream)
     : columns_(int64_t(p.batch) * mask_heads_of(p) * p.nk),
       scratch_(sizeof(int32_t) * std::size_t(columns_) * (1 + kSortedMaskSlots), stream) {
     if (p.mask.layout == MaskLayout::None)
@@ -168,7 +170,8 @@ SortedKeys::SortedKeys(const AttentionProblem& p, cudaStream_t stream)
                     "flashmask key order: " + std::to_string(ctas) +
                         " key windows (batch x mask heads x windows of " + std::to_string(kKeyOrderWindow) +
                         " keys), more than the grid's 2^31 - 1");
-    sort_keys_kernel<<<unsigned(ctas), kSortThreads, 0, stream>>>(p.mask, mask_heads, windows, order, bounds);
+    sort_keys_kernel<<<unsigned(ctas), kSortThreads, 0, stream>>>(p.mask, mask_heads, windows, order, bounds,
+                                                                   condition);
     check_launch("flashmask sort_keys_kernel");
 }
 

@@ -16,7 +16,11 @@
 //      (one launch for both on the query-block axis: TileScheduler::computes_summaries()).
 //   3. KeyOrder::Automatic: both tile orders add their computed tiles into a WorkComparison;
 //      the launches of both variants are queued, and every CTA of the one not chosen returns at
-//      once (LaunchCondition). The choice stays on the device: no host synchronisation, and a
+//      once (LaunchCondition). The natural order's tile order also counts the mask's visible
+//      pairs; when they show that no order can compute few enough tiles to pay
+//      (sorted_order_may_pay()), the kernels that build the sorted order (steps 1-2) return at
+//      once as well: on the masks the sort does not help they were ~2 % of a 32K forward
+//      (bench/NOTES.md, session 19). The choice stays on the device: no host synchronisation, and a
 //      call can be captured into a CUDA graph. A host that waited for the counts and queued one
 //      variant measured no faster in one (not interleaved) run (bench/NOTES.md, session 7:
 //      causal_document at 32K, forward 2.59 ms against 2.46 ms with the choice on the device).
@@ -55,39 +59,31 @@ struct KeyOrderView {
     }
 };
 
-// Whether a launch queued for one of the two orders runs: unconditionally (`work` null), or when
-// the device's comparison chose its order. Read once per CTA, before any other work.
-struct LaunchCondition {
-    const unsigned long long* work = nullptr;  // [natural tiles, sorted tiles] (WorkComparison)
-    bool if_sorted = false;
-
-#if defined(__CUDACC__)
-    __device__ __forceinline__ bool holds() const {
-        return work == nullptr || sorted_order_pays(work[0], work[1]) == if_sorted;
-    }
-#endif
-};
-
-// The computed tiles of both orders, added up on the device by the two tile orders
-// (TileScheduler's total_work) and read by the LaunchConditions of both variants.
+// The counters of one KeyOrder::Automatic choice (WorkCounter, key_order_choice.hpp), added up
+// on the device by the two tile orders and read by the LaunchConditions of both variants.
 class WorkComparison {
 public:
-    explicit WorkComparison(cudaStream_t stream) : scratch_(2 * sizeof(unsigned long long), stream) {
-        FM_CUDA_CHECK(cudaMemsetAsync(scratch_.as<unsigned long long>(), 0, 2 * sizeof(unsigned long long), stream));
+    explicit WorkComparison(cudaStream_t stream) : scratch_(kWorkCounters * sizeof(unsigned long long), stream) {
+        FM_CUDA_CHECK(cudaMemsetAsync(counters(), 0, kWorkCounters * sizeof(unsigned long long), stream));
     }
-    unsigned long long* natural_tiles() const { return scratch_.as<unsigned long long>(); }
-    unsigned long long* sorted_tiles() const { return scratch_.as<unsigned long long>() + 1; }
-    LaunchCondition when(bool sorted) const { return {scratch_.as<unsigned long long>(), sorted}; }
+    // What each order's tile-order kernel adds to (OrderTotals, tile_scheduler.cuh).
+    OrderTotals natural_totals(const MaskView& mask) const {
+        return {counters() + kNaturalTiles, counters() + kNaturalTilePairs, counters() + kNaturalVisiblePairs, mask};
+    }
+    OrderTotals sorted_totals() const { return {counters() + kSortedTiles, nullptr, nullptr}; }
+    LaunchCondition when(bool sorted) const { return {counters(), sorted}; }
 
 private:
+    unsigned long long* counters() const { return scratch_.as<unsigned long long>(); }
     DeviceScratch scratch_;
 };
 
 // Step 1 on `stream`: the order and the permuted mask of every (batch, mask head), in scratch
 // owned by this object. p.mask must have an index tensor (key_order_use() says Sorted or Chosen).
+// The sort's CTAs return at once unless condition.sorted_order_possible().
 class SortedKeys {
 public:
-    SortedKeys(const AttentionProblem& p, cudaStream_t stream);
+    SortedKeys(const AttentionProblem& p, const LaunchCondition& condition, cudaStream_t stream);
 
     // The permuted intervals as a non-causal C = 4 mask of p's shape and mask heads.
     const MaskView& mask() const { return mask_; }
@@ -111,12 +107,12 @@ public:
         : use_(key_order_use(p, option)) {
         if (use_ == KeyOrderUse::Chosen) comparison_.emplace(stream);
         if (use_ != KeyOrderUse::Sorted)
-            build(p.mask, p, shape, block_n, comparison_ ? comparison_->natural_tiles() : nullptr, natural_summaries_,
-                  natural_tiles_, stream);
+            build(p.mask, p, shape, block_n, comparison_ ? comparison_->natural_totals(p.mask) : OrderTotals{},
+                  LaunchCondition{}, natural_summaries_, natural_tiles_, stream);
         if (use_ == KeyOrderUse::Natural) return;
-        sorted_.emplace(p, stream);
-        build(sorted_->mask(), p, shape, block_n, comparison_ ? comparison_->sorted_tiles() : nullptr,
-              sorted_summaries_, sorted_tiles_, stream);
+        sorted_.emplace(p, sorted_condition(), stream);
+        build(sorted_->mask(), p, shape, block_n, comparison_ ? comparison_->sorted_totals() : OrderTotals{},
+              sorted_condition(), sorted_summaries_, sorted_tiles_, stream);
     }
 
     bool natural_runs() const { return use_ != KeyOrderUse::Sorted; }
@@ -136,15 +132,18 @@ private:
     // The summaries and the order of one mask (the caller's, or the sorted one). Where the order
     // kernel can compute the summaries too (the forward's query-block order of a mask with an
     // index tensor), that one launch does both: the summaries kernel and its launch gap were a
-    // third of the forward's preprocessing at 8K (bench/NOTES.md, session 9).
+    // third of the forward's preprocessing at 8K (bench/NOTES.md, session 9). Both kernels return
+    // at once unless condition.sorted_order_possible() (the sorted order's, under Chosen).
     static void build(const MaskView& mask, const AttentionProblem& p, const TileOrderShape& shape, int32_t block_n,
-                      unsigned long long* total_work, std::optional<BlockSummaries>& summaries,
-                      std::optional<TileScheduler>& tiles, cudaStream_t stream) {
+                      const OrderTotals& totals, const LaunchCondition& condition,
+                      std::optional<BlockSummaries>& summaries, std::optional<TileScheduler>& tiles,
+                      cudaStream_t stream) {
         const bool fused = TileScheduler::computes_summaries(mask, shape);
         summaries.emplace(mask, p.batch, p.q_heads, block_n, stream,
-                          fused ? BlockSummaries::SummaryFill::ByTileOrder : BlockSummaries::SummaryFill::Kernel);
+                          fused ? BlockSummaries::SummaryFill::ByTileOrder : BlockSummaries::SummaryFill::Kernel,
+                          condition);
         const SummariesToCompute computed{mask, summaries->writable()};
-        tiles.emplace(mask, shape, summaries->table(), stream, total_work, fused ? &computed : nullptr);
+        tiles.emplace(mask, shape, summaries->table(), stream, totals, fused ? &computed : nullptr, condition);
     }
 
     KeyOrderUse use_;

@@ -24,6 +24,49 @@ FM_HOST_DEVICE bool sorted_order_pays(unsigned long long natural_tiles, unsigned
     return sorted_tiles * kSortedWorkDenominator <= natural_tiles * kSortedWorkNumerator;
 }
 
+// Whether the sorted order can pay at all, from the natural order's counts alone, before any
+// sort: each tile the sorted order computes holds at most block_m x block_n visible pairs, so it
+// computes at least visible_pairs / (block_m x block_n) tiles; natural_tile_pairs is the natural
+// order's computed tiles times block_m x block_n. When even that least count is above
+// sorted_order_pays()'s fraction of the natural tiles, the sort, its summaries and tile order are
+// not worth running. Share_question at 32K computes 0.91 of its natural tiles' pairs visible,
+// random eviction 0.75 (bench/NOTES.md, session 19). In double: the products of 64-bit counts
+// may not fit 64 bits, and the bound only has to be right away from equality.
+FM_HOST_DEVICE bool sorted_order_may_pay(unsigned long long visible_pairs, unsigned long long natural_tile_pairs) {
+    return double(visible_pairs) * double(kSortedWorkDenominator) <=
+           double(natural_tile_pairs) * double(kSortedWorkNumerator);
+}
+
+// The device counters of one KeyOrder::Automatic choice (WorkComparison, key_order.cuh), added up
+// by the tile-order kernels of both orders, in this order.
+enum WorkCounter : int {
+    kNaturalTiles,         // the natural order's computed tiles
+    kSortedTiles,          // the sorted order's computed tiles
+    kNaturalVisiblePairs,  // the mask's visible pairs, counted over the natural order's pairs as its tiles
+    kNaturalTilePairs,     // kNaturalTiles x block_m x block_n
+    kWorkCounters
+};
+
+FM_HOST_DEVICE bool sorted_order_chosen(const unsigned long long* counters) {
+    return sorted_order_may_pay(counters[kNaturalVisiblePairs], counters[kNaturalTilePairs]) &&
+           sorted_order_pays(counters[kNaturalTiles], counters[kSortedTiles]);
+}
+
+// Whether a launch queued for one of the two orders runs: unconditionally (`work` null), or when
+// the device's comparison chose its order. Read once per CTA, before any other work.
+struct LaunchCondition {
+    const unsigned long long* work = nullptr;  // kWorkCounters counters (WorkComparison)
+    bool if_sorted = false;
+
+    FM_HOST_DEVICE bool holds() const { return work == nullptr || sorted_order_chosen(work) == if_sorted; }
+    // For the kernels that build the sorted order (sort, summaries, tile order), which run before
+    // its tiles are counted: whether it may still be chosen. Once the natural order's kernel has
+    // counted, only sorted_order_may_pay() can rule it out.
+    FM_HOST_DEVICE bool sorted_order_possible() const {
+        return work == nullptr || sorted_order_may_pay(work[kNaturalVisiblePairs], work[kNaturalTilePairs]);
+    }
+};
+
 // Which order one call uses.
 enum class KeyOrderUse { Natural, Sorted, Chosen /* on the device, by WorkComparison */ };
 

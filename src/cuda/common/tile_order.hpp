@@ -290,6 +290,25 @@ FM_HOST_DEVICE SkippedQueryBlocks skipped_query_blocks(const BlockSummary& s, in
     return skipped;
 }
 
+// The query heads whose tiles one order pair counts, in runs that share a mask head:
+// f(mask_head, heads) for each run. On the query-block axis an order head is a mask head,
+// counted once; on the key-block axis it stands for the query heads of one KV head.
+template <typename F>
+FM_HOST_DEVICE void for_each_order_mask_head(const TileOrderShape& s, int32_t order_head, F&& f) {
+    if (s.axis == TileAxis::QueryBlocks) {
+        f(order_head, 1);
+        return;
+    }
+    const int32_t group = s.query_heads_per_kv_head, per_mask_head = s.query_heads_per_mask_head;
+    const int32_t first_head = order_head * s.heads_per_order_head * group, end_head = first_head + group;
+    for (int32_t head = first_head; head < end_head;) {
+        const int32_t mask_head = head / per_mask_head;
+        const int32_t run_end = (mask_head + 1) * per_mask_head < end_head ? (mask_head + 1) * per_mask_head : end_head;
+        f(mask_head, run_end - head);
+        head = run_end;
+    }
+}
+
 // The work of block `block` of order pair (order_batch, order_head). summaries: the table of the
 // shape's layout; strides 0 when one row serves all (no index tensor). O(key blocks) for a query
 // block (the host twin's way; the device adds runs into a difference array instead), O(1) per
@@ -305,17 +324,10 @@ FM_HOST_DEVICE int32_t block_work(const TileOrderShape& s, const BlockSummary* s
             work += !skipped_query_blocks(row[kv_block], s.block_m, s.nq, query_blocks).contains(block);
         return work;
     }
-    // The query heads of the KV head this order stands for, in runs that share one mask head.
-    const int32_t group = s.query_heads_per_kv_head, per_mask_head = s.query_heads_per_mask_head;
-    const int32_t first_head = order_head * s.heads_per_order_head * group, end_head = first_head + group;
-    for (int32_t head = first_head; head < end_head;) {
-        const int32_t mask_head = head / per_mask_head;
-        const int32_t run_end = (mask_head + 1) * per_mask_head < end_head ? (mask_head + 1) * per_mask_head : end_head;
+    for_each_order_mask_head(s, order_head, [&](int32_t mask_head, int32_t heads) {
         const BlockSummary& summary = batch_summaries[mask_head * stride_mask_head + block];
-        const int32_t visited = query_blocks - skipped_query_blocks(summary, s.block_m, s.nq, query_blocks).count();
-        work += visited * (run_end - head);
-        head = run_end;
-    }
+        work += heads * (query_blocks - skipped_query_blocks(summary, s.block_m, s.nq, query_blocks).count());
+    });
     return work;
 }
 
@@ -430,6 +442,21 @@ inline std::vector<int32_t> host_block_work(const TileOrderShape& s, const std::
             for (int32_t block = 0; block < s.blocks; ++block)
                 work.push_back(block_work(s, summaries.data(), stride_batch, stride_mask_head, b, h, block));
     return work;
+}
+
+// The mask's visible pairs as the order kernel counts them for KeyOrder::Automatic
+// (OrderTotals::visible_pairs, tile_scheduler.cuh): per order pair, once for each query head whose
+// tiles the pair's work counts, so that they compare with its tiles' pairs.
+inline unsigned long long host_order_visible_pairs(const TileOrderShape& s, const MaskView& mask) {
+    unsigned long long pairs = 0;
+    for (int32_t b = 0; b < s.order_batches; ++b)
+        for (int32_t h = 0; h < s.order_heads; ++h)
+            for_each_order_mask_head(s, h, [&](int32_t mask_head, int32_t heads) {
+                for (int32_t j = 0; j < mask.nk; ++j)
+                    pairs += static_cast<unsigned long long>(heads) *
+                             static_cast<unsigned long long>(column_intervals(mask, b, mask_head, j).visible_rows(mask.nq));
+            });
+    return pairs;
 }
 
 // The order, [order batches, order heads, blocks]: per pair, the tie order stably sorted by work

@@ -69,11 +69,16 @@ __device__ __forceinline__ int32_t cta_inclusive_scan(int32_t value, int32_t* wa
 //      __match_any_sync ranks lanes of one bin among themselves, so the sort stays stable. A
 //      heavy block (heavy_work_threshold() of the total) placed at position p needs R >= p + 1;
 //   5. warp 0 takes the largest such p + 1 into R (atomicMax over the order pairs).
+// With totals.visible_pairs, step 1 also counts the visible pairs of the warp's key block's
+// columns, once for each query head whose tiles the pair counts; with totals.tile_pairs, step 2
+// also adds the pair's tiles times block_m x block_n (KeyOrder::Automatic's bound,
+// sorted_order_may_pay()). Every CTA returns at once unless condition.sorted_order_possible().
 // workspace: tile_order_workspace(shape) int32s, zeroed by the host: work, R, arrivals.
 __global__ void __launch_bounds__(kOrderThreads, kOrderCtasPerSm)
 tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, const MaskView mask,
-                  BlockSummary* computed_summaries, int32_t* order, int32_t* workspace,
-                  unsigned long long* total_work) {
+                  BlockSummary* computed_summaries, int32_t* order, int32_t* workspace, const OrderTotals totals,
+                  const LaunchCondition condition) {
+    if (!condition.sorted_order_possible()) return;
     __shared__ int32_t bins[kWorkBuckets];     // counts, then each bin's next output position
     __shared__ int32_t staged[kStagedBlocks];  // work of the current chunk's blocks, in tie order
     __shared__ int32_t warp_totals[kOrderWarps];
@@ -119,6 +124,21 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, cons
             pair_work[key_block] = block_work(shape, summaries.summaries, summaries.stride_batch,
                                               summaries.stride_mask_head, order_batch, order_head, key_block);
         }
+        if (totals.visible_pairs != nullptr) {
+            const int64_t first = int64_t(key_block) * summaries.block_n;
+            const int64_t end = min(first + summaries.block_n, int64_t(totals.mask.nk));
+            unsigned long long visible = 0;
+            for_each_order_mask_head(shape, order_head, [&](int32_t mask_head, int32_t heads) {
+                for (int64_t j = first + lane; j < end; j += kWarpSize)
+                    visible += static_cast<unsigned long long>(heads) *
+                               static_cast<unsigned long long>(
+                                   column_intervals(totals.mask, order_batch, mask_head, int32_t(j))
+                                       .visible_rows(totals.mask.nq));
+            });
+            for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+                visible += __shfl_down_sync(kFullWarpMask, visible, offset);
+            if (lane == 0 && visible != 0) atomicAdd(totals.visible_pairs, visible);
+        }
     }
     // The last CTA of the pair to arrive sees every CTA's part: each made its writes visible
     // device-wide before it counted itself in.
@@ -161,7 +181,10 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, cons
     if (lane == 0 && thread_work != 0) atomicAdd(&order_head_work, thread_work);
     __syncthreads();
     const double threshold = heavy_work_threshold(shape, int64_t(order_head_work));
-    if (total_work != nullptr && thread == 0) atomicAdd(total_work, order_head_work);
+    if (thread == 0 && totals.tiles != nullptr) atomicAdd(totals.tiles, order_head_work);
+    if (thread == 0 && totals.tile_pairs != nullptr)
+        atomicAdd(totals.tile_pairs, order_head_work * static_cast<unsigned long long>(shape.block_m) *
+                                         static_cast<unsigned long long>(summaries.block_n));
 
     // 3. First output position of each bin. Lane l scans a run of bins from the heaviest down,
     // the lanes' totals are scanned across the warp, then each lane writes its run's positions.
@@ -223,8 +246,8 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, cons
 }  // namespace
 
 void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order,
-                        int32_t* workspace, unsigned long long* total_work, cudaStream_t stream,
-                        const SummariesToCompute* computed) {
+                        int32_t* workspace, const OrderTotals& totals, cudaStream_t stream,
+                        const SummariesToCompute* computed, const LaunchCondition& condition) {
     if (workspace == nullptr)
         throw Error(ErrorCode::InvalidArgument, "",
                     "compute_tile_order: workspace is null, expected tile_order_workspace(shape) device int32s");
@@ -244,7 +267,7 @@ void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summari
     const int64_t ctas = shape.order_pairs() * order_ctas_per_pair(shape);
     tile_order_kernel<<<unsigned(ctas), kOrderThreads, 0, stream>>>(
         shape, summaries, computed != nullptr ? computed->mask : MaskView{},
-        computed != nullptr ? computed->table : nullptr, order, workspace, total_work);
+        computed != nullptr ? computed->table : nullptr, order, workspace, totals, condition);
     check_launch("flashmask tile_order_kernel");
 }
 

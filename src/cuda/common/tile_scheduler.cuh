@@ -21,6 +21,7 @@
 
 #include "cuda/common/check.hpp"
 #include "cuda/common/device.hpp"
+#include "cuda/common/key_order_choice.hpp"
 #include "cuda/common/shared_memory.hpp"
 #include "cuda/common/tile_order.hpp"
 #include "cuda/common/workspace.cuh"
@@ -63,19 +64,29 @@ inline bool tile_order_can_compute_summaries(const TileOrderShape& shape, const 
            shape.order_heads == shape.summary_heads;
 }
 
+// What one order's kernel adds up for KeyOrder::Automatic (WorkComparison, key_order.cuh), into
+// device counters that the caller zeroes; a null pointer is not counted.
+struct OrderTotals {
+    unsigned long long* tiles = nullptr;          // every block's work: the order's computed tiles
+    unsigned long long* tile_pairs = nullptr;     // those tiles times block_m x block_n
+    unsigned long long* visible_pairs = nullptr;  // `mask`'s visible pairs, counted over the same
+                                                  // query heads as the tiles (host_order_visible_pairs())
+    MaskView mask;
+};
+
 // For every (order batch, order head) of `shape`: writes each block's work into the workspace
 // (tile_order_workspace(shape) device int32s, which it zeroes first), the blocks heaviest first
 // into `order` ([order batches, order heads, blocks]) and the heavy prefix R
 // (host_heavy_prefix_ranks(), tile_order.hpp) into tile_order_heavy_ranks(). `summaries` is the
 // call's table at the key-block granularity `shape` was made for, counting shape.key_blocks
 // blocks (TileScheduler checks that before it calls this). Runs the sort for any mask layout
-// (the host class below skips it when no index tensor makes it moot). total_work, when not null:
-// a device counter the kernel adds every block's work to (the call's computed tiles,
-// WorkComparison in key_order.cuh); the caller zeroes it. computed, when not null: the kernel
-// computes the summaries into computed->table first (refused unless tile_order_can_compute_summaries()).
+// (the host class below skips it when no index tensor makes it moot). totals: what it adds up
+// besides (OrderTotals). computed, when not null: the kernel computes the summaries into
+// computed->table first (refused unless tile_order_can_compute_summaries()). Every CTA returns
+// at once unless condition.sorted_order_possible() (the sorted order's, under Automatic).
 void compute_tile_order(const TileOrderShape& shape, const SummaryTable& summaries, int32_t* order,
-                        int32_t* workspace, unsigned long long* total_work, cudaStream_t stream,
-                        const SummariesToCompute* computed = nullptr);
+                        int32_t* workspace, const OrderTotals& totals, cudaStream_t stream,
+                        const SummariesToCompute* computed = nullptr, const LaunchCondition& condition = {});
 
 // The blocks of `kernel` that run at once on the current device, the cta_slots of its schedule:
 // SMs x its resident CTAs per SM at `threads` threads and `dynamic_smem_bytes` of shared memory
@@ -154,12 +165,12 @@ public:
     // The same for a shape the caller made beforehand with make_tile_order_shape() (and the
     // summaries' block_n), so that it can refuse a call (grid, tile counts) before it queues any
     // work, the summaries included. Throws if the shape counts other key blocks than `summaries`.
-    // total_work: see compute_tile_order() (with no index tensor nothing is added to it).
+    // totals, condition: see compute_tile_order() (with no index tensor nothing is added up).
     // computed: the summaries for the order kernel to compute (BlockSummaries made with
     // SummaryFill::ByTileOrder); only where computes_summaries(mask, shape), else refused.
     TileScheduler(const MaskView& mask, const TileOrderShape& shape, const SummaryTable& summaries,
-                  cudaStream_t stream, unsigned long long* total_work = nullptr,
-                  const SummariesToCompute* computed = nullptr)
+                  cudaStream_t stream, const OrderTotals& totals = {}, const SummariesToCompute* computed = nullptr,
+                  const LaunchCondition& condition = {})
         : shape_(checked_against(shape, summaries)),
           sorted_(mask.layout != MaskLayout::None && shape_.ctas() > 0),
           scratch_(sorted_ ? sizeof(int32_t) * std::size_t(shape_.order_pairs() * shape_.blocks +
@@ -170,7 +181,7 @@ public:
             throw Error(ErrorCode::InvalidArgument, "",
                         "flashmask tile scheduler: asked to compute the block summaries, which only the "
                         "query-block order of a mask with an index tensor and CTAs to order does");
-        if (sorted_) compute_tile_order(shape_, summaries, order(), work(), total_work, stream, computed);
+        if (sorted_) compute_tile_order(shape_, summaries, order(), work(), totals, stream, computed, condition);
         schedule_ = make_tile_schedule(shape_, order(), heavy_ranks());
     }
 

@@ -84,17 +84,19 @@ class BlockSummaries {
 public:
     // fill: SummaryFill::Kernel computes them now (a launch on `stream`); SummaryFill::ByTileOrder
     // only allocates the table, which the order kernel of the same call fills (writable(),
-    // SummariesToCompute in tile_scheduler.cuh) before any kernel reads it.
+    // SummariesToCompute in tile_scheduler.cuh) before any kernel reads it. condition: see
+    // compute_block_summaries().
     enum class SummaryFill { Kernel, ByTileOrder };
 
     BlockSummaries(const MaskView& mask, int32_t batch, int32_t q_heads, int32_t block_n, cudaStream_t stream,
-                   SummaryFill fill = SummaryFill::Kernel)
+                   SummaryFill fill = SummaryFill::Kernel, const LaunchCondition& condition = {})
         : batches_(mask.layout == MaskLayout::None ? 1 : batch),
           mask_heads_(mask.layout == MaskLayout::None ? 1 : q_heads / mask.query_heads_per_mask_head),
           blocks_(ceil_div(mask.nk, block_n)),
           scratch_(sizeof(BlockSummary) * std::size_t(batches_) * mask_heads_ * blocks_, stream) {
         if (fill == SummaryFill::Kernel)
-            compute_block_summaries(mask, batches_, mask_heads_, block_n, scratch_.as<BlockSummary>(), stream);
+            compute_block_summaries(mask, batches_, mask_heads_, block_n, scratch_.as<BlockSummary>(), stream,
+                                    condition);
         table_.summaries = scratch_.as<BlockSummary>();
         table_.stride_mask_head = mask.layout == MaskLayout::None ? 0 : blocks_;
         table_.stride_batch = mask.layout == MaskLayout::None ? 0 : int64_t(mask_heads_) * blocks_;
