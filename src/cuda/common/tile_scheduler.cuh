@@ -137,7 +137,7 @@ struct ScheduledLaunch {
 template <typename Traits, typename Kernel>
 ScheduledLaunch<Kernel> plan_scheduled_launch(Kernel kernel, int smem_bytes, const AttentionProblem& p,
                                               TileAxis axis, const char* function, const char* name) {
-    check_shared_memory(function, smem_bytes, name);  // before opting in: a CUDA error otherwise
+    check_shared_memory(function, kernel, smem_bytes, name);  // before opting in: a CUDA error otherwise
     allow_shared_memory(kernel, smem_bytes);          // before the occupancy query
     const int32_t slots = resident_block_slots(kernel, Traits::kThreads, smem_bytes, Traits::kColSplits);
     // Work counted with the kernel's own kBlockM x kBlockN tiles.

@@ -62,8 +62,8 @@ constexpr int kScratchRowAlignment = 128;
 // none in deterministic mode but float16's sorted-key variant (60); 192-200 registers at D = 64,
 // no spills. Shared memory at
 // D = 128: K, V 2 x 32 KB + Q, dO double-buffered 4 x 16 KB + P, dS 2 x 16 KB + LSE / Di 1 KB +
-// the keys' column intervals 2 KB = 163 KB, exactly sm_80's; at D = 64 exactly the 99 KB of
-// sm_86 / sm_89.
+// the keys' column intervals 2 KB = 163 KB, exactly sm_80's opt-in limit; at D = 64 exactly the
+// 99 KB of sm_86 / sm_89 (both then passed by the kernel's static shared memory: DkDvSmem).
 // D = 256: 64 keys a step, so that K, V (2 x 32 KB), Q, dO double-buffered (4 x 32 KB) and P,
 // dS (2 x 8 KB) fit in 210 KB (sm_90 only); warp tiles 32 x 16 (S, dP), 32 keys x 64 columns
 // (dK, dV: the same 128 accumulator floats as D = 128), 32 x 64 (dQ); 248-255 registers, no
