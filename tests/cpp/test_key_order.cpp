@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cuda/common/key_order_choice.hpp"
+#include "cuda/common/tile_order.hpp"
 #include "test_cpu_common.hpp"
 #include "test_mask_util.hpp"
 
@@ -119,17 +120,22 @@ TEST(KeyOrder, RandomEvictionComputesFewerTilesSorted) {
     }
 }
 
-// KeyOrder::Automatic's early gate (sorted_order_may_pay()): it may rule the sorted order out
-// only where sorted_order_pays() would, for every catalogue mask at 32K with both kernels' tiles
-// (the bound is exact: each computed tile holds at most its block_m x block_n pairs); and what
-// it is for: it rules out the structured masks that the sort does not help, and lets random
-// eviction through. Counted as the CUDA path counts them (host twins of the tile-order kernel).
+// KeyOrder::Automatic's early gate (sorted_order_may_pay()), with the counts the natural order's
+// tile-order kernel makes (host twins, tile_order.hpp), for every catalogue mask at 32K with both
+// kernels' tiles and axes: its least count, the keys each query block sees in each window packed
+// into whole key blocks, is at most the tiles the sorted order computes, and so is the visible
+// pairs' (the kernel's fallback); so the gate rules the sorted order out only where
+// sorted_order_pays() would. And what it is for: it rules out the structured masks, which the
+// sort does not help, and lets random eviction through.
 TEST(KeyOrder, TheEarlyGateNeverRulesOutAPayingSort) {
     constexpr int64_t kN = 32768;
+    constexpr int32_t kSlots = 264;  // an H100's 132 SMs x 2: any value gives the same counts
     struct Tile {
+        cuda::TileAxis axis;
         int32_t block_m, block_n;
     };
-    constexpr Tile kTiles[] = {{128, 64}, {64, 128}};  // the sm80 forward's, the dK/dV kernel's
+    // The sm80 forward's tiles and axis, the dK/dV kernel's.
+    constexpr Tile kTiles[] = {{cuda::TileAxis::QueryBlocks, 128, 64}, {cuda::TileAxis::KeyBlocks, 64, 128}};
     for (const std::string& name : catalogue_names()) {
         const MaskSpec spec = catalogue_mask(name, kN, 0);
         if (spec.slots == 0) continue;  // no index tensor: never sorted
@@ -137,32 +143,43 @@ TEST(KeyOrder, TheEarlyGateNeverRulesOutAPayingSort) {
             make_contiguous_view(const_cast<int32_t*>(spec.indices.data()), DType::Int32, {1, 1, kN, spec.slots});
         const MaskView view = make_mask_view(indices, spec.causal, kN, kN, 1);
         const SortedKeyOrder sorted = sorted_key_order(view, 1, 1);
-        const auto visible = static_cast<unsigned long long>(visible_pairs(view, 1, 1));
+        const MaskView sorted_view = sorted.mask(view);
         for (const Tile& tile : kTiles) {
             SCOPED_TRACE(name + " " + std::to_string(tile.block_m) + "x" + std::to_string(tile.block_n));
-            const TileCounts natural = count_tiles(view, 1, 1, tile.block_m, tile.block_n);
-            const TileCounts in_order = count_tiles(sorted.mask(view), 1, 1, tile.block_m, tile.block_n);
-            const auto natural_tiles = static_cast<unsigned long long>(natural.partial + natural.full);
-            const auto sorted_tiles = static_cast<unsigned long long>(in_order.partial + in_order.full);
-            const unsigned long long tile_pairs = natural_tiles * unsigned(tile.block_m) * unsigned(tile.block_n);
-            const bool may_pay = cuda::sorted_order_may_pay(visible, tile_pairs);
+            const cuda::TileOrderShape shape =
+                cuda::make_tile_order_shape(view, 1, 1, 1, tile.axis, tile.block_m, tile.block_n, kSlots);
+            auto computed_tiles = [&](const MaskView& v) {
+                unsigned long long tiles = 0;
+                for (const int32_t w : cuda::host_block_work(shape, block_summaries(v, 1, 1, tile.block_n)))
+                    tiles += static_cast<unsigned long long>(w);
+                return tiles;
+            };
+            const unsigned long long natural_tiles = computed_tiles(view), sorted_tiles = computed_tiles(sorted_view);
+            const unsigned long long pairs_per_tile = static_cast<unsigned long long>(tile.block_m) * tile.block_n;
+            const unsigned long long least_tiles = cuda::host_least_window_tiles(shape, view, tile.block_n);
+            const unsigned long long visible = cuda::host_order_visible_pairs(shape, view);
+            EXPECT_LE(least_tiles, sorted_tiles);
+            EXPECT_LE(visible, sorted_tiles * pairs_per_tile);
+            EXPECT_LE(visible, least_tiles * pairs_per_tile);  // the window count is the tighter one
+            ASSERT_TRUE(cuda::window_bound_fits(shape, tile.block_n));  // as the order kernel counts at 32K
+            const unsigned long long least_pairs = least_tiles * pairs_per_tile;
+            const bool may_pay = cuda::sorted_order_may_pay(least_pairs, natural_tiles * pairs_per_tile);
             if (cuda::sorted_order_pays(natural_tiles, sorted_tiles))
                 EXPECT_TRUE(may_pay) << "the sort pays (" << natural_tiles << " -> " << sorted_tiles
-                                     << " tiles) but the gate ruled it out (" << visible << " visible of "
-                                     << tile_pairs << " pairs)";
-            if (name == "random_eviction") EXPECT_TRUE(may_pay);
-            if (name == "causal_document" || name == "document" || name == "sliding_window" ||
-                name == "prefix_lm_document" || name == "global_sliding_window")
-                EXPECT_FALSE(may_pay) << visible << " visible of " << tile_pairs << " pairs";
+                                     << " tiles) but the gate ruled it out (at least " << least_tiles << ")";
+            if (name == "random_eviction")
+                EXPECT_TRUE(may_pay);
+            else
+                EXPECT_FALSE(may_pay) << "at least " << least_tiles << " of " << natural_tiles << " tiles";
             // The device's counters give the same choice (LaunchCondition, read on the host here).
             std::vector<unsigned long long> counters(cuda::kWorkCounters);
             counters[cuda::kNaturalTiles] = natural_tiles;
             counters[cuda::kSortedTiles] = sorted_tiles;
-            counters[cuda::kNaturalVisiblePairs] = visible;
-            counters[cuda::kNaturalTilePairs] = tile_pairs;
+            counters[cuda::kLeastSortedPairs] = least_pairs;
+            counters[cuda::kNaturalTilePairs] = natural_tiles * pairs_per_tile;
             const cuda::LaunchCondition natural_launch{counters.data(), false}, sorted_launch{counters.data(), true};
             EXPECT_EQ(sorted_launch.sorted_order_possible(), may_pay);
-            EXPECT_EQ(sorted_launch.holds(), may_pay && cuda::sorted_order_pays(natural_tiles, sorted_tiles));
+            EXPECT_EQ(sorted_launch.holds(), cuda::sorted_order_pays(natural_tiles, sorted_tiles));
             EXPECT_NE(natural_launch.holds(), sorted_launch.holds());
         }
     }

@@ -103,7 +103,7 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
     DeviceBuffer<int32_t> order(entries), workspace(std::size_t(cuda::tile_order_workspace(shape)));
     order.poison();
     workspace.poison();
-    // The totals (the key order's WorkComparison: tiles, their pairs, visible pairs) start from
+    // The totals (the key order's WorkComparison: tiles, their pairs, least pairs) start from
     // non-zero values: the kernel adds.
     const std::vector<unsigned long long> totals_start = {7, 11, 13};
     DeviceBuffer<unsigned long long> totals(totals_start.size());
@@ -119,8 +119,14 @@ void check_device_order(TestMask& mask, const AttentionSizes& s, int32_t mask_he
     ASSERT_EQ(device_totals.at(1), totals_start[1] + expected_tiles * static_cast<unsigned long long>(block_m) *
                                                          static_cast<unsigned long long>(block_n))
         << what << ": the tiles' pairs";
-    ASSERT_EQ(device_totals.at(2), totals_start[2] + cuda::host_order_visible_pairs(shape, host_view))
-        << what << ": visible pairs";
+    // The least pairs: the window count where the order kernel can hold its windows, else the
+    // visible pairs (both paths run over kTileShapes).
+    const unsigned long long least_pairs =
+        cuda::window_bound_fits(shape, block_n)
+            ? cuda::host_least_window_tiles(shape, host_view, block_n) * static_cast<unsigned long long>(block_m) *
+                  static_cast<unsigned long long>(block_n)
+            : cuda::host_order_visible_pairs(shape, host_view);
+    ASSERT_EQ(device_totals.at(2), totals_start[2] + least_pairs) << what << ": least pairs";
     const std::vector<int32_t> device_workspace = workspace.to_host(), device_order = order.to_host();
     for (std::size_t i = 0; i < entries; ++i) {
         ASSERT_EQ(device_workspace[i], expected.work[i]) << what << ": work of entry " << i << " (pair " << i / shape.blocks
@@ -295,7 +301,7 @@ TEST(GpuTileScheduler, SortedOrderKernelsReturnWhenItCannotPay) {
         const std::string what = may_pay ? "sorted order possible" : "sorted order ruled out";
         std::vector<unsigned long long> counters(cuda::kWorkCounters, 0);
         counters[cuda::kNaturalTilePairs] = 10;
-        counters[cuda::kNaturalVisiblePairs] = may_pay ? 9 : 10;
+        counters[cuda::kLeastSortedPairs] = may_pay ? 9 : 10;
         ASSERT_EQ(cuda::LaunchCondition({counters.data(), true}).sorted_order_possible(), may_pay) << what;
         DeviceBuffer<unsigned long long> device_counters(counters.size());
         FM_CUDA_CHECK(cudaMemcpy(device_counters.get(), counters.data(), sizeof(unsigned long long) * counters.size(),

@@ -16,8 +16,9 @@
 //      (one launch for both on the query-block axis: TileScheduler::computes_summaries()).
 //   3. KeyOrder::Automatic: both tile orders add their computed tiles into a WorkComparison;
 //      the launches of both variants are queued, and every CTA of the one not chosen returns at
-//      once (LaunchCondition). The natural order's tile order also counts the mask's visible
-//      pairs; when they show that no order can compute few enough tiles to pay
+//      once (LaunchCondition). The natural order's tile order also counts the fewest tiles
+//      any order within windows can compute (each query block needs its window's visible keys
+//      packed in whole key blocks); when that shows that no order can compute few enough to pay
 //      (sorted_order_may_pay()), the kernels that build the sorted order (steps 1-2) return at
 //      once as well: on the masks the sort does not help they were ~2 % of a 32K forward
 //      (bench/NOTES.md, session 19). The choice stays on the device: no host synchronisation, and a
@@ -68,7 +69,7 @@ public:
     }
     // What each order's tile-order kernel adds to (OrderTotals, tile_scheduler.cuh).
     OrderTotals natural_totals(const MaskView& mask) const {
-        return {counters() + kNaturalTiles, counters() + kNaturalTilePairs, counters() + kNaturalVisiblePairs, mask};
+        return {counters() + kNaturalTiles, counters() + kNaturalTilePairs, counters() + kLeastSortedPairs, mask};
     }
     OrderTotals sorted_totals() const { return {counters() + kSortedTiles, nullptr, nullptr}; }
     LaunchCondition when(bool sorted) const { return {counters(), sorted}; }

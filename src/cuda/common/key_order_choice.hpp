@@ -24,16 +24,17 @@ FM_HOST_DEVICE bool sorted_order_pays(unsigned long long natural_tiles, unsigned
     return sorted_tiles * kSortedWorkDenominator <= natural_tiles * kSortedWorkNumerator;
 }
 
-// Whether the sorted order can pay at all, from the natural order's counts alone, before any
-// sort: each tile the sorted order computes holds at most block_m x block_n visible pairs, so it
-// computes at least visible_pairs / (block_m x block_n) tiles; natural_tile_pairs is the natural
-// order's computed tiles times block_m x block_n. When even that least count is above
-// sorted_order_pays()'s fraction of the natural tiles, the sort, its summaries and tile order are
-// not worth running. Share_question at 32K computes 0.91 of its natural tiles' pairs visible,
-// random eviction 0.75 (bench/NOTES.md, session 19). In double: the products of 64-bit counts
-// may not fit 64 bits, and the bound only has to be right away from equality.
-FM_HOST_DEVICE bool sorted_order_may_pay(unsigned long long visible_pairs, unsigned long long natural_tile_pairs) {
-    return double(visible_pairs) * double(kSortedWorkDenominator) <=
+// Whether the sorted order can pay at all, from counts made before any sort: least_pairs is at
+// most the pairs of the tiles the sorted order will compute (OrderTotals::least_pairs,
+// tile_scheduler.cuh: in each key window, the keys each query block sees, packed into whole key
+// blocks, or at least the visible pairs), natural_tile_pairs the natural order's computed tiles
+// times block_m x block_n. When even that least count is above sorted_order_pays()'s fraction of
+// the natural tiles, the sort, its summaries and tile order are not worth running, and the
+// choice is the same without them. At 32K (seed 121) share_question's least count is 0.997 of its
+// natural tiles, random eviction's 0.81 (bench/NOTES.md, session 19). In double: the products of
+// 64-bit counts may not fit 64 bits, and the bound only has to be right away from equality.
+FM_HOST_DEVICE bool sorted_order_may_pay(unsigned long long least_pairs, unsigned long long natural_tile_pairs) {
+    return double(least_pairs) * double(kSortedWorkDenominator) <=
            double(natural_tile_pairs) * double(kSortedWorkNumerator);
 }
 
@@ -42,13 +43,13 @@ FM_HOST_DEVICE bool sorted_order_may_pay(unsigned long long visible_pairs, unsig
 enum WorkCounter : int {
     kNaturalTiles,         // the natural order's computed tiles
     kSortedTiles,          // the sorted order's computed tiles
-    kNaturalVisiblePairs,  // the mask's visible pairs, counted over the natural order's pairs as its tiles
+    kLeastSortedPairs,     // at most the pairs of the sorted order's tiles (OrderTotals::least_pairs)
     kNaturalTilePairs,     // kNaturalTiles x block_m x block_n
     kWorkCounters
 };
 
 FM_HOST_DEVICE bool sorted_order_chosen(const unsigned long long* counters) {
-    return sorted_order_may_pay(counters[kNaturalVisiblePairs], counters[kNaturalTilePairs]) &&
+    return sorted_order_may_pay(counters[kLeastSortedPairs], counters[kNaturalTilePairs]) &&
            sorted_order_pays(counters[kNaturalTiles], counters[kSortedTiles]);
 }
 
@@ -63,7 +64,7 @@ struct LaunchCondition {
     // its tiles are counted: whether it may still be chosen. Once the natural order's kernel has
     // counted, only sorted_order_may_pay() can rule it out.
     FM_HOST_DEVICE bool sorted_order_possible() const {
-        return work == nullptr || sorted_order_may_pay(work[kNaturalVisiblePairs], work[kNaturalTilePairs]);
+        return work == nullptr || sorted_order_may_pay(work[kLeastSortedPairs], work[kNaturalTilePairs]);
     }
 };
 

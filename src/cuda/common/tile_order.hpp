@@ -45,6 +45,7 @@
 #include <string>
 #include <vector>
 
+#include "flashmask/key_order.hpp"
 #include "flashmask/problem.hpp"
 #include "flashmask/tiles.hpp"
 #include "flashmask/types.hpp"
@@ -290,6 +291,32 @@ FM_HOST_DEVICE SkippedQueryBlocks skipped_query_blocks(const BlockSummary& s, in
     return skipped;
 }
 
+// The query blocks that skip one key on their own (a one-column summary). A key block skips the
+// intersection of its keys' runs (its summary takes the latest start and the earliest end of
+// each interval), so a key block holding a key that query block qb does not skip here is never
+// Skipped for qb.
+FM_HOST_DEVICE SkippedQueryBlocks key_skipped_query_blocks(const ColumnIntervals& c, int32_t block_m, int32_t nq,
+                                                           int32_t query_blocks) {
+    BlockSummary one_key = BlockSummary::empty();
+    one_key.fold(c);
+    return skipped_query_blocks(one_key, block_m, nq, query_blocks);
+}
+
+// The order kernel's CTA (tile_scheduler.cu): the key blocks it takes in step 1, one per warp,
+// and the ints of its staging buffer (the work of the blocks it scatters at a time).
+constexpr int32_t kOrderKeyBlocksPerCta = 16;
+constexpr int32_t kOrderStagedInts = 2048;
+
+// Whether each CTA of the order kernel can count the least tiles of whole key windows
+// (host_least_window_tiles() below) in its staging buffer: windows of whole key blocks, CTAs of
+// whole windows, and a difference array over the query blocks (one int more) that fits. Else
+// the order kernel counts the visible pairs instead (host_order_visible_pairs()).
+FM_HOST_DEVICE bool window_bound_fits(const TileOrderShape& s, int32_t block_n) {
+    const int32_t query_blocks = s.axis == TileAxis::QueryBlocks ? s.blocks : s.other_blocks;
+    return block_n > 0 && kKeyOrderWindow % block_n == 0 &&
+           (int64_t(kOrderKeyBlocksPerCta) * block_n) % kKeyOrderWindow == 0 && query_blocks < kOrderStagedInts;
+}
+
 // The query heads whose tiles one order pair counts, in runs that share a mask head:
 // f(mask_head, heads) for each run. On the query-block axis an order head is a mask head,
 // counted once; on the key-block axis it stands for the query heads of one KV head.
@@ -444,9 +471,10 @@ inline std::vector<int32_t> host_block_work(const TileOrderShape& s, const std::
     return work;
 }
 
-// The mask's visible pairs as the order kernel counts them for KeyOrder::Automatic
-// (OrderTotals::visible_pairs, tile_scheduler.cuh): per order pair, once for each query head whose
-// tiles the pair's work counts, so that they compare with its tiles' pairs.
+// The mask's visible pairs as the order kernel counts them for KeyOrder::Automatic where
+// window_bound_fits() does not hold (OrderTotals::least_pairs, tile_scheduler.cuh): per order
+// pair, once for each query head whose tiles the pair's work counts, so that they compare with
+// its tiles' pairs.
 inline unsigned long long host_order_visible_pairs(const TileOrderShape& s, const MaskView& mask) {
     unsigned long long pairs = 0;
     for (int32_t b = 0; b < s.order_batches; ++b)
@@ -457,6 +485,42 @@ inline unsigned long long host_order_visible_pairs(const TileOrderShape& s, cons
                              static_cast<unsigned long long>(column_intervals(mask, b, mask_head, j).visible_rows(mask.nq));
             });
     return pairs;
+}
+
+// The fewest tiles that any order of the keys within windows of kKeyOrderWindow keys computes
+// (KeyOrder::Automatic's bound, sorted_order_may_pay()): in each window, query block qb needs at
+// least ceil(k / block_n) key blocks, k being the window's keys that qb does not skip on their
+// own (key_skipped_query_blocks()). Per order pair, once for each query head whose tiles the
+// pair counts, as block_work(). The order kernel's count where window_bound_fits(); O(keys +
+// query blocks) per window with a difference array, as here.
+inline unsigned long long host_least_window_tiles(const TileOrderShape& s, const MaskView& mask, int32_t block_n) {
+    const int32_t query_blocks = s.axis == TileAxis::QueryBlocks ? s.blocks : s.other_blocks;
+    unsigned long long tiles = 0;
+    std::vector<int32_t> skipping(std::size_t(query_blocks) + 1);
+    for (int32_t b = 0; b < s.order_batches; ++b)
+        for (int32_t h = 0; h < s.order_heads; ++h)
+            for_each_order_mask_head(s, h, [&](int32_t mask_head, int32_t heads) {
+                for (int64_t first = 0; first < mask.nk; first += kKeyOrderWindow) {
+                    const int64_t end = std::min<int64_t>(first + kKeyOrderWindow, mask.nk);
+                    std::fill(skipping.begin(), skipping.end(), 0);
+                    for (int64_t j = first; j < end; ++j) {
+                        const SkippedQueryBlocks runs = key_skipped_query_blocks(
+                            column_intervals(mask, b, mask_head, int32_t(j)), s.block_m, s.nq, query_blocks);
+                        for (const BlockRun& run : {runs.first, runs.second}) {
+                            if (run.empty()) continue;
+                            ++skipping[std::size_t(run.begin)];
+                            --skipping[std::size_t(run.end)];
+                        }
+                    }
+                    int32_t skipped_keys = 0;
+                    for (int32_t qb = 0; qb < query_blocks; ++qb) {
+                        skipped_keys += skipping[std::size_t(qb)];
+                        tiles += static_cast<unsigned long long>(heads) *
+                                 static_cast<unsigned long long>(ceil_div(int32_t(end - first) - skipped_keys, block_n));
+                    }
+                }
+            });
+    return tiles;
 }
 
 // The order, [order batches, order heads, blocks]: per pair, the tie order stably sorted by work

@@ -9,8 +9,8 @@
 namespace flashmask::cuda {
 namespace {
 
-constexpr int kOrderThreads = 512;
-constexpr int kOrderWarps = kOrderThreads / kWarpSize;  // one key block per warp in step 1
+constexpr int kOrderWarps = kOrderKeyBlocksPerCta;  // one key block per warp in step 1 (tile_order.hpp)
+constexpr int kOrderThreads = kOrderWarps * kWarpSize;
 // Resident CTAs per SM the registers are budgeted for: 2 x 512 threads leave 64 registers a
 // thread. ptxas's own choice (40, for 3 CTAs) spilled the summaries' fold; the kernel is a
 // chain of latencies over a few CTAs per pair, where occupancy buys little.
@@ -23,8 +23,9 @@ FM_HOST_DEVICE int32_t order_ctas_per_pair(const TileOrderShape& shape) {
     return shape.key_blocks > 0 ? ceil_div(shape.key_blocks, int32_t(kOrderWarps)) : 1;
 }
 // The work of this many blocks is staged in shared memory (8 KB, 40 KB with the histogram) for
-// the scatter, so that its one warp reads shared memory instead of waiting on global loads.
-constexpr int kStagedBlocks = 2048;
+// the scatter, so that its one warp reads shared memory instead of waiting on global loads; in
+// step 1b the same buffer holds a key window's difference array.
+constexpr int kStagedBlocks = kOrderStagedInts;
 
 // Inclusive prefix sum over the CTA's threads, in thread order; `block_total` gets the sum of
 // all. warp_totals: kOrderWarps shared ints. Every thread must call it.
@@ -43,6 +44,49 @@ __device__ __forceinline__ int32_t cta_inclusive_scan(int32_t value, int32_t* wa
     block_total = 0;
     for (int w = 0; w < kOrderWarps; ++w) block_total += warp_totals[w];
     return before + inclusive;
+}
+
+// Step 1b: this thread's part of the least tiles of the CTA's key windows
+// (host_least_window_tiles(), tile_order.hpp, whose loops these are): `skipping`, query blocks + 1
+// ints of shared memory, is each window's difference array, filled one key per thread and
+// scanned by the whole CTA. Only where window_bound_fits(); every thread must call it.
+__device__ unsigned long long cta_least_window_tiles(const TileOrderShape& shape, const MaskView& mask,
+                                                     int32_t block_n, int32_t order_batch, int32_t order_head,
+                                                     int64_t cta_first_key, int32_t* skipping, int32_t* warp_totals) {
+    const int32_t query_blocks = shape.axis == TileAxis::QueryBlocks ? shape.blocks : shape.other_blocks;
+    const int thread = int(threadIdx.x);
+    const int64_t cta_end_key = min(cta_first_key + int64_t(kOrderWarps) * block_n, int64_t(mask.nk));
+    unsigned long long tiles = 0;
+    for_each_order_mask_head(shape, order_head, [&](int32_t mask_head, int32_t heads) {
+        for (int64_t first = cta_first_key; first < cta_end_key; first += kKeyOrderWindow) {
+            const int64_t end = min(first + int64_t(kKeyOrderWindow), cta_end_key);
+            for (int32_t qb = thread; qb <= query_blocks; qb += kOrderThreads) skipping[qb] = 0;
+            __syncthreads();
+            for (int64_t j = first + thread; j < end; j += kOrderThreads) {
+                const SkippedQueryBlocks runs = key_skipped_query_blocks(
+                    column_intervals(mask, order_batch, mask_head, int32_t(j)), shape.block_m, shape.nq, query_blocks);
+                for (const BlockRun& run : {runs.first, runs.second}) {
+                    if (run.empty()) continue;
+                    atomicAdd(skipping + run.begin, 1);
+                    atomicAdd(skipping + run.end, -1);
+                }
+            }
+            __syncthreads();
+            int32_t skipped_before = 0;
+            for (int32_t chunk = 0; chunk < query_blocks; chunk += kOrderThreads) {  // uniform trip count
+                const int32_t qb = chunk + thread;
+                int32_t chunk_sum = 0;
+                const int32_t skipped_keys =
+                    skipped_before + cta_inclusive_scan(qb < query_blocks ? skipping[qb] : 0, warp_totals, chunk_sum);
+                skipped_before += chunk_sum;
+                if (qb < query_blocks)
+                    tiles += static_cast<unsigned long long>(heads) *
+                             static_cast<unsigned long long>(ceil_div(int32_t(end - first) - skipped_keys, block_n));
+            }
+            __syncthreads();  // the scan has read `skipping` before the next window zeroes it
+        }
+    });
+    return tiles;
 }
 
 // ceil(key blocks / kOrderWarps) CTAs per (order batch, order head), 1-D grid pair-major. Each
@@ -69,10 +113,12 @@ __device__ __forceinline__ int32_t cta_inclusive_scan(int32_t value, int32_t* wa
 //      __match_any_sync ranks lanes of one bin among themselves, so the sort stays stable. A
 //      heavy block (heavy_work_threshold() of the total) placed at position p needs R >= p + 1;
 //   5. warp 0 takes the largest such p + 1 into R (atomicMax over the order pairs).
-// With totals.visible_pairs, step 1 also counts the visible pairs of the warp's key block's
-// columns, once for each query head whose tiles the pair counts; with totals.tile_pairs, step 2
-// also adds the pair's tiles times block_m x block_n (KeyOrder::Automatic's bound,
-// sorted_order_may_pay()). Every CTA returns at once unless condition.sorted_order_possible().
+//   1b. with totals.least_pairs (KeyOrder::Automatic's bound, sorted_order_may_pay()): the least
+//      tiles of the CTA's key windows times block_m x block_n (cta_least_window_tiles()), or,
+//      where window_bound_fits() does not hold, the visible pairs of the warp's key block's
+//      columns; either once for each query head whose tiles the pair counts. With
+//      totals.tile_pairs, step 2 also adds the pair's tiles times block_m x block_n.
+// Every CTA returns at once unless condition.sorted_order_possible().
 // workspace: tile_order_workspace(shape) int32s, zeroed by the host: work, R, arrivals.
 __global__ void __launch_bounds__(kOrderThreads, kOrderCtasPerSm)
 tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, const MaskView mask,
@@ -124,21 +170,30 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, cons
             pair_work[key_block] = block_work(shape, summaries.summaries, summaries.stride_batch,
                                               summaries.stride_mask_head, order_batch, order_head, key_block);
         }
-        if (totals.visible_pairs != nullptr) {
+    }
+    // 1b. KeyOrder::Automatic's least pairs.
+    if (totals.least_pairs != nullptr) {
+        const unsigned long long tile_pairs =
+            static_cast<unsigned long long>(shape.block_m) * static_cast<unsigned long long>(summaries.block_n);
+        unsigned long long least = 0;  // this thread's part
+        if (window_bound_fits(shape, summaries.block_n)) {
+            const int64_t cta_first_key =
+                int64_t(int32_t(blockIdx.x) % ctas_per_pair) * kOrderWarps * int64_t(summaries.block_n);
+            least = tile_pairs * cta_least_window_tiles(shape, totals.mask, summaries.block_n, order_batch,
+                                                        order_head, cta_first_key, staged, warp_totals);
+        } else if (key_block < shape.key_blocks) {
             const int64_t first = int64_t(key_block) * summaries.block_n;
             const int64_t end = min(first + summaries.block_n, int64_t(totals.mask.nk));
-            unsigned long long visible = 0;
             for_each_order_mask_head(shape, order_head, [&](int32_t mask_head, int32_t heads) {
                 for (int64_t j = first + lane; j < end; j += kWarpSize)
-                    visible += static_cast<unsigned long long>(heads) *
-                               static_cast<unsigned long long>(
-                                   column_intervals(totals.mask, order_batch, mask_head, int32_t(j))
-                                       .visible_rows(totals.mask.nq));
+                    least += static_cast<unsigned long long>(heads) *
+                             static_cast<unsigned long long>(
+                                 column_intervals(totals.mask, order_batch, mask_head, int32_t(j))
+                                     .visible_rows(totals.mask.nq));
             });
-            for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-                visible += __shfl_down_sync(kFullWarpMask, visible, offset);
-            if (lane == 0 && visible != 0) atomicAdd(totals.visible_pairs, visible);
         }
+        for (int offset = kWarpSize / 2; offset > 0; offset /= 2) least += __shfl_down_sync(kFullWarpMask, least, offset);
+        if (lane == 0 && least != 0) atomicAdd(totals.least_pairs, least);
     }
     // The last CTA of the pair to arrive sees every CTA's part: each made its writes visible
     // device-wide before it counted itself in.

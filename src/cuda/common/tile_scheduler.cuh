@@ -69,8 +69,10 @@ inline bool tile_order_can_compute_summaries(const TileOrderShape& shape, const 
 struct OrderTotals {
     unsigned long long* tiles = nullptr;          // every block's work: the order's computed tiles
     unsigned long long* tile_pairs = nullptr;     // those tiles times block_m x block_n
-    unsigned long long* visible_pairs = nullptr;  // `mask`'s visible pairs, counted over the same
-                                                  // query heads as the tiles (host_order_visible_pairs())
+    // At most the pairs of the tiles that any order of `mask`'s keys within windows computes, counted
+    // over the same query heads as the tiles: host_least_window_tiles() x block_m x block_n where
+    // window_bound_fits() (tile_order.hpp), else the visible pairs (host_order_visible_pairs()).
+    unsigned long long* least_pairs = nullptr;
     MaskView mask;
 };
 
