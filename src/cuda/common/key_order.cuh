@@ -20,9 +20,9 @@
 //      any order within windows can compute (each query block needs its window's visible keys
 //      packed in whole key blocks); when that shows that no order can compute few enough to pay
 //      (sorted_order_may_pay()), the kernels that build the sorted order (steps 1-2) return at
-//      once as well: on the masks the sort does not help they were ~2 % of a 32K forward
-//      (bench/NOTES.md, session 19). The choice stays on the device: no host synchronisation, and a
-//      call can be captured into a CUDA graph. A host that waited for the counts and queued one
+//      once as well: on the masks the sort does not help they were ~1 % of a 32K call, all
+//      of it wasted (bench/NOTES.md, session 19). The choice stays on the device: no host
+//      synchronisation, and a call can be captured into a CUDA graph. A host that waited for the counts and queued one
 //      variant measured no faster in one (not interleaved) run (bench/NOTES.md, session 7:
 //      causal_document at 32K, forward 2.59 ms against 2.46 ms with the choice on the device).
 //   4. Forward: K and V gathered in the order into scratch (gather_keys); the forward kernel is
