@@ -168,6 +168,7 @@ struct TileOrderShape {
     int32_t heads_per_section = kMaxHeadsPerSection;  // (batch, head) pairs per section, at least 1
 
     FM_HOST_DEVICE int64_t order_pairs() const { return int64_t(order_batches) * order_heads; }
+    FM_HOST_DEVICE int32_t query_blocks() const { return axis == TileAxis::QueryBlocks ? blocks : other_blocks; }
     FM_HOST_DEVICE int64_t ctas() const { return int64_t(batch) * heads * blocks; }
 };
 
@@ -312,7 +313,7 @@ constexpr int32_t kOrderStagedInts = 2048;
 // whole windows, and a difference array over the query blocks (one int more) that fits. Else
 // the order kernel counts the visible pairs instead (host_order_visible_pairs()).
 FM_HOST_DEVICE bool window_bound_fits(const TileOrderShape& s, int32_t block_n) {
-    const int32_t query_blocks = s.axis == TileAxis::QueryBlocks ? s.blocks : s.other_blocks;
+    const int32_t query_blocks = s.query_blocks();
     return block_n > 0 && kKeyOrderWindow % block_n == 0 &&
            (int64_t(kOrderKeyBlocksPerCta) * block_n) % kKeyOrderWindow == 0 && query_blocks < kOrderStagedInts;
 }
@@ -343,7 +344,7 @@ FM_HOST_DEVICE void for_each_order_mask_head(const TileOrderShape& s, int32_t or
 FM_HOST_DEVICE int32_t block_work(const TileOrderShape& s, const BlockSummary* summaries, int64_t stride_batch,
                                   int64_t stride_mask_head, int32_t order_batch, int32_t order_head, int32_t block) {
     const BlockSummary* batch_summaries = summaries + order_batch * stride_batch;
-    const int32_t query_blocks = s.axis == TileAxis::QueryBlocks ? s.blocks : s.other_blocks;
+    const int32_t query_blocks = s.query_blocks();
     int32_t work = 0;
     if (s.axis == TileAxis::QueryBlocks) {
         const BlockSummary* row = batch_summaries + order_head * stride_mask_head;  // order heads are mask heads
@@ -494,7 +495,7 @@ inline unsigned long long host_order_visible_pairs(const TileOrderShape& s, cons
 // pair counts, as block_work(). The order kernel's count where window_bound_fits(); O(keys +
 // query blocks) per window with a difference array, as here.
 inline unsigned long long host_least_window_tiles(const TileOrderShape& s, const MaskView& mask, int32_t block_n) {
-    const int32_t query_blocks = s.axis == TileAxis::QueryBlocks ? s.blocks : s.other_blocks;
+    const int32_t query_blocks = s.query_blocks();
     unsigned long long tiles = 0;
     std::vector<int32_t> skipping(std::size_t(query_blocks) + 1);
     for (int32_t b = 0; b < s.order_batches; ++b)

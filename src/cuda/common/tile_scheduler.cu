@@ -53,7 +53,7 @@ __device__ __forceinline__ int32_t cta_inclusive_scan(int32_t value, int32_t* wa
 __device__ unsigned long long cta_least_window_tiles(const TileOrderShape& shape, const MaskView& mask,
                                                      int32_t block_n, int32_t order_batch, int32_t order_head,
                                                      int64_t cta_first_key, int32_t* skipping, int32_t* warp_totals) {
-    const int32_t query_blocks = shape.axis == TileAxis::QueryBlocks ? shape.blocks : shape.other_blocks;
+    const int32_t query_blocks = shape.query_blocks();
     const int thread = int(threadIdx.x);
     const int64_t cta_end_key = min(cta_first_key + int64_t(kOrderWarps) * block_n, int64_t(mask.nk));
     unsigned long long tiles = 0;
