@@ -235,7 +235,7 @@ TEST(KeyOrder, WhenTheCudaPathSorts) {
     EXPECT_TRUE(cuda::sorted_order_pays(1000, 900));
     EXPECT_FALSE(cuda::sorted_order_pays(1000, 901));
     EXPECT_TRUE(cuda::sorted_order_pays(0, 0));  // nothing to compute either way: either order is right
-    // It may pay while the visible pairs are at most 0.9 of the natural tiles' pairs.
+    // It may pay while its least pairs are at most 0.9 of the natural tiles' pairs.
     EXPECT_TRUE(cuda::sorted_order_may_pay(900, 1000));
     EXPECT_FALSE(cuda::sorted_order_may_pay(901, 1000));
     EXPECT_TRUE(cuda::sorted_order_may_pay(0, 0));

@@ -282,7 +282,7 @@ TEST(GpuTileScheduler, CatalogueAt8KMatchesHost) {
 
 // KeyOrder::Automatic's early gate (sorted_order_may_pay(), key_order_choice.hpp): the kernels
 // that build the sorted order, given the condition of its launches, write nothing and add nothing
-// when the natural order's counts rule the sorted order out (9 visible pairs in 10 tile pairs is
+// when the natural order's counts rule the sorted order out (least pairs 9 in 10 tile pairs is
 // the bound), and work as unconditioned ones when they do not. Outputs poisoned first.
 TEST(GpuTileScheduler, SortedOrderKernelsReturnWhenItCannotPay) {
     FM_SKIP_WITHOUT_GPU();
