@@ -472,19 +472,28 @@ inline std::vector<int32_t> host_block_work(const TileOrderShape& s, const std::
     return work;
 }
 
-// The mask's visible pairs as the order kernel counts them for KeyOrder::Automatic where
-// window_bound_fits() does not hold (OrderTotals::least_pairs, tile_scheduler.cuh): per order
-// pair, once for each query head whose tiles the pair's work counts, so that they compare with
-// its tiles' pairs.
+// The visible pairs of keys first, first + step, ... (< end) of order pair (batch, order_head),
+// once for each query head whose tiles the pair's work counts, so that they compare with its
+// tiles' pairs: KeyOrder::Automatic's least pairs where window_bound_fits() does not hold
+// (OrderTotals::least_pairs, tile_scheduler.cuh). The order kernel's lanes each take every
+// kWarpSize-th key of a block; host_order_visible_pairs() takes them all.
+FM_HOST_DEVICE unsigned long long order_visible_pairs(const TileOrderShape& s, const MaskView& mask, int32_t batch,
+                                                      int32_t order_head, int64_t first, int64_t end, int64_t step) {
+    unsigned long long pairs = 0;
+    for_each_order_mask_head(s, order_head, [&](int32_t mask_head, int32_t heads) {
+        for (int64_t j = first; j < end; j += step)
+            pairs += static_cast<unsigned long long>(heads) *
+                     static_cast<unsigned long long>(
+                         column_intervals(mask, batch, mask_head, int32_t(j)).visible_rows(mask.nq));
+    });
+    return pairs;
+}
+
+// The mask's visible pairs as the order kernel counts them, over every order pair.
 inline unsigned long long host_order_visible_pairs(const TileOrderShape& s, const MaskView& mask) {
     unsigned long long pairs = 0;
     for (int32_t b = 0; b < s.order_batches; ++b)
-        for (int32_t h = 0; h < s.order_heads; ++h)
-            for_each_order_mask_head(s, h, [&](int32_t mask_head, int32_t heads) {
-                for (int32_t j = 0; j < mask.nk; ++j)
-                    pairs += static_cast<unsigned long long>(heads) *
-                             static_cast<unsigned long long>(column_intervals(mask, b, mask_head, j).visible_rows(mask.nq));
-            });
+        for (int32_t h = 0; h < s.order_heads; ++h) pairs += order_visible_pairs(s, mask, b, h, 0, mask.nk, 1);
     return pairs;
 }
 

@@ -142,6 +142,8 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, cons
     const int thread = int(threadIdx.x), warp = thread / kWarpSize, lane = thread % kWarpSize;
     const int32_t buckets = shape.buckets;
     const bool query_axis = shape.axis == TileAxis::QueryBlocks;
+    const unsigned long long pairs_per_tile =
+        static_cast<unsigned long long>(shape.block_m) * static_cast<unsigned long long>(summaries.block_n);
 
     // 0-1. This warp's key block.
     if (key_block < shape.key_blocks) {
@@ -173,24 +175,16 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, cons
     }
     // 1b. KeyOrder::Automatic's least pairs.
     if (totals.least_pairs != nullptr) {
-        const unsigned long long tile_pairs =
-            static_cast<unsigned long long>(shape.block_m) * static_cast<unsigned long long>(summaries.block_n);
         unsigned long long least = 0;  // this thread's part
         if (window_bound_fits(shape, summaries.block_n)) {
             const int64_t cta_first_key =
                 int64_t(int32_t(blockIdx.x) % ctas_per_pair) * kOrderWarps * int64_t(summaries.block_n);
-            least = tile_pairs * cta_least_window_tiles(shape, totals.mask, summaries.block_n, order_batch,
-                                                        order_head, cta_first_key, staged, warp_totals);
+            least = pairs_per_tile * cta_least_window_tiles(shape, totals.mask, summaries.block_n, order_batch,
+                                                            order_head, cta_first_key, staged, warp_totals);
         } else if (key_block < shape.key_blocks) {
             const int64_t first = int64_t(key_block) * summaries.block_n;
             const int64_t end = min(first + summaries.block_n, int64_t(totals.mask.nk));
-            for_each_order_mask_head(shape, order_head, [&](int32_t mask_head, int32_t heads) {
-                for (int64_t j = first + lane; j < end; j += kWarpSize)
-                    least += static_cast<unsigned long long>(heads) *
-                             static_cast<unsigned long long>(
-                                 column_intervals(totals.mask, order_batch, mask_head, int32_t(j))
-                                     .visible_rows(totals.mask.nq));
-            });
+            least = order_visible_pairs(shape, totals.mask, order_batch, order_head, first + lane, end, kWarpSize);
         }
         for (int offset = kWarpSize / 2; offset > 0; offset /= 2) least += __shfl_down_sync(kFullWarpMask, least, offset);
         if (lane == 0 && least != 0) atomicAdd(totals.least_pairs, least);
@@ -238,8 +232,7 @@ tile_order_kernel(const TileOrderShape shape, const SummaryTable summaries, cons
     const double threshold = heavy_work_threshold(shape, int64_t(order_head_work));
     if (thread == 0 && totals.tiles != nullptr) atomicAdd(totals.tiles, order_head_work);
     if (thread == 0 && totals.tile_pairs != nullptr)
-        atomicAdd(totals.tile_pairs, order_head_work * static_cast<unsigned long long>(shape.block_m) *
-                                         static_cast<unsigned long long>(summaries.block_n));
+        atomicAdd(totals.tile_pairs, order_head_work * pairs_per_tile);
 
     // 3. First output position of each bin. Lane l scans a run of bins from the heaviest down,
     // the lanes' totals are scanned across the warp, then each lane writes its run's positions.
