@@ -649,6 +649,13 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             warp_mma<Element, kMTiles, kSdpTiles, kHeadDim, false, false>(
                 s_acc, [&](int i, int s) { return advance_column_steps(q_tile + qa_lane + row_bytes<QTile>(kMmaRows * i), s); },
                 [&](int j, int s) { return advance_column_steps(k_nk + row_bytes<KTile>(kBFragmentCols * j), s); });
+            // dP = dO V^T before P: the exponentials below then issue while its products are still
+            // in the tensor pipe, where after S alone they waited on each other (ncu, session 20).
+            float dp_acc[kMTiles][kSdpTiles][4];
+            zero(dp_acc);
+            warp_mma<Element, kMTiles, kSdpTiles, kHeadDim, false, false>(
+                dp_acc, [&](int i, int s) { return advance_column_steps(do_tile + qa_lane + row_bytes<QTile>(kMmaRows * i), s); },
+                [&](int j, int s) { return advance_column_steps(v_nk + row_bytes<KTile>(kBFragmentCols * j), s); });
             // P = exp2(S scale log2 e - LSE log2 e), packed to 16 bits as it enters dV; one branch
             // per step, not per element: Full tiles run no mask code. In a Partial tile lane l
             // turns the warp's key column l into bits over the warp's 32 rows, and each lane takes
@@ -692,12 +699,7 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 for (int t = 0; t < kSdpTiles; ++t) *pair_at(p_smem, i, h, t) = p_packed[i][t][h];
             });
 
-            // dP = dO V^T, dS = P * (dP - Di) from the packed P (the value that entered dV).
-            float dp_acc[kMTiles][kSdpTiles][4];
-            zero(dp_acc);
-            warp_mma<Element, kMTiles, kSdpTiles, kHeadDim, false, false>(
-                dp_acc, [&](int i, int s) { return advance_column_steps(do_tile + qa_lane + row_bytes<QTile>(kMmaRows * i), s); },
-                [&](int j, int s) { return advance_column_steps(v_nk + row_bytes<KTile>(kBFragmentCols * j), s); });
+            // dS = P * (dP - Di) from the packed P (the value that entered dV).
             for_each_lane_row([&](int i, int h, int row) {
                 const float di = di_tile[row];
 #pragma unroll
