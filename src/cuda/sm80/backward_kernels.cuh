@@ -133,7 +133,7 @@ __device__ __forceinline__ uint32_t ds_pair(uint32_t p, float lo, float hi) {
 // Fragment addresses are formed once per tile and stepped with constants: rows by whole multiples
 // of 8 through row_bytes() (keeps row % 8, hence the swizzle: a plain add), columns by
 // advance_column_steps() (smem_tile.cuh). One base register per operand instead of one per
-// fragment is what keeps the dK/dV kernel's spills small (ptxas's figures: backward_traits.cuh).
+// fragment is part of what keeps the dK/dV kernel within its registers (ptxas: backward_traits.cuh).
 
 // Calls body(std::true_type{}) for a Partial tile and body(std::false_type{}) otherwise: the one
 // branch per tile that lets Full tiles run code with no mask arithmetic in it (the body tests

@@ -54,13 +54,12 @@ constexpr int kScratchRowAlignment = 128;
 // and tile than FA2, whose backward ran 1.09x ours).
 //
 // D = 64 and 128: 8 warps, 64 queries x 128 keys a step. Registers per thread at D = 128: the
-// dK + dV accumulators (32 keys x 64 columns each) 2 x 64 floats, S or dP of the warp's 32 x 32
-// (32 floats) and P packed (16); ptxas (sm_90a, nvcc 13.0, at 9c9add4): 255 registers at D = 128,
-// spills 20 bytes for bf16 with the dQ reductions (loop state, stored once a CTA and read by
-// four loads a step, since the dQ product runs between dV and dK: bench/NOTES.md, session 12;
-// the sorted-key variant 28), 32 for float16 (its dS path unpacks P to float32; sorted keys 36),
-// none in deterministic mode but float16's sorted-key variant (60); 192-200 registers at D = 64,
-// no spills. Shared memory at
+// dK + dV accumulators (32 keys x 64 columns each) 2 x 64 floats, S and dP of the warp's 32 x 32
+// (2 x 32 floats, both live while the exponentials run) and P packed (16); ptxas (sm_90a, nvcc
+// 13.0, at 7b93f74): 255 registers at D = 128, no spills in any variant (before the dP product
+// moved ahead of the exponentials, session 20: 20 bytes for bf16 with the dQ reductions, 28 with
+// sorted keys, 32-36 for float16, 60 for float16's deterministic sorted-key variant);
+// 192-200 registers at D = 64, no spills. Shared memory at
 // D = 128: K, V 2 x 32 KB + Q, dO double-buffered 4 x 16 KB + P, dS 2 x 16 KB + LSE / Di 1 KB +
 // the keys' column intervals 2 KB = 163 KB, exactly sm_80's opt-in limit; at D = 64 exactly the
 // 99 KB of sm_86 / sm_89 (both then passed by the kernel's static shared memory: DkDvSmem).
