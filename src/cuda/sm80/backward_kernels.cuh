@@ -650,7 +650,9 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
                 s_acc, [&](int i, int s) { return advance_column_steps(q_tile + qa_lane + row_bytes<QTile>(kMmaRows * i), s); },
                 [&](int j, int s) { return advance_column_steps(k_nk + row_bytes<KTile>(kBFragmentCols * j), s); });
             // dP = dO V^T before P: the exponentials below then issue while its products are still
-            // in the tensor pipe, where after S alone they waited on each other (ncu, session 20).
+            // in the tensor pipe, and S's and dP's products interleave. Between the two products
+            // the exponentials waited on one another (ncu: 2.5 % of the kernel's samples, FA2's
+            // 1 %) and the step measured 1-3 % slower (bench/NOTES.md, session 20).
             float dp_acc[kMTiles][kSdpTiles][4];
             zero(dp_acc);
             warp_mma<Element, kMTiles, kSdpTiles, kHeadDim, false, false>(
