@@ -652,7 +652,8 @@ backward_dkdv_kernel(const AttentionProblem p, const SummaryTable summaries, con
             // dP = dO V^T before P: the exponentials below then issue while its products are still
             // in the tensor pipe, and S's and dP's products interleave. Between the two products
             // the exponentials waited on one another (ncu: 2.5 % of the kernel's samples, FA2's
-            // 1 %) and the step measured 1-3 % slower (bench/NOTES.md, session 20).
+            // 1 %); the backward gained 1.2-1.6 % at 32K, the full mask 2.6 % at 8K (bench/NOTES.md,
+            // session 20).
             float dp_acc[kMTiles][kSdpTiles][4];
             zero(dp_acc);
             warp_mma<Element, kMTiles, kSdpTiles, kHeadDim, false, false>(
