@@ -55,10 +55,18 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    TORCH_IMPORT_ERROR: Optional[ImportError] = None
+except ImportError as error:
+    # --merge joins results files and needs none of it: it runs where the results come back to,
+    # a machine without PyTorch. Every measurement refuses to start instead (main()).
+    torch = None
+    TORCH_IMPORT_ERROR = error
 
 import flashmask
 from flashmask._arrays import device_operand
@@ -70,7 +78,7 @@ from spec_densities import SPEC_DENSITY_SEED
 # ---------------------------------------------------------------------------------------------
 
 HEAD_DIM = 128
-DTYPE = torch.bfloat16
+DTYPE = torch.bfloat16 if torch is not None else None
 FORWARD_FLOPS_PER_PAIR_PER_DIM = 4      # QK^T and PV, 2 flops per multiply-add
 BACKWARD_FLOPS_OVER_FORWARD = 2.5       # SPEC §6's convention (5 matrix products over 2)
 MIN_RESULT_REPS = 100                   # SPEC §6: median of at least 100 repetitions
@@ -116,7 +124,7 @@ MODE_FULL, MODE_PREPROCESS_ONLY = "full", "preprocess-only"   # meta["mode"]
 # can express (is_causal).
 FLASHMASK, FLEX, CUDNN, FLASH, DENSE = "flashmask", "flex", "cudnn", "flash", "dense"
 IMPLEMENTATIONS = (FLASHMASK, FLEX, CUDNN, FLASH, DENSE)
-UNMASKED_SDPA = {CUDNN: SDPBackend.CUDNN_ATTENTION, FLASH: SDPBackend.FLASH_ATTENTION}
+UNMASKED_SDPA = {CUDNN: SDPBackend.CUDNN_ATTENTION, FLASH: SDPBackend.FLASH_ATTENTION} if torch is not None else {}
 MASKS_WITHOUT_INDICES = ("full", "causal")
 
 # Correctness checks (bf16 against float32 / against another bf16 kernel). A wrong mask gives
@@ -130,7 +138,7 @@ REFERENCE_ROWS = 64             # sampled query rows per check (plus the first a
 DENSE_CHECK_MAX_ELEMENTS = 8192 * 8192
 
 # The benchmark's device; a constant so that a CPU smoke test of the plumbing can swap it.
-BENCH_DEVICE = torch.device("cuda")
+BENCH_DEVICE = torch.device("cuda") if torch is not None else None
 
 NOT_APPLICABLE = "—"      # the peer cannot express this mask
 UNAVAILABLE = "n/a"       # the implementation is missing from this build / machine
@@ -1169,6 +1177,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log(summary_table(rows, merged_meta.get("mode")))
         return 0
     faulthandler.enable()  # a crash in a native library prints the Python stack that led there
+    if torch is None:
+        log(f"bench_attention: measuring needs PyTorch ({TORCH_IMPORT_ERROR}); only --merge runs without it")
+        return 2
     if not torch.cuda.is_available():
         log("bench_attention: no CUDA device; this benchmark runs on the GPU machine (scripts/gpu.sh bench)")
         return 2
