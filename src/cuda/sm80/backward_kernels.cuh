@@ -401,7 +401,7 @@ __device__ __forceinline__ bool sum_split_parts(const TailSplit& split, int32_t 
 // A step (one query block of one query head):
 //   barrier 1   Q, dO of the step have landed; every warp is done with the previous step, so the
 //               other Q / dO stage may take the next block's loads and P, dS may be rewritten;
-//   S, P, dP, dS   per warp tile (kSdpRows x kSdpCols), P and dS stored to shared memory;
+//   S, dP, P, dS   per warp tile (kSdpRows x kSdpCols), P and dS stored to shared memory;
 //   barrier 2   P, dS complete;
 //   dV += P^T dO   per warp tile (kDkvRows keys x kDkvCols columns);
 //   dQ += dS K   per warp tile (kDqRows x kDqCols), added into the float32 accumulator
