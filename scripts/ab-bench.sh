@@ -24,44 +24,20 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-usage() {
-  echo "usage: scripts/ab-bench.sh BASE_TARBALL [VARIANT_TARBALL ...] [ROUNDS] -- BENCH_ARGUMENTS..." >&2
-  exit 2
-}
-TARBALLS=()
-ROUNDS=2  # base, variants, working tree, then again: an order effect shows as a drift within one side
-while [ $# -ge 1 ] && [ "$1" != "--" ]; do
-  case $1 in
-    *.tar) TARBALLS+=("$1") ;;
-    *[!0-9]* | "") echo "ab-bench: '$1' is neither a .tar archive nor a round count" >&2; usage ;;
-    *) ROUNDS=$1 ;;
-  esac
-  shift
-done
-[ ${#TARBALLS[@]} -ge 1 ] && [ $# -ge 1 ] && [ "$1" = "--" ] || usage
-shift
-[ "$ROUNDS" -ge 1 ] || { echo "ab-bench: rounds must be at least 1, got $ROUNDS" >&2; exit 2; }
+source scripts/lib/ab_sides.sh
+parse_ab_arguments ab-bench.sh required "$@"
+set -- "${SIDE_ARGUMENTS[@]}"
 # Every side times the same masks: an archived commit's bench_attention.py may default to another
 # mask seed (0 before bench/spec_densities.py), so the working tree's default goes to all of them
 # unless the arguments name one.
 case " $* " in
   *" --seed "* | *" --seed="*) ;;
   *)
-    seed=$(sed -n 's/^SPEC_DENSITY_SEED = \([0-9][0-9]*\)$/\1/p' bench/spec_densities.py)
+    seed=$(spec_density_seed)
     [ -n "$seed" ] || { echo "ab-bench: no SPEC_DENSITY_SEED in bench/spec_densities.py" >&2; exit 2; }
     set -- "$@" --seed "$seed"
     ;;
 esac
-
-# A run's name: the tarball's file name without .tar, and without "ab-" ("ab-base.tar" -> "base").
-side_name() { local name; name=$(basename "$1" .tar); echo "${name#ab-}"; }
-declare -A SEEN=()
-for tarball in "${TARBALLS[@]}"; do
-  [ -f "$tarball" ] || { echo "ab-bench: no tarball '$tarball' (git archive -o $tarball REV here, then carry it)" >&2; exit 2; }
-  name=$(side_name "$tarball")
-  [ "$name" != tree ] && [ -z "${SEEN[$name]:-}" ] || { echo "ab-bench: two runs would be named '$name'; rename a tarball" >&2; exit 2; }
-  SEEN[$name]=1
-done
 
 PYTHON=${PYTHON:-python3}
 ARCHITECTURES=${FLASHMASK_CUDA_ARCHITECTURES:-90a-real}
@@ -100,13 +76,6 @@ for i in "${!install_pids[@]}"; do
 done
 [ "$install_failed" -eq 0 ] || exit 1
 
-# The commit a tarball was made from: git archive writes it into the archive's first (pax) header
-# as "comment=<sha>"; read as bytes, since the machine's copy may have no git.
-tarball_commit() {
-  local commit
-  commit=$(head -c 1024 "$1" | tr -d '\0' | grep -ao 'comment=[0-9a-f]*' | head -1)
-  echo "${commit#comment=}"
-}
 source scripts/lib/provenance.sh
 gpu_name=$(current_gpu_name)
 summary="$OUT_DIR/ab.md"

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# A quick A/B of the CUDA kernels through the command-line tool, for a lease with little time
+# left: each side builds only the C++ library and `flashmask` (two sides side by side took 40 s
+# on an H100 machine, session 20, against ~90 s for scripts/ab-bench.sh's Python modules), and
+# each timing is one `flashmask run` of a mask at a SPEC §6 size, forward and backward. The tool's
+# timings include the host's launches (it waits for each pass), so they compare sides; results
+# and comparisons with the peers stay with bench/bench_attention.py (SPEC §6).
+#
+#   here:        git archive -o ab-base.tar <base-commit>     (and ab-<name>.tar for more sides)
+#   device call: scripts/cli-ab.sh ab-base.tar [ab-<name>.tar ...] [ROUNDS] [-- OPTIONS]
+#                with the tarballs in the call's carry (ab-*.tar are git-ignored), e.g.
+#                scripts/cli-ab.sh ab-base.tar 2 -- --configs a,b --masks full,causal,share_question
+#
+# OPTIONS: --configs a,b (SPEC §6's configurations; default a; "smoke" is 256 rows, B 1, H 2,
+# for trying the script on a machine without a GPU), --masks (catalogue names; default
+# full,causal,share_question), --dtype (default bf16), --deterministic. Every run uses the mask
+# seed of SPEC §6's densities (bench/spec_densities.py) and the same inputs (the seed also draws
+# them). Sides run in turn (the tarballs', then the working tree's), ROUNDS times (default 2).
+# Output: cli-ab.md in $FLASHMASK_GPU_BUILD_DIR/cli-ab (default build-gpu/cli-ab), one line per
+# run and a table of TFLOP/s (forward / backward) last, also copied to $OUT when set.
+#
+# Environment: FLASHMASK_CUDA_ARCHITECTURES [90a-real], FLASHMASK_GPU_JOBS [16] (shared by the
+# sides' builds), FLASHMASK_CUDA [ON], FLASHMASK_COMMIT (the working tree's commit, as in gpu.sh).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/ab_sides.sh
+source scripts/lib/provenance.sh
+
+parse_ab_arguments cli-ab.sh optional "$@"
+configs=a
+masks=full,causal,share_question
+dtype=bf16
+deterministic=()
+set -- "${SIDE_ARGUMENTS[@]}"
+while [ $# -ge 1 ]; do
+  case $1 in
+    --configs) configs=${2:?--configs needs a value}; shift 2 ;;
+    --masks) masks=${2:?--masks needs a value}; shift 2 ;;
+    --dtype) dtype=${2:?--dtype needs a value}; shift 2 ;;
+    --deterministic) deterministic=(--deterministic); shift ;;
+    *) echo "cli-ab.sh: unknown option '$1'; expected --configs, --masks, --dtype or --deterministic" >&2; exit 2 ;;
+  esac
+done
+
+# SPEC §6's configurations as `flashmask run` arguments, and the timed passes of each: the 32K
+# backward takes ~70 ms, so fewer repeats keep a round of three masks under a minute.
+config_arguments() {
+  case $1 in
+    a) echo "--seqlen 8192 --heads 32 --batch 2 --repeats 20" ;;
+    b) echo "--seqlen 32768 --heads 16 --batch 1 --repeats 10" ;;
+    smoke) echo "--seqlen 256 --heads 2 --batch 1 --repeats 1" ;;
+    *) return 1 ;;
+  esac
+}
+IFS=, read -r -a config_list <<<"$configs"
+IFS=, read -r -a mask_list <<<"$masks"
+for config in "${config_list[@]}"; do
+  config_arguments "$config" >/dev/null || { echo "cli-ab.sh: unknown configuration '$config'; expected a, b or smoke" >&2; exit 2; }
+done
+seed=$(spec_density_seed)
+[ -n "$seed" ] || { echo "cli-ab.sh: no SPEC_DENSITY_SEED in bench/spec_densities.py" >&2; exit 2; }
+
+[ -d /usr/local/cuda/bin ] && export PATH="/usr/local/cuda/bin:$PATH"
+ARCHITECTURES=${FLASHMASK_CUDA_ARCHITECTURES:-90a-real}
+JOBS=${FLASHMASK_GPU_JOBS:-16}
+CUDA=${FLASHMASK_CUDA:-ON}
+WORK_DIR=$(mkdir -p "${FLASHMASK_GPU_BUILD_DIR:-build-gpu}/cli-ab" && cd "${FLASHMASK_GPU_BUILD_DIR:-build-gpu}/cli-ab" && pwd)
+side_names=()
+for tarball in "${TARBALLS[@]}"; do side_names+=("$(side_name "$tarball")"); done
+side_names+=(tree)
+side_source() { [ "$1" = tree ] && pwd || echo "/tmp/flashmask-cli-ab-$1"; }
+side_tool() { echo "$WORK_DIR/build-$1/tools/flashmask"; }
+
+# The builds run side by side, the machine's cores shared among them.
+jobs_per_side=$(( JOBS / ${#side_names[@]} > 0 ? JOBS / ${#side_names[@]} : 1 ))
+build_side() {  # build_side <name>
+  local name=$1 source build
+  source=$(side_source "$name") build="$WORK_DIR/build-$name"
+  cmake -S "$source" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHMASK_CUDA="$CUDA" \
+    -DCMAKE_CUDA_ARCHITECTURES="$ARCHITECTURES" -DFLASHMASK_BUILD_TESTS=OFF -DFLASHMASK_BUILD_BENCH=OFF &&
+    cmake --build "$build" -j"$jobs_per_side" --target flashmask_cli
+}
+pids=()
+for i in "${!TARBALLS[@]}"; do
+  name=${side_names[$i]}
+  rm -rf "$(side_source "$name")" && mkdir -p "$(side_source "$name")" && tar xf "${TARBALLS[$i]}" -C "$(side_source "$name")" || exit 1
+done
+for name in "${side_names[@]}"; do
+  build_side "$name" >"$WORK_DIR/build-$name.log" 2>&1 &
+  pids+=($!)
+done
+failed=0
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" && continue
+  echo "cli-ab.sh: building ${side_names[$i]} failed:" >&2
+  tail -20 "$WORK_DIR/build-${side_names[$i]}.log" >&2
+  failed=1
+done
+[ "$failed" -eq 0 ] || exit 1
+
+summary="$WORK_DIR/cli-ab.md"
+results="$WORK_DIR/results.tsv"  # round, side, config, mask, forward TFLOP/s, backward TFLOP/s
+: >"$results"
+{
+  echo "# CLI A/B: $(printf '%s, ' "${side_names[@]}" | sed 's/, $//'), in turn, $ROUNDS rounds"
+  echo
+  echo "GPU: $(gpu=$(current_gpu_name); echo "${gpu:-no GPU found}"); started $(date -u '+%Y-%m-%d %H:%M UTC'); \`flashmask run --backward --seed $seed --dtype $dtype ${deterministic[*]}\`, timings with the host's launches"
+  for i in "${!TARBALLS[@]}"; do echo "- ${side_names[$i]}: commit $(tarball_commit "${TARBALLS[$i]}" | cut -c1-12)"; done
+  echo "- tree: commit $(tree_commit)"
+  echo
+} >"$summary"
+for round in $(seq 1 "$ROUNDS"); do
+  for name in "${side_names[@]}"; do
+    for config in "${config_list[@]}"; do
+      for mask in "${mask_list[@]}"; do
+        # shellcheck disable=SC2046  # config_arguments is a list of words
+        json=$("$(side_tool "$name")" run --mask "$mask" $(config_arguments "$config") --dtype "$dtype" --backward \
+          "${deterministic[@]}" --seed "$seed" --json 2>>"$WORK_DIR/run-errors.log")
+        figures=$(python3 -c 'import json, sys
+timings = {t["pass"]: t["tflops"] for t in json.loads(sys.argv[1])["timings"]}
+print("\t".join("%.4g" % timings[name] if name in timings else "missing" for name in ("forward", "backward")))' \
+          "$json" 2>>"$WORK_DIR/run-errors.log") || figures="failed	failed"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$config" "$mask" "$figures" >>"$results"
+        echo "round $round, $name, config $config, $mask: $(echo "$figures" | tr '\t' '/') TFLOP/s" | tee -a "$summary"
+      done
+    done
+  done
+  [ -n "${OUT:-}" ] && mkdir -p "$OUT" && cp "$summary" "$OUT/cli-ab.md"
+done
+
+# The table: a row per configuration and mask, a column per side with its rounds' figures.
+python3 - "$results" "${side_names[@]}" >>"$summary" <<'PY'
+import collections, sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
+sides = sys.argv[2:]
+cells = collections.defaultdict(list)
+for round_, side, config, mask, forward, backward in rows:
+    cells[(config, mask, side)].append(f"{forward} / {backward}")
+print()
+print("| config | mask | " + " | ".join(sides) + " |")
+print("|---|---|" + "---|" * len(sides))
+for config, mask in dict.fromkeys((config, mask) for _, _, config, mask, _, _ in rows):
+    print(f"| {config} | {mask} | " + " | ".join(", ".join(cells[(config, mask, side)]) for side in sides) + " |")
+PY
+[ -n "${OUT:-}" ] && cp "$summary" "$OUT/cli-ab.md"
+tail -n $(( 3 + ${#config_list[@]} * ${#mask_list[@]} )) "$summary"

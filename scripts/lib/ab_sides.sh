@@ -1,0 +1,52 @@
+# Sourced by scripts/ab-bench.sh and scripts/cli-ab.sh: the sides of an A/B (tarballs made here with
+# `git archive -o ab-<name>.tar <commit>`, then the working tree) and its round count.
+
+# Reads "TARBALL [TARBALL ...] [ROUNDS] [-- ARGUMENTS...]" into TARBALLS, ROUNDS (default 2:
+# every side, then again, so that an order effect shows as a drift within one side) and
+# SIDE_ARGUMENTS (what follows --). $1: the calling script's name, for messages; $2: whether the
+# arguments after -- are required ("required") or not. Exits with status 2 on anything else.
+parse_ab_arguments() {
+  local script=$1 need_rest=$2
+  shift 2
+  TARBALLS=()
+  ROUNDS=2
+  SIDE_ARGUMENTS=()
+  local usage="usage: scripts/$script BASE_TARBALL [VARIANT_TARBALL ...] [ROUNDS] -- ARGUMENTS..."
+  while [ $# -ge 1 ] && [ "$1" != "--" ]; do
+    case $1 in
+      *.tar) TARBALLS+=("$1") ;;
+      *[!0-9]* | "") echo "$script: '$1' is neither a .tar archive nor a round count" >&2; echo "$usage" >&2; exit 2 ;;
+      *) ROUNDS=$1 ;;
+    esac
+    shift
+  done
+  if [ ${#TARBALLS[@]} -lt 1 ] || { [ "$need_rest" = required ] && [ $# -lt 1 ]; }; then
+    echo "$usage" >&2
+    exit 2
+  fi
+  [ $# -ge 1 ] && shift  # the --
+  SIDE_ARGUMENTS=("$@")
+  [ "$ROUNDS" -ge 1 ] || { echo "$script: rounds must be at least 1, got $ROUNDS" >&2; exit 2; }
+  local -A seen=()
+  local tarball name
+  for tarball in "${TARBALLS[@]}"; do
+    [ -f "$tarball" ] || { echo "$script: no tarball '$tarball' (git archive -o $tarball REV here, then carry it)" >&2; exit 2; }
+    name=$(side_name "$tarball")
+    [ "$name" != tree ] && [ -z "${seen[$name]:-}" ] || { echo "$script: two sides would be named '$name'; rename a tarball" >&2; exit 2; }
+    seen[$name]=1
+  done
+}
+
+# A side's name: the tarball's file name without .tar, and without "ab-" ("ab-base.tar" -> "base").
+side_name() { local name; name=$(basename "$1" .tar); echo "${name#ab-}"; }
+
+# The commit a tarball was made from: git archive writes it into the archive's first (pax) header
+# as "comment=<sha>"; read as bytes, since the machine's copy may have no git.
+tarball_commit() {
+  local commit
+  commit=$(head -c 1024 "$1" | tr -d '\0' | grep -ao 'comment=[0-9a-f]*' | head -1)
+  echo "${commit#comment=}"
+}
+
+# The catalogue seed whose mask densities are SPEC §6's (bench/spec_densities.py).
+spec_density_seed() { sed -n 's/^SPEC_DENSITY_SEED = \([0-9][0-9]*\)$/\1/p' bench/spec_densities.py; }
