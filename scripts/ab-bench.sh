@@ -56,25 +56,18 @@ archive_package() { echo "/tmp/flashmask-ab-$1-package"; }  # where its module i
 
 # The builds run side by side: each one's configure and link steps leave most of the machine's
 # cores idle, and device time is short.
-install_pids=() install_names=()
+installs=()
 for tarball in "${TARBALLS[@]}"; do
   name=$(side_name "$tarball")
   tree=$(archive_tree "$name") package=$(archive_package "$name")
   rm -rf "$tree" "$package" && mkdir -p "$tree"
   tar xf "$tarball" -C "$tree" || exit 1
   install_module "$tree" "/tmp/flashmask-ab-$name-build" --target "$package" >"$OUT_DIR/install-$name.log" 2>&1 &
-  install_pids+=($!) install_names+=("$name")
+  installs+=("$!:$name")
 done
 install_module . "$(pwd)/${FLASHMASK_GPU_BUILD_DIR:-build-gpu}/python" >"$OUT_DIR/install-tree.log" 2>&1 &
-install_pids+=($!) install_names+=(tree)
-install_failed=0
-for i in "${!install_pids[@]}"; do
-  wait "${install_pids[$i]}" && continue
-  echo "ab-bench: building ${install_names[$i]} failed:" >&2
-  tail -20 "$OUT_DIR/install-${install_names[$i]}.log" >&2
-  install_failed=1
-done
-[ "$install_failed" -eq 0 ] || exit 1
+installs+=("$!:tree")
+wait_for_side_builds ab-bench "$OUT_DIR/install-%s.log" "${installs[@]}"
 
 source scripts/lib/provenance.sh
 gpu_name=$(current_gpu_name)

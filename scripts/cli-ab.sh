@@ -80,23 +80,16 @@ build_side() {  # build_side <name>
     -DCMAKE_CUDA_ARCHITECTURES="$ARCHITECTURES" -DFLASHMASK_BUILD_TESTS=OFF -DFLASHMASK_BUILD_BENCH=OFF &&
     cmake --build "$build" -j"$jobs_per_side" --target flashmask_cli
 }
-pids=()
+builds=()
 for i in "${!TARBALLS[@]}"; do
   name=${side_names[$i]}
   rm -rf "$(side_source "$name")" && mkdir -p "$(side_source "$name")" && tar xf "${TARBALLS[$i]}" -C "$(side_source "$name")" || exit 1
 done
 for name in "${side_names[@]}"; do
   build_side "$name" >"$WORK_DIR/build-$name.log" 2>&1 &
-  pids+=($!)
+  builds+=("$!:$name")
 done
-failed=0
-for i in "${!pids[@]}"; do
-  wait "${pids[$i]}" && continue
-  echo "cli-ab.sh: building ${side_names[$i]} failed:" >&2
-  tail -20 "$WORK_DIR/build-${side_names[$i]}.log" >&2
-  failed=1
-done
-[ "$failed" -eq 0 ] || exit 1
+wait_for_side_builds cli-ab.sh "$WORK_DIR/build-%s.log" "${builds[@]}"
 
 summary="$WORK_DIR/cli-ab.md"
 results="$WORK_DIR/results.tsv"  # round, side, config, mask, forward TFLOP/s, backward TFLOP/s

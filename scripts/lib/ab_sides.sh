@@ -50,3 +50,19 @@ tarball_commit() {
 
 # The catalogue seed whose mask densities are SPEC §6's (bench/spec_densities.py).
 spec_density_seed() { sed -n 's/^SPEC_DENSITY_SEED = \([0-9][0-9]*\)$/\1/p' bench/spec_densities.py; }
+
+# Waits for the sides' builds started in the background, given as PID:NAME words; where one
+# failed, prints the end of its log (the printf pattern $2, %s standing for the side's name) and
+# exits 1 once all are done. $1: the calling script's name, for messages.
+wait_for_side_builds() {
+  local script=$1 log_pattern=$2 failed=0 entry
+  shift 2
+  for entry in "$@"; do
+    wait "${entry%%:*}" && continue
+    echo "$script: building ${entry#*:} failed:" >&2
+    # shellcheck disable=SC2059  # the pattern is the caller's
+    tail -20 "$(printf "$log_pattern" "${entry#*:}")" >&2
+    failed=1
+  done
+  [ "$failed" -eq 0 ] || exit 1
+}
