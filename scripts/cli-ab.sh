@@ -42,7 +42,8 @@ while [ $# -ge 1 ]; do
   esac
 done
 
-# SPEC §6's configurations as `flashmask run` arguments, and the timed passes of each: the 32K
+# SPEC §6's configurations (STANDARD_CONFIGS in bench/bench_attention.py) as `flashmask run`
+# arguments, and the timed passes of each: the 32K
 # backward takes ~70 ms, so fewer repeats keep a round of three masks under a minute.
 config_arguments() {
   case $1 in
