@@ -239,6 +239,25 @@ TEST(GpuAttention, AutomaticKeyOrderAtSixteenK) {
         }
 }
 
+// KeyOrder::Automatic at 16K keys for every head dim, dtype and backward mode: a thousand rows
+// (the catalogue mask's bottom-right corner, as Nq != Nk reads it) keep the reference cheap,
+// while the keys are enough for the device to build both orders and choose (random eviction's
+// and causal_document's corners; which order wins does not matter here, both launches are
+// queued and one returns). The 16K-square test above covers the same with every row, at D = 128.
+TEST(GpuAttention, AutomaticKeyOrderEveryHeadDim) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    int n = 0;
+    for (const char* name : {"random_eviction", "causal_document"})
+        for (const int32_t head_dim : {64, 128, 256})
+            for (const DType dtype : kHalfDtypes) {
+                GpuCase c{{1, 1000, 16384, 2, 1, head_dim, head_dim}, dtype};
+                c.deterministic = n++ % 2 == 1;
+                TestMask mask = catalogue_test_mask(name, c.sizes, 1, rng);
+                check_gpu_attention(c, mask, rng);
+            }
+}
+
 // The dK/dV grid's short last wave split into parts (TailSplit, backward_kernels.cuh): full masks
 // whose grid (B x 8 key blocks, Hk = 1) leaves a last wave of at most a quarter of the SMs whether
 // the kernel fits one or two CTAs per SM (short_tail_batches()), so that its last key blocks run
