@@ -394,12 +394,18 @@ TEST(TileOrder, RefusesWhatDoesNotFitInt32) {
 
 // TailSplit (src/cuda/sm80/tail_split.hpp): which grids are split, the parts' tiles, and the grid
 // positions' mapping onto the split CTAs, as the dK/dV kernel and its host side use them.
+// Checks the plan that `planner` (plan_tail_split or plan_forward_tail_split) makes for `grid`
+// CTAs of `tiles` tiles (key blocks, for the forward) on `slots` resident CTAs.
+template <typename Planner>
+void expect_tail_plan(Planner planner, int64_t grid, int32_t slots, int32_t tiles, int32_t split_ctas, int32_t parts) {
+    const cuda::sm80::TailPlan plan = planner(grid, slots, tiles);
+    EXPECT_EQ(plan.split_ctas, split_ctas) << "grid " << grid << " slots " << slots << " tiles " << tiles;
+    EXPECT_EQ(plan.parts, parts) << "grid " << grid << " slots " << slots << " tiles " << tiles;
+}
+
 TEST(TailSplit, PlanSplitsOnlyAShortLastWave) {
-    using cuda::sm80::plan_tail_split;
-    auto expect_plan = [](int64_t grid, int32_t slots, int64_t tiles, int32_t split_ctas, int32_t parts) {
-        const cuda::sm80::TailPlan plan = plan_tail_split(grid, slots, tiles);
-        EXPECT_EQ(plan.split_ctas, split_ctas) << "grid " << grid << " slots " << slots << " tiles " << tiles;
-        EXPECT_EQ(plan.parts, parts) << "grid " << grid << " slots " << slots << " tiles " << tiles;
+    auto expect_plan = [](int64_t grid, int32_t slots, int32_t tiles, int32_t split_ctas, int32_t parts) {
+        expect_tail_plan(cuda::sm80::plan_tail_split, grid, slots, tiles, split_ctas, parts);
     };
     expect_plan(4096, 132, 128, 4, 33);         // SPEC §6 config (a) on an H100: 31 waves and 4 CTAs
     expect_plan(4096, 132, 512, 4, 33);         // config (b)
@@ -423,11 +429,8 @@ TEST(TailSplit, PlanSplitsOnlyAShortLastWave) {
 // The forward's split (plan_forward_tail_split()): parts of the key blocks, at most
 // kForwardTailMaxParts, chosen for the shortest last wave, only where it saves a quarter of a CTA.
 TEST(TailSplit, ForwardPlanShortensTheLastWave) {
-    using cuda::sm80::plan_forward_tail_split;
     auto expect_plan = [](int64_t grid, int32_t slots, int32_t key_blocks, int32_t split_ctas, int32_t parts) {
-        const cuda::sm80::TailPlan plan = plan_forward_tail_split(grid, slots, key_blocks);
-        EXPECT_EQ(plan.split_ctas, split_ctas) << "grid " << grid << " slots " << slots << " key blocks " << key_blocks;
-        EXPECT_EQ(plan.parts, parts) << "grid " << grid << " slots " << slots << " key blocks " << key_blocks;
+        expect_tail_plan(cuda::sm80::plan_forward_tail_split, grid, slots, key_blocks, split_ctas, parts);
     };
     constexpr int32_t kSlots = 2 * 132;  // the D = 128 forward on an H100: two CTAs per SM
     // SPEC §6, both configurations: 136 CTAs in the last wave; halves would need two rounds (272

@@ -150,14 +150,7 @@ __device__ __forceinline__ bool merge_split_parts(const TailSplit& split, int32_
     }
     *Layout::at(split, split_cta, own, Layout::kMaxima) = make_float4(maxima[0], maxima[1], maxima[2], maxima[3]);
     *Layout::at(split, split_cta, own, Layout::kSums) = make_float4(sums[0], sums[1], sums[2], sums[3]);
-    __syncthreads();  // every thread's stores are issued: thread 0's fence covers them
-    if (threadIdx.x == 0) {
-        __threadfence();
-        last_part = atomicAdd(split.arrivals + split_cta, 1) == split.parts - 1;
-    }
-    __syncthreads();
-    if (!last_part) return false;
-    __threadfence();  // the other parts' results, made visible before their arrivals, are read after ours
+    if (!arrive_last_part(split, split_cta, last_part)) return false;
 
     for (int32_t part = 0; part < split.parts; ++part) {
         const float4 m4 = __ldcg(Layout::at(split, split_cta, part, Layout::kMaxima));

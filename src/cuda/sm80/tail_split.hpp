@@ -48,6 +48,25 @@ struct TailSplit {
     }
 };
 
+#if defined(__CUDACC__)
+// A part of split CTA `split_cta` whose results are written (every thread's stores or reductions
+// issued): counts its arrival, one release per part (thread 0's fence after the barrier covers
+// the whole CTA's writes). Returns true, in every thread, in the part that arrives last, after an
+// acquire: the other parts' results may then be read (through L2: __ldcg). `last_part` is a
+// shared-memory word. Called by every thread.
+__device__ __forceinline__ bool arrive_last_part(const TailSplit& split, int32_t split_cta, int32_t& last_part) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        last_part = atomicAdd(split.arrivals + split_cta, 1) == split.parts - 1;
+    }
+    __syncthreads();
+    if (!last_part) return false;
+    __threadfence();
+    return true;
+}
+#endif
+
 // Part `part` of `parts` of a CTA's `tiles` tiles (in the CTA's own order): [begin, end), within
 // int32 as tiles is. Consecutive parts tile [0, tiles) exactly; none is empty when parts <= tiles.
 struct PartTiles {
