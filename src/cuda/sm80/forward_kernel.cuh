@@ -141,7 +141,8 @@ __device__ __forceinline__ bool merge_split_parts(const TailSplit& split, int32_
     for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
         for (int dt = 0; dt < kDTiles; ++dt)
-            *Layout::at(split, split_cta, own, mt * kDTiles + dt) = make_float4(o[mt][dt][0], o[mt][dt][1], o[mt][dt][2], o[mt][dt][3]);
+            *Layout::at(split, split_cta, own, mt * kDTiles + dt) =
+                make_float4(o[mt][dt][0], o[mt][dt][1], o[mt][dt][2], o[mt][dt][3]);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             maxima[2 * mt + half] = row_max[mt][half];
@@ -240,8 +241,8 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     if (thread == 0) smem.key_end = key_range.end;
     __syncthreads();
     const bool ragged_last_block = nk % kBlockN != 0;  // its columns >= Nk must be masked
-    // Classifies blocks [first, first + kThreads) below smem.key_end and compacts those that some warp sees (a
-    // tile Partial for the CTA may be Skipped for every warp: it is not loaded) into
+    // Classifies blocks [first, first + kThreads) below smem.key_end and compacts those that some
+    // warp sees (a tile Partial for the CTA may be Skipped for every warp: it is not loaded) into
     // smem.block_list (and their warps' kinds into smem.warp_kinds) in key order. Returns their
     // count (the same in every thread).
     auto classify_chunk = [&](int32_t first) -> int32_t {
@@ -488,8 +489,8 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     cp_async_wait<0>();
     __syncthreads();
     // A split CTA's parts: all but the last to finish leave their results and return.
-    if (split.is_part(int32_t(blockIdx.x)) && !merge_split_parts<kThreads>(split, int32_t(blockIdx.x), scale_log2, o, row_max, row_sum,
-                                                smem.last_part))
+    if (split.is_part(int32_t(blockIdx.x)) &&
+        !merge_split_parts<kThreads>(split, int32_t(blockIdx.x), scale_log2, o, row_max, row_sum, smem.last_part))
         return;
 
     float* lse = static_cast<float*>(p.lse.data) + batch * p.lse.stride[0] + head * p.lse.stride[1];
