@@ -567,9 +567,9 @@ void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t 
     // tensor: only the natural key order runs), with each part's results in scratch.
     using Layout = ForwardSplitLayout<Traits::kThreads, Traits::kMTiles, Traits::kDTiles>;
     const int32_t key_blocks = int32_t(ceil_div(int64_t{p.nk}, int64_t{Traits::kBlockN}));
-    const TailPlan tail = forward_ctas_equal(p) ? plan_forward_tail_split(int64_t{launch.grid}, launch.shape.cta_slots,
-                                                                        key_blocks)
-                                                : TailPlan{};
+    const TailPlan tail = ctas_have_equal_work(p)
+                              ? plan_forward_tail_split(int64_t{launch.grid}, launch.shape.cta_slots, key_blocks)
+                              : TailPlan{};
     const std::size_t split_floats = std::size_t(tail.split_ctas) * std::size_t(tail.parts) * Layout::kFloatsPerPart;
     static_assert(sizeof(int32_t) == sizeof(float), "the arrival counts take float slots of the scratch");
     DeviceScratch split_memory((split_floats + std::size_t(tail.split_ctas)) * sizeof(float), stream);

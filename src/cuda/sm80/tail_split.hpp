@@ -121,22 +121,20 @@ inline TailPlan plan_forward_tail_split(int64_t grid, int32_t slots, int32_t key
     double best_time = 1.0;
     for (int32_t parts = 2; parts <= std::min(kForwardTailMaxParts, key_blocks); ++parts) {
         const double time = tail_wave_time(tail, slots, parts);
-        if (time < best_time - 1e-9) best_time = time, best_parts = parts;  // ties: fewer parts, less to merge
+        if (time < best_time) best_time = time, best_parts = parts;  // ties (exact: 1/2 = 2/4) keep fewer parts
     }
     if (best_parts < 2 || best_time > 1.0 - kForwardTailMinSaving) return {};
     if (grid - tail + int64_t(tail) * best_parts > std::numeric_limits<int32_t>::max()) return {};
     return {tail, best_parts};
 }
 
-// Whether every forward CTA of `p` has the same work: no index tensor and not causal, so every
-// query block meets every key block (a ragged last query block's CTA has fewer rows, not fewer
-// tiles). Otherwise the heaviest-first order ends the grid with its lightest CTAs.
-inline bool forward_ctas_equal(const AttentionProblem& p) { return p.mask.layout == MaskLayout::None && !p.mask.causal; }
-
-// Whether every dK/dV CTA of `p` has the same work: the full mask (no index tensor, not causal),
-// whose key blocks all meet every query block. With an index tensor the work per CTA lives on
-// the device, and the heaviest-first order already ends the grid with its lightest CTAs (plain
-// causal attention likewise, by its tie order).
-inline bool dkdv_ctas_equal(const AttentionProblem& p) { return p.mask.layout == MaskLayout::None && !p.mask.causal; }
+// Whether every CTA of `p`'s forward and dK/dV grids has the same work: the full mask (no index
+// tensor, not causal), whose query blocks all meet every key block (a ragged last block's CTA has
+// fewer rows or keys, not fewer tiles). With an index tensor the work per CTA lives on the device,
+// and the heaviest-first order already ends the grid with its lightest CTAs (plain causal
+// attention likewise, by its tie order).
+inline bool ctas_have_equal_work(const AttentionProblem& p) {
+    return p.mask.layout == MaskLayout::None && !p.mask.causal;
+}
 
 }  // namespace flashmask::cuda::sm80
