@@ -50,9 +50,10 @@ constexpr int32_t kCtaSlots[] = {1, 7, kH100Slots, 1 << 30};
 // The dK/dV kernel's (163 KB of shared memory at D = 128: one CTA per SM).
 constexpr int32_t kH100DkDvSlots = 132;
 
-// Section sizes at the benchmark's shapes and around them (bench/NOTES.md, sessions 10-11):
-// along query blocks the K / V a section's pairs stream stays within kSectionL2Bytes, 1 to
-// kMaxHeadsPerSection pairs; along key blocks (dK / dV) the maximum at every size.
+// Section sizes at the benchmark's shapes and around them (bench/NOTES.md, sessions 10-11, 21):
+// along query blocks the K / V a section's pairs stream stays within kSectionL2Bytes, along key
+// blocks (dK / dV) their Q, dO and dQ accumulator within kKeyBlockSectionBytes; 1 to
+// kMaxHeadsPerSection pairs.
 TEST(TileOrder, SectionsKeepTheirStreamInL2) {
     constexpr int32_t kMax = cuda::kMaxHeadsPerSection;
     struct Case {
@@ -67,8 +68,10 @@ TEST(TileOrder, SectionsKeepTheirStreamInL2) {
         {{1, 16384, 16384, 16, 16, 128, 128}, TileAxis::QueryBlocks, 4, "16K forward: 8 MiB a head"},
         {{1, 32768, 32768, 32, 4, 128, 128}, TileAxis::QueryBlocks, kMax, "32K GQA 8: one K/V for 8 heads"},
         {{1, 32768, 32768, 32, 16, 128, 128}, TileAxis::QueryBlocks, 4, "32K GQA 2: 8 MiB a query head"},
-        {{2, 8192, 8192, 32, 32, 128, 128}, TileAxis::KeyBlocks, kMax, "8K dK/dV: the maximum"},
-        {{1, 32768, 32768, 16, 16, 128, 128}, TileAxis::KeyBlocks, kMax, "32K dK/dV: the maximum"},
+        {{2, 8192, 8192, 32, 32, 128, 128}, TileAxis::KeyBlocks, kMax, "8K dK/dV: 8 MiB a head, 8 fit"},
+        {{1, 32768, 32768, 16, 16, 128, 128}, TileAxis::KeyBlocks, 2, "32K dK/dV: 32 MiB a head"},
+        {{2, 8192, 8192, 32, 4, 128, 128}, TileAxis::KeyBlocks, 5, "8K dK/dV GQA 8: 64 MiB a KV head, but two waves"},
+        {{1, 1000, 1000, 4, 4, 64, 64}, TileAxis::KeyBlocks, kMax, "small dK/dV: the cap"},
         {{1, 262144, 262144, 4, 4, 256, 256}, TileAxis::QueryBlocks, 1, "past the budget: still one pair"},
         {{1, 17, 17, 3, 3, 64, 64}, TileAxis::QueryBlocks, kMax, "tiny: the cap"},
         {{1, 0, 0, 3, 3, 64, 64}, TileAxis::QueryBlocks, kMax, "nothing streamed: the cap"},
@@ -80,6 +83,7 @@ TEST(TileOrder, SectionsKeepTheirStreamInL2) {
     EXPECT_EQ(cuda::heads_per_section(cuda::kSectionL2Bytes + 1), 1);
     EXPECT_EQ(cuda::heads_per_section(cuda::kSectionL2Bytes / 3), 3);
     EXPECT_EQ(cuda::heads_per_section(1), kMax);
+    EXPECT_EQ(cuda::heads_per_section(cuda::kKeyBlockSectionBytes / 2, cuda::kKeyBlockSectionBytes), 2);
 }
 
 std::string describe(const std::string& mask, const AttentionSizes& s, int32_t mask_heads, TileAxis axis,

@@ -48,7 +48,13 @@ inline int32_t planned_heads_per_section(const AttentionSizes& s, cuda::TileAxis
     p.kv_heads = s.kv_heads;
     p.head_dim = s.head_dim;
     p.value_dim = s.value_dim;
-    return cuda::section_heads(p, axis);
+    // The kernels' blocks on an H100: the forward's 128 query rows on 2 x 132 slots, the dK/dV
+    // kernel's 128 keys (64 at D = 256) on 132.
+    constexpr int32_t kSms = 132, kForwardRows = 128, kDkDvKeys = 128, kDkDvKeysD256 = 64;
+    const bool keys = axis == cuda::TileAxis::KeyBlocks;
+    const int32_t block = keys ? (s.head_dim > 128 ? kDkDvKeysD256 : kDkDvKeys) : kForwardRows;
+    const int32_t blocks = ceil_div(keys ? s.nk : s.nq, block);
+    return cuda::section_heads(p, axis, blocks, keys ? kSms : 2 * kSms);
 }
 
 // Walks every CTA of `schedule` and checks, failing the test with `what` on the first violation:

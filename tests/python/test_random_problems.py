@@ -96,11 +96,12 @@ def exact_attention(q, k, v, dout, indices, causal: bool, scale: float):
             o = p @ vg
             out[b, :, h] = o
             lse[b, h] = np.where(sees, row_max[:, 0] + np.log(np.where(sums[:, 0] > 0, sums[:, 0], 1.0)), -np.inf)
-            ds = p * (do @ vg.T - (do * o).sum(axis=1, keepdims=True)) * scale
+            dp = do @ vg.T
+            ds = p * (dp - (do * o).sum(axis=1, keepdims=True)) * scale
             dq[b, :, h] = ds @ kg
             dk[b, :, g] += ds.T @ qh
             dv[b, :, g] += p.T @ do
-            ds_floor = float32_rounding_floor(p, do @ vg.T, qh, kg, vg, do, scale) * scale
+            ds_floor = float32_rounding_floor(p, dp, qh, kg, vg, do, scale) * scale
             dq_floor[b, :, h] = ds_floor @ np.abs(kg)
             dk_floor[b, :, g] += ds_floor.T @ np.abs(qh)
     return out, lse, dq, dk, dv, dq_floor, dk_floor

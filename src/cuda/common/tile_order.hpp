@@ -63,11 +63,12 @@ inline const char* blocks_argument(TileAxis axis) { return axis == TileAxis::Que
 // The other axis's argument: a block's tiles are counted along that one.
 inline const char* other_blocks_argument(TileAxis axis) { return axis == TileAxis::QueryBlocks ? "k" : "q"; }
 
-// (batch, head) pairs per section, whose CTAs are interleaved rank by rank. Along query blocks
-// (the forward, the deterministic dQ kernel) as many as keep the K and V their CTAs stream within
-// kSectionL2Bytes, between 1 and kMaxHeadsPerSection (section_heads(), below); along key blocks
-// (dK / dV) always kMaxHeadsPerSection. plan_scheduled_launch() (tile_scheduler.cuh) sets the size
-// on the shape of each launch.
+// (batch, head) pairs per section, whose CTAs are interleaved rank by rank: as many as keep what
+// their CTAs stream within a budget, between 1 and kMaxHeadsPerSection (heads_per_section()).
+// Along query blocks (the forward, the deterministic dQ kernel) the K and V of the pairs' KV
+// heads within kSectionL2Bytes; along key blocks (dK / dV) the Q, dO and float32 dQ accumulator
+// rows of the pairs' query heads within kKeyBlockSectionBytes. plan_scheduled_launch()
+// (tile_scheduler.cuh) sets the size on the shape of each launch.
 //   * kMaxHeadsPerSection = 8: a section is still about two waves of CTAs (8 heads x 64 query
 //     blocks of 128 rows = 512 CTAs at 8K against 132 SMs x 2 resident CTAs), so the last
 //     section alone fills the tail with its light blocks after its heavy ones;
@@ -77,16 +78,26 @@ inline const char* other_blocks_argument(TileAxis axis) { return axis == TileAxi
 //     16 MiB, so 8 heads streamed 128 MiB through it; 2 heads keep the measured 8K working set
 //     (and, at 256 query blocks each, the same two waves): the full-mask forward at 32K +1-2 %,
 //     level with FA2 in the same runs (bench/NOTES.md, session 11).
-//   * dK / dV: sized the same way (Q, dO and the float32 dQ accumulator, 8 MiB a head at 8K: 4
-//     heads, 1 at 32K) it gained nothing on the full mask and lost 2-3 % on share_question's
-//     backward (same notes), so its sections stay at the maximum.
+//   * kKeyBlockSectionBytes = 64 MiB: 8 pairs at 8K (8 MiB of Q, dO and accumulator a query
+//     head, D = 128), as before; 2 at 32K (32 MiB a head) instead of 8. A dK/dV CTA walks its own
+//     range of query blocks, so on a mask like share_question the CTAs running together reuse
+//     each other's rows in L2 only when they belong to the same pairs: a model of the grid
+//     (bench/l2_reuse_model.py: heaviest-first order on 132 slots, a row reused if touched again
+//     within a few steps) puts share_question's reuse at 32K at 0.67 with 8 pairs and 0.88 with
+//     2, causal_document's 0.70 and 0.89, with the same makespan. A budget of 32 MiB (one pair at
+//     32K, 4 at 8K) lost 2-3 % on share_question (session 11): the model gives one-pair sections
+//     a 2 % longer makespan (a section of 256 CTAs is under two waves) and a heavy prefix of 41
+//     ranks over all pairs. So a dK/dV section keeps at least kMinSectionWaves waves of CTAs
+//     (5 pairs, not 1, with GQA 8 at 8K: 64 MiB a KV head, 64 key blocks each).
 inline constexpr int32_t kMaxHeadsPerSection = 8;
+inline constexpr int32_t kMinSectionWaves = 2;
 inline constexpr int64_t kSectionL2Bytes = int64_t{32} << 20;
+inline constexpr int64_t kKeyBlockSectionBytes = int64_t{64} << 20;
 
-// The pairs per section for pairs that each stream `streamed_bytes_per_pair` bytes.
-inline int32_t heads_per_section(int64_t streamed_bytes_per_pair) {
+// The pairs per section for pairs that each stream `streamed_bytes_per_pair` bytes, within `budget`.
+inline int32_t heads_per_section(int64_t streamed_bytes_per_pair, int64_t budget = kSectionL2Bytes) {
     if (streamed_bytes_per_pair <= 0) return kMaxHeadsPerSection;
-    const int64_t fitting = kSectionL2Bytes / streamed_bytes_per_pair;
+    const int64_t fitting = budget / streamed_bytes_per_pair;
     return int32_t(std::clamp<int64_t>(fitting, 1, kMaxHeadsPerSection));
 }
 
@@ -98,9 +109,22 @@ inline int64_t streamed_key_value_bytes_per_pair(const AttentionProblem& p) {
     return int64_t(p.nk) * (p.head_dim + p.value_dim) * element / group;
 }
 
-// The section size of a launch of `p` along `axis` (the rule above).
-inline int32_t section_heads(const AttentionProblem& p, TileAxis axis) {
-    return axis == TileAxis::QueryBlocks ? heads_per_section(streamed_key_value_bytes_per_pair(p)) : kMaxHeadsPerSection;
+// The bytes that the dK/dV CTAs of one (batch, KV head) pair stream along key blocks: Q and dO
+// of every query head of its group, and their float32 dQ accumulator rows.
+inline int64_t streamed_query_bytes_per_pair(const AttentionProblem& p) {
+    const int64_t element = int64_t(element_size(p.dtype));
+    const int64_t group = p.kv_heads > 0 && p.q_heads >= p.kv_heads ? p.q_heads / p.kv_heads : 1;
+    return group * int64_t(p.nq) * ((p.head_dim + p.value_dim) * element + p.head_dim * int64_t(sizeof(float)));
+}
+
+// The section size of a launch of `p` along `axis` (the rule above), whose pairs have
+// `blocks_per_pair` CTAs each, on `cta_slots` resident CTAs.
+inline int32_t section_heads(const AttentionProblem& p, TileAxis axis, int32_t blocks_per_pair, int32_t cta_slots) {
+    if (axis == TileAxis::QueryBlocks) return heads_per_section(streamed_key_value_bytes_per_pair(p));
+    const int32_t within_bytes = heads_per_section(streamed_query_bytes_per_pair(p), kKeyBlockSectionBytes);
+    const int64_t for_waves = (int64_t(kMinSectionWaves) * std::max(cta_slots, 1) + std::max(blocks_per_pair, 1) - 1) /
+                              std::max(blocks_per_pair, 1);
+    return int32_t(std::clamp<int64_t>(std::max<int64_t>(within_bytes, for_waves), 1, kMaxHeadsPerSection));
 }
 
 // The heavy prefix (top of this file): which ranks run first over all pairs.

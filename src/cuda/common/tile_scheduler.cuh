@@ -145,7 +145,7 @@ ScheduledLaunch<Kernel> plan_scheduled_launch(Kernel kernel, int smem_bytes, con
     // Work counted with the kernel's own kBlockM x kBlockN tiles.
     TileOrderShape shape = make_tile_order_shape(p.mask, p.batch, p.q_heads, p.kv_heads, axis, Traits::kBlockM,
                                                  Traits::kBlockN, slots);
-    shape.heads_per_section = section_heads(p, axis);
+    shape.heads_per_section = section_heads(p, axis, shape.blocks, slots);
     return {kernel, smem_bytes, shape, scheduled_ctas(shape, Traits::kColSplits, name)};
 }
 
