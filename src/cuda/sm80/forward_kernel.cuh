@@ -189,7 +189,11 @@ __device__ __forceinline__ bool merge_split_parts(const TailSplit& split, int32_
     return true;
 }
 
-template <typename Element, int kHeadDim>
+// kSplitTail: whether the grid's last CTAs may be parts of a split CTA (TailSplit). Only a launch
+// with a split plan instantiates it, so that every other launch (each mask with an index tensor)
+// runs code that the split's per-CTA key range and merge do not touch: inlined into the one
+// kernel, they cost the masked forwards ~1 % (bench/NOTES.md, session 22).
+template <typename Element, int kHeadDim, bool kSplitTail>
 __global__ void __launch_bounds__(ForwardTraits<kHeadDim>::kThreads, ForwardTraits<kHeadDim>::kMinBlocksPerSM)
 forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSchedule schedule,
                const LaunchCondition condition, const TailSplit split) {
@@ -213,8 +217,9 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     // running together share in L2 (tile_order.hpp).
     // A part of a split CTA (TailSplit: the grid's last wave of a full mask) runs the schedule
     // position of the CTA it splits, over its share of the key blocks.
-    const bool is_part = split.is_part(int32_t(blockIdx.x));
-    const TileCoordinates tile = schedule.at(split.schedule_position(int32_t(blockIdx.x)));
+    const bool is_part = kSplitTail && split.is_part(int32_t(blockIdx.x));
+    const TileCoordinates tile =
+        schedule.at(kSplitTail ? split.schedule_position(int32_t(blockIdx.x)) : int32_t(blockIdx.x));
     const int32_t q_block = tile.block, head = tile.head, batch = tile.batch;
     // Read in place from the kernel's parameter space: a local copy would hold 15 more registers.
     const MaskView& mask = p.mask;
@@ -234,14 +239,20 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
 
     // --- which key blocks to visit ------------------------------------------------------------
     const int32_t kv_blocks = table.blocks;
-    // This CTA's key blocks: all, or a part's share. Its end is read from shared memory where a
-    // chunk is classified: held in a register across the key loop it cost ptxas 12 bytes of spills.
+    // This CTA's key blocks: all, or a part's share. A part's end is read from shared memory where
+    // a chunk is classified: held in a register across the key loop it cost ptxas 12 bytes of spills.
     const PartTiles key_range =
         is_part ? part_tiles(kv_blocks, split.part(int32_t(blockIdx.x)), split.parts) : PartTiles{0, kv_blocks};
-    if (thread == 0) smem.key_end = key_range.end;
-    __syncthreads();
+    if constexpr (kSplitTail) {
+        if (thread == 0) smem.key_end = key_range.end;
+        __syncthreads();
+    }
+    auto key_end = [&]() -> int32_t {
+        if constexpr (kSplitTail) return smem.key_end;
+        return kv_blocks;
+    };
     const bool ragged_last_block = nk % kBlockN != 0;  // its columns >= Nk must be masked
-    // Classifies blocks [first, first + kThreads) below smem.key_end and compacts those that some
+    // Classifies blocks [first, first + kThreads) below key_end() and compacts those that some
     // warp sees (a tile Partial for the CTA may be Skipped for every warp: it is not loaded) into
     // smem.block_list (and their warps' kinds into smem.warp_kinds) in key order. Returns their
     // count (the same in every thread).
@@ -250,7 +261,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
         TileKind kind = TileKind::Skipped;
         uint32_t warp_kinds = 0;
         bool any_partial = false, any_seen = false;
-        if (kv_block < smem.key_end) {
+        if (kv_block < key_end()) {
             const BlockSummary summary = table.at(mask, batch, head, kv_block);
             const bool ragged = ragged_last_block && kv_block == kv_blocks - 1;
             kind = classify(summary, row_begin, row_end);
@@ -295,7 +306,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
         if (position == chunk_count) {
             chunk_count = 0;
             position = 0;
-            while (chunk_count == 0 && next_chunk < smem.key_end) {
+            while (chunk_count == 0 && next_chunk < key_end()) {
                 chunk_count = classify_chunk(next_chunk);
                 next_chunk += kThreads;
             }
@@ -489,9 +500,11 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     cp_async_wait<0>();
     __syncthreads();
     // A split CTA's parts: all but the last to finish leave their results and return.
-    if (split.is_part(int32_t(blockIdx.x)) &&
-        !merge_split_parts<kThreads>(split, int32_t(blockIdx.x), scale_log2, o, row_max, row_sum, smem.last_part))
-        return;
+    if constexpr (kSplitTail) {
+        if (is_part &&
+            !merge_split_parts<kThreads>(split, int32_t(blockIdx.x), scale_log2, o, row_max, row_sum, smem.last_part))
+            return;
+    }
 
     float* lse = static_cast<float*>(p.lse.data) + batch * p.lse.stride[0] + head * p.lse.stride[1];
     // O is staged in Q's tile. This thread's element offset at (row group, column 2 quad): column
@@ -557,7 +570,7 @@ void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t 
 
     // Every refusal (shared memory, a CTA that fits no SM, a grid past int32) before any work is queued.
     constexpr int kSmemBytes = int(sizeof(SharedStorage<Element, kHeadDim>));
-    const auto launch = plan_scheduled_launch<Traits>(forward_kernel<Element, kHeadDim>, kSmemBytes, p,
+    const auto launch = plan_scheduled_launch<Traits>(forward_kernel<Element, kHeadDim, false>, kSmemBytes, p,
                                                       TileAxis::QueryBlocks, "forward", "forward_kernel");
 
     const KeyOrderedTiles tiles(p, key_order, launch.shape, Traits::kBlockN, stream);
@@ -582,6 +595,9 @@ void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t 
         FM_CUDA_CHECK(cudaMemsetAsync(split.arrivals, 0, std::size_t(tail.split_ctas) * sizeof(int32_t), stream));
     }
     const unsigned natural_grid = unsigned(int64_t{launch.grid} - tail.split_ctas + int64_t(tail.split_ctas) * tail.parts);
+    // The split kernel has the unsplit one's shared memory and launch bounds: the same CTA slots.
+    auto* const natural_kernel = tail.split_ctas > 0 ? forward_kernel<Element, kHeadDim, true> : launch.kernel;
+    if (tail.split_ctas > 0) allow_shared_memory(natural_kernel, launch.smem_bytes);
 
     const KernelOperand q(p.q, p.batch, p.nq, p.q_heads, p.head_dim, stream);
     const KernelOperand k(p.k, p.batch, p.nk, p.kv_heads, p.head_dim, stream);
@@ -596,15 +612,15 @@ void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t 
     kernel_problem.v = v.operand();
     kernel_problem.out = out.operand();
     auto run = [&](const AttentionProblem& problem, const SummaryTable& table, const TileSchedule& schedule,
-                   const LaunchCondition& condition, const TailSplit& tail_split, unsigned grid) {
-        launch.kernel<<<grid, Traits::kThreads, launch.smem_bytes, stream>>>(problem, table, schedule, condition,
+                   const LaunchCondition& condition, const TailSplit& tail_split, unsigned grid, auto kernel) {
+        kernel<<<grid, Traits::kThreads, launch.smem_bytes, stream>>>(problem, table, schedule, condition,
                                                                             tail_split);
         check_launch("flashmask sm80 forward_kernel");
     };
 
     if (tiles.natural_runs())
         run(kernel_problem, tiles.natural_table(), tiles.natural_schedule(), tiles.natural_condition(), split,
-            natural_grid);
+            natural_grid, natural_kernel);
     if (tiles.sorted_runs()) {
         // K and V gathered in the sorted order (only when that order runs), read by the unchanged kernel.
         const std::size_t key_rows = std::size_t(p.batch) * p.nk * p.kv_heads;
@@ -618,7 +634,7 @@ void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t 
         gather_keys(kernel_problem.v, sorted_problem.v, int32_t(sizeof(Element)), p.value_dim, p, tiles.sorted_order(),
                     tiles.sorted_condition(), stream);
         run(sorted_problem, tiles.sorted_table(), tiles.sorted_schedule(), tiles.sorted_condition(), TailSplit{},
-            launch.grid);
+            launch.grid, launch.kernel);
     }
     out.copy_out();
 }
