@@ -398,12 +398,18 @@ TEST(TileOrder, RefusesWhatDoesNotFitInt32) {
 
 // TailSplit (src/cuda/sm80/tail_split.hpp): which grids are split, the parts' tiles, and the grid
 // positions' mapping onto the split CTAs, as the dK/dV kernel and its host side use them.
+// Checks the plan that `planner` (plan_tail_split or plan_forward_tail_split) makes for `grid`
+// CTAs of `tiles` tiles (key blocks, for the forward) on `slots` resident CTAs.
+template <typename Planner>
+void expect_tail_plan(Planner planner, int64_t grid, int32_t slots, int32_t tiles, int32_t split_ctas, int32_t parts) {
+    const cuda::sm80::TailPlan plan = planner(grid, slots, tiles);
+    EXPECT_EQ(plan.split_ctas, split_ctas) << "grid " << grid << " slots " << slots << " tiles " << tiles;
+    EXPECT_EQ(plan.parts, parts) << "grid " << grid << " slots " << slots << " tiles " << tiles;
+}
+
 TEST(TailSplit, PlanSplitsOnlyAShortLastWave) {
-    using cuda::sm80::plan_tail_split;
-    auto expect_plan = [](int64_t grid, int32_t slots, int64_t tiles, int32_t split_ctas, int32_t parts) {
-        const cuda::sm80::TailPlan plan = plan_tail_split(grid, slots, tiles);
-        EXPECT_EQ(plan.split_ctas, split_ctas) << "grid " << grid << " slots " << slots << " tiles " << tiles;
-        EXPECT_EQ(plan.parts, parts) << "grid " << grid << " slots " << slots << " tiles " << tiles;
+    auto expect_plan = [](int64_t grid, int32_t slots, int32_t tiles, int32_t split_ctas, int32_t parts) {
+        expect_tail_plan(cuda::sm80::plan_tail_split, grid, slots, tiles, split_ctas, parts);
     };
     expect_plan(4096, 132, 128, 4, 33);         // SPEC §6 config (a) on an H100: 31 waves and 4 CTAs
     expect_plan(4096, 132, 512, 4, 33);         // config (b)
@@ -422,6 +428,36 @@ TEST(TailSplit, PlanSplitsOnlyAShortLastWave) {
     ASSERT_EQ(std::numeric_limits<int32_t>::max() - whole_waves, 67);
     expect_plan(whole_waves + 1, 132, 128, 0, 1);
     expect_plan(whole_waves + 1, 132, 60, 1, 60);
+}
+
+// The forward's split (plan_forward_tail_split()): parts of the key blocks, at most
+// kForwardTailMaxParts, chosen for the shortest last wave, only where it saves a quarter of a CTA.
+TEST(TailSplit, ForwardPlanShortensTheLastWave) {
+    auto expect_plan = [](int64_t grid, int32_t slots, int32_t key_blocks, int32_t split_ctas, int32_t parts) {
+        expect_tail_plan(cuda::sm80::plan_forward_tail_split, grid, slots, key_blocks, split_ctas, parts);
+    };
+    constexpr int32_t kSlots = 2 * 132;  // the D = 128 forward on an H100: two CTAs per SM
+    // SPEC §6, both configurations: 136 CTAs in the last wave; halves would need two rounds (272
+    // parts on 264 slots), thirds take two rounds of a third.
+    expect_plan(4096, kSlots, 128, 136, 3);
+    expect_plan(4096, kSlots, 512, 136, 3);
+    EXPECT_NEAR(cuda::sm80::tail_wave_time(136, kSlots, 2), 1.0, 1e-12);
+    EXPECT_NEAR(cuda::sm80::tail_wave_time(136, kSlots, 3), 2.0 / 3.0, 1e-12);
+    expect_plan(4096, kSlots, 3, 136, 3);
+    expect_plan(4096, kSlots, 2, 0, 1);                   // halves gain nothing here, and thirds need 3 blocks
+    expect_plan(4096, kSlots, 1, 0, 1);                   // one key block: nothing to split
+    expect_plan(4224, kSlots, 128, 0, 1);                 // whole waves
+    expect_plan(3968, kSlots, 128, 8, 4);                 // 8 CTAs: quarters, one round
+    expect_plan(kSlots * 10 + 198, kSlots, 128, 198, 4);  // three quarters of the slots: quarters, 3 rounds of 1/4
+    expect_plan(kSlots * 10 + 199, kSlots, 128, 0, 1);    // more: no split saves a quarter
+    expect_plan(100, kSlots, 128, 100, 2);                // a grid under one wave: halves (quarters tie; fewer parts)
+    expect_plan(4096, 1, 128, 0, 1);
+    expect_plan(0, kSlots, 128, 0, 1);
+    // A split that would take the grid past grid dimension x's int32 is refused.
+    const int64_t largest = std::numeric_limits<int32_t>::max();
+    ASSERT_EQ(largest % 1000, 647);  // a tail of 0.647 of the slots: thirds, were there room
+    expect_plan(largest, 1000, 128, 0, 1);
+    expect_plan(largest - 647 + 150, 1000, 128, 150, 4);  // 150 x 4 parts still fit
 }
 
 TEST(TailSplit, PartsCoverEveryTileOnce) {

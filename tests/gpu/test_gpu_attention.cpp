@@ -303,6 +303,50 @@ TEST(GpuAttention, BackwardTailSplitFullMask) {
     }
 }
 
+// The forward grid's last wave split over the key blocks (TailSplit, forward_kernel.cuh): full
+// masks whose grid (B x Hq CTAs of one query block each) leaves a last wave that
+// plan_forward_tail_split() splits whether the kernel fits one or two CTAs per SM
+// (forward_tail_batches()), so that its last CTAs run as parts over the key blocks and the last
+// part to finish merges their O, maxima and sums: GQA, D = 64 / 128 / 256, two, three and four
+// parts, ragged last key blocks (64 keys a block at every D).
+constexpr int32_t kForwardSplitTestKeyBlocks = 6;
+
+// The fewest batches, of at least two waves, whose B x q_heads CTAs are split on SMs and on
+// 2 x SMs slots, in `parts` parts on the latter.
+int32_t forward_tail_batches(int32_t q_heads, int32_t parts) {
+    const int32_t sms = cuda::current_device_sms(), two_waves = 2 * sms;
+    for (int32_t batches = ceil_div(two_waves, q_heads); batches < ceil_div(two_waves, q_heads) + 2 * two_waves;
+         ++batches) {
+        const int64_t grid = int64_t(batches) * q_heads;
+        const cuda::sm80::TailPlan one = cuda::sm80::plan_forward_tail_split(grid, sms, kForwardSplitTestKeyBlocks);
+        const cuda::sm80::TailPlan two = cuda::sm80::plan_forward_tail_split(grid, two_waves, kForwardSplitTestKeyBlocks);
+        if (one.split_ctas > 0 && two.split_ctas > 0 && two.parts == parts) return batches;
+    }
+    throw std::runtime_error("no batch count of " + std::to_string(q_heads) + " heads is split in " +
+                             std::to_string(parts) + " parts on " + std::to_string(sms) + " SMs");
+}
+
+TEST(GpuAttention, ForwardTailSplitFullMask) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    struct Shape {
+        int32_t nq, q_heads, head_dim, parts;
+        DType dtype;
+    };
+    const Shape shapes[] = {{100, 2, 128, 3, DType::BFloat16},
+                            {17, 1, 64, 4, DType::Float16},
+                            {128, 2, 256, 2, DType::BFloat16},
+                            {1, 4, 128, 4, DType::Float16}};
+    for (const Shape& shape : shapes) {
+        const int32_t nk = kForwardSplitTestKeyBlocks * 64 - 13;  // the last key block ragged
+        GpuCase c{{forward_tail_batches(shape.q_heads, shape.parts), shape.nq, nk, shape.q_heads, 1, shape.head_dim,
+                   shape.head_dim},
+                  shape.dtype};
+        TestMask mask = catalogue_test_mask("full", c.sizes, 1, rng);
+        check_gpu_attention(c, mask, rng);
+    }
+}
+
 // Rows that see no key (a band hidden from every column; with Nq > Nk and causal, the top
 // Nq - Nk rows) and columns hidden from every row: O = 0, LSE = -inf, dQ = 0, dK = dV = 0.
 TEST(GpuAttention, FullyMaskedRowsAndColumns) {
@@ -700,6 +744,16 @@ TEST(GpuSanitizer, BackwardTailSplit) {
     auto rng = test_rng();
     GpuCase c{{short_tail_batches(kTailSplitTestKeyBlocks), 100, kTailSplitTestKeyBlocks * 128 - 37, 1, 1, 64, 64},
               DType::BFloat16};
+    c.reference = ReferenceKind::Float64Cpu;  // no reference kernels under the sanitizer
+    TestMask mask = catalogue_test_mask("full", c.sizes, 1, rng);
+    check_gpu_attention(c, mask, rng);
+}
+
+// The split last wave of the forward grid (see ForwardTailSplitFullMask).
+TEST(GpuSanitizer, ForwardTailSplit) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    GpuCase c{{forward_tail_batches(1, 3), 17, kForwardSplitTestKeyBlocks * 64 - 13, 1, 1, 64, 64}, DType::BFloat16};
     c.reference = ReferenceKind::Float64Cpu;  // no reference kernels under the sanitizer
     TestMask mask = catalogue_test_mask("full", c.sizes, 1, rng);
     check_gpu_attention(c, mask, rng);

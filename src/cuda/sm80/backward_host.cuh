@@ -106,7 +106,7 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
     const std::size_t rows = std::size_t(p.batch) * p.q_heads * scratch.padded_nq;
     const std::size_t accumulator_floats = deterministic ? 0 : rows * kHeadDim;
     const int64_t tiles_per_dkdv_cta = int64_t(p.q_heads / p.kv_heads) * ceil_div(int64_t{p.nq}, int64_t{DkDvT::kBlockM});
-    const TailPlan tail = !deterministic && dkdv_ctas_equal(p)
+    const TailPlan tail = !deterministic && ctas_have_equal_work(p)
                               ? plan_tail_split(int64_t{dkdv.grid}, dkdv.shape.cta_slots, tiles_per_dkdv_cta)
                               : TailPlan{};
     const std::size_t split_floats = std::size_t(tail.split_ctas) * 2 * DkDvT::kBlockN * kHeadDim;

@@ -368,15 +368,8 @@ __device__ __forceinline__ bool sum_split_parts(const TailSplit& split, int32_t 
             red_add_quad(at(dk_sums, i, t), dk[i][t][0], dk[i][t][1], dk[i][t][2], dk[i][t][3]);
             red_add_quad(at(dv_sums, i, t), dv[i][t][0], dv[i][t][1], dv[i][t][2], dv[i][t][3]);
         }
-    __shared__ bool last_part;
-    __syncthreads();  // every thread's reductions are issued: thread 0's fence covers them
-    if (threadIdx.x == 0) {
-        __threadfence();
-        last_part = atomicAdd(split.arrivals + split_cta, 1) == split.parts - 1;
-    }
-    __syncthreads();
-    if (!last_part) return false;
-    __threadfence();  // the other parts' sums, made visible before their arrivals, are read after ours
+    __shared__ int32_t last_part;
+    if (!arrive_last_part(split, split_cta, last_part)) return false;
 #pragma unroll
     for (int i = 0; i < kMTiles; ++i)
 #pragma unroll

@@ -20,6 +20,10 @@
 //
 // Warp w owns query rows [w * kWarpRows, (w + 1) * kWarpRows) of the block for both products,
 // so S, P and O stay in registers (mma C fragments of S are A fragments of P V, ptx.cuh).
+//
+// A full mask's grid of equal CTAs that ends in a part-filled wave has its last CTAs split over
+// the key blocks (TailSplit, tail_split.hpp): each part runs the loop over its share, and the last
+// part to finish merges the parts' O, maxima and sums before the epilogue (merge_split_parts()).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -39,6 +43,7 @@
 #include "cuda/sm80/kernel_operand.cuh"
 #include "cuda/sm80/ptx.cuh"
 #include "cuda/sm80/smem_tile.cuh"
+#include "cuda/sm80/tail_split.hpp"
 #include "flashmask/problem.hpp"
 #include "flashmask/tiles.hpp"
 
@@ -84,6 +89,8 @@ struct SharedStorage {
     int32_t block_list[Traits::kThreads];    // BlockEntry values of the current chunk
     uint32_t warp_kinds[Traits::kThreads];   // WarpKinds of each block_list entry
     int32_t warp_counts[Traits::kWarps];     // non-skipped blocks per warp while compacting a chunk
+    int32_t key_end;                         // the end of this CTA's key blocks (a part's share: TailSplit)
+    int32_t last_part;                       // a split CTA's part: whether it arrived last
 
     // advance_column_steps() (smem_tile.cuh) needs q, k and v each at a whole swizzle period.
     static_assert(QTile::kBytes % kSwizzleBytes == 0 && KVTile::kBytes % kSwizzleBytes == 0, "tiles 128-byte aligned");
@@ -99,10 +106,97 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(kFullWarpMask, x, 2);
 }
 
-template <typename Element, int kHeadDim>
+// Where a part of a split CTA (TailSplit) keeps its results: per thread, its O fragment values
+// (kMTiles x kDTiles float4s), then its rows' maxima and its own share of their sums (kMTiles x 2
+// rows each, one float4), value-major so that a warp's 16-byte accesses cover 512 contiguous bytes.
+template <int kThreads, int kMTiles, int kDTiles>
+struct ForwardSplitLayout {
+    static constexpr int kOValues = kMTiles * kDTiles;  // float4s of O per thread
+    static constexpr int kMaxima = kOValues, kSums = kOValues + 1;
+    static constexpr int kValues = kOValues + 2;
+    static constexpr int64_t kFloatsPerPart = int64_t(kValues) * kThreads * 4;
+    static_assert(kMTiles * 2 <= 4, "a thread's row maxima (and sums) fit one float4");
+
+    static __device__ __forceinline__ float4* at(const TailSplit& split, int32_t split_cta, int32_t part, int value) {
+        return reinterpret_cast<float4*>(split.sums + (int64_t(split_cta) * split.parts + part) * kFloatsPerPart) +
+               value * kThreads + threadIdx.x;
+    }
+};
+
+// A part of a split CTA after its key blocks: stores its unnormalised O, row maxima and this
+// thread's partial row sums, and counts its arrival. Returns true in the part that arrives last,
+// with every part's results merged into o, row_max and row_sum as one pass over all the keys
+// would have left them (up to the order of the sums). The merge reads every part, its own
+// included, in part order, so that the result does not depend on which part came last.
+// Called by every thread; `last_part` is a shared-memory word.
+template <int kThreads, int kMTiles, int kDTiles>
+__device__ __forceinline__ bool merge_split_parts(const TailSplit& split, int32_t cta, float scale_log2,
+                                                  float (&o)[kMTiles][kDTiles][4], float (&row_max)[kMTiles][2],
+                                                  float (&row_sum)[kMTiles][2], int32_t& last_part) {
+    using Layout = ForwardSplitLayout<kThreads, kMTiles, kDTiles>;
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+    const int32_t split_cta = split.split_index(cta), own = split.part(cta);
+    float maxima[4] = {kNegInf, kNegInf, kNegInf, kNegInf}, sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+        for (int dt = 0; dt < kDTiles; ++dt)
+            *Layout::at(split, split_cta, own, mt * kDTiles + dt) =
+                make_float4(o[mt][dt][0], o[mt][dt][1], o[mt][dt][2], o[mt][dt][3]);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            maxima[2 * mt + half] = row_max[mt][half];
+            sums[2 * mt + half] = row_sum[mt][half];
+        }
+    }
+    *Layout::at(split, split_cta, own, Layout::kMaxima) = make_float4(maxima[0], maxima[1], maxima[2], maxima[3]);
+    *Layout::at(split, split_cta, own, Layout::kSums) = make_float4(sums[0], sums[1], sums[2], sums[3]);
+    if (!arrive_last_part(split, split_cta, last_part)) return false;
+
+    for (int32_t part = 0; part < split.parts; ++part) {
+        const float4 m4 = __ldcg(Layout::at(split, split_cta, part, Layout::kMaxima));
+        const float4 l4 = __ldcg(Layout::at(split, split_cta, part, Layout::kSums));
+        const float part_max[4] = {m4.x, m4.y, m4.z, m4.w}, part_sum[4] = {l4.x, l4.y, l4.z, l4.w};
+        // Rescale the merged rows and this part's to their common maximum; a maximum of -inf (no
+        // key seen yet) weighs 0, never exp2(-inf + inf).
+        float merged_weight[kMTiles][2], part_weight[kMTiles][2];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int r = 2 * mt + half;
+                const float merged = part == 0 ? kNegInf : row_max[mt][half];
+                const float new_max = fmaxf(merged, part_max[r]);
+                merged_weight[mt][half] = merged == kNegInf ? 0.0f : exp2_approx((merged - new_max) * scale_log2);
+                part_weight[mt][half] = part_max[r] == kNegInf ? 0.0f : exp2_approx((part_max[r] - new_max) * scale_log2);
+                row_max[mt][half] = new_max;
+                row_sum[mt][half] = (part == 0 ? 0.0f : row_sum[mt][half] * merged_weight[mt][half]) +
+                                    part_sum[r] * part_weight[mt][half];
+            }
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+            for (int dt = 0; dt < kDTiles; ++dt) {
+                const float4 x = __ldcg(Layout::at(split, split_cta, part, mt * kDTiles + dt));
+                const float values[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float merged = part == 0 ? 0.0f : o[mt][dt][e] * merged_weight[mt][e / 2];
+                    o[mt][dt][e] = merged + values[e] * part_weight[mt][e / 2];
+                }
+            }
+    }
+    return true;
+}
+
+// kSplitTail: whether the grid's last CTAs may be parts of a split CTA (TailSplit). Only a launch
+// with a split plan instantiates it, so that every other launch (each mask with an index tensor)
+// runs code that the split's per-CTA key range and merge do not touch: inlined into the one
+// kernel, they cost the masked forwards ~1 % (bench/NOTES.md, session 22).
+template <typename Element, int kHeadDim, bool kSplitTail>
 __global__ void __launch_bounds__(ForwardTraits<kHeadDim>::kThreads, ForwardTraits<kHeadDim>::kMinBlocksPerSM)
 forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSchedule schedule,
-               const LaunchCondition condition) {
+               const LaunchCondition condition, const TailSplit split) {
     using Traits = ForwardTraits<kHeadDim>;
     using Storage = SharedStorage<Element, kHeadDim>;
     using QTile = typename Storage::QTile;
@@ -121,7 +215,11 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
 
     // Heaviest query blocks first, interleaved over a section of a few heads whose K/V the CTAs
     // running together share in L2 (tile_order.hpp).
-    const TileCoordinates tile = schedule.at(int32_t(blockIdx.x));
+    // A part of a split CTA (TailSplit: the grid's last wave of a full mask) runs the schedule
+    // position of the CTA it splits, over its share of the key blocks.
+    const bool is_part = kSplitTail && split.is_part(int32_t(blockIdx.x));
+    const TileCoordinates tile =
+        schedule.at(kSplitTail ? split.schedule_position(int32_t(blockIdx.x)) : int32_t(blockIdx.x));
     const int32_t q_block = tile.block, head = tile.head, batch = tile.batch;
     // Read in place from the kernel's parameter space: a local copy would hold 15 more registers.
     const MaskView& mask = p.mask;
@@ -141,9 +239,21 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
 
     // --- which key blocks to visit ------------------------------------------------------------
     const int32_t kv_blocks = table.blocks;
+    // This CTA's key blocks: all, or a part's share. A part's end is read from shared memory where
+    // a chunk is classified: held in a register across the key loop it cost ptxas 12 bytes of spills.
+    const PartTiles key_range =
+        is_part ? part_tiles(kv_blocks, split.part(int32_t(blockIdx.x)), split.parts) : PartTiles{0, kv_blocks};
+    if constexpr (kSplitTail) {
+        if (thread == 0) smem.key_end = key_range.end;
+        __syncthreads();
+    }
+    auto key_end = [&]() -> int32_t {
+        if constexpr (kSplitTail) return smem.key_end;
+        return kv_blocks;
+    };
     const bool ragged_last_block = nk % kBlockN != 0;  // its columns >= Nk must be masked
-    // Classifies blocks [first, first + kThreads) and compacts those that some warp sees (a
-    // tile Partial for the CTA may be Skipped for every warp: it is not loaded) into
+    // Classifies blocks [first, first + kThreads) below key_end() and compacts those that some
+    // warp sees (a tile Partial for the CTA may be Skipped for every warp: it is not loaded) into
     // smem.block_list (and their warps' kinds into smem.warp_kinds) in key order. Returns their
     // count (the same in every thread).
     auto classify_chunk = [&](int32_t first) -> int32_t {
@@ -151,7 +261,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
         TileKind kind = TileKind::Skipped;
         uint32_t warp_kinds = 0;
         bool any_partial = false, any_seen = false;
-        if (kv_block < kv_blocks) {
+        if (kv_block < key_end()) {
             const BlockSummary summary = table.at(mask, batch, head, kv_block);
             const bool ragged = ragged_last_block && kv_block == kv_blocks - 1;
             kind = classify(summary, row_begin, row_end);
@@ -188,7 +298,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
         __syncthreads();
         return total;
     };
-    int32_t next_chunk = 0, chunk_count = 0, position = 0;
+    int32_t next_chunk = key_range.begin, chunk_count = 0, position = 0;
     // The entry at `position` of the list and this warp's kind of it, refilling the list from
     // the next non-empty chunk when it is used up; kNone at the end. The entry is uniform across
     // the CTA, warp_kind only across the warp.
@@ -196,7 +306,7 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
         if (position == chunk_count) {
             chunk_count = 0;
             position = 0;
-            while (chunk_count == 0 && next_chunk < kv_blocks) {
+            while (chunk_count == 0 && next_chunk < key_end()) {
                 chunk_count = classify_chunk(next_chunk);
                 next_chunk += kThreads;
             }
@@ -389,6 +499,12 @@ forward_kernel(const AttentionProblem p, const SummaryTable table, const TileSch
     // With no key block the Q copy may still be in flight into rows other warps stage O in.
     cp_async_wait<0>();
     __syncthreads();
+    // A split CTA's parts: all but the last to finish leave their results and return.
+    if constexpr (kSplitTail) {
+        if (is_part &&
+            !merge_split_parts<kThreads>(split, int32_t(blockIdx.x), scale_log2, o, row_max, row_sum, smem.last_part))
+            return;
+    }
 
     float* lse = static_cast<float*>(p.lse.data) + batch * p.lse.stride[0] + head * p.lse.stride[1];
     // O is staged in Q's tile. This thread's element offset at (row group, column 2 quad): column
@@ -454,11 +570,34 @@ void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t 
 
     // Every refusal (shared memory, a CTA that fits no SM, a grid past int32) before any work is queued.
     constexpr int kSmemBytes = int(sizeof(SharedStorage<Element, kHeadDim>));
-    const auto launch = plan_scheduled_launch<Traits>(forward_kernel<Element, kHeadDim>, kSmemBytes, p,
+    const auto launch = plan_scheduled_launch<Traits>(forward_kernel<Element, kHeadDim, false>, kSmemBytes, p,
                                                       TileAxis::QueryBlocks, "forward", "forward_kernel");
 
     const KeyOrderedTiles tiles(p, key_order, launch.shape, Traits::kBlockN, stream);
     if (part == ForwardPart::PreprocessingOnly) return;
+
+    // The grid's last wave split over the key blocks where every CTA has the same work (no index
+    // tensor: only the natural key order runs), with each part's results in scratch.
+    using Layout = ForwardSplitLayout<Traits::kThreads, Traits::kMTiles, Traits::kDTiles>;
+    const int32_t key_blocks = int32_t(ceil_div(int64_t{p.nk}, int64_t{Traits::kBlockN}));
+    const TailPlan tail = ctas_have_equal_work(p)
+                              ? plan_forward_tail_split(int64_t{launch.grid}, launch.shape.cta_slots, key_blocks)
+                              : TailPlan{};
+    const std::size_t split_floats = std::size_t(tail.split_ctas) * std::size_t(tail.parts) * Layout::kFloatsPerPart;
+    static_assert(sizeof(int32_t) == sizeof(float), "the arrival counts take float slots of the scratch");
+    DeviceScratch split_memory((split_floats + std::size_t(tail.split_ctas)) * sizeof(float), stream);
+    TailSplit split;
+    if (tail.split_ctas > 0) {
+        split.first_cta = int32_t(launch.grid) - tail.split_ctas;
+        split.parts = tail.parts;
+        split.sums = split_memory.as<float>();
+        split.arrivals = reinterpret_cast<int32_t*>(split.sums + split_floats);
+        FM_CUDA_CHECK(cudaMemsetAsync(split.arrivals, 0, std::size_t(tail.split_ctas) * sizeof(int32_t), stream));
+    }
+    const unsigned natural_grid = unsigned(int64_t{launch.grid} - tail.split_ctas + int64_t(tail.split_ctas) * tail.parts);
+    // The split kernel has the unsplit one's shared memory and launch bounds: the same CTA slots.
+    auto* const natural_kernel = tail.split_ctas > 0 ? forward_kernel<Element, kHeadDim, true> : launch.kernel;
+    if (tail.split_ctas > 0) allow_shared_memory(natural_kernel, launch.smem_bytes);
 
     const KernelOperand q(p.q, p.batch, p.nq, p.q_heads, p.head_dim, stream);
     const KernelOperand k(p.k, p.batch, p.nk, p.kv_heads, p.head_dim, stream);
@@ -473,13 +612,15 @@ void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t 
     kernel_problem.v = v.operand();
     kernel_problem.out = out.operand();
     auto run = [&](const AttentionProblem& problem, const SummaryTable& table, const TileSchedule& schedule,
-                   const LaunchCondition& condition) {
-        launch.kernel<<<launch.grid, Traits::kThreads, launch.smem_bytes, stream>>>(problem, table, schedule, condition);
+                   const LaunchCondition& condition, const TailSplit& tail_split, unsigned grid, auto kernel) {
+        kernel<<<grid, Traits::kThreads, launch.smem_bytes, stream>>>(problem, table, schedule, condition,
+                                                                            tail_split);
         check_launch("flashmask sm80 forward_kernel");
     };
 
     if (tiles.natural_runs())
-        run(kernel_problem, tiles.natural_table(), tiles.natural_schedule(), tiles.natural_condition());
+        run(kernel_problem, tiles.natural_table(), tiles.natural_schedule(), tiles.natural_condition(), split,
+            natural_grid, natural_kernel);
     if (tiles.sorted_runs()) {
         // K and V gathered in the sorted order (only when that order runs), read by the unchanged kernel.
         const std::size_t key_rows = std::size_t(p.batch) * p.nk * p.kv_heads;
@@ -492,7 +633,8 @@ void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t 
                     tiles.sorted_condition(), stream);
         gather_keys(kernel_problem.v, sorted_problem.v, int32_t(sizeof(Element)), p.value_dim, p, tiles.sorted_order(),
                     tiles.sorted_condition(), stream);
-        run(sorted_problem, tiles.sorted_table(), tiles.sorted_schedule(), tiles.sorted_condition());
+        run(sorted_problem, tiles.sorted_table(), tiles.sorted_schedule(), tiles.sorted_condition(), TailSplit{},
+            launch.grid, launch.kernel);
     }
     out.copy_out();
 }
