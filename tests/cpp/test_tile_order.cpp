@@ -477,18 +477,29 @@ TEST(TailSplit, PartsCoverEveryTileOnce) {
     EXPECT_EQ(last.end, std::numeric_limits<int32_t>::max());  // no overflow in the products
 }
 
+// The kernels' view of a plan (TailPlan::split()) and the grid the hosts launch for it.
 TEST(TailSplit, GridPositionsRunTheSplitCtas) {
-    cuda::sm80::TailSplit split;
-    EXPECT_FALSE(split.is_part(std::numeric_limits<int32_t>::max() - 1));  // unset: no part anywhere
-    EXPECT_EQ(split.schedule_position(4095), 4095);
-    split.first_cta = 4092;  // config (a): 4 split CTAs of 33 parts
-    split.parts = 33;
+    std::vector<float> scratch(64);
+    const cuda::sm80::TailSplit none = cuda::sm80::TailPlan{}.split(4096, scratch.data(), 60);
+    EXPECT_FALSE(none.is_part(std::numeric_limits<int32_t>::max() - 1));  // no split: no part anywhere
+    EXPECT_EQ(none.schedule_position(4095), 4095);
+    EXPECT_EQ(none.sums, nullptr);
+    EXPECT_EQ(cuda::sm80::TailPlan{}.launched_grid(4096), 4096);
+
+    const cuda::sm80::TailPlan plan{4, 33};  // config (a)'s dK/dV grid: 4 split CTAs of 33 parts
+    EXPECT_EQ(plan.launched_grid(4096), 4092 + 4 * 33);
+    EXPECT_EQ(plan.scratch_floats(60), 64u);  // the sums, then one arrival count per split CTA
+    const cuda::sm80::TailSplit split = plan.split(4096, scratch.data(), 60);
+    EXPECT_EQ(split.first_cta, 4092);
+    EXPECT_EQ(split.parts, 33);
+    EXPECT_EQ(split.sums, scratch.data());
+    EXPECT_EQ(static_cast<void*>(split.arrivals), static_cast<void*>(scratch.data() + 60));
     for (int32_t cta = 0; cta < 4092; ++cta) {
         ASSERT_FALSE(split.is_part(cta));
         ASSERT_EQ(split.schedule_position(cta), cta);
     }
     std::vector<int32_t> parts_seen(4 * 33, 0);
-    for (int32_t cta = 4092; cta < 4092 + 4 * 33; ++cta) {
+    for (int32_t cta = 4092; cta < plan.launched_grid(4096); ++cta) {
         ASSERT_TRUE(split.is_part(cta));
         const int32_t index = split.split_index(cta), part = split.part(cta);
         ASSERT_TRUE(index >= 0 && index < 4 && part >= 0 && part < 33) << cta;

@@ -110,20 +110,16 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
                               ? plan_tail_split(int64_t{dkdv.grid}, dkdv.shape.cta_slots, tiles_per_dkdv_cta)
                               : TailPlan{};
     const std::size_t split_floats = std::size_t(tail.split_ctas) * 2 * DkDvT::kBlockN * kHeadDim;
-    static_assert(sizeof(int32_t) == sizeof(float), "the arrival counts take float slots of the scratch");
-    DeviceScratch memory((2 * rows + accumulator_floats + split_floats + tail.split_ctas) * sizeof(float), stream);
+    DeviceScratch memory((2 * rows + accumulator_floats + tail.scratch_floats(split_floats)) * sizeof(float), stream);
     scratch.lse_log2 = memory.as<float>();
     scratch.di = scratch.lse_log2 + rows;
     // The dQ accumulator is zeroed by backward_preprocess_kernel.
     if (!deterministic) scratch.dq_accum = scratch.di + rows;
     if (tail.split_ctas > 0) {
-        scratch.split.first_cta = int32_t(dkdv.grid) - tail.split_ctas;
-        scratch.split.parts = tail.parts;
-        scratch.split.sums = scratch.dq_accum + accumulator_floats;
-        scratch.split.arrivals = reinterpret_cast<int32_t*>(scratch.split.sums + split_floats);
-        FM_CUDA_CHECK(cudaMemsetAsync(scratch.split.sums, 0, (split_floats + tail.split_ctas) * sizeof(float), stream));
+        scratch.split = tail.split(int64_t{dkdv.grid}, scratch.dq_accum + accumulator_floats, split_floats);
+        FM_CUDA_CHECK(cudaMemsetAsync(scratch.split.sums, 0, tail.scratch_floats(split_floats) * sizeof(float), stream));
     }
-    const unsigned dkdv_grid = unsigned(int64_t{dkdv.grid} - tail.split_ctas + int64_t(tail.split_ctas) * tail.parts);
+    const unsigned dkdv_grid = unsigned(tail.launched_grid(int64_t{dkdv.grid}));
 
     constexpr int kRowsPerPreprocessBlock = kPreprocessThreads / (kHeadDim / kChunkElements);
     backward_preprocess_kernel<Element, kHeadDim>

@@ -584,17 +584,11 @@ void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t 
                               ? plan_forward_tail_split(int64_t{launch.grid}, launch.shape.cta_slots, key_blocks)
                               : TailPlan{};
     const std::size_t split_floats = std::size_t(tail.split_ctas) * std::size_t(tail.parts) * Layout::kFloatsPerPart;
-    static_assert(sizeof(int32_t) == sizeof(float), "the arrival counts take float slots of the scratch");
-    DeviceScratch split_memory((split_floats + std::size_t(tail.split_ctas)) * sizeof(float), stream);
-    TailSplit split;
-    if (tail.split_ctas > 0) {
-        split.first_cta = int32_t(launch.grid) - tail.split_ctas;
-        split.parts = tail.parts;
-        split.sums = split_memory.as<float>();
-        split.arrivals = reinterpret_cast<int32_t*>(split.sums + split_floats);
+    DeviceScratch split_memory(tail.scratch_floats(split_floats) * sizeof(float), stream);
+    const TailSplit split = tail.split(int64_t{launch.grid}, split_memory.as<float>(), split_floats);
+    if (tail.split_ctas > 0)
         FM_CUDA_CHECK(cudaMemsetAsync(split.arrivals, 0, std::size_t(tail.split_ctas) * sizeof(int32_t), stream));
-    }
-    const unsigned natural_grid = unsigned(int64_t{launch.grid} - tail.split_ctas + int64_t(tail.split_ctas) * tail.parts);
+    const unsigned natural_grid = unsigned(tail.launched_grid(int64_t{launch.grid}));
     // The split kernel has the unsplit one's shared memory and launch bounds: the same CTA slots.
     auto* const natural_kernel = tail.split_ctas > 0 ? forward_kernel<Element, kHeadDim, true> : launch.kernel;
     if (tail.split_ctas > 0) allow_shared_memory(natural_kernel, launch.smem_bytes);

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 
@@ -81,6 +82,18 @@ FM_HOST_DEVICE PartTiles part_tiles(int32_t tiles, int32_t part, int32_t parts) 
 // parts <= slots), at most one per tile.
 struct TailPlan {
     int32_t split_ctas = 0, parts = 1;
+
+    // The grid of `grid` CTAs as launched: each split CTA as its parts.
+    int64_t launched_grid(int64_t grid) const { return grid - split_ctas + int64_t(split_ctas) * parts; }
+    // Floats of scratch the split takes: its parts' `sum_floats`, then one arrival count per split CTA.
+    std::size_t scratch_floats(std::size_t sum_floats) const { return sum_floats + std::size_t(split_ctas); }
+    // The kernel's view of this plan on `grid` CTAs, its scratch_floats(sum_floats) floats at
+    // `scratch`; no split (TailSplit{}) without split CTAs.
+    TailSplit split(int64_t grid, float* scratch, std::size_t sum_floats) const {
+        static_assert(sizeof(int32_t) == sizeof(float), "the arrival counts take float slots of the scratch");
+        if (split_ctas == 0) return {};
+        return {int32_t(grid - split_ctas), parts, scratch, reinterpret_cast<int32_t*>(scratch + sum_floats)};
+    }
 };
 inline constexpr int32_t kTailSplitMaxFill = 4;
 
@@ -92,8 +105,9 @@ inline TailPlan plan_tail_split(int64_t grid, int32_t slots, int64_t tiles_per_c
     if (tail == 0 || int64_t(tail) * kTailSplitMaxFill > slots) return {};
     const int32_t parts = int32_t(std::min<int64_t>(slots / tail, tiles_per_cta));
     // The parts' grid must still fit grid dimension x.
-    if (parts < 2 || grid - tail + int64_t(tail) * parts > std::numeric_limits<int32_t>::max()) return {};
-    return {tail, parts};
+    const TailPlan plan{tail, parts};
+    if (parts < 2 || plan.launched_grid(grid) > std::numeric_limits<int32_t>::max()) return {};
+    return plan;
 }
 
 // The forward's split (plan_forward_tail_split()): parts of the key blocks, at most
@@ -123,9 +137,10 @@ inline TailPlan plan_forward_tail_split(int64_t grid, int32_t slots, int32_t key
         const double time = tail_wave_time(tail, slots, parts);
         if (time < best_time) best_time = time, best_parts = parts;  // ties (exact: 1/2 = 2/4) keep fewer parts
     }
+    const TailPlan plan{tail, best_parts};
     if (best_parts < 2 || best_time > 1.0 - kForwardTailMinSaving) return {};
-    if (grid - tail + int64_t(tail) * best_parts > std::numeric_limits<int32_t>::max()) return {};
-    return {tail, best_parts};
+    if (plan.launched_grid(grid) > std::numeric_limits<int32_t>::max()) return {};
+    return plan;
 }
 
 // Whether every CTA of `p`'s forward and dK/dV grids has the same work: the full mask (no index
