@@ -9,36 +9,23 @@ last wave runs 136 CTAs on 264 slots. H = 31 leaves 3,968 CTAs (15.03 waves), H 
 
     python3 bench/wave_probe.py [--seqlen 8192 --batch 2 --heads 31,32,33 --reps 50]
 
-A probe, not the benchmark (bench_attention.py is): it times the two forwards alone, each the
-median of --reps CUDA-event timings after a warm-up, interleaved head count by head count.
+A probe, not the benchmark (bench_attention.py is): it times the two forwards alone with the
+benchmark's timer (median_ms(): the median of --reps CUDA-event timings after its warm-up),
+interleaved head count by head count.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flashmask
+from bench_attention import median_ms, warmup_calls  # bench/, the script's own folder: the benchmark's timer
 
 FORWARD_QUERY_BLOCK = 128  # query rows per forward CTA, flashmask's (forward_traits.hpp) and FA2's at D = 128
-
-
-def median_ms(fn, reps: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -69,8 +56,8 @@ def main() -> None:
                     F.scaled_dot_product_attention(qt, kt, vt)
 
             flops = 4.0 * args.head_dim * heads * args.seqlen * args.seqlen * args.batch
-            ours_tflops = flops / median_ms(ours, args.reps) / 1e9
-            fa2_tflops = flops / median_ms(fa2, args.reps) / 1e9
+            ours_tflops = flops / median_ms(ours, args.reps, warmup_calls(args.reps)) / 1e9
+            fa2_tflops = flops / median_ms(fa2, args.reps, warmup_calls(args.reps)) / 1e9
             ctas = args.batch * heads * -(-args.seqlen // FORWARD_QUERY_BLOCK)
             print(f"{round_index:5d}  {heads:5d}  {ctas:5d}  {ctas / slots:10.2f}  {ours_tflops:9.1f}  {fa2_tflops:5.1f}  "
                   f"{ours_tflops / fa2_tflops:5.3f}")
