@@ -608,7 +608,7 @@ void launch_forward(const AttentionProblem& p, KeyOrder key_order, cudaStream_t 
     auto run = [&](const AttentionProblem& problem, const SummaryTable& table, const TileSchedule& schedule,
                    const LaunchCondition& condition, const TailSplit& tail_split, unsigned grid, auto kernel) {
         kernel<<<grid, Traits::kThreads, launch.smem_bytes, stream>>>(problem, table, schedule, condition,
-                                                                            tail_split);
+                                                                      tail_split);
         check_launch("flashmask sm80 forward_kernel");
     };
 
