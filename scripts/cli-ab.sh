@@ -17,7 +17,10 @@
 # seed of SPEC §6's densities (bench/spec_densities.py) and the same inputs (the seed also draws
 # them). Sides run in turn (the tarballs', then the working tree's), ROUNDS times (default 2).
 # Output: cli-ab.md in $FLASHMASK_GPU_BUILD_DIR/cli-ab (default build-gpu/cli-ab), one line per
-# run and a table of TFLOP/s (forward / backward) last, also copied to $OUT when set.
+# run and a table of TFLOP/s (forward / backward) last, also copied to $OUT when set. Each run
+# also gives the median SM clock and power that nvidia-smi sampled while it ran (every
+# CLOCK_SAMPLE_MS): the masks below the card's power limit run at clocks that move 5-10 %
+# between leases (bench/NOTES.md, sessions 23-24), so a side's figure is read beside its clock.
 #
 # Environment: FLASHMASK_CUDA_ARCHITECTURES [90a-real], FLASHMASK_GPU_JOBS [16] (shared by the
 # sides' builds), FLASHMASK_CUDA [ON], FLASHMASK_COMMIT (the working tree's commit, as in gpu.sh).
@@ -70,6 +73,39 @@ side_names=()
 for tarball in "${TARBALLS[@]}"; do side_names+=("$(side_name "$tarball")"); done
 side_names+=(tree)
 side_source() { [ "$1" = tree ] && pwd || echo "/tmp/flashmask-cli-ab-$1"; }
+
+CLOCK_SAMPLE_MS=100  # a run of config (a) lasts ~1-2 s: 10-20 samples
+CLOCK_LOG="$WORK_DIR/clock-samples.csv"
+# Samples the SM clock and power draw in the background until stop_clock_samples; without
+# nvidia-smi the samples are empty and the run's clock reads "n/a".
+start_clock_samples() {
+  : >"$CLOCK_LOG"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --id=0 --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms "$CLOCK_SAMPLE_MS" \
+      >"$CLOCK_LOG" 2>/dev/null &
+    clock_sampler=$!
+  else
+    clock_sampler=
+  fi
+}
+# Prints "<median MHz> MHz, <median W> W" of the samples since start_clock_samples, or "n/a".
+stop_clock_samples() {
+  if [ -n "$clock_sampler" ]; then kill "$clock_sampler" 2>/dev/null; wait "$clock_sampler" 2>/dev/null; fi
+  python3 - "$CLOCK_LOG" <<'PY'
+import statistics, sys
+samples = []
+for line in open(sys.argv[1]):
+    try:
+        clock, power = (float(field) for field in line.split(","))
+    except ValueError:
+        continue  # a line cut short by the kill, or "[N/A]"
+    samples.append((clock, power))
+if samples:
+    print("%.0f MHz, %.0f W" % (statistics.median(c for c, _ in samples), statistics.median(p for _, p in samples)))
+else:
+    print("n/a")
+PY
+}
 side_tool() { echo "$WORK_DIR/build-$1/tools/flashmask"; }
 
 # The builds run side by side, the machine's cores shared among them.
@@ -93,7 +129,7 @@ done
 wait_for_side_builds cli-ab.sh "$WORK_DIR/build-%s.log" "${builds[@]}"
 
 summary="$WORK_DIR/cli-ab.md"
-results="$WORK_DIR/results.tsv"  # round, side, config, mask, forward TFLOP/s, backward TFLOP/s
+results="$WORK_DIR/results.tsv"  # round, side, config, mask, forward TFLOP/s, backward TFLOP/s, clock
 : >"$results"
 {
   echo "# CLI A/B: $(printf '%s, ' "${side_names[@]}" | sed 's/, $//'), in turn, $ROUNDS rounds"
@@ -107,6 +143,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for name in "${side_names[@]}"; do
     for config in "${config_list[@]}"; do
       for mask in "${mask_list[@]}"; do
+        start_clock_samples
         # shellcheck disable=SC2046  # config_arguments is a list of words
         json=$("$(side_tool "$name")" run --mask "$mask" $(config_arguments "$config") --dtype "$dtype" --backward \
           "${deterministic[@]}" --seed "$seed" --json 2>>"$WORK_DIR/run-errors.log")
@@ -114,8 +151,9 @@ for round in $(seq 1 "$ROUNDS"); do
 timings = {t["pass"]: t["tflops"] for t in json.loads(sys.argv[1])["timings"]}
 print("\t".join("%.4g" % timings[name] if name in timings else "missing" for name in ("forward", "backward")))' \
           "$json" 2>>"$WORK_DIR/run-errors.log") || figures="failed	failed"
-        printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$config" "$mask" "$figures" >>"$results"
-        echo "round $round, $name, config $config, $mask: $(echo "$figures" | tr '\t' '/') TFLOP/s" | tee -a "$summary"
+        clock=$(stop_clock_samples)
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$config" "$mask" "$figures" "$clock" >>"$results"
+        echo "round $round, $name, config $config, $mask: $(echo "$figures" | tr '\t' '/') TFLOP/s ($clock)" | tee -a "$summary"
       done
     done
   done
@@ -128,12 +166,12 @@ import collections, sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
 sides = sys.argv[2:]
 cells = collections.defaultdict(list)
-for round_, side, config, mask, forward, backward in rows:
-    cells[(config, mask, side)].append(f"{forward} / {backward}")
+for round_, side, config, mask, forward, backward, clock in rows:
+    cells[(config, mask, side)].append(f"{forward} / {backward}" + (f" ({clock.split(',')[0]})" if clock != "n/a" else ""))
 print()
 print("| config | mask | " + " | ".join(sides) + " |")
 print("|---|---|" + "---|" * len(sides))
-for config, mask in dict.fromkeys((config, mask) for _, _, config, mask, _, _ in rows):
+for config, mask in dict.fromkeys((config, mask) for _, _, config, mask, _, _, _ in rows):
     print(f"| {config} | {mask} | " + " | ".join(", ".join(cells[(config, mask, side)]) for side in sides) + " |")
 PY
 [ -n "${OUT:-}" ] && cp "$summary" "$OUT/cli-ab.md"
