@@ -74,7 +74,7 @@ for tarball in "${TARBALLS[@]}"; do side_names+=("$(side_name "$tarball")"); don
 side_names+=(tree)
 side_source() { [ "$1" = tree ] && pwd || echo "/tmp/flashmask-cli-ab-$1"; }
 
-CLOCK_SAMPLE_MS=100  # a run of config (a) lasts ~1-2 s: 10-20 samples
+CLOCK_SAMPLE_MS=100  # several samples in a run of SPEC §6 size (its timed passes alone: 20 x ~24 ms at config (a))
 CLOCK_LOG="$WORK_DIR/clock-samples.csv"
 # Samples the SM clock and power draw in the background until stop_clock_samples; without
 # nvidia-smi the samples are empty and the run's clock reads "n/a".
