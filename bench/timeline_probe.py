@@ -5,13 +5,20 @@ sum of its kernels and the gaps (bench/NOTES.md, session 25).
 
     python3 bench/timeline_probe.py --mask share_question --seqlen 8192 --batch 2 --heads 32
 
+With --calls N (N >= 2) the backward runs N times back to back (no synchronisation between,
+as a benchmark's timed loop does), and each call's period on the device (from one call's
+preprocess kernel to the next one's) is split into its long kernels and the rest: the small
+kernels and launch gaps on the critical path, which a kernel's speed does not change and the
+card's clock hardly moves.
+
 Not a benchmark (bench_attention.py is): the trace's timestamps carry the profiler's own
-overhead, and one call is one sample. It answers what a call is made of, not how fast it is.
+overhead. It answers what a call is made of, not how fast it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 from torch.autograd import DeviceType
@@ -22,6 +29,8 @@ from spec_densities import SPEC_DENSITY_SEED
 
 WARMUPS = 3
 NAME_WIDTH = 70
+LONG_KERNEL_US = 50.0  # a call's long kernels (preprocess, dK/dV, dQ convert); the rest is overhead
+PERIOD_MARKER = "backward_preprocess_kernel"  # once per backward call: where a period starts
 
 
 def device_events(prof) -> list:
@@ -34,22 +43,54 @@ def short_name(name: str) -> str:
     return name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 3] + "..."
 
 
+def busy_us(events: list) -> float:
+    """The time at least one activity ran (activities on the side stream overlap the others)."""
+    busy, covered_to = 0.0, float("-inf")
+    for e in events:  # sorted by start
+        start, end = max(e.time_range.start, covered_to), e.time_range.end
+        if end > start:
+            busy += end - start
+        covered_to = max(covered_to, end)
+    return busy
+
+
 def report(phase: str, events: list) -> None:
     if not events:
         print(f"{phase}: no device activity recorded")
         return
     begin = events[0].time_range.start
     end = max(e.time_range.end for e in events)
-    busy = sum(e.time_range.end - e.time_range.start for e in events)
+    busy = busy_us(events)
     print(f"\n{phase}: {len(events)} device activities, span {end - begin:.1f} us, "
           f"busy {busy:.1f} us, idle {end - begin - busy:.1f} us")
-    print(f"{'start us':>9} {'dur us':>9} {'gap us':>7}  name")
+    print(f"{'start us':>9} {'dur us':>9} {'gap us':>7}  name (gap 'beside': it started while another ran)")
     previous_end = begin
     for e in events:
         gap = e.time_range.start - previous_end
-        print(f"{e.time_range.start - begin:9.1f} {e.time_range.end - e.time_range.start:9.1f} {gap:7.1f}  "
+        gap_text = f"{gap:7.1f}" if gap >= 0 else f"{'beside':>7}"
+        print(f"{e.time_range.start - begin:9.1f} {e.time_range.end - e.time_range.start:9.1f} {gap_text}  "
               f"{short_name(e.name)}")
         previous_end = max(previous_end, e.time_range.end)
+
+
+def report_periods(events: list) -> None:
+    """The steady-state periods of back-to-back backward calls: each from one call's preprocess
+    kernel to the next one's, split into its long kernels and the rest."""
+    starts = [i for i, e in enumerate(events) if PERIOD_MARKER in e.name]
+    if len(starts) < 2:
+        print(f"fewer than two {PERIOD_MARKER} launches: no period to report")
+        return
+    print(f"\nperiods of back-to-back backward calls (long kernels: >= {LONG_KERNEL_US:.0f} us)")
+    print(f"{'period us':>10} {'long us':>9} {'rest us':>8}")
+    rests = []
+    for first, following in zip(starts, starts[1:]):
+        period = events[following].time_range.start - events[first].time_range.start
+        long_kernels = sum(e.time_range.end - e.time_range.start for e in events[first:following]
+                           if e.time_range.end - e.time_range.start >= LONG_KERNEL_US)
+        rests.append(period - long_kernels)
+        print(f"{period:10.1f} {long_kernels:9.1f} {period - long_kernels:8.1f}")
+    print(f"rest of a period (small kernels and gaps on the critical path): median "
+          f"{statistics.median(rests):.1f} us over {len(rests)} periods")
 
 
 def main() -> None:
@@ -60,7 +101,11 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--mask", choices=flashmask.catalogue_names(), default="share_question")
     parser.add_argument("--seed", type=int, default=SPEC_DENSITY_SEED, help="catalogue seed (default: the benchmark's)")
+    parser.add_argument("--calls", type=int, default=1,
+                        help="backward calls profiled back to back; from 2 on, their periods are reported")
     args = parser.parse_args()
+    if args.calls < 1:
+        parser.error(f"--calls {args.calls}: expected at least 1")
 
     torch.manual_seed(0)
     shape = (args.batch, args.seqlen, args.heads, args.head_dim)  # BSHD
@@ -72,21 +117,25 @@ def main() -> None:
         indices = one.expand(args.batch, *one.shape[1:]).contiguous()
 
     def forward():
-        qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
-        return flashmask.flashmask_attention(qg, kg, vg, indices, causal=bool(mask.causal))
+        leaves = tuple(t.detach().requires_grad_() for t in (q, k, v))
+        return flashmask.flashmask_attention(*leaves, indices, causal=bool(mask.causal)), leaves
 
     for _ in range(WARMUPS):
-        forward().backward(dout)
+        forward()[0].backward(dout)
     torch.cuda.synchronize()
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        out = forward()
+        out, leaves = forward()
         torch.cuda.synchronize()
     report(f"forward, {args.mask}, BSHD {shape}", device_events(prof))
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        out.backward(dout)
+        for call in range(args.calls):  # autograd.grad: no accumulation kernels between the calls
+            torch.autograd.grad(out, leaves, dout, retain_graph=call + 1 < args.calls)
         torch.cuda.synchronize()
-    report(f"backward, {args.mask}, BSHD {shape}", device_events(prof))
+    events = device_events(prof)
+    report(f"backward x {args.calls}, {args.mask}, BSHD {shape}", events)
+    if args.calls > 1:
+        report_periods(events)
 
 
 if __name__ == "__main__":
