@@ -468,18 +468,21 @@ struct BackwardScratch {
     }
 };
 
-// delta[b, h, i] = rowsum(dO * O): the softmax-gradient term every pass needs, [B, Hq, Nq].
+// delta[b, h, i]: the softmax-gradient term every pass needs, [B, Hq, Nq], in dS = P (dP - delta).
 //
-// Two ways to get it. From the stored O (row_delta_item): one read of O and dO, as
-// FlashAttention does; O carries its storage rounding, and dS = P * (dP - delta) cancels where
-// a row's dP are close to delta, so that rounding can reach the gradients unattenuated. For
-// 16-bit storage that is the naive computation SPEC §5 measures against. For float32 it is not
-// enough: a single query row over a few keys (causal_document, Nq = 1, Nk = 17) gave dQ / dK
-// errors of 1.4e-5 against SPEC's 1e-5 about once in 50 random draws, and summing in double did
-// not help (O's rounding, not the sum's, is the error). So float32 takes delta as
-// sum_j P_ij dP_ij over the row's tiles (delta_from_probabilities_item), from the same P and dP
-// that dS then uses, in double: rounding in dP then cancels in dP - delta instead of adding to
-// it. It costs a third pass of two products (S and dP) per computed tile.
+// Exactly it is rowsum(dO * O) = sum_j P_ij dP_ij. FlashAttention takes the first form, one read
+// of O and dO; but the stored O carries its storage rounding, and dS = P * (dP - delta) cancels
+// where a row's dP are close to delta, so that rounding reaches the gradients unattenuated. In
+// float32 a single query row over a few keys (causal_document, Nq = 1, Nk = 17) gave dQ / dK errors
+// of 1.4e-5 against SPEC's 1e-5 about once in 50 random draws, and summing in double did not help
+// (O's rounding, not the sum's, is the error); in float16 a row over two keys gave 1.13e-3 against
+// the bound's 1.05e-3 (Nq = 1, Nk = 17, D = 256, once in ~300 draws; bench/NOTES.md, session 25):
+// SPEC §5's naive computation takes delta as softmax-backward's internal row sum of P * dP, where
+// the stored O's rounding is not. So delta is sum_j P_ij dP_ij over the row's tiles
+// (delta_from_probabilities_item), from the same P and dP that dS then uses, in double: rounding in
+// dP then cancels in dP - delta instead of adding to it. It costs a third pass of two products (S
+// and dP) per computed tile: measured +25-37 % on the CPU backward (bf16, 2,048 tokens, 2 threads:
+// full 236 -> 323 ms, causal_document 42 -> 54 ms).
 //
 // That pass also sums each row's recomputed probabilities. P = exp(S - LSE) shares one error
 // across a row: LSE's float32 rounding (and the forward's own), so the row sums to 1 + e rather
@@ -492,31 +495,12 @@ struct BackwardScratch {
 // And delta keeps its double's precision as two floats: in a row that is nearly one-hot,
 // dP_j - delta is a small difference of two values near dP_j, and with delta rounded to one
 // float (the division alone) dQ errors still reached 1.4e-5, 4x the naive computation's.
-template <class Storage>
-constexpr bool delta_from_probabilities() {
-    return std::is_same_v<Storage, Float32Storage>;
-}
 
-// What every row of the backward needs beside its LSE, [B, Hq, Nq] each: delta, and where the
-// delta pass ran (float32), the rounding error of delta's float (delta_low) and the inverse of
-// the row's probability sum (both empty otherwise: delta is one float and P is used as
-// recomputed).
+// What every row of the backward needs beside its LSE, [B, Hq, Nq] each: delta, the rounding
+// error of delta's float (delta_low) and the inverse of the row's probability sum.
 struct RowTerms {
     std::vector<float> delta, delta_low, inverse_sum;
 };
-
-template <class Storage>
-void row_delta_item(const AttentionProblem& p, int64_t item, std::vector<float>& delta) {
-    const int32_t h = int32_t(item % p.q_heads), b = int32_t(item / p.q_heads);
-    float* out = delta.data() + std::size_t(item) * p.nq;
-    for (int32_t i = 0; i < p.nq; ++i) {
-        const auto* o = row_pointer<Storage>(p.out, b, i, h);
-        const auto* d_o = row_pointer<Storage>(p.dout, b, i, h);
-        float sum = 0.0f;
-        for (int32_t d = 0; d < p.value_dim; ++d) sum += Storage::to_float(o[d]) * Storage::to_float(d_o[d]);
-        out[i] = sum;
-    }
-}
 
 // Loads a query block's Q (scaled), dO, LSE and row terms (none for the pass that forms them:
 // delta 0, P as recomputed).
@@ -529,12 +513,11 @@ void load_query_block(const MaskTiles& tiles, const RowTerms* terms, int32_t b, 
     load_rows<Storage>(p.q, b, first_row, h, rows, p.head_dim, pitch.head, p.scale, w.q.data());
     load_rows<Storage>(p.dout, b, first_row, h, rows, p.value_dim, pitch.value, 1.0f, w.dout.data());
     const std::size_t row0 = (std::size_t(b) * p.q_heads + h) * p.nq + first_row;
-    const bool normalized = terms != nullptr && !terms->inverse_sum.empty();
     for (int32_t r = 0; r < rows; ++r) {
         w.lse[r] = *lse_pointer(p, b, h, first_row + r);
         w.delta[r] = terms != nullptr ? terms->delta[row0 + r] : 0.0f;
-        w.delta_low[r] = normalized ? terms->delta_low[row0 + r] : 0.0f;
-        w.inverse_sum[r] = normalized ? terms->inverse_sum[row0 + r] : 1.0f;  // 1: scale_rows leaves the row
+        w.delta_low[r] = terms != nullptr ? terms->delta_low[row0 + r] : 0.0f;
+        w.inverse_sum[r] = terms != nullptr ? terms->inverse_sum[row0 + r] : 1.0f;  // 1: scale_rows leaves the row
     }
 }
 
@@ -682,18 +665,12 @@ void run_backward(const AttentionProblem& p, int num_threads) {
     const int64_t dkdv_items = int64_t(p.batch) * p.kv_heads * tiles.kv_blocks;
     const int workers = worker_count(num_threads, std::max(dq_items, dkdv_items));
     std::vector<BackwardScratch> scratch(static_cast<std::size_t>(workers));
-    if constexpr (delta_from_probabilities<Storage>()) {
-        terms.delta_low.resize(row_count);
-        terms.inverse_sum.resize(row_count);
-        parallel_for(dq_items, worker_count(num_threads, dq_items), [&](int worker, int64_t item) {
-            scratch[worker].allocate(p);
-            delta_from_probabilities_item<Storage>(tiles, item, terms, scratch[worker]);
-        });
-    } else {
-        const int64_t row_items = int64_t(p.batch) * p.q_heads;
-        parallel_for(row_items, worker_count(num_threads, row_items),
-                     [&](int, int64_t item) { row_delta_item<Storage>(p, item, terms.delta); });
-    }
+    terms.delta_low.resize(row_count);
+    terms.inverse_sum.resize(row_count);
+    parallel_for(dq_items, worker_count(num_threads, dq_items), [&](int worker, int64_t item) {
+        scratch[worker].allocate(p);
+        delta_from_probabilities_item<Storage>(tiles, item, terms, scratch[worker]);
+    });
     parallel_for(dq_items, worker_count(num_threads, dq_items), [&](int worker, int64_t item) {
         scratch[worker].allocate(p);
         dq_item<Storage>(tiles, terms, item, scratch[worker]);
