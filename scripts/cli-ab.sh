@@ -2,9 +2,11 @@
 # A quick A/B of the CUDA kernels through the command-line tool, for a lease with little time
 # left: each side builds only the C++ library and `flashmask` (two sides side by side took 40 s
 # on an H100 machine, session 20, against ~90 s for scripts/ab-bench.sh's Python modules), and
-# each timing is one `flashmask run` of a mask at a SPEC §6 size, forward and backward. The tool's
-# timings include the host's launches (it waits for each pass), so they compare sides; results
-# and comparisons with the peers stay with bench/bench_attention.py (SPEC §6).
+# each timing is one `flashmask run` of a mask at a SPEC §6 size, forward and backward. By default
+# the tool's timings include the host's launches (it waits for each pass); with --timing queued
+# its passes run back to back with the host ahead, as the benchmark's do (every side's tool must
+# know --timing: commits from session 25 on). They compare sides; results and comparisons with
+# the peers stay with bench/bench_attention.py (SPEC §6).
 #
 #   here:        git archive -o ab-base.tar <base-commit>     (and ab-<name>.tar for more sides)
 #   device call: scripts/cli-ab.sh ab-base.tar [ab-<name>.tar ...] [ROUNDS] [-- OPTIONS]
@@ -13,7 +15,8 @@
 #
 # OPTIONS: --configs a,b (SPEC §6's configurations; default a; "smoke" is 256 rows, B 1, H 2,
 # for trying the script on a machine without a GPU), --masks (catalogue names; default
-# full,causal,share_question), --dtype (default bf16), --deterministic. Every run uses the mask
+# full,causal,share_question), --dtype (default bf16), --deterministic, --timing synced|queued
+# (`flashmask run --timing`; default synced). Every run uses the mask
 # seed of SPEC §6's densities (bench/spec_densities.py) and the same inputs (the seed also draws
 # them). Sides run in turn (the tarballs', then the working tree's), ROUNDS times (default 2).
 # Output: cli-ab.md in $FLASHMASK_GPU_BUILD_DIR/cli-ab (default build-gpu/cli-ab), one line per
@@ -34,6 +37,7 @@ configs=a
 masks=full,causal,share_question
 dtype=bf16
 deterministic=()
+timing=synced
 set -- "${SIDE_ARGUMENTS[@]}"
 while [ $# -ge 1 ]; do
   case $1 in
@@ -41,9 +45,15 @@ while [ $# -ge 1 ]; do
     --masks) masks=${2:?--masks needs a value}; shift 2 ;;
     --dtype) dtype=${2:?--dtype needs a value}; shift 2 ;;
     --deterministic) deterministic=(--deterministic); shift ;;
-    *) echo "cli-ab.sh: unknown option '$1'; expected --configs, --masks, --dtype or --deterministic" >&2; exit 2 ;;
+    --timing) timing=${2:?--timing needs a value}; shift 2 ;;
+    *) echo "cli-ab.sh: unknown option '$1'; expected --configs, --masks, --dtype, --deterministic or --timing" >&2; exit 2 ;;
   esac
 done
+case $timing in
+  synced) timing_arguments=(); timing_note="timings with the host's launches" ;;
+  queued) timing_arguments=(--timing queued); timing_note="queued timings (the host ahead of the GPU)" ;;
+  *) echo "cli-ab.sh: --timing '$timing'; expected synced or queued" >&2; exit 2 ;;
+esac
 
 # SPEC §6's configurations (STANDARD_CONFIGS in bench/bench_attention.py) as `flashmask run`
 # arguments, and the timed passes of each: the 32K
@@ -134,7 +144,7 @@ results="$WORK_DIR/results.tsv"  # round, side, config, mask, forward TFLOP/s, b
 {
   echo "# CLI A/B: $(printf '%s, ' "${side_names[@]}" | sed 's/, $//'), in turn, $ROUNDS rounds"
   echo
-  echo "GPU: $(gpu=$(current_gpu_name); echo "${gpu:-no GPU found}"); started $(date -u '+%Y-%m-%d %H:%M UTC'); \`flashmask run --backward --seed $seed --dtype $dtype ${deterministic[*]}\`, timings with the host's launches"
+  echo "GPU: $(gpu=$(current_gpu_name); echo "${gpu:-no GPU found}"); started $(date -u '+%Y-%m-%d %H:%M UTC'); \`flashmask run --backward --seed $seed --dtype $dtype ${deterministic[*]} ${timing_arguments[*]}\`, $timing_note"
   for i in "${!TARBALLS[@]}"; do echo "- ${side_names[$i]}: commit $(tarball_commit "${TARBALLS[$i]}" | cut -c1-12)"; done
   echo "- tree: commit $(tree_commit)"
   echo
@@ -146,7 +156,7 @@ for round in $(seq 1 "$ROUNDS"); do
         start_clock_samples
         # shellcheck disable=SC2046  # config_arguments is a list of words
         json=$("$(side_tool "$name")" run --mask "$mask" $(config_arguments "$config") --dtype "$dtype" --backward \
-          "${deterministic[@]}" --seed "$seed" --json 2>>"$WORK_DIR/run-errors.log")
+          "${deterministic[@]}" "${timing_arguments[@]}" --seed "$seed" --json 2>>"$WORK_DIR/run-errors.log")
         figures=$(python3 -c 'import json, sys
 timings = {t["pass"]: t["tflops"] for t in json.loads(sys.argv[1])["timings"]}
 print("\t".join("%.4g" % timings[name] if name in timings else "missing" for name in ("forward", "backward")))' \

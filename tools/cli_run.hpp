@@ -41,6 +41,13 @@ inline constexpr bool kBuiltWithCuda = false;
 
 inline constexpr int kCudaWarmupRuns = 3;
 
+// How a GPU pass is timed (--timing). Synced: each pass starts on an idle GPU and is waited for,
+// so the host's launch sequence is inside its time: a call's latency. Queued: the passes are
+// issued back to back and timed by the events between them, with the host ahead of the GPU: a
+// call's throughput, what bench/bench_attention.py measures (bench/NOTES.md, session 25: a
+// masked call's host launches were ~5 % of the synced time at 32K, and its A/Bs' noise at 8K).
+enum class GpuTiming { Synced, Queued };
+
 // The share of memory (host RAM, or the GPU's free memory) the tensors may take: the rest is
 // left to the check's buffers or the kernels' scratch, and to everything else on the machine.
 inline constexpr double kUsableMemoryFraction = 0.8;
@@ -246,8 +253,11 @@ class Executor {
 public:
     // `deterministic`: the backward's identical-bits mode (BackwardArgs::deterministic);
     // `key_order`: the CUDA kernels' key order (ForwardArgs::key_order).
-    Executor(Problem& p, fm::Device device, int threads, bool deterministic, fm::KeyOrder key_order)
-        : p_(p), device_(device), threads_(threads), deterministic_(deterministic), key_order_(key_order) {
+    // `gpu_timing`: how GPU passes are timed (the CPU's are wall-clock times).
+    Executor(Problem& p, fm::Device device, int threads, bool deterministic, fm::KeyOrder key_order,
+             GpuTiming gpu_timing = GpuTiming::Synced)
+        : p_(p), device_(device), threads_(threads), deterministic_(deterministic), key_order_(key_order),
+          gpu_timing_(gpu_timing) {
         // On the CPU the run is split for progress; a GPU call is one launch, split only at a cost.
         chunks_ = make_chunks(p.shape, device == fm::Device::CPU);
         if (device == fm::Device::CPU) {
@@ -270,7 +280,27 @@ public:
 
     int64_t chunk_count() const { return int64_t(chunks_.size()); }
 
-    // One timed forward pass over the whole problem; seconds.
+    // Whether passes are queued: forward() and backward() then return kQueuedPass, and
+    // take_queued_seconds() the passes' times once they ran.
+    bool queues_passes() const { return device_ == fm::Device::CUDA && gpu_timing_ == GpuTiming::Queued; }
+    static constexpr double kQueuedPass = -1.0;
+
+    // Waits for the passes queued since the last call and returns their seconds, in order.
+    std::vector<double> take_queued_seconds() {
+        std::vector<double> seconds;
+#if FLASHMASK_WITH_CUDA
+        if (!queued_.empty()) FM_CUDA_CHECK(cudaEventSynchronize(queued_.back().second->get()));
+        for (const auto& [start, stop] : queued_) {
+            float milliseconds = 0.0f;
+            FM_CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start->get(), stop->get()));
+            seconds.push_back(milliseconds * 1e-3);
+        }
+        queued_.clear();
+#endif
+        return seconds;
+    }
+
+    // One timed forward pass over the whole problem; seconds (kQueuedPass when queued).
     // `step` prefixes each progress line (e.g. "repeat 2/3, ").
     double forward(Progress* progress, const std::string& step = "") {
         return timed_pass<fm::ForwardArgs>(progress, step, [](fm::ForwardArgs& a, const Chunk&) { fm::forward(a); });
@@ -335,10 +365,18 @@ private:
 
     // Seconds of one pass. On the GPU: CUDA events around the calls, on the legacy default
     // stream where the calls run (their `stream` is left null); waiting for the end event also
-    // brings any asynchronous kernel failure back here, as a CudaError.
+    // brings any asynchronous kernel failure back here, as a CudaError (queued: in
+    // take_queued_seconds()).
     template <typename Body>
     double timed(Body body) {
 #if FLASHMASK_WITH_CUDA
+        if (queues_passes()) {
+            queued_.emplace_back(std::make_unique<CudaEvent>(), std::make_unique<CudaEvent>());
+            FM_CUDA_CHECK(cudaEventRecord(queued_.back().first->get()));
+            body();
+            FM_CUDA_CHECK(cudaEventRecord(queued_.back().second->get()));
+            return kQueuedPass;
+        }
         if (device_ == fm::Device::CUDA) {
             const CudaEvent start, stop;
             FM_CUDA_CHECK(cudaEventRecord(start.get()));
@@ -360,11 +398,13 @@ private:
     int threads_;
     bool deterministic_;
     fm::KeyOrder key_order_;
+    GpuTiming gpu_timing_;
     std::vector<Chunk> chunks_;
     fm::TensorView q_, k_, v_, out_, lse_, dout_, dq_, dk_, dv_;
     std::optional<fm::TensorView> mask_;
 #if FLASHMASK_WITH_CUDA
     std::vector<std::pair<HostTensor*, std::unique_ptr<DeviceTensor>>> device_tensors_;  // host -> its device copy
+    std::vector<std::pair<std::unique_ptr<CudaEvent>, std::unique_ptr<CudaEvent>>> queued_;  // each queued pass's events
 #endif
 };
 
@@ -384,12 +424,14 @@ inline Timing time_passes(Executor& executor, fm::Device device, bool backward, 
     const char* label = backward ? "backward" : "forward";
     if (device == fm::Device::CUDA)
         for (int i = 0; i < kCudaWarmupRuns; ++i) backward ? executor.backward(nullptr) : executor.forward(nullptr);
+    (void)executor.take_queued_seconds();  // the warm-up's, when queued: done before the timed passes
     Timing t;
     Progress progress(label, repeats * executor.chunk_count());
     for (int64_t r = 0; r < repeats; ++r) {
         const std::string step = repeats > 1 ? format("repeat %lld/%lld, ", (long long)r + 1, (long long)repeats) : "";
         t.seconds.push_back(backward ? executor.backward(&progress, step) : executor.forward(&progress, step));
     }
+    if (executor.queues_passes()) t.seconds = executor.take_queued_seconds();
     progress.finish();
     t.median_seconds = median(t.seconds);
     return t;

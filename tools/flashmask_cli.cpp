@@ -61,6 +61,7 @@ struct RunSettings {
     bool backward = false, check = false, json = false, deterministic = false;
     uint64_t seed = 0;
     int64_t repeats = 1;
+    GpuTiming gpu_timing = GpuTiming::Synced;
     int threads = 0;
     int32_t block_m = kDefaultBlockM, block_n = kDefaultBlockN;
     std::string device_note;  // why --device auto did not pick cuda on a machine with a GPU
@@ -100,6 +101,9 @@ const std::vector<OptionSpec>& run_options() {
             {"deterministic", "", "with --backward: identical bits on every run (the CPU path always is)"},
             {"check", "", "compare with the float64 reference (SPEC §5); exit status 1 on FAIL"},
             {"repeats", "R", "timed passes, median reported (default: 1 on cpu, 20 on cuda)"},
+            {"timing", "synced|queued",
+             "GPU passes: synced = each on an idle GPU, the host's launches inside (latency); queued = back to "
+             "back, the host ahead, as the benchmark times them (throughput) (default: synced)"},
             {"threads", "T", "CPU threads (default: 0 = all)"},
         };
         // After the sizes (mask, seqlen, seqlen-k), before the rest (seed, blocks, json).
@@ -288,6 +292,10 @@ RunSettings parse_run_args(const ParsedArgs& args, MaskArgs& m) {
     r.device = parse_device(args, r.dtype, s.head_dim, r.device_note);
     const int64_t default_repeats = r.device == fm::Device::CUDA ? kCudaDefaultRepeats : kCpuDefaultRepeats;
     r.repeats = args.integer("repeats", default_repeats, 1, kMaxRepeats);
+    r.gpu_timing = args.choice("timing", "synced", {"synced", "queued"}) == "queued" ? GpuTiming::Queued : GpuTiming::Synced;
+    if (r.gpu_timing == GpuTiming::Queued && r.device != fm::Device::CUDA)
+        throw UsageError("--timing queued times GPU passes, which queue on a stream; this run is on the CPU "
+                         "(--device cuda on a machine with a GPU)");
     return r;
 }
 
@@ -350,7 +358,7 @@ int command_run(const std::vector<std::string>& argv) {
     Problem problem = make_problem(s, settings.dtype, report.spec, settings.backward, settings.seed, settings.threads,
                                    /*show_progress=*/true);
     Executor executor(problem, settings.device, settings.threads, settings.deterministic,
-                      mask_args.key_order.value_or(fm::KeyOrder::Automatic));
+                      mask_args.key_order.value_or(fm::KeyOrder::Automatic), settings.gpu_timing);
     const double pairs = double(report.stats.visible_pairs) * double(s.batch) * double(s.q_heads);
     const double forward_flops = kForwardFlopsPerPairPerDim * double(s.head_dim) * pairs;
     struct Pass { const char* name; Timing timing; double flops; };
@@ -361,7 +369,8 @@ int command_run(const std::vector<std::string>& argv) {
                           kBackwardFlopsFactor * forward_flops});
 
     if (!settings.json) {
-        std::printf("\n%-10s %14s %12s   (median of %lld)\n", "pass", "time", "TFLOP/s", (long long)settings.repeats);
+        std::printf("\n%-10s %14s %12s   (median of %lld%s)\n", "pass", "time", "TFLOP/s", (long long)settings.repeats,
+                    settings.gpu_timing == GpuTiming::Queued ? ", queued" : "");
         for (const Pass& p : passes)
             std::printf("%-10s %14s %12.4g\n", p.name, format_seconds(p.timing.median_seconds).c_str(),
                         p.flops / p.timing.median_seconds / 1e12);
@@ -400,6 +409,8 @@ int command_run(const std::vector<std::string>& argv) {
         if (settings.backward) j.boolean("deterministic", settings.deterministic);
         if (!settings.device_note.empty()) j.text("device_note", settings.device_note);
         j.add("seed", std::to_string(settings.seed)).integer("repeats", settings.repeats);
+        if (settings.device == fm::Device::CUDA)
+            j.text("timing", settings.gpu_timing == GpuTiming::Queued ? "queued" : "synced");
         std::vector<std::string> pass_json;
         for (const Pass& p : passes) {
             JsonObject o;

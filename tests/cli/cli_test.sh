@@ -255,6 +255,8 @@ case_error_repeated_option() { expect_usage_error "option '--dim' given more tha
 case_error_unknown_command() { expect_usage_error "unknown command 'bench'" bench --mask causal; }
 case_error_negative_seqlen() { expect_usage_error "--seqlen: expected an integer in \\[1, 2147483647\\], got -3" tiles --mask causal --seqlen -3; }
 case_error_too_much_memory() { expect_usage_error "the tensors need [0-9.]+ GiB" run --mask full --seqlen 1000000 --batch 1000 --heads 64; }
+case_error_timing_queued_on_cpu() { expect_usage_error "--timing queued times GPU passes, which queue on a stream; this run is on the CPU" run --mask causal --seqlen 64 --device cpu --timing queued; }
+case_error_unknown_timing() { expect_usage_error "--timing: unknown value 'fast' \\(expected one of: synced, queued\\)" run --mask causal --seqlen 64 --timing fast; }
 case_error_deterministic_without_backward() { expect_usage_error "--deterministic selects the backward pass.s mode, but --backward is not given" run --mask causal --seqlen 64 --deterministic; }
 
 case_error_device_cuda_without_gpu() {
