@@ -44,8 +44,8 @@ inline constexpr int kCudaWarmupRuns = 3;
 // How a GPU pass is timed (--timing). Synced: each pass starts on an idle GPU and is waited for,
 // so the host's launch sequence is inside its time: a call's latency. Queued: the passes are
 // issued back to back and timed by the events between them, with the host ahead of the GPU: a
-// call's throughput, what bench/bench_attention.py measures (bench/NOTES.md, session 25: a
-// masked call's host launches were ~5 % of the synced time at 32K, and its A/Bs' noise at 8K).
+// call's throughput, what bench/bench_attention.py measures (bench/NOTES.md, session 25: a masked
+// call's launches left the GPU idle for tens of microseconds between them in a single call).
 enum class GpuTiming { Synced, Queued };
 
 // The share of memory (host RAM, or the GPU's free memory) the tensors may take: the rest is
