@@ -18,30 +18,19 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flashmask
-from spec_densities import SPEC_DENSITY_SEED
+from probe_inputs import add_problem_arguments, make_problem
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seqlen", type=int, default=8192)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--mask", choices=flashmask.catalogue_names(), default="full")
-    parser.add_argument("--seed", type=int, default=SPEC_DENSITY_SEED, help="catalogue seed (default: the benchmark's)")
+    add_problem_arguments(parser, default_mask="full")
     parser.add_argument("--sides", default="flashmask,flash",
                         help="comma-separated: flashmask, flash (SDPA FA2: full and causal only, else left out)")
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    shape = (args.batch, args.seqlen, args.heads, args.head_dim)  # BSHD
-    q, k, v, dout = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-    mask = flashmask.catalogue(args.mask, args.seqlen, args.seed)
-    causal = bool(mask.causal)
-    indices = None
-    if mask.startend_row_indices is not None:
-        one = torch.from_numpy(mask.startend_row_indices).cuda()
-        indices = one.expand(args.batch, *one.shape[1:]).contiguous()
+    problem = make_problem(args)
+    shape, q, k, v, dout = problem.shape, problem.q, problem.k, problem.v, problem.dout
+    causal, indices = problem.causal, problem.indices
     sides = [side for side in args.sides.split(",") if side != "flash" or indices is None]
 
     def flashmask_step() -> None:

@@ -25,7 +25,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import flashmask
-from spec_densities import SPEC_DENSITY_SEED
+from probe_inputs import add_problem_arguments, make_problem
 
 WARMUPS = 3
 NAME_WIDTH = 70
@@ -95,30 +95,19 @@ def report_periods(events: list) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seqlen", type=int, default=8192)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--mask", choices=flashmask.catalogue_names(), default="share_question")
-    parser.add_argument("--seed", type=int, default=SPEC_DENSITY_SEED, help="catalogue seed (default: the benchmark's)")
+    add_problem_arguments(parser, default_mask="share_question")
     parser.add_argument("--calls", type=int, default=1,
                         help="backward calls profiled back to back; from 2 on, their periods are reported")
     args = parser.parse_args()
     if args.calls < 1:
         parser.error(f"--calls {args.calls}: expected at least 1")
 
-    torch.manual_seed(0)
-    shape = (args.batch, args.seqlen, args.heads, args.head_dim)  # BSHD
-    q, k, v, dout = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-    mask = flashmask.catalogue(args.mask, args.seqlen, args.seed)
-    indices = None
-    if mask.startend_row_indices is not None:
-        one = torch.from_numpy(mask.startend_row_indices).cuda()
-        indices = one.expand(args.batch, *one.shape[1:]).contiguous()
+    problem = make_problem(args)
+    shape, dout = problem.shape, problem.dout
 
     def forward():
-        leaves = tuple(t.detach().requires_grad_() for t in (q, k, v))
-        return flashmask.flashmask_attention(*leaves, indices, causal=bool(mask.causal)), leaves
+        leaves = tuple(t.detach().requires_grad_() for t in (problem.q, problem.k, problem.v))
+        return flashmask.flashmask_attention(*leaves, problem.indices, causal=problem.causal), leaves
 
     for _ in range(WARMUPS):
         forward()[0].backward(dout)
