@@ -5,11 +5,11 @@ sum of its kernels and the gaps (bench/NOTES.md, session 25).
 
     python3 bench/timeline_probe.py --mask share_question --seqlen 8192 --batch 2 --heads 32
 
-With --calls N (N >= 2) the backward runs N times back to back (no synchronisation between,
-as a benchmark's timed loop does), and each call's period on the device (from one call's
-preprocess kernel to the next one's) is split into its long kernels and the rest: the small
-kernels and launch gaps on the critical path, which a kernel's speed does not change and the
-card's clock hardly moves.
+With --calls N (N >= 2) the forward and then the backward run N times back to back (no
+synchronisation between, as a benchmark's timed loop does), and each call's period on the device
+(from one call's main kernel to the next one's: the forward kernel, the backward's preprocess)
+is split into its long kernels and the rest: the small kernels and launch gaps on the critical
+path, which a kernel's speed does not change and the card's clock hardly moves.
 
 Not a benchmark (bench_attention.py is): the trace's timestamps carry the profiler's own
 overhead. It answers what a call is made of, not how fast it is.
@@ -29,8 +29,10 @@ from probe_inputs import add_problem_arguments, make_problem
 
 WARMUPS = 3
 NAME_WIDTH = 70
-LONG_KERNEL_US = 50.0  # a call's long kernels (preprocess, dK/dV, dQ convert); the rest is overhead
-PERIOD_MARKER = "backward_preprocess_kernel"  # once per backward call: where a period starts
+LONG_KERNEL_US = 50.0  # a call's long kernels (forward; preprocess, dK/dV, dQ convert); the rest is overhead
+# Where a period starts: the one long launch of this kernel in each call (under KeyOrder::Automatic
+# the forward kernel is launched twice, and the launch of the order not chosen returns at once).
+PERIOD_MARKERS = {"forward": "forward_kernel", "backward": "backward_preprocess_kernel"}
 
 
 def device_events(prof) -> list:
@@ -73,20 +75,24 @@ def report(phase: str, events: list) -> None:
         previous_end = max(previous_end, e.time_range.end)
 
 
-def report_periods(events: list) -> None:
-    """The steady-state periods of back-to-back backward calls: each from one call's preprocess
-    kernel to the next one's, split into its long kernels and the rest."""
-    starts = [i for i, e in enumerate(events) if PERIOD_MARKER in e.name]
+def duration_us(e) -> float:
+    return e.time_range.end - e.time_range.start
+
+
+def report_periods(direction: str, events: list) -> None:
+    """The steady-state periods of back-to-back calls in `direction`: each from one call's long
+    PERIOD_MARKERS kernel to the next one's, split into its long kernels and the rest."""
+    marker = PERIOD_MARKERS[direction]
+    starts = [i for i, e in enumerate(events) if marker in e.name and duration_us(e) >= LONG_KERNEL_US]
     if len(starts) < 2:
-        print(f"fewer than two {PERIOD_MARKER} launches: no period to report")
+        print(f"fewer than two long {marker} launches: no {direction} period to report")
         return
-    print(f"\nperiods of back-to-back backward calls (long kernels: >= {LONG_KERNEL_US:.0f} us)")
+    print(f"\nperiods of back-to-back {direction} calls (long kernels: >= {LONG_KERNEL_US:.0f} us)")
     print(f"{'period us':>10} {'long us':>9} {'rest us':>8}")
     rests = []
     for first, following in zip(starts, starts[1:]):
         period = events[following].time_range.start - events[first].time_range.start
-        long_kernels = sum(e.time_range.end - e.time_range.start for e in events[first:following]
-                           if e.time_range.end - e.time_range.start >= LONG_KERNEL_US)
+        long_kernels = sum(duration_us(e) for e in events[first:following] if duration_us(e) >= LONG_KERNEL_US)
         rests.append(period - long_kernels)
         print(f"{period:10.1f} {long_kernels:9.1f} {period - long_kernels:8.1f}")
     print(f"rest of a period (small kernels and gaps on the critical path): median "
@@ -97,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_problem_arguments(parser, default_mask="share_question")
     parser.add_argument("--calls", type=int, default=1,
-                        help="backward calls profiled back to back; from 2 on, their periods are reported")
+                        help="forward and backward calls profiled back to back; from 2 on, their periods are reported")
     args = parser.parse_args()
     if args.calls < 1:
         parser.error(f"--calls {args.calls}: expected at least 1")
@@ -114,9 +120,13 @@ def main() -> None:
     torch.cuda.synchronize()
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        out, leaves = forward()
+        for _ in range(args.calls):
+            out, leaves = forward()  # the last call's graph is the backward's
         torch.cuda.synchronize()
-    report(f"forward, {args.mask}, BSHD {shape}", device_events(prof))
+    events = device_events(prof)
+    report(f"forward x {args.calls}, {args.mask}, BSHD {shape}", events)
+    if args.calls > 1:
+        report_periods("forward", events)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for call in range(args.calls):  # autograd.grad: no accumulation kernels between the calls
             torch.autograd.grad(out, leaves, dout, retain_graph=call + 1 < args.calls)
@@ -124,7 +134,7 @@ def main() -> None:
     events = device_events(prof)
     report(f"backward x {args.calls}, {args.mask}, BSHD {shape}", events)
     if args.calls > 1:
-        report_periods(events)
+        report_periods("backward", events)
 
 
 if __name__ == "__main__":
