@@ -45,6 +45,10 @@ def short_name(name: str) -> str:
     return name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 3] + "..."
 
 
+def duration_us(e) -> float:
+    return e.time_range.end - e.time_range.start
+
+
 def busy_us(events: list) -> float:
     """The time at least one activity ran (activities on the side stream overlap the others)."""
     busy, covered_to = 0.0, float("-inf")
@@ -70,13 +74,9 @@ def report(phase: str, events: list) -> None:
     for e in events:
         gap = e.time_range.start - previous_end
         gap_text = f"{gap:7.1f}" if gap >= 0 else f"{'beside':>7}"
-        print(f"{e.time_range.start - begin:9.1f} {e.time_range.end - e.time_range.start:9.1f} {gap_text}  "
+        print(f"{e.time_range.start - begin:9.1f} {duration_us(e):9.1f} {gap_text}  "
               f"{short_name(e.name)}")
         previous_end = max(previous_end, e.time_range.end)
-
-
-def duration_us(e) -> float:
-    return e.time_range.end - e.time_range.start
 
 
 def report_periods(direction: str, events: list) -> None:

@@ -122,8 +122,8 @@ inline int64_t streamed_query_bytes_per_pair(const AttentionProblem& p) {
 inline int32_t section_heads(const AttentionProblem& p, TileAxis axis, int32_t blocks_per_pair, int32_t cta_slots) {
     if (axis == TileAxis::QueryBlocks) return heads_per_section(streamed_key_value_bytes_per_pair(p));
     const int32_t within_bytes = heads_per_section(streamed_query_bytes_per_pair(p), kKeyBlockSectionBytes);
-    const int64_t blocks = std::max(blocks_per_pair, 1);
-    const int64_t for_waves = (int64_t(kMinSectionWaves) * std::max(cta_slots, 1) + blocks - 1) / blocks;
+    const int64_t for_waves =
+        ceil_div(int64_t(kMinSectionWaves) * std::max(cta_slots, 1), int64_t{std::max(blocks_per_pair, 1)});
     return int32_t(std::clamp<int64_t>(std::max<int64_t>(within_bytes, for_waves), 1, kMaxHeadsPerSection));
 }
 
