@@ -50,7 +50,7 @@ def duration_us(e) -> float:
 
 
 def busy_us(events: list) -> float:
-    """The time at least one activity ran (activities on the side stream overlap the others)."""
+    """The time at least one activity ran (activities on different streams can overlap)."""
     busy, covered_to = 0.0, float("-inf")
     for e in events:  # sorted by start
         start, end = max(e.time_range.start, covered_to), e.time_range.end
