@@ -74,11 +74,13 @@ protected:
 };
 
 // Sizes 1 and 17 on both axes, float64 reference. A single query row gets 8 batch entries and
-// 8 query heads (2 KV heads): its dQ and dK carry the rounding of O in rowsum(dO * O), one
-// error shared by the whole row that the naive computation (rowsum(P * dP)) does not make, so
-// over only 8 rows the error ratio to the naive one strays past 2 for a few percent of draws
-// even on the tiled CPU path (measured with this checker: 18 failing tensors in 240 draws with explicit scales at
-// B = 2, Hq = 4; none at B = 8, Hq = 8).
+// 8 query heads (2 KV heads). With Di = rowsum(dO * O) its dQ and dK carried the rounding of O,
+// one error shared by the whole row that the naive computation (rowsum(P * dP)) does not make:
+// over 8 rows the error ratio to the naive one strayed past 2 for a few percent of draws (18
+// failing tensors in 240 draws at B = 2, Hq = 4, on the tiled CPU path), and at B = 8, Hq = 8
+// once (session 25, document, float16, D = 256). Problems this small now take Di from the row's
+// P and dP (backward_exact_delta_kernel); GpuAttention.SingleRowSixteenBitBackward draws the
+// B = 2, Hq = 4 shape many times.
 TEST_P(GpuCatalogue, SizesOneAndSeventeen) {
     FM_SKIP_WITHOUT_GPU();
     auto rng = test_rng();
@@ -221,6 +223,27 @@ TEST(GpuAttention, SortedKeyOrderRandomAndHostileMasks) {
             if (hostile) mask.indices->at(0, 0, 0, 0) = std::numeric_limits<int32_t>::min();
             check_gpu_attention(c, mask, rng);
         }
+}
+
+// A single 16-bit query row over few keys (B 2, Nq 1, Nk 17, Hq 4, Hk 1), many draws against the
+// naive computation, in both backward modes: Di = rowsum(dO * O) from the 16-bit O passed 2x the
+// naive error in ~7 % of such draws (the SizesOneAndSeventeen note above); Di from the row's P and
+// dP (backward_exact_delta_kernel, and tiled.cpp on the CPU) should pass every one. Fresh inputs
+// each draw; D and the dtype alternate.
+TEST(GpuAttention, SingleRowSixteenBitBackward) {
+    FM_SKIP_WITHOUT_GPU();
+    auto rng = test_rng();
+    constexpr int kDraws = 80;
+    int n = 0;
+    for (const char* name : {"document", "causal_document", "random_eviction"}) {
+        for (int draw = 0; draw < kDraws; ++draw, ++n) {
+            const int32_t head_dim = kHeadDims[n % kHeadDimCount];
+            GpuCase c{{2, 1, 17, kGqaGroup, 1, head_dim, head_dim}, kHalfDtypes[(n / kHeadDimCount) % kDtypeCount]};
+            c.deterministic = n % 4 == 3;  // the dQ kernel reads the same Di
+            TestMask mask = catalogue_test_mask(name, c.sizes, c.sizes.q_heads, rng);
+            check_gpu_attention(c, mask, rng);
+        }
+    }
 }
 
 // KeyOrder::Automatic from 16K keys: both orders' launches are queued and the device runs one

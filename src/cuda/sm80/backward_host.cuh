@@ -126,6 +126,13 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
         <<<unsigned(ceil_div(int64_t(rows), int64_t{kRowsPerPreprocessBlock})), kPreprocessThreads, 0, stream>>>(
             kernel_problem, scratch);
     check_launch("flashmask backward: backward_preprocess_kernel");
+    if (uses_exact_delta(p)) {
+        const int64_t query_rows = int64_t(p.batch) * p.q_heads * p.nq;
+        backward_exact_delta_kernel<Element, kHeadDim>
+            <<<unsigned(ceil_div(query_rows, int64_t{kExactDeltaWarps})), kExactDeltaWarps * kWarpSize, 0, stream>>>(
+                kernel_problem, scratch);
+        check_launch("flashmask backward: backward_exact_delta_kernel");
+    }
 
     {
         // In the sorted key order (key_order.cuh) the kernel sees the permuted mask and loads and

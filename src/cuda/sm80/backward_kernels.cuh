@@ -227,6 +227,68 @@ backward_preprocess_kernel(const AttentionProblem p, const BackwardScratch scrat
     }
 }
 
+// --- Di exactly, for small problems ----------------------------------------------------------
+
+// Di = rowsum(dO * O) equals sum_j P_ij dP_ij only before O is rounded to 16 bits. Where a row
+// sees few keys, dS = P (dP - Di) cancels and O's rounding reaches dQ and dK unattenuated: with
+// one query row over two visible keys (B 8, Nq 1, Nk 17, D 256, float16) dQ missed SPEC §5 at 1.2x
+// the bound (bench/NOTES.md, session 25), whose naive computation takes Di as softmax-backward's
+// row sum of P * dP. In a problem of many rows each row's error is one of many in the norm-wise
+// error, and none has come near the bound; in one of a few rows it can be most of it. So up to
+// kExactDeltaMaxPairs (row, key) pairs Di is recomputed as sum_j P_ij dP_ij, from P as the dK/dV
+// and dQ kernels round it and dP in float32, overwriting the preprocess's. It is cheap there: at
+// most 2^18 pairs x 2 D products, one warp per row with a lane per key.
+constexpr int64_t kExactDeltaMaxPairs = int64_t{1} << 18;
+constexpr int kExactDeltaWarps = 8;  // rows per CTA
+
+inline bool uses_exact_delta(const AttentionProblem& p) {
+    return int64_t(p.batch) * p.q_heads * p.nq * int64_t(p.nk) <= kExactDeltaMaxPairs;
+}
+
+template <typename Element, int kHeadDim>
+__global__ void __launch_bounds__(kExactDeltaWarps * kWarpSize)
+backward_exact_delta_kernel(const AttentionProblem p, const BackwardScratch scratch) {
+    __shared__ float rows_smem[kExactDeltaWarps][2][kHeadDim];  // the warp's Q and dO rows
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+    const int64_t item = int64_t(blockIdx.x) * kExactDeltaWarps + warp;  // (batch, head, query row)
+    if (item >= int64_t(p.batch) * p.q_heads * p.nq) return;            // whole warps: no shuffle is left short
+    const int32_t r = int32_t(item % p.nq);
+    const int32_t head = int32_t((item / p.nq) % p.q_heads);
+    const int32_t batch = int32_t(item / (int64_t(p.nq) * p.q_heads));
+    const int32_t kv_head = p.kv_head(head), mask_head = p.mask.mask_head(head);
+    float* const q_row = rows_smem[warp][0];
+    float* const do_row = rows_smem[warp][1];
+    const Element* const q = element_at<Element>(p.q, batch, r, head);
+    const Element* const d_o = element_at<Element>(p.dout, batch, r, head);
+    for (int d = lane; d < kHeadDim; d += kWarpSize) {
+        q_row[d] = ElementTraits<Element>::to_float(q[d]);
+        do_row[d] = ElementTraits<Element>::to_float(d_o[d]);
+    }
+    __syncwarp();
+    const int64_t row = scratch.row(batch, head, p.q_heads, r);
+    const float lse_log2 = scratch.lse_log2[row];
+    const float scale_log2 = p.scale * kLog2e;
+    float sum = 0.0f;
+    for (int32_t key0 = 0; key0 < p.nk; key0 += kWarpSize) {
+        const int32_t key = key0 + lane;
+        if (key >= p.nk || column_intervals(p.mask, batch, mask_head, key).masks(r)) continue;
+        const Element* const k = element_at<Element>(p.k, batch, key, kv_head);
+        const Element* const v = element_at<Element>(p.v, batch, key, kv_head);
+        float score = 0.0f, dprob = 0.0f;
+        for (int d = 0; d < kHeadDim; ++d) {
+            score = fmaf(q_row[d], ElementTraits<Element>::to_float(k[d]), score);
+            dprob = fmaf(do_row[d], ElementTraits<Element>::to_float(v[d]), dprob);
+        }
+        // P as the kernels use it: the same exponential, rounded to the dtype (ds_pair()).
+        const float prob = ElementTraits<Element>::to_float(
+            ElementTraits<Element>::from_float(exp2_approx(fmaf(score, scale_log2, -lse_log2))));
+        sum = fmaf(prob, dprob, sum);
+    }
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(kFullWarpMask, sum, offset);
+    if (lane == 0) scratch.di[row] = sum;
+}
+
 // --- dK / dV (and dQ by atomics) ---------------------------------------------------------------
 
 template <typename Element, int kHeadDim>
