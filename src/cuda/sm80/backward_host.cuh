@@ -127,10 +127,10 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
             kernel_problem, scratch);
     check_launch("flashmask backward: backward_preprocess_kernel");
     if (uses_exact_delta(p)) {
-        const int64_t query_rows = int64_t(p.batch) * p.q_heads * p.nq;
+        // After the preprocess, whose Di it overwrites (backward_exact_delta_kernel).
+        const int64_t query_rows = int64_t(p.batch) * p.q_heads * p.nq;  // at most kExactDeltaMaxPairs
         backward_exact_delta_kernel<Element, kHeadDim>
-            <<<unsigned(ceil_div(query_rows, int64_t{kExactDeltaWarps})), kExactDeltaWarps * kWarpSize, 0, stream>>>(
-                kernel_problem, scratch);
+            <<<unsigned(query_rows), kExactDeltaThreads, 0, stream>>>(kernel_problem, scratch);
         check_launch("flashmask backward: backward_exact_delta_kernel");
     }
 

@@ -235,58 +235,93 @@ backward_preprocess_kernel(const AttentionProblem p, const BackwardScratch scrat
 // the bound (bench/NOTES.md, session 25), whose naive computation takes Di as softmax-backward's
 // row sum of P * dP. In a problem of many rows each row's error is one of many in the norm-wise
 // error, and none has come near the bound; in one of a few rows it can be most of it. So up to
-// kExactDeltaMaxPairs (row, key) pairs Di is recomputed as sum_j P_ij dP_ij, from P as the dK/dV
-// and dQ kernels round it and dP in float32, overwriting the preprocess's. It is cheap there: at
-// most 2^18 pairs x 2 D products, one warp per row with a lane per key.
+// kExactDeltaMaxPairs (row, key) pairs and kExactDeltaMaxKeys keys, Di is recomputed from P as
+// the dK/dV and dQ kernels round it and dP in float32, overwriting the preprocess's:
+//   Di = sum_j P_ij dP_ij / sum_j P_ij.
+// The division makes the row's dS sum to 0 whatever the rounded P sum to: without it the row's
+// 16-bit P, summing to 1 +- 2^-9 in bfloat16, leave Di (1 - sum_j P_ij) in every dS, the common
+// part that a row over two keys cannot cancel (bfloat16, D 64: dK at 1.15x the bound in one of
+// 240 draws, session 26). The CPU path divides likewise (tiled.cpp). The rest of P's scale error
+// multiplies the row's gradients by 1 + e, within the dtype's rounding.
+// Cost: one CTA per row, its keys strided over the threads (2,048 keys: 16 steps of 2 D products
+// from 16-byte loads).
 constexpr int64_t kExactDeltaMaxPairs = int64_t{1} << 18;
-constexpr int kExactDeltaWarps = 8;  // rows per CTA
+constexpr int32_t kExactDeltaMaxKeys = 2048;
+constexpr int kExactDeltaThreads = 128;
+constexpr int kExactDeltaWarps = kExactDeltaThreads / kWarpSize;
 
 inline bool uses_exact_delta(const AttentionProblem& p) {
-    return int64_t(p.batch) * p.q_heads * p.nq * int64_t(p.nk) <= kExactDeltaMaxPairs;
+    return p.nk <= kExactDeltaMaxKeys && int64_t(p.batch) * p.q_heads * p.nq * int64_t(p.nk) <= kExactDeltaMaxPairs;
 }
 
+// One CTA per (batch, query head, query row), blockIdx.x in that order.
 template <typename Element, int kHeadDim>
-__global__ void __launch_bounds__(kExactDeltaWarps * kWarpSize)
+__global__ void __launch_bounds__(kExactDeltaThreads)
 backward_exact_delta_kernel(const AttentionProblem p, const BackwardScratch scratch) {
-    __shared__ float rows_smem[kExactDeltaWarps][2][kHeadDim];  // the warp's Q and dO rows
-    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-    const int64_t item = int64_t(blockIdx.x) * kExactDeltaWarps + warp;  // (batch, head, query row)
-    if (item >= int64_t(p.batch) * p.q_heads * p.nq) return;            // whole warps: no shuffle is left short
+    __shared__ float q_row[kHeadDim], do_row[kHeadDim];
+    __shared__ float warp_sums[2][kExactDeltaWarps];  // sum P dP, sum P
+    const int64_t item = blockIdx.x;
     const int32_t r = int32_t(item % p.nq);
     const int32_t head = int32_t((item / p.nq) % p.q_heads);
     const int32_t batch = int32_t(item / (int64_t(p.nq) * p.q_heads));
     const int32_t kv_head = p.kv_head(head), mask_head = p.mask.mask_head(head);
-    float* const q_row = rows_smem[warp][0];
-    float* const do_row = rows_smem[warp][1];
     const Element* const q = element_at<Element>(p.q, batch, r, head);
     const Element* const d_o = element_at<Element>(p.dout, batch, r, head);
-    for (int d = lane; d < kHeadDim; d += kWarpSize) {
+    for (int d = threadIdx.x; d < kHeadDim; d += kExactDeltaThreads) {
         q_row[d] = ElementTraits<Element>::to_float(q[d]);
         do_row[d] = ElementTraits<Element>::to_float(d_o[d]);
     }
-    __syncwarp();
+    __syncthreads();
     const int64_t row = scratch.row(batch, head, p.q_heads, r);
     const float lse_log2 = scratch.lse_log2[row];
     const float scale_log2 = p.scale * kLog2e;
-    float sum = 0.0f;
-    for (int32_t key0 = 0; key0 < p.nk; key0 += kWarpSize) {
-        const int32_t key = key0 + lane;
-        if (key >= p.nk || column_intervals(p.mask, batch, mask_head, key).masks(r)) continue;
-        const Element* const k = element_at<Element>(p.k, batch, key, kv_head);
-        const Element* const v = element_at<Element>(p.v, batch, key, kv_head);
+    float weighted = 0.0f, mass = 0.0f;
+    for (int32_t key = threadIdx.x; key < p.nk; key += kExactDeltaThreads) {
+        if (column_intervals(p.mask, batch, mask_head, key).masks(r)) continue;
+        // The thread's own K and V rows, a 16-byte chunk at a time (the kernels' operands are
+        // 16-byte aligned rows: kernel_operand.cuh).
+        const uint4* const k = reinterpret_cast<const uint4*>(element_at<Element>(p.k, batch, key, kv_head));
+        const uint4* const v = reinterpret_cast<const uint4*>(element_at<Element>(p.v, batch, key, kv_head));
         float score = 0.0f, dprob = 0.0f;
-        for (int d = 0; d < kHeadDim; ++d) {
-            score = fmaf(q_row[d], ElementTraits<Element>::to_float(k[d]), score);
-            dprob = fmaf(do_row[d], ElementTraits<Element>::to_float(v[d]), dprob);
+#pragma unroll 4
+        for (int chunk = 0; chunk < kHeadDim / kChunkElements; ++chunk) {
+            const uint4 k_chunk = k[chunk], v_chunk = v[chunk];
+            const Element* const ke = reinterpret_cast<const Element*>(&k_chunk);
+            const Element* const ve = reinterpret_cast<const Element*>(&v_chunk);
+#pragma unroll
+            for (int i = 0; i < kChunkElements; ++i) {
+                const int d = chunk * kChunkElements + i;
+                score = fmaf(q_row[d], ElementTraits<Element>::to_float(ke[i]), score);
+                dprob = fmaf(do_row[d], ElementTraits<Element>::to_float(ve[i]), dprob);
+            }
         }
         // P as the kernels use it: the same exponential, rounded to the dtype (ds_pair()).
         const float prob = ElementTraits<Element>::to_float(
             ElementTraits<Element>::from_float(exp2_approx(fmaf(score, scale_log2, -lse_log2))));
-        sum = fmaf(prob, dprob, sum);
+        weighted = fmaf(prob, dprob, weighted);
+        mass += prob;
     }
+    // A fixed order of additions: the same bits on every run (deterministic mode reads Di too).
 #pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(kFullWarpMask, sum, offset);
-    if (lane == 0) scratch.di[row] = sum;
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+        weighted += __shfl_xor_sync(kFullWarpMask, weighted, offset);
+        mass += __shfl_xor_sync(kFullWarpMask, mass, offset);
+    }
+    const int warp = threadIdx.x / kWarpSize;
+    if (threadIdx.x % kWarpSize == 0) {
+        warp_sums[0][warp] = weighted;
+        warp_sums[1][warp] = mass;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float row_weighted = 0.0f, row_mass = 0.0f;
+        for (int w = 0; w < kExactDeltaWarps; ++w) {
+            row_weighted += warp_sums[0][w];
+            row_mass += warp_sums[1][w];
+        }
+        // A row that sees no key (or whose P all underflow) has dS = 0 whatever Di is.
+        scratch.di[row] = row_mass > 0.0f ? row_weighted / row_mass : 0.0f;
+    }
 }
 
 // --- dK / dV (and dQ by atomics) ---------------------------------------------------------------
