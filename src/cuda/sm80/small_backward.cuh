@@ -10,7 +10,7 @@
 // keeps P and dS in float and passes. At these sizes the tensor cores buy nothing: the call is
 // launches and fixed passes (~52 us measured for B 8, Hq 8, Nq 1, Nk 17 on an H100).
 //
-// How. Two kernels, each output element summed by one thread in a fixed order (the same bits on
+// How. Two kernels, each output element summed by threads in a fixed order (the same bits on
 // every run, so the deterministic mode is this path too):
 //   1. rows: a CTA per (batch, query head, row) recomputes the row's scores and softmax in
 //      float32, P, dP, delta = sum_j P_j dP_j (P sums to 1 up to float32 rounding), dS, and dQ;
@@ -18,7 +18,10 @@
 //   2. keys: a CTA per (batch, KV head, key) recomputes P and dS of every visible row of the
 //      group's query heads from those terms (the same expressions, so the same bits as step 1)
 //      and sums dK and dV over them.
-// Operands are read one element at a time through their strides: no contiguous copies.
+// A score and a dP are each one thread's dot product, its terms in head-dim order: the loads of
+// many such products are in flight at once, where a warp per product (ae5433e) waited on each
+// product's loads and shuffles in turn (64 rows over 2,048 keys: 327 us on an H100). Operands
+// are read one element at a time through their strides: no contiguous copies.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -42,8 +45,15 @@ namespace flashmask::cuda::sm80 {
 // dS fit in 16 KB of shared memory.
 constexpr int64_t kSmallBackwardMaxRows = 64;
 constexpr int32_t kSmallBackwardMaxKeys = 2048;
-constexpr int kSmallBackwardThreads = 128;  // 4 warps: a warp per score's dot product
+constexpr int kSmallBackwardThreads = 128;  // 4 warps; a thread per key (rows) or per row (keys)
 constexpr int kSmallBackwardWarps = kSmallBackwardThreads / kWarpSize;
+// The per-key (per-row) arrays in dynamic shared memory are padded to 16 bytes: ptxas reads them
+// with 16-byte loads in the remainder of an unrolled loop (LDS.128 at the last element), which
+// compute-sanitizer reported as out of bounds on ae5433e when Nq was 1.
+constexpr int32_t kSharedPaddingFloats = 4;
+__host__ __device__ constexpr int32_t padded_shared_floats(int32_t n) {
+    return (n + kSharedPaddingFloats - 1) / kSharedPaddingFloats * kSharedPaddingFloats;
+}
 
 inline bool uses_small_backward(const AttentionProblem& p) {
     return p.nk <= kSmallBackwardMaxKeys && int64_t(p.batch) * p.q_heads * p.nq <= kSmallBackwardMaxRows;
@@ -79,15 +89,13 @@ __device__ __forceinline__ float block_max(float x, float* partial) {
     return total;
 }
 
-// <a, b> of a float row in shared memory and a 16-bit row in global memory, by one warp (every
-// lane gets it, summed in the same order on every call).
+// <a, b> of a float row in shared memory and a 16-bit row in global memory, by one thread in
+// head-dim order: both kernels form each score and dP with it, so they get the same bits.
 template <typename Element, int kHeadDim>
-__device__ __forceinline__ float warp_dot(const float* a, const Element* b) {
+__device__ __forceinline__ float thread_dot(const float* a, const Element* b) {
     float sum = 0.0f;
-    for (int d = threadIdx.x % kWarpSize; d < kHeadDim; d += kWarpSize)
-        sum = fmaf(a[d], ElementTraits<Element>::to_float(b[d]), sum);
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(kFullWarpMask, sum, offset);
+#pragma unroll 8
+    for (int d = 0; d < kHeadDim; ++d) sum = fmaf(a[d], ElementTraits<Element>::to_float(b[d]), sum);
     return sum;
 }
 
@@ -97,14 +105,17 @@ __device__ __forceinline__ void load_row(float* to, const Element* from) {
 }
 
 // Step 1. One CTA per (batch, query head, row), blockIdx.x in that order. Dynamic shared memory:
-// 2 Nk floats.
+// 2 padded_shared_floats(Nk) floats.
 template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(kSmallBackwardThreads)
 small_backward_rows_kernel(const AttentionProblem p, RowTerms* const terms) {
+    static_assert(kHeadDim % kWarpSize == 0, "a warp's lanes split the head dims evenly");
+    constexpr int kDimsPerLane = kHeadDim / kWarpSize;
     extern __shared__ float row_keys[];  // P_j, then dP_j, then dS_j in the second half
     float* const prob = row_keys;
-    float* const grad = row_keys + p.nk;
+    float* const grad = row_keys + padded_shared_floats(p.nk);
     __shared__ float q_row[kHeadDim], do_row[kHeadDim], partial[kSmallBackwardWarps];
+    __shared__ float warp_dq[kSmallBackwardWarps][kHeadDim];
     const int64_t item = blockIdx.x;
     const int32_t r = int32_t(item % p.nq);
     const int32_t head = int32_t((item / p.nq) % p.q_heads);
@@ -115,21 +126,18 @@ small_backward_rows_kernel(const AttentionProblem p, RowTerms* const terms) {
     load_row<Element, kHeadDim>(do_row, element_at<Element>(p.dout, batch, r, head));
     __syncthreads();
 
-    // Scaled scores, -inf for hidden keys; dP of the visible ones.
-    for (int32_t key = warp; key < p.nk; key += kSmallBackwardWarps) {
-        float score = -INFINITY, dprob = 0.0f;
-        if (!column_intervals(p.mask, batch, mask_head, key).masks(r)) {  // warp-uniform
-            score = p.scale * warp_dot<Element, kHeadDim>(q_row, element_at<Element>(p.k, batch, key, kv_head));
-            dprob = warp_dot<Element, kHeadDim>(do_row, element_at<Element>(p.v, batch, key, kv_head));
-        }
-        if (lane == 0) {
-            prob[key] = score;
-            grad[key] = dprob;
-        }
-    }
-    __syncthreads();
+    // Scaled scores, -inf for hidden keys; dP of the visible ones. A thread per key.
     float local = -INFINITY;
-    for (int32_t key = threadIdx.x; key < p.nk; key += kSmallBackwardThreads) local = fmaxf(local, prob[key]);
+    for (int32_t key = threadIdx.x; key < p.nk; key += kSmallBackwardThreads) {
+        float score = -INFINITY, dprob = 0.0f;
+        if (!column_intervals(p.mask, batch, mask_head, key).masks(r)) {
+            score = p.scale * thread_dot<Element, kHeadDim>(q_row, element_at<Element>(p.k, batch, key, kv_head));
+            dprob = thread_dot<Element, kHeadDim>(do_row, element_at<Element>(p.v, batch, key, kv_head));
+        }
+        prob[key] = score;
+        grad[key] = dprob;
+        local = fmaxf(local, score);
+    }
     RowTerms row;
     row.max = block_max(local, partial);
     Element* const dq = mutable_element_at<Element>(p.dq, batch, r, head);
@@ -138,9 +146,10 @@ small_backward_rows_kernel(const AttentionProblem p, RowTerms* const terms) {
         if (threadIdx.x == 0) terms[item] = row;
         return;
     }
+    // Each thread reads back only the keys it wrote, until the barrier before dQ.
     local = 0.0f;
     for (int32_t key = threadIdx.x; key < p.nk; key += kSmallBackwardThreads) local += expf(prob[key] - row.max);
-    row.sum = block_sum(local, partial);  // its barriers also order the reads of the scores above
+    row.sum = block_sum(local, partial);
     local = 0.0f;
     for (int32_t key = threadIdx.x; key < p.nk; key += kSmallBackwardThreads) {
         prob[key] = expf(prob[key] - row.max) / row.sum;  // exp(-inf) = 0 for hidden keys
@@ -150,24 +159,37 @@ small_backward_rows_kernel(const AttentionProblem p, RowTerms* const terms) {
     for (int32_t key = threadIdx.x; key < p.nk; key += kSmallBackwardThreads)
         grad[key] = prob[key] * (grad[key] - row.delta);
     __syncthreads();
+
+    // dQ = scale * sum_j dS_j K_j: warp w sums the keys w, w + 4, ... (its lanes the head dims,
+    // so a key's row is read whole by one warp), then the four partials are added in warp order.
+    float dq_part[kDimsPerLane] = {};
+    for (int32_t key = warp; key < p.nk; key += kSmallBackwardWarps) {
+        const float ds = grad[key];
+        if (ds == 0.0f) continue;  // warp-uniform: hidden keys and P that underflowed
+        const Element* const k_row = element_at<Element>(p.k, batch, key, kv_head);
+#pragma unroll
+        for (int i = 0; i < kDimsPerLane; ++i)
+            dq_part[i] = fmaf(ds, ElementTraits<Element>::to_float(k_row[lane + i * kWarpSize]), dq_part[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < kDimsPerLane; ++i) warp_dq[warp][lane + i * kWarpSize] = dq_part[i];
+    __syncthreads();
     for (int d = threadIdx.x; d < kHeadDim; d += kSmallBackwardThreads) {
         float sum = 0.0f;
-        for (int32_t key = 0; key < p.nk; ++key)
-            if (grad[key] != 0.0f)
-                sum = fmaf(grad[key], ElementTraits<Element>::to_float(element_at<Element>(p.k, batch, key, kv_head)[d]), sum);
+        for (int w = 0; w < kSmallBackwardWarps; ++w) sum += warp_dq[w][d];
         dq[d] = ElementTraits<Element>::from_float(p.scale * sum);
     }
     if (threadIdx.x == 0) terms[item] = row;
 }
 
 // Step 2. One CTA per (batch, KV head, key), blockIdx.x in that order. Dynamic shared memory:
-// 2 Nq floats.
+// 2 padded_shared_floats(Nq) floats.
 template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(kSmallBackwardThreads)
 small_backward_keys_kernel(const AttentionProblem p, const RowTerms* const terms) {
     extern __shared__ float key_rows[];  // P_i, then dS_i in the second half, of one query head
     float* const prob = key_rows;
-    float* const dscore = key_rows + p.nq;
+    float* const dscore = key_rows + padded_shared_floats(p.nq);
     __shared__ float k_row[kHeadDim], v_row[kHeadDim];
     constexpr int kDimsPerThread = (kHeadDim + kSmallBackwardThreads - 1) / kSmallBackwardThreads;
     const int64_t item = blockIdx.x;
@@ -175,7 +197,6 @@ small_backward_keys_kernel(const AttentionProblem p, const RowTerms* const terms
     const int32_t kv_head = int32_t((item / p.nk) % p.kv_heads);
     const int32_t batch = int32_t(item / (int64_t(p.nk) * p.kv_heads));
     const int32_t group = p.q_heads / p.kv_heads;
-    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     load_row<Element, kHeadDim>(k_row, element_at<Element>(p.k, batch, key, kv_head));
     load_row<Element, kHeadDim>(v_row, element_at<Element>(p.v, batch, key, kv_head));
     __syncthreads();
@@ -183,20 +204,18 @@ small_backward_keys_kernel(const AttentionProblem p, const RowTerms* const terms
     float dk[kDimsPerThread] = {}, dv[kDimsPerThread] = {};
     for (int32_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
         const ColumnIntervals column = column_intervals(p.mask, batch, p.mask.mask_head(head), key);
-        for (int32_t r = warp; r < p.nq; r += kSmallBackwardWarps) {
+        for (int32_t r = threadIdx.x; r < p.nq; r += kSmallBackwardThreads) {  // a thread per row
             float pr = 0.0f, ds = 0.0f;
-            if (!column.masks(r)) {  // warp-uniform; the row sees this key, so its max is finite
+            if (!column.masks(r)) {  // the row sees this key, so its max is finite
                 const RowTerms row = terms[(int64_t(batch) * p.q_heads + head) * p.nq + r];
                 // The rows kernel's expressions, operands and order: the same P and dS bits.
-                const float score = p.scale * warp_dot<Element, kHeadDim>(k_row, element_at<Element>(p.q, batch, r, head));
-                const float dprob = warp_dot<Element, kHeadDim>(v_row, element_at<Element>(p.dout, batch, r, head));
+                const float score = p.scale * thread_dot<Element, kHeadDim>(k_row, element_at<Element>(p.q, batch, r, head));
+                const float dprob = thread_dot<Element, kHeadDim>(v_row, element_at<Element>(p.dout, batch, r, head));
                 pr = expf(score - row.max) / row.sum;
                 ds = pr * (dprob - row.delta);
             }
-            if (lane == 0) {
-                prob[r] = pr;
-                dscore[r] = ds;
-            }
+            prob[r] = pr;
+            dscore[r] = ds;
         }
         __syncthreads();
 #pragma unroll
@@ -234,10 +253,10 @@ void run_small_backward(const AttentionProblem& p, cudaStream_t stream) {
     DeviceScratch scratch(sizeof(RowTerms) * std::size_t(rows), stream);
     RowTerms* const terms = scratch.as<RowTerms>();
     small_backward_rows_kernel<Element, kHeadDim>
-        <<<unsigned(rows), kSmallBackwardThreads, 2 * sizeof(float) * std::size_t(p.nk), stream>>>(p, terms);
+        <<<unsigned(rows), kSmallBackwardThreads, 2 * sizeof(float) * std::size_t(padded_shared_floats(p.nk)), stream>>>(p, terms);
     check_launch("flashmask backward: small_backward_rows_kernel");
     small_backward_keys_kernel<Element, kHeadDim>
-        <<<unsigned(keys), kSmallBackwardThreads, 2 * sizeof(float) * std::size_t(p.nq), stream>>>(p, terms);
+        <<<unsigned(keys), kSmallBackwardThreads, 2 * sizeof(float) * std::size_t(padded_shared_floats(p.nq)), stream>>>(p, terms);
     check_launch("flashmask backward: small_backward_keys_kernel");
 }
 
