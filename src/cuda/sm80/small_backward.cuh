@@ -18,10 +18,13 @@
 //   2. keys: a CTA per (batch, KV head, key) recomputes P and dS of every visible row of the
 //      group's query heads from those terms (the same expressions, so the same bits as step 1)
 //      and sums dK and dV over them.
-// A score and a dP are each one thread's dot product, its terms in head-dim order: the loads of
-// many such products are in flight at once, where a warp per product (ae5433e) waited on each
-// product's loads and shuffles in turn (64 rows over 2,048 keys: 327 us on an H100). Operands
-// are read one element at a time through their strides: no contiguous copies.
+// A score and a dP are each one warp's dot product (lanes over the head dims, so a key's row is
+// one coalesced read), and a warp forms kSmallBackwardKeysPerStep of them at once so that their
+// loads are in flight together: ae5433e formed one at a time and waited on each product's loads
+// and shuffles in turn (64 rows over 2,048 keys: 327 us on an H100). A thread per product
+// (fc14d08, not run) would read 32 rows per load instruction, 32 times the L1 wavefronts.
+// Operands are read one element at a time through their strides: the caller's rows need not be
+// 16-byte aligned here, as the tiled kernels' copies make them.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -45,11 +48,14 @@ namespace flashmask::cuda::sm80 {
 // dS fit in 16 KB of shared memory.
 constexpr int64_t kSmallBackwardMaxRows = 64;
 constexpr int32_t kSmallBackwardMaxKeys = 2048;
-constexpr int kSmallBackwardThreads = 128;  // 4 warps; a thread per key (rows) or per row (keys)
+// 8 warps: the rows kernel has at most kSmallBackwardMaxRows CTAs, fewer than an H100's SMs, so
+// its latency is hidden by warps within the CTA.
+constexpr int kSmallBackwardThreads = 256;
 constexpr int kSmallBackwardWarps = kSmallBackwardThreads / kWarpSize;
+constexpr int kSmallBackwardKeysPerStep = 4;  // dot products a warp has in flight (rows kernel)
 // The per-key (per-row) arrays in dynamic shared memory are padded to 16 bytes: ptxas reads them
 // with 16-byte loads in the remainder of an unrolled loop (LDS.128 at the last element), which
-// compute-sanitizer reported as out of bounds on ae5433e when Nq was 1.
+// compute-sanitizer reported as out of bounds on ae5433e when Nq was 1 (H100, session 27).
 constexpr int32_t kSharedPaddingFloats = 4;
 __host__ __device__ constexpr int32_t padded_shared_floats(int32_t n) {
     return (n + kSharedPaddingFloats - 1) / kSharedPaddingFloats * kSharedPaddingFloats;
@@ -89,14 +95,27 @@ __device__ __forceinline__ float block_max(float x, float* partial) {
     return total;
 }
 
-// <a, b> of a float row in shared memory and a 16-bit row in global memory, by one thread in
-// head-dim order: both kernels form each score and dP with it, so they get the same bits.
-template <typename Element, int kHeadDim>
-__device__ __forceinline__ float thread_dot(const float* a, const Element* b) {
-    float sum = 0.0f;
-#pragma unroll 8
-    for (int d = 0; d < kHeadDim; ++d) sum = fmaf(a[d], ElementTraits<Element>::to_float(b[d]), sum);
-    return sum;
+// <a, b_k> for kCount 16-bit rows b_k in global memory and one float row a in shared memory, by
+// one warp: lane l sums the head dims l, l + 32, ... in order, then the lanes' sums are added by
+// an xor butterfly; every lane gets every product. Each product's bits do not depend on kCount,
+// so both kernels form each score and dP through it and get the same bits.
+template <typename Element, int kHeadDim, int kCount>
+__device__ __forceinline__ void warp_dots(const float* a, const Element* const (&b)[kCount], float (&dots)[kCount]) {
+    static_assert(kHeadDim % kWarpSize == 0, "a warp's lanes split the head dims evenly");
+    const int lane = threadIdx.x % kWarpSize;
+#pragma unroll
+    for (int k = 0; k < kCount; ++k) dots[k] = 0.0f;
+#pragma unroll
+    for (int d = lane; d < kHeadDim; d += kWarpSize) {
+        const float a_d = a[d];
+#pragma unroll
+        for (int k = 0; k < kCount; ++k) dots[k] = fmaf(a_d, ElementTraits<Element>::to_float(b[k][d]), dots[k]);
+    }
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+#pragma unroll
+        for (int k = 0; k < kCount; ++k) dots[k] += __shfl_xor_sync(kFullWarpMask, dots[k], offset);
+    }
 }
 
 template <typename Element, int kHeadDim>
@@ -126,27 +145,45 @@ small_backward_rows_kernel(const AttentionProblem p, RowTerms* const terms) {
     load_row<Element, kHeadDim>(do_row, element_at<Element>(p.dout, batch, r, head));
     __syncthreads();
 
-    // Scaled scores, -inf for hidden keys; dP of the visible ones. A thread per key.
+    // Scaled scores, -inf for hidden keys; dP of the visible ones. A warp per
+    // kSmallBackwardKeysPerStep keys at a time; hidden keys' rows are read too (the reads stay
+    // within Nk), which keeps the loads free of the mask's.
     float local = -INFINITY;
-    for (int32_t key = threadIdx.x; key < p.nk; key += kSmallBackwardThreads) {
-        float score = -INFINITY, dprob = 0.0f;
-        if (!column_intervals(p.mask, batch, mask_head, key).masks(r)) {
-            score = p.scale * thread_dot<Element, kHeadDim>(q_row, element_at<Element>(p.k, batch, key, kv_head));
-            dprob = thread_dot<Element, kHeadDim>(do_row, element_at<Element>(p.v, batch, key, kv_head));
+    for (int32_t first = warp * kSmallBackwardKeysPerStep; first < p.nk;
+         first += kSmallBackwardWarps * kSmallBackwardKeysPerStep) {
+        const Element* k_rows[kSmallBackwardKeysPerStep];
+        const Element* v_rows[kSmallBackwardKeysPerStep];
+#pragma unroll
+        for (int i = 0; i < kSmallBackwardKeysPerStep; ++i) {
+            const int32_t key = min(first + i, p.nk - 1);  // past Nk: the last key again, unused
+            k_rows[i] = element_at<Element>(p.k, batch, key, kv_head);
+            v_rows[i] = element_at<Element>(p.v, batch, key, kv_head);
         }
-        prob[key] = score;
-        grad[key] = dprob;
-        local = fmaxf(local, score);
+        float scores[kSmallBackwardKeysPerStep], dprobs[kSmallBackwardKeysPerStep];
+        warp_dots<Element, kHeadDim>(q_row, k_rows, scores);
+        warp_dots<Element, kHeadDim>(do_row, v_rows, dprobs);
+#pragma unroll
+        for (int i = 0; i < kSmallBackwardKeysPerStep; ++i) {
+            const int32_t key = first + i;
+            if (key >= p.nk) break;
+            const bool hidden = column_intervals(p.mask, batch, mask_head, key).masks(r);  // warp-uniform
+            const float score = hidden ? -INFINITY : __fmul_rn(p.scale, scores[i]);
+            if (lane == 0) {
+                prob[key] = score;
+                grad[key] = hidden ? 0.0f : dprobs[i];
+            }
+            local = fmaxf(local, score);
+        }
     }
     RowTerms row;
-    row.max = block_max(local, partial);
+    row.max = block_max(local, partial);  // its barriers also make the stores above visible to every thread
     Element* const dq = mutable_element_at<Element>(p.dq, batch, r, head);
     if (row.max == -INFINITY) {  // block-uniform: the row sees no key, and its dQ is 0
         for (int d = threadIdx.x; d < kHeadDim; d += kSmallBackwardThreads) dq[d] = ElementTraits<Element>::from_float(0.0f);
         if (threadIdx.x == 0) terms[item] = row;
         return;
     }
-    // Each thread reads back only the keys it wrote, until the barrier before dQ.
+    // From here each thread reads and writes only its own keys, until the barrier before dQ.
     local = 0.0f;
     for (int32_t key = threadIdx.x; key < p.nk; key += kSmallBackwardThreads) local += expf(prob[key] - row.max);
     row.sum = block_sum(local, partial);
@@ -160,12 +197,13 @@ small_backward_rows_kernel(const AttentionProblem p, RowTerms* const terms) {
         grad[key] = prob[key] * (grad[key] - row.delta);
     __syncthreads();
 
-    // dQ = scale * sum_j dS_j K_j: warp w sums the keys w, w + 4, ... (its lanes the head dims,
-    // so a key's row is read whole by one warp), then the four partials are added in warp order.
+    // dQ = scale * sum_j dS_j K_j: warp w sums the keys w, w + kSmallBackwardWarps, ... (its lanes
+    // the head dims, so a key's row is one coalesced read), then the warps' partials are added in
+    // warp order.
     float dq_part[kDimsPerLane] = {};
-    for (int32_t key = warp; key < p.nk; key += kSmallBackwardWarps) {
+#pragma unroll 4
+    for (int32_t key = warp; key < p.nk; key += kSmallBackwardWarps) {  // hidden keys add dS = 0
         const float ds = grad[key];
-        if (ds == 0.0f) continue;  // warp-uniform: hidden keys and P that underflowed
         const Element* const k_row = element_at<Element>(p.k, batch, key, kv_head);
 #pragma unroll
         for (int i = 0; i < kDimsPerLane; ++i)
@@ -197,6 +235,7 @@ small_backward_keys_kernel(const AttentionProblem p, const RowTerms* const terms
     const int32_t kv_head = int32_t((item / p.nk) % p.kv_heads);
     const int32_t batch = int32_t(item / (int64_t(p.nk) * p.kv_heads));
     const int32_t group = p.q_heads / p.kv_heads;
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     load_row<Element, kHeadDim>(k_row, element_at<Element>(p.k, batch, key, kv_head));
     load_row<Element, kHeadDim>(v_row, element_at<Element>(p.v, batch, key, kv_head));
     __syncthreads();
@@ -204,18 +243,25 @@ small_backward_keys_kernel(const AttentionProblem p, const RowTerms* const terms
     float dk[kDimsPerThread] = {}, dv[kDimsPerThread] = {};
     for (int32_t head = kv_head * group; head < (kv_head + 1) * group; ++head) {
         const ColumnIntervals column = column_intervals(p.mask, batch, p.mask.mask_head(head), key);
-        for (int32_t r = threadIdx.x; r < p.nq; r += kSmallBackwardThreads) {  // a thread per row
+        for (int32_t r = warp; r < p.nq; r += kSmallBackwardWarps) {  // a warp per row
             float pr = 0.0f, ds = 0.0f;
-            if (!column.masks(r)) {  // the row sees this key, so its max is finite
+            if (!column.masks(r)) {  // warp-uniform; the row sees this key, so its max is finite
                 const RowTerms row = terms[(int64_t(batch) * p.q_heads + head) * p.nq + r];
                 // The rows kernel's expressions, operands and order: the same P and dS bits.
-                const float score = p.scale * thread_dot<Element, kHeadDim>(k_row, element_at<Element>(p.q, batch, r, head));
-                const float dprob = thread_dot<Element, kHeadDim>(v_row, element_at<Element>(p.dout, batch, r, head));
-                pr = expf(score - row.max) / row.sum;
-                ds = pr * (dprob - row.delta);
+                const Element* const q_rows[1] = {element_at<Element>(p.q, batch, r, head)};
+                const Element* const do_rows[1] = {element_at<Element>(p.dout, batch, r, head)};
+                float score[1], dprob[1];
+                warp_dots<Element, kHeadDim>(k_row, q_rows, score);
+                warp_dots<Element, kHeadDim>(v_row, do_rows, dprob);
+                // __fmul_rn: rounded before the subtraction, as the rows kernel's stored score is
+                // (a contracted fma would give other bits).
+                pr = expf(__fmul_rn(p.scale, score[0]) - row.max) / row.sum;
+                ds = pr * (dprob[0] - row.delta);
             }
-            prob[r] = pr;
-            dscore[r] = ds;
+            if (lane == 0) {
+                prob[r] = pr;
+                dscore[r] = ds;
+            }
         }
         __syncthreads();
 #pragma unroll
