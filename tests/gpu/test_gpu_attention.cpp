@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "cuda/common/device.hpp"
+#include "cuda/sm80/small_backward_bounds.hpp"
 #include "cuda/sm80/tail_split.hpp"
 #include "gpu_attention_check.hpp"
 #include "gpu_reference.hpp"
@@ -246,6 +247,39 @@ TEST(GpuAttention, SingleRowSixteenBitBackward) {
             check_gpu_attention(c, mask, rng);
         }
     }
+}
+
+// Both sides of the float32 small backward's bounds (small_backward_bounds.hpp): the largest
+// problem it takes, one key more and one row group more (the tiled kernels), in both dtypes and
+// both backward modes.
+TEST(GpuAttention, SmallBackwardBounds) {
+    FM_SKIP_WITHOUT_GPU();
+    using cuda::sm80::kSmallBackwardMaxKeys;
+    using cuda::sm80::kSmallBackwardMaxRows;
+    auto rng = test_rng();
+    const int32_t rows_per_head = int32_t(kSmallBackwardMaxRows / kGqaGroup);
+    struct Bound {
+        int32_t nq, nk;
+        bool small;
+    };
+    const Bound bounds[] = {{rows_per_head, kSmallBackwardMaxKeys, true},
+                            {rows_per_head, kSmallBackwardMaxKeys + 1, false},
+                            {rows_per_head + 1, kSmallBackwardMaxKeys, false}};
+    int n = 0;
+    for (const Bound& bound : bounds)
+        for (const DType dtype : kHalfDtypes) {
+            GpuCase c{{1, bound.nq, bound.nk, kGqaGroup, 1, kHeadDims[n % kHeadDimCount], kHeadDims[n % kHeadDimCount]},
+                      dtype};
+            c.deterministic = n++ % 2 == 1;
+            AttentionProblem problem;
+            problem.batch = c.sizes.batch;
+            problem.q_heads = c.sizes.q_heads;
+            problem.nq = c.sizes.nq;
+            problem.nk = c.sizes.nk;
+            ASSERT_EQ(cuda::sm80::uses_small_backward(problem), bound.small) << c.describe();
+            TestMask mask = catalogue_test_mask("causal_document", c.sizes, c.sizes.q_heads, rng);
+            check_gpu_attention(c, mask, rng);
+        }
 }
 
 // KeyOrder::Automatic from 16K keys: both orders' launches are queued and the device runs one

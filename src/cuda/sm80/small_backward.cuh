@@ -36,18 +36,11 @@
 #include "cuda/common/warp.hpp"
 #include "cuda/common/workspace.cuh"
 #include "cuda/sm80/backward_kernels.cuh"
+#include "cuda/sm80/small_backward_bounds.hpp"
 #include "flashmask/problem.hpp"
 
 namespace flashmask::cuda::sm80 {
 
-// Problems of at most kSmallBackwardMaxRows query rows in all (batch x query heads x Nq) and at
-// most kSmallBackwardMaxKeys keys take this path. The rows bound is where the error has been
-// seen: the two failing shapes had 8 and 64 rows, and problems of 1,000 rows and more have
-// never come near the bound. Keeping it low also keeps the tiled kernels under the GPU tests'
-// small cases (77-300 rows and more). The keys bound keeps a row's CTA loop short, and its P and
-// dS fit in 16 KB of shared memory.
-constexpr int64_t kSmallBackwardMaxRows = 64;
-constexpr int32_t kSmallBackwardMaxKeys = 2048;
 // 8 warps: the rows kernel has at most kSmallBackwardMaxRows CTAs, fewer than an H100's SMs, so
 // its latency is hidden by warps within the CTA.
 constexpr int kSmallBackwardThreads = 256;
@@ -59,10 +52,6 @@ constexpr int kSmallBackwardKeysPerStep = 4;  // dot products a warp has in flig
 constexpr int32_t kSharedPaddingFloats = 4;
 __host__ __device__ constexpr int32_t padded_shared_floats(int32_t n) {
     return (n + kSharedPaddingFloats - 1) / kSharedPaddingFloats * kSharedPaddingFloats;
-}
-
-inline bool uses_small_backward(const AttentionProblem& p) {
-    return p.nk <= kSmallBackwardMaxKeys && int64_t(p.batch) * p.q_heads * p.nq <= kSmallBackwardMaxRows;
 }
 
 namespace small_backward_detail {
