@@ -21,6 +21,7 @@
 #include "cuda/sm80/backward_kernels.cuh"
 #include "cuda/sm80/backward_launch.cuh"
 #include "cuda/sm80/kernel_operand.cuh"
+#include "cuda/sm80/small_backward.cuh"
 
 namespace flashmask::cuda::sm80 {
 
@@ -55,6 +56,12 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
             zero_gradient<Element, kHeadDim>(p.dv, p.batch, p.nk, p.kv_heads, stream);
         }
         if (p.nk == 0) zero_gradient<Element, kHeadDim>(p.dq, p.batch, p.nq, p.q_heads, stream);
+        return;
+    }
+    if (uses_small_backward(p)) {
+        // Tiny problems in float32 without tensor cores (small_backward.cuh): within SPEC §5 where
+        // a few rows over few keys carry the whole error, and deterministic by construction.
+        run_small_backward<Element, kHeadDim>(p, stream);
         return;
     }
     // Every refusal (shared memory, occupancy, grid and tile counts) before the first work queued
