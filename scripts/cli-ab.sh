@@ -14,14 +14,15 @@
 #                scripts/cli-ab.sh ab-base.tar 2 -- --configs a,b --masks full,causal,share_question
 #
 # OPTIONS: --configs a,b (SPEC §6's configurations; default a; "smoke" is 256 rows, B 1, H 2,
-# for trying the script on a machine without a GPU), --masks (catalogue names; default
+# for trying the script on a machine without a GPU; tiny-rows, tiny-bound and tiny-past are the
+# float32 small backward's shapes, timed in microseconds: see config_arguments), --masks (catalogue names; default
 # full,causal,share_question), --dtype (default bf16), --deterministic, --timing synced|queued
 # (`flashmask run --timing`; default synced). Every run uses the mask
 # seed of SPEC §6's densities (bench/spec_densities.py) and the same inputs (the seed also draws
 # them). Sides run in turn (the tarballs', then the working tree's), ROUNDS times (default 2).
 # Output: cli-ab.md in $FLASHMASK_GPU_BUILD_DIR/cli-ab (default build-gpu/cli-ab), one line per
-# run and a table of TFLOP/s (forward / backward) last, also copied to $OUT when set. Each run
-# also gives the median SM clock and power that nvidia-smi sampled while it ran (every
+# run and a table of the figures (forward / backward: TFLOP/s, microseconds for the tiny shapes)
+# last, also copied to $OUT when set. Each run also gives the median SM clock and power that nvidia-smi sampled while it ran (every
 # CLOCK_SAMPLE_MS): the masks below the card's power limit run at clocks that move 5-10 %
 # between leases (bench/NOTES.md, sessions 23-24), so a side's figure is read beside its clock.
 #
@@ -63,13 +64,22 @@ config_arguments() {
     a) echo "--seqlen 8192 --heads 32 --batch 2 --repeats 20" ;;
     b) echo "--seqlen 32768 --heads 16 --batch 1 --repeats 10" ;;
     smoke) echo "--seqlen 256 --heads 2 --batch 1 --repeats 1" ;;
+    # The small backward's (src/cuda/sm80/small_backward_bounds.hpp): 64 rows of one query
+    # each over 17 keys (SPEC §5's failing shape), its largest problem (64 rows over 128
+    # keys), and one key past it (the tiled kernels).
+    tiny-rows) echo "--seqlen 1 --seqlen-k 17 --batch 8 --heads 8 --kv-heads 2 --dim 256 --repeats 50" ;;
+    tiny-bound) echo "--seqlen 16 --seqlen-k 128 --heads 4 --kv-heads 1 --repeats 50" ;;
+    tiny-past) echo "--seqlen 16 --seqlen-k 129 --heads 4 --kv-heads 1 --repeats 50" ;;
     *) return 1 ;;
   esac
 }
+# What a run's figures are: TFLOP/s at SPEC §6's sizes, microseconds for the tiny shapes, where
+# the call is launches and fixed passes.
+config_unit() { case $1 in tiny-*) echo us ;; *) echo TFLOP/s ;; esac; }
 IFS=, read -r -a config_list <<<"$configs"
 IFS=, read -r -a mask_list <<<"$masks"
 for config in "${config_list[@]}"; do
-  config_arguments "$config" >/dev/null || { echo "cli-ab.sh: unknown configuration '$config'; expected a, b or smoke" >&2; exit 2; }
+  config_arguments "$config" >/dev/null || { echo "cli-ab.sh: unknown configuration '$config'; expected a, b, smoke, tiny-rows, tiny-bound or tiny-past" >&2; exit 2; }
 done
 seed=$(spec_density_seed)
 [ -n "$seed" ] || { echo "cli-ab.sh: no SPEC_DENSITY_SEED in bench/spec_densities.py" >&2; exit 2; }
@@ -139,7 +149,7 @@ done
 wait_for_side_builds cli-ab.sh "$WORK_DIR/build-%s.log" "${builds[@]}"
 
 summary="$WORK_DIR/cli-ab.md"
-results="$WORK_DIR/results.tsv"  # round, side, config, mask, forward TFLOP/s, backward TFLOP/s, clock
+results="$WORK_DIR/results.tsv"  # round, side, config, mask, forward and backward figures (config_unit), clock
 : >"$results"
 {
   echo "# CLI A/B: $(printf '%s, ' "${side_names[@]}" | sed 's/, $//'), in turn, $ROUNDS rounds"
@@ -157,13 +167,15 @@ for round in $(seq 1 "$ROUNDS"); do
         # shellcheck disable=SC2046  # config_arguments is a list of words
         json=$("$(side_tool "$name")" run --mask "$mask" $(config_arguments "$config") --dtype "$dtype" --backward \
           "${deterministic[@]}" "${timing_arguments[@]}" --seed "$seed" --json 2>>"$WORK_DIR/run-errors.log")
+        unit=$(config_unit "$config")
         figures=$(python3 -c 'import json, sys
-timings = {t["pass"]: t["tflops"] for t in json.loads(sys.argv[1])["timings"]}
+timings = {t["pass"]: (t["median_seconds"] * 1e6 if sys.argv[2] == "us" else t["tflops"])
+           for t in json.loads(sys.argv[1])["timings"]}
 print("\t".join("%.4g" % timings[name] if name in timings else "missing" for name in ("forward", "backward")))' \
-          "$json" 2>>"$WORK_DIR/run-errors.log") || figures="failed	failed"
+          "$json" "$unit" 2>>"$WORK_DIR/run-errors.log") || figures="failed	failed"
         clock=$(stop_clock_samples)
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$config" "$mask" "$figures" "$clock" >>"$results"
-        echo "round $round, $name, config $config, $mask: $(echo "$figures" | tr '\t' '/') TFLOP/s ($clock)" | tee -a "$summary"
+        echo "round $round, $name, config $config, $mask: $(echo "$figures" | tr '\t' '/') $unit ($clock)" | tee -a "$summary"
       done
     done
   done
