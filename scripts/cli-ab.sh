@@ -24,7 +24,8 @@
 # run and a table of the figures (forward / backward: TFLOP/s, microseconds for the tiny shapes)
 # last, also copied to $OUT when set. Each run also gives the median SM clock and power that
 # nvidia-smi sampled while it ran (every CLOCK_SAMPLE_MS): the masks below the card's power
-# limit run at clocks that move 5-10 % between leases (bench/NOTES.md, sessions 23-24), so a side's figure is read beside its clock.
+# limit run at clocks that move 5-10 % between leases (bench/NOTES.md, sessions 23-24), so a
+# side's figure is read beside its clock.
 #
 # Environment: FLASHMASK_CUDA_ARCHITECTURES [90a-real], FLASHMASK_GPU_JOBS [16] (shared by the
 # sides' builds), FLASHMASK_CUDA [ON], FLASHMASK_COMMIT (the working tree's commit, as in gpu.sh).
