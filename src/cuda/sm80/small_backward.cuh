@@ -47,6 +47,7 @@ namespace flashmask::cuda::sm80 {
 constexpr int kSmallBackwardThreads = 256;
 constexpr int kSmallBackwardWarps = kSmallBackwardThreads / kWarpSize;
 constexpr int kSmallBackwardKeysPerStep = 4;  // dot products a warp has in flight (rows kernel)
+constexpr int kSmallBackwardRowsInFlight = 4;  // rows whose Q and dO a thread loads at once (keys kernel)
 // The per-key (per-row) arrays in dynamic shared memory are padded to 16 bytes: ptxas reads them
 // with 16-byte loads in the remainder of an unrolled loop (LDS.128 at the last element), which
 // compute-sanitizer reported as out of bounds on ae5433e when Nq was 1 (H100, session 27).
@@ -258,10 +259,18 @@ small_backward_keys_kernel(const AttentionProblem p, const RowTerms* const terms
         for (int t = 0; t < kDimsPerThread; ++t) {
             const int d = threadIdx.x + t * kSmallBackwardThreads;
             if (d >= kHeadDim) break;
+            // The loads come before the test of P, so that an unrolled step's loads are in flight
+            // together: 23ec1a6 skipped the row first (`continue`), one L2 round trip a row. A row
+            // that does not see the key (P = 0, so dS = 0) still adds nothing, and its operands,
+            // read but unused, may hold anything.
+#pragma unroll kSmallBackwardRowsInFlight
             for (int32_t r = 0; r < p.nq; ++r) {
-                if (prob[r] == 0.0f) continue;
-                dv[t] = fmaf(prob[r], ElementTraits<Element>::to_float(element_at<Element>(p.dout, batch, r, head)[d]), dv[t]);
-                dk[t] = fmaf(dscore[r], ElementTraits<Element>::to_float(element_at<Element>(p.q, batch, r, head)[d]), dk[t]);
+                const float dout_d = ElementTraits<Element>::to_float(element_at<Element>(p.dout, batch, r, head)[d]);
+                const float q_d = ElementTraits<Element>::to_float(element_at<Element>(p.q, batch, r, head)[d]);
+                if (prob[r] != 0.0f) {
+                    dv[t] = fmaf(prob[r], dout_d, dv[t]);
+                    dk[t] = fmaf(dscore[r], q_d, dk[t]);
+                }
             }
         }
         __syncthreads();  // before the next head overwrites prob and dscore
