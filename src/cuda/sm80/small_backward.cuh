@@ -48,6 +48,12 @@ constexpr int kSmallBackwardThreads = 256;
 constexpr int kSmallBackwardWarps = kSmallBackwardThreads / kWarpSize;
 constexpr int kSmallBackwardKeysPerStep = 4;  // dot products a warp has in flight (rows kernel)
 constexpr int kSmallBackwardRowsInFlight = 4;  // rows whose Q and dO a thread loads at once (keys kernel)
+// Either kernel's grid, at most: a CTA per row, or per (batch, KV head, key), and there are at
+// most as many (batch, KV head) pairs as rows. So the CTA's coordinates come from 32-bit
+// divisions: 64-bit ones are subroutine calls, whose register convention made ptxas spill the
+// keys kernel at D = 256.
+constexpr int64_t kSmallBackwardMaxCtas = kSmallBackwardMaxRows * kSmallBackwardMaxKeys;
+static_assert(kSmallBackwardMaxCtas <= INT32_MAX, "the kernels index their CTAs in 32 bits");
 // The per-key (per-row) arrays in dynamic shared memory are padded to 16 bytes: ptxas reads them
 // with 16-byte loads in the remainder of an unrolled loop (LDS.128 at the last element), which
 // compute-sanitizer reported as out of bounds on ae5433e when Nq was 1 (H100, session 27).
@@ -126,10 +132,10 @@ small_backward_rows_kernel(const AttentionProblem p, RowTerms* const terms) {
     float* const grad = row_keys + padded_shared_floats(p.nk);
     __shared__ float q_row[kHeadDim], do_row[kHeadDim], partial[kSmallBackwardWarps];
     __shared__ float warp_dq[kSmallBackwardWarps][kHeadDim];
-    const int64_t item = blockIdx.x;
-    const int32_t r = int32_t(item % p.nq);
-    const int32_t head = int32_t((item / p.nq) % p.q_heads);
-    const int32_t batch = int32_t(item / (int64_t(p.nq) * p.q_heads));
+    const int32_t item = int32_t(blockIdx.x);  // 32-bit: see kSmallBackwardMaxCtas
+    const int32_t r = item % p.nq;
+    const int32_t head = (item / p.nq) % p.q_heads;
+    const int32_t batch = item / (p.nq * p.q_heads);
     const int32_t kv_head = p.kv_head(head), mask_head = p.mask.mask_head(head);
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     load_row<Element, kHeadDim>(q_row, element_at<Element>(p.q, batch, r, head));
@@ -221,10 +227,10 @@ small_backward_keys_kernel(const AttentionProblem p, const RowTerms* const terms
     float* const dscore = key_rows + padded_shared_floats(p.nq);
     __shared__ float k_row[kHeadDim], v_row[kHeadDim];
     constexpr int kDimsPerThread = (kHeadDim + kSmallBackwardThreads - 1) / kSmallBackwardThreads;
-    const int64_t item = blockIdx.x;
-    const int32_t key = int32_t(item % p.nk);
-    const int32_t kv_head = int32_t((item / p.nk) % p.kv_heads);
-    const int32_t batch = int32_t(item / (int64_t(p.nk) * p.kv_heads));
+    const int32_t item = int32_t(blockIdx.x);  // 32-bit: see kSmallBackwardMaxCtas
+    const int32_t key = item % p.nk;
+    const int32_t kv_head = (item / p.nk) % p.kv_heads;
+    const int32_t batch = item / (p.nk * p.kv_heads);
     const int32_t group = p.q_heads / p.kv_heads;
     const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
     load_row<Element, kHeadDim>(k_row, element_at<Element>(p.k, batch, key, kv_head));
