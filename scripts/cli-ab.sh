@@ -15,8 +15,8 @@
 #
 # OPTIONS: --configs a,b (SPEC §6's configurations; default a; "smoke" is 256 rows, B 1, H 2,
 # for trying the script on a machine without a GPU; tiny-rows, tiny-bound and tiny-past are the
-# float32 small backward's shapes, timed in microseconds: see config_arguments), --masks (catalogue names; default
-# full,causal,share_question), --dtype (default bf16), --deterministic, --timing synced|queued
+# float32 small backward's shapes, timed in microseconds: see config_arguments), --masks
+# (catalogue names; default full,causal,share_question), --dtype (default bf16), --deterministic, --timing synced|queued
 # (`flashmask run --timing`; default synced). Every run uses the mask
 # seed of SPEC §6's densities (bench/spec_densities.py) and the same inputs (the seed also draws
 # them). Sides run in turn (the tarballs', then the working tree's), ROUNDS times (default 2).

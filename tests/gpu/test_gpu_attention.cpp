@@ -79,9 +79,9 @@ protected:
 // one error shared by the whole row that the naive computation (rowsum(P * dP)) does not make:
 // over 8 rows the error ratio to the naive one strayed past 2 for a few percent of draws (18
 // failing tensors in 240 draws at B = 2, Hq = 4, on the tiled CPU path), and at B = 8, Hq = 8
-// once (session 25, document, float16, D = 256). Problems of at most 64 query rows now run the
-// float32 backward without tensor cores (small_backward.cuh), as the Nq = 1 cases here do;
-// GpuAttention.SingleRowSixteenBitBackward draws the B = 2, Hq = 4 shape many times.
+// once (session 25, document, float16, D = 256). Problems of at most 64 query rows and 128 keys
+// now run the float32 backward without tensor cores (small_backward.cuh), as the Nq = 1 cases
+// here do; GpuAttention.SingleRowSixteenBitBackward draws the B = 2, Hq = 4 shape many times.
 TEST_P(GpuCatalogue, SizesOneAndSeventeen) {
     FM_SKIP_WITHOUT_GPU();
     auto rng = test_rng();
@@ -242,7 +242,7 @@ TEST(GpuAttention, SingleRowSixteenBitBackward) {
         for (int draw = 0; draw < kDraws; ++draw, ++n) {
             const int32_t head_dim = kHeadDims[n % kHeadDimCount];
             GpuCase c{{2, 1, 17, kGqaGroup, 1, head_dim, head_dim}, kHalfDtypes[(n / kHeadDimCount) % kDtypeCount]};
-            c.deterministic = n % 4 == 3;  // the dQ kernel reads the same Di
+            c.deterministic = n % 4 == 3;  // both modes take the small backward here
             TestMask mask = catalogue_test_mask(name, c.sizes, c.sizes.q_heads, rng);
             check_gpu_attention(c, mask, rng);
         }
@@ -250,8 +250,8 @@ TEST(GpuAttention, SingleRowSixteenBitBackward) {
 }
 
 // Both sides of the float32 small backward's bounds (small_backward_bounds.hpp): the largest
-// problem it takes, one key more and one row group more (the tiled kernels), in both dtypes and
-// both backward modes.
+// problem it takes, then one key more and one query row a head more (the tiled kernels), in both
+// dtypes and both backward modes.
 TEST(GpuAttention, SmallBackwardBounds) {
     FM_SKIP_WITHOUT_GPU();
     using cuda::sm80::kSmallBackwardMaxKeys;

@@ -8,7 +8,8 @@
 // or dK there, against a naive computation that is sometimes luckier than half of that
 // (bench/NOTES.md, sessions 25-26; GpuAttention.SingleRowSixteenBitBackward). The CPU path
 // keeps P and dS in float and passes. At these sizes the tensor cores buy nothing: the call is
-// launches and fixed passes (~52 us measured for B 8, Hq 8, Nq 1, Nk 17 on an H100).
+// launches and fixed passes: B 8, Hq 8, Nq 1, Nk 17 took 52 us on the tiled kernels and 20 us
+// here (H100, session 28; the bounds are in small_backward_bounds.hpp).
 //
 // How. Two kernels, each output element summed by threads in a fixed order (the same bits on
 // every run, so the deterministic mode is this path too):
@@ -70,25 +71,24 @@ struct RowTerms {
     float delta = 0.0f;
 };
 
-__device__ __forceinline__ float block_sum(float x, float* partial) {
+// x combined over the CTA by `op` (associative, `identity` its neutral element): a butterfly
+// within each warp, then the warps' results in warp order, so every thread gets the same bits.
+template <typename Op>
+__device__ __forceinline__ float block_reduce(float x, float identity, Op op, float* partial) {
 #pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(kFullWarpMask, x, offset);
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) x = op(x, __shfl_xor_sync(kFullWarpMask, x, offset));
     if (threadIdx.x % kWarpSize == 0) partial[threadIdx.x / kWarpSize] = x;
     __syncthreads();
-    float total = 0.0f;
-    for (int w = 0; w < kSmallBackwardWarps; ++w) total += partial[w];
+    float total = identity;
+    for (int w = 0; w < kSmallBackwardWarps; ++w) total = op(total, partial[w]);
     __syncthreads();  // `partial` is reused by the next reduction
     return total;
 }
+__device__ __forceinline__ float block_sum(float x, float* partial) {
+    return block_reduce(x, 0.0f, [](float a, float b) { return a + b; }, partial);
+}
 __device__ __forceinline__ float block_max(float x, float* partial) {
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) x = fmaxf(x, __shfl_xor_sync(kFullWarpMask, x, offset));
-    if (threadIdx.x % kWarpSize == 0) partial[threadIdx.x / kWarpSize] = x;
-    __syncthreads();
-    float total = -INFINITY;
-    for (int w = 0; w < kSmallBackwardWarps; ++w) total = fmaxf(total, partial[w]);
-    __syncthreads();
-    return total;
+    return block_reduce(x, -INFINITY, [](float a, float b) { return fmaxf(a, b); }, partial);
 }
 
 // <a, b_k> for kCount 16-bit rows b_k in global memory and one float row a in shared memory, by
