@@ -181,11 +181,14 @@ small_backward_rows_kernel(const AttentionProblem p, RowTerms* const terms) {
     }
     // From here each thread reads and writes only its own keys, until the barrier before dQ.
     local = 0.0f;
-    for (int32_t key = threadIdx.x; key < p.nk; key += kSmallBackwardThreads) local += expf(prob[key] - row.max);
+    for (int32_t key = threadIdx.x; key < p.nk; key += kSmallBackwardThreads) {
+        prob[key] = expf(prob[key] - row.max);  // exp(-inf) = 0 for hidden keys
+        local += prob[key];
+    }
     row.sum = block_sum(local, partial);
     local = 0.0f;
     for (int32_t key = threadIdx.x; key < p.nk; key += kSmallBackwardThreads) {
-        prob[key] = expf(prob[key] - row.max) / row.sum;  // exp(-inf) = 0 for hidden keys
+        prob[key] /= row.sum;  // the keys kernel's expf(s - max) / sum, in the same two roundings
         local += prob[key] * grad[key];
     }
     row.delta = block_sum(local, partial);
