@@ -320,7 +320,7 @@ TEST(TiledAttention, SingleKeyBackward) {
 // - dP = dO V^T accumulated in float: a row whose two dP differ by 0.4 % (6.244, 6.218) gave
 //   dQ 1.5-2.3e-5 in ~1.5 % of runs (session 29; Storage::Gradient). The naive float32
 //   computation fails the same way, so the test once accepted 3x its error; with dP in double
-//   the worst error in 20,000 checks was 4.5e-6.
+//   the worst error in 20,000 checks was 3.0e-6.
 // ---------------------------------------------------------------------------------------------
 TEST(TiledAttention, FewKeysNearlyOneHotBackward) {
     auto rng = test_rng();
