@@ -31,7 +31,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // ---------------------------------------------------------------------------------------------
 // Storage formats: loads and stores convert to and from float; all arithmetic is float, but for
-// the backward's dP = dO V^T (Gradient). Where dP_j is close to the row's delta, dS = P (dP - delta)
+// the backward's delta and dS = P (dP - delta), formed in double (RowTerms), and dP = dO V^T,
+// accumulated in Gradient. Where dP_j is close to the row's delta, dS = P (dP - delta)
 // is a small difference of two values near dP_j, and with float32 inputs dP's own float rounding
 // was the largest error left in dQ and dK: a row over two keys with dP = 6.244 and 6.218 gave dQ
 // 1.5e-5 from float64 (SPEC §5: 1e-5; bench/NOTES.md, session 29). In double its product takes
