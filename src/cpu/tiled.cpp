@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/parallel.hpp"
@@ -29,20 +30,30 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // ---------------------------------------------------------------------------------------------
-// Storage formats: loads and stores convert to and from float; all arithmetic is float.
+// Storage formats: loads and stores convert to and from float; all arithmetic is float, but for
+// the backward's delta and dS = P (dP - delta), formed in double (RowTerms), and dP = dO V^T,
+// accumulated in Gradient. Where dP_j is close to the row's delta, dS = P (dP - delta)
+// is a small difference of two values near dP_j, and with float32 inputs dP's own float rounding
+// was the largest error left in dQ and dK: a row over two keys with dP = 6.244 and 6.218 gave dQ
+// 1.5e-5 from float64 (SPEC §5: 1e-5; bench/NOTES.md, session 29). In double its product takes
+// about twice a float one's time, ~10-20 % more for the whole float32 CPU backward; with 16-bit
+// inputs a float dP is far more precise than the inputs, so they keep it.
 // ---------------------------------------------------------------------------------------------
 struct Float32Storage {
     using type = float;
+    using Gradient = double;
     static float to_float(float x) { return x; }
     static float from_float(float x) { return x; }
 };
 struct BFloat16Storage {
     using type = uint16_t;
+    using Gradient = float;
     static float to_float(uint16_t x) { return bfloat16_to_float(x); }
     static uint16_t from_float(float x) { return float_to_bfloat16(x); }
 };
 struct Float16Storage {
     using type = uint16_t;
+    using Gradient = float;
     static float to_float(uint16_t x) { return float16_to_float(x); }
     static uint16_t from_float(float x) { return float_to_float16(x); }
 };
@@ -56,9 +67,9 @@ typename Storage::type* row_pointer(const Operand& operand, int64_t b, int64_t s
 // Scratch tiles are indexed in int64 (pitches, transposed rows): with a head dim beyond
 // 2^31 / kBlockN, r * pitch and d * kBlockN overflow int32.
 // dst[r * pitch + d] = multiplier * src[b, first + r, h, d] for r < count, d < width.
-template <class Storage>
+template <class Storage, class Element>
 void load_rows(const Operand& src, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width, int64_t pitch,
-               float multiplier, float* dst) {
+               float multiplier, Element* dst) {
     for (int32_t r = 0; r < count; ++r) {
         const auto* row = row_pointer<Storage>(src, b, first + r, h);
         for (int32_t d = 0; d < width; ++d) dst[r * pitch + d] = multiplier * Storage::to_float(row[d]);
@@ -67,9 +78,9 @@ void load_rows(const Operand& src, int64_t b, int32_t first, int64_t h, int32_t 
 
 // dst[d * kBlockN + c] = src[b, first + c, h, d]: a key block stored transposed, the right-hand
 // side of Q K^T and dO V^T. Columns count..kBlockN-1 are zero.
-template <class Storage>
+template <class Storage, class Element>
 void load_transposed(const Operand& src, int64_t b, int32_t first, int64_t h, int32_t count, int32_t width,
-                     float* dst) {
+                     Element* dst) {
     for (int32_t c = 0; c < count; ++c) {
         const auto* row = row_pointer<Storage>(src, b, first + c, h);
         for (int64_t d = 0; d < width; ++d) dst[d * kBlockN + c] = Storage::to_float(row[d]);
@@ -102,15 +113,31 @@ float* lse_pointer(const AttentionProblem& p, int64_t b, int64_t h, int64_t row)
 constexpr int32_t kVectorWidth = 8;  // floats per vector: one AVX register
 typedef float FloatVector __attribute__((vector_size(kVectorWidth * sizeof(float))));
 typedef int32_t IntVector __attribute__((vector_size(kVectorWidth * sizeof(int32_t))));
+typedef double DoubleVector __attribute__((vector_size(sizeof(FloatVector))));
+typedef float HalfFloatVector __attribute__((vector_size(sizeof(DoubleVector) / 2)));  // a DoubleVector's floats
+constexpr int32_t kDoubleLanes = sizeof(DoubleVector) / sizeof(double);
 static_assert(kBlockN % kVectorWidth == 0);
 constexpr int32_t kVectorsPerScoreRow = kBlockN / kVectorWidth;
 
-[[gnu::always_inline]] inline FloatVector load_vector(const float* p) {
-    FloatVector v;
+// A vector's lanes from and to consecutive elements of its type.
+template <class Vector, class Element>
+[[gnu::always_inline]] inline Vector load_lanes(const Element* p) {
+    Vector v;
     std::memcpy(&v, p, sizeof v);
     return v;
 }
-[[gnu::always_inline]] inline void store_vector(float* p, FloatVector v) { std::memcpy(p, &v, sizeof v); }
+template <class Vector, class Element>
+[[gnu::always_inline]] inline void store_lanes(Element* p, Vector v) {
+    std::memcpy(p, &v, sizeof v);
+}
+[[gnu::always_inline]] inline FloatVector load_vector(const float* p) { return load_lanes<FloatVector>(p); }
+[[gnu::always_inline]] inline void store_vector(float* p, FloatVector v) { store_lanes(p, v); }
+// kDoubleLanes consecutive floats or doubles as doubles.
+template <class Element>
+[[gnu::always_inline]] inline DoubleVector load_as_doubles(const Element* p) {
+    if constexpr (std::is_same_v<Element, double>) return load_lanes<DoubleVector>(p);
+    else return __builtin_convertvector(load_lanes<HalfFloatVector>(p), DoubleVector);
+}
 [[gnu::always_inline]] inline FloatVector broadcast(float x) { return FloatVector{} + x; }
 [[gnu::always_inline]] inline FloatVector vector_max(FloatVector a, FloatVector b) { return a > b ? a : b; }
 // Horizontal reductions as a tree (depth 3 rather than a chain of 7).
@@ -164,32 +191,52 @@ constexpr int32_t kVectorsPerRow = 2;
 constexpr int32_t kColumnBlock = kVectorWidth * kVectorsPerRow;
 static_assert(kBlockM % kRowBlock == 0 && kBlockN % kRowBlock == 0 && kBlockN % kColumnBlock == 0);
 
+// One AVX register of an element type.
+template <class Element>
+struct VectorOf;
+template <>
+struct VectorOf<float> {
+    using type = FloatVector;
+};
+template <>
+struct VectorOf<double> {
+    using type = DoubleVector;
+};
+
 int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
 // out[r][x] (+)= sum_{k < depth} A(r, k) * b[k * ldb + x] for r < rows, x < width (rows a
 // multiple of kRowBlock, width of kColumnBlock), with A(r, k) = a[r * a_row + k * a_depth]: the
 // one matrix product of the CPU path. Strides of A express its transposes: Q K^T, dO V^T
-// (A = Q or dO), P V, dS K (A = P or dS), and P^T dO, dS^T Q (A = P^T or dS^T).
-FM_SIMD_CLONES void multiply(const float* __restrict a, int64_t a_row, int64_t a_depth, const float* __restrict b,
-                             int64_t ldb, float* __restrict out, int64_t ldo, int64_t rows, int64_t depth,
-                             int64_t width, bool accumulate) {
-    for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock)
-        for (int64_t x0 = 0; x0 < width; x0 += kColumnBlock) {
-            FloatVector acc[kRowBlock][kVectorsPerRow];
-            for (int32_t i = 0; i < kRowBlock; ++i)
-                for (int32_t v = 0; v < kVectorsPerRow; ++v)
-                    acc[i][v] = accumulate ? load_vector(out + (r0 + i) * ldo + x0 + v * kVectorWidth) : FloatVector{};
+// (A = Q or dO), P V, dS K (A = P or dS), and P^T dO, dS^T Q (A = P^T or dS^T). In float, or
+// in double for dP (Storage::Gradient): a double register holds half the lanes, so its register
+// tile covers half the columns (a tile of half the rows instead reads each B vector for half as
+// many rows, and measured ~1.5x slower).
+template <class Element>
+FM_SIMD_CLONES void multiply(const Element* __restrict a, int64_t a_row, int64_t a_depth,
+                             const Element* __restrict b, int64_t ldb, Element* __restrict out, int64_t ldo,
+                             int64_t rows, int64_t depth, int64_t width, bool accumulate) {
+    using Vector = typename VectorOf<Element>::type;
+    constexpr int32_t kLanes = sizeof(Vector) / sizeof(Element);
+    constexpr int32_t kRows = kRowBlock, kVectors = kVectorsPerRow, kColumns = kVectors * kLanes;
+    static_assert(kColumnBlock % kColumns == 0);
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows)
+        for (int64_t x0 = 0; x0 < width; x0 += kColumns) {
+            Vector acc[kRows][kVectors];
+            for (int32_t i = 0; i < kRows; ++i)
+                for (int32_t v = 0; v < kVectors; ++v)
+                    acc[i][v] = accumulate ? load_lanes<Vector>(out + (r0 + i) * ldo + x0 + v * kLanes) : Vector{};
             for (int64_t k = 0; k < depth; ++k) {
-                FloatVector b_row[kVectorsPerRow];
-                for (int32_t v = 0; v < kVectorsPerRow; ++v) b_row[v] = load_vector(b + k * ldb + x0 + v * kVectorWidth);
-                for (int32_t i = 0; i < kRowBlock; ++i) {
-                    const float a_ik = a[(r0 + i) * a_row + k * a_depth];
-                    for (int32_t v = 0; v < kVectorsPerRow; ++v) acc[i][v] += a_ik * b_row[v];
+                Vector b_row[kVectors];
+                for (int32_t v = 0; v < kVectors; ++v)
+                    b_row[v] = load_lanes<Vector>(b + k * ldb + x0 + v * kLanes);
+                for (int32_t i = 0; i < kRows; ++i) {
+                    const Element a_ik = a[(r0 + i) * a_row + k * a_depth];
+                    for (int32_t v = 0; v < kVectors; ++v) acc[i][v] += a_ik * b_row[v];
                 }
             }
-            for (int32_t i = 0; i < kRowBlock; ++i)
-                for (int32_t v = 0; v < kVectorsPerRow; ++v)
-                    store_vector(out + (r0 + i) * ldo + x0 + v * kVectorWidth, acc[i][v]);
+            for (int32_t i = 0; i < kRows; ++i)
+                for (int32_t v = 0; v < kVectors; ++v) store_lanes(out + (r0 + i) * ldo + x0 + v * kLanes, acc[i][v]);
         }
 }
 
@@ -306,19 +353,47 @@ FM_SIMD_CLONES void probabilities_from_lse(float* __restrict scores, const float
     }
 }
 
-// dS = P * (dP - delta), in place over dP, with delta = delta_high + delta_low (RowTerms: the
-// low part is 0 where delta is a float). dP - delta_high is exact where they are close, which is
-// where it matters (Sterbenz), so the low part survives the cancellation. Where P = 0 (masked)
-// dS is 0 outright, so that a hidden key's V (even Inf or NaN) cannot leak into any gradient
-// through 0 * dP.
-FM_SIMD_CLONES void score_gradients(float* __restrict dprob, const float* __restrict prob,
-                                    const float* __restrict delta_high, const float* __restrict delta_low,
-                                    int32_t rows) {
+// dS = P * (dP - delta) in double (RowTerms::delta is one), rounded once to float. Where P = 0
+// (masked) dS is 0 outright, so that a hidden key's V (even Inf or NaN) cannot leak into any
+// gradient through 0 * dP.
+template <class Gradient>
+FM_SIMD_CLONES void score_gradients(const Gradient* __restrict dprob, const float* __restrict prob,
+                                    const double* __restrict delta, int32_t rows, float* __restrict dscores) {
     for (int32_t r = 0; r < rows; ++r)
         for (int32_t c = 0; c < kBlockN; ++c) {
             const float p = prob[r * kBlockN + c];
-            dprob[r * kBlockN + c] = p == 0.0f ? 0.0f : p * ((dprob[r * kBlockN + c] - delta_high[r]) - delta_low[r]);
+            const double difference = double(dprob[r * kBlockN + c]) - delta[r];
+            dscores[r * kBlockN + c] = p == 0.0f ? 0.0f : float(double(p) * difference);
         }
+}
+
+// One tile's share of its rows' terms (delta_from_probabilities_item): sums[r] +=
+// sum_c P (dP - pivots[r]) and probability_sums[r] += sum_c P over the keys row r sees (P != 0: a
+// hidden key's dP, even Inf or NaN, adds nothing). A row's first visible key sets its pivot.
+template <class Gradient>
+FM_SIMD_CLONES void accumulate_row_terms(const float* __restrict prob, const Gradient* __restrict dprob, int32_t rows,
+                                         double* __restrict pivots, double* __restrict sums,
+                                         double* __restrict probability_sums) {
+    static_assert(kBlockN % kDoubleLanes == 0 && kDoubleLanes == 4);  // the sums below add four lanes
+    for (int32_t r = 0; r < rows; ++r) {
+        const float* p_row = prob + r * kBlockN;
+        const Gradient* dp_row = dprob + r * kBlockN;
+        if (probability_sums[r] == 0.0) {
+            const float* first = std::find_if(p_row, p_row + kBlockN, [](float p) { return p != 0.0f; });
+            if (first == p_row + kBlockN) continue;
+            pivots[r] = dp_row[first - p_row];
+        }
+        const DoubleVector pivot = DoubleVector{} + pivots[r];
+        DoubleVector sum{}, probability_sum{};
+        for (int32_t c = 0; c < kBlockN; c += kDoubleLanes) {
+            const DoubleVector p = load_as_doubles(p_row + c);
+            const DoubleVector term = p * (load_as_doubles(dp_row + c) - pivot);
+            sum += p != 0.0 ? term : DoubleVector{};
+            probability_sum += p;
+        }
+        sums[r] += (sum[0] + sum[2]) + (sum[1] + sum[3]);
+        probability_sums[r] += (probability_sum[0] + probability_sum[2]) + (probability_sum[1] + probability_sum[3]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -443,24 +518,36 @@ void forward_item(const MaskTiles& tiles, int64_t item, ForwardScratch& w) {
 // ---------------------------------------------------------------------------------------------
 // Backward
 // ---------------------------------------------------------------------------------------------
+template <class Storage>
 struct BackwardScratch {
-    std::vector<float> q, dout, lse, delta, delta_low, inverse_sum, k, kt, vt, prob, dprob, dq, dk, dv;
+    using Gradient = typename Storage::Gradient;
+    static constexpr bool kWideGradient = !std::is_same_v<Gradient, float>;
+    std::vector<float> q, dout, lse, inverse_sum, k, kt, prob, dscores, dq, dk, dv;
+    std::vector<double> delta;
+    // The operands and result of dP = dO V^T: dout_wide is dO in Gradient where that is not float.
+    std::vector<Gradient> dout_wide, vt, dprob;
     TileColumns columns;
+
+    const Gradient* dprob_dout() const {
+        if constexpr (kWideGradient) return dout_wide.data();
+        else return dout.data();
+    }
 
     void allocate(const AttentionProblem& p) {
         if (!q.empty()) return;
         const Pitches pitch(p);
         q.resize(std::size_t(kBlockM) * pitch.head);
         dout.resize(std::size_t(kBlockM) * pitch.value);
+        if (kWideGradient) dout_wide.resize(dout.size());
         lse.resize(kBlockM);
         delta.resize(kBlockM);
-        delta_low.resize(kBlockM);
         inverse_sum.resize(kBlockM);
         k.resize(std::size_t(kBlockN) * pitch.head);
         kt.resize(std::size_t(p.head_dim) * kBlockN);
         vt.resize(std::size_t(p.value_dim) * kBlockN);
         prob.resize(std::size_t(kBlockM) * kBlockN);
         dprob.resize(std::size_t(kBlockM) * kBlockN);
+        dscores.resize(std::size_t(kBlockM) * kBlockN);
         dq.resize(std::size_t(kBlockM) * pitch.head);
         dk.resize(std::size_t(kBlockN) * pitch.head);
         dv.resize(std::size_t(kBlockN) * pitch.value);
@@ -491,69 +578,77 @@ struct BackwardScratch {
 // times the naive float32 computation's (bench/NOTES.md, session 17). Dividing each row's P by
 // its sum removes the shared error: delta = sum_j P_ij dP_ij / sum_j P_ij, and the dQ and dK/dV
 // passes scale P by 1 / sum_j P_ij (RowTerms::inverse_sum) before they use it.
-// And delta keeps its double's precision as two floats: in a row that is nearly one-hot,
-// dP_j - delta is a small difference of two values near dP_j, and with delta rounded to one
-// float (the division alone) dQ errors still reached 1.4e-5, 4x the naive computation's.
+// And delta stays a double: in a row that is nearly one-hot, dP_j - delta is a small difference
+// of two values near dP_j, and with delta rounded to a float (the division alone) dQ errors still
+// reached 1.4e-5, 4x the naive computation's. It is summed about a pivot, the row's first
+// visible dP: delta = pivot + sum_j P_ij (dP_ij - pivot) / sum_j P_ij is exactly dP for a row
+// over one key, so its dS is exactly 0, where (P dP) / P is not once dP is a double (the product
+// rounds; dQ 5e-14 where float64 gives 0, test_random_problems.py, session 29).
 
-// What every row of the backward needs beside its LSE, [B, Hq, Nq] each: delta, the rounding
-// error of delta's float (delta_low) and the inverse of the row's probability sum.
+// What every row of the backward needs beside its LSE, [B, Hq, Nq] each: delta and the inverse
+// of the row's probability sum.
 struct RowTerms {
-    std::vector<float> delta, delta_low, inverse_sum;
+    std::vector<double> delta;
+    std::vector<float> inverse_sum;
 };
 
 // Loads a query block's Q (scaled), dO, LSE and row terms (none for the pass that forms them:
 // delta 0, P as recomputed).
 template <class Storage>
 void load_query_block(const MaskTiles& tiles, const RowTerms* terms, int32_t b, int32_t h, int32_t q_block,
-                      BackwardScratch& w) {
+                      BackwardScratch<Storage>& w) {
     const AttentionProblem& p = tiles.p;
     const Pitches pitch(p);
     const int32_t first_row = q_block * kBlockM, rows = tiles.rows_in(q_block);
     load_rows<Storage>(p.q, b, first_row, h, rows, p.head_dim, pitch.head, p.scale, w.q.data());
     load_rows<Storage>(p.dout, b, first_row, h, rows, p.value_dim, pitch.value, 1.0f, w.dout.data());
+    if constexpr (BackwardScratch<Storage>::kWideGradient)
+        load_rows<Storage>(p.dout, b, first_row, h, rows, p.value_dim, pitch.value, 1.0f, w.dout_wide.data());
     const std::size_t row0 = (std::size_t(b) * p.q_heads + h) * p.nq + first_row;
     for (int32_t r = 0; r < rows; ++r) {
         w.lse[r] = *lse_pointer(p, b, h, first_row + r);
-        w.delta[r] = terms != nullptr ? terms->delta[row0 + r] : 0.0f;
-        w.delta_low[r] = terms != nullptr ? terms->delta_low[row0 + r] : 0.0f;
+        w.delta[r] = terms != nullptr ? terms->delta[row0 + r] : 0.0;
         w.inverse_sum[r] = terms != nullptr ? terms->inverse_sum[row0 + r] : 1.0f;  // 1: scale_rows leaves the row
     }
 }
 
 // P and dP = dO V^T of one non-skipped tile, from the loaded query block and key block (kt, vt).
+template <class Storage>
 void tile_probabilities_and_dprob(const MaskTiles& tiles, TileKind kind, int32_t b, int32_t h, int32_t q_block,
-                                  int32_t kv_block, BackwardScratch& w) {
+                                  int32_t kv_block, BackwardScratch<Storage>& w) {
     const Pitches pitch(tiles.p);
     const int32_t rows = tiles.rows_in(q_block);
     tile_scores(tiles, kind, b, h, q_block, kv_block, w.q.data(), pitch.head, w.kt.data(), w.prob.data(), w.columns);
     probabilities_from_lse(w.prob.data(), w.lse.data(), rows);
-    multiply(w.dout.data(), pitch.value, 1, w.vt.data(), kBlockN, w.dprob.data(), kBlockN, round_up(rows, kRowBlock),
+    multiply(w.dprob_dout(), pitch.value, 1, w.vt.data(), kBlockN, w.dprob.data(), kBlockN, round_up(rows, kRowBlock),
              tiles.p.value_dim, kBlockN, false);
 }
 
 // P (divided by its row's sum where the row terms have one) and dS of one non-skipped tile,
 // from the loaded query block and key block (kt, vt).
+template <class Storage>
 void tile_probabilities_and_gradients(const MaskTiles& tiles, TileKind kind, int32_t b, int32_t h, int32_t q_block,
-                                      int32_t kv_block, BackwardScratch& w) {
+                                      int32_t kv_block, BackwardScratch<Storage>& w) {
     tile_probabilities_and_dprob(tiles, kind, b, h, q_block, kv_block, w);
     const int32_t rows = tiles.rows_in(q_block);
     scale_rows(w.prob.data(), kBlockN, kBlockN, w.inverse_sum.data(), rows);
-    score_gradients(w.dprob.data(), w.prob.data(), w.delta.data(), w.delta_low.data(), rows);
+    score_gradients(w.dprob.data(), w.prob.data(), w.delta.data(), rows, w.dscores.data());
 }
 
 // The row terms of a query block's rows from its computed tiles, in double: delta =
-// sum_j P_ij dP_ij / sum_j P_ij and inverse_sum = 1 / sum_j P_ij (1 for a row that sees nothing);
+// pivot + sum_j P_ij (dP_ij - pivot) / sum_j P_ij with the row's first visible dP as the pivot,
+// and inverse_sum = 1 / sum_j P_ij (1 for a row that sees nothing);
 // work item = (b, query head, query block), as for dQ. Hidden keys (P = 0) add nothing, whatever
 // their V holds.
 template <class Storage>
-void delta_from_probabilities_item(const MaskTiles& tiles, int64_t item, RowTerms& terms, BackwardScratch& w) {
+void delta_from_probabilities_item(const MaskTiles& tiles, int64_t item, RowTerms& terms, BackwardScratch<Storage>& w) {
     const AttentionProblem& p = tiles.p;
     const WorkItem at = work_item(item, p.q_heads, tiles.q_blocks);
     const int32_t b = at.b, h = at.head, q_block = at.block;
     const int32_t kvh = p.kv_head(h), rows = tiles.rows_in(q_block), first_row = q_block * kBlockM;
 
     load_query_block<Storage>(tiles, nullptr, b, h, q_block, w);  // its row terms are this item's output
-    double sums[kBlockM] = {}, probability_sums[kBlockM] = {};
+    double sums[kBlockM] = {}, probability_sums[kBlockM] = {}, pivots[kBlockM] = {};
     for (int32_t kv_block = 0; kv_block < tiles.kv_blocks; ++kv_block) {
         const TileKind kind = tiles.kind(b, h, q_block, kv_block);
         if (kind == TileKind::Skipped) continue;
@@ -561,28 +656,19 @@ void delta_from_probabilities_item(const MaskTiles& tiles, int64_t item, RowTerm
         load_transposed<Storage>(p.k, b, first_col, kvh, cols, p.head_dim, w.kt.data());
         load_transposed<Storage>(p.v, b, first_col, kvh, cols, p.value_dim, w.vt.data());
         tile_probabilities_and_dprob(tiles, kind, b, h, q_block, kv_block, w);
-        for (int32_t r = 0; r < rows; ++r)
-            for (int32_t c = 0; c < cols; ++c) {
-                const float probability = w.prob[r * kBlockN + c];
-                if (probability != 0.0f) {
-                    sums[r] += double(probability) * double(w.dprob[r * kBlockN + c]);
-                    probability_sums[r] += probability;
-                }
-            }
+        accumulate_row_terms(w.prob.data(), w.dprob.data(), rows, pivots, sums, probability_sums);
     }
     const std::size_t row0 = (std::size_t(b) * p.q_heads + h) * p.nq + first_row;
     for (int32_t r = 0; r < rows; ++r) {
         const bool seen = probability_sums[r] > 0.0;
-        const double delta = seen ? sums[r] / probability_sums[r] : 0.0;
-        terms.delta[row0 + r] = float(delta);
-        terms.delta_low[row0 + r] = float(delta - double(float(delta)));
+        terms.delta[row0 + r] = seen ? pivots[r] + sums[r] / probability_sums[r] : 0.0;
         terms.inverse_sum[row0 + r] = seen ? float(1.0 / probability_sums[r]) : 1.0f;
     }
 }
 
 // dQ work item = (b, query head, query block): dQ = scale * sum over key blocks of dS K.
 template <class Storage>
-void dq_item(const MaskTiles& tiles, const RowTerms& terms, int64_t item, BackwardScratch& w) {
+void dq_item(const MaskTiles& tiles, const RowTerms& terms, int64_t item, BackwardScratch<Storage>& w) {
     const AttentionProblem& p = tiles.p;
     const Pitches pitch(p);
     const WorkItem at = work_item(item, p.q_heads, tiles.q_blocks);
@@ -600,7 +686,7 @@ void dq_item(const MaskTiles& tiles, const RowTerms& terms, int64_t item, Backwa
         load_transposed<Storage>(p.v, b, first_col, kvh, cols, p.value_dim, w.vt.data());
         tile_probabilities_and_gradients(tiles, kind, b, h, q_block, kv_block, w);
         if (kind == TileKind::Partial) clear_unseen_keys(w.prob.data(), rows, cols, w.k.data(), pitch.head);
-        multiply(w.dprob.data(), kBlockN, 1, w.k.data(), pitch.head, w.dq.data(), pitch.head,
+        multiply(w.dscores.data(), kBlockN, 1, w.k.data(), pitch.head, w.dq.data(), pitch.head,
                  round_up(rows, kRowBlock), cols, pitch.head, true);
     }
     store_rows<Storage>(p.dq, b, q_block * kBlockM, h, rows, p.head_dim, pitch.head, p.scale, w.dq.data());
@@ -609,7 +695,7 @@ void dq_item(const MaskTiles& tiles, const RowTerms& terms, int64_t item, Backwa
 // dK/dV work item = (b, kv head, key block): sums over every query head of the group and
 // every non-skipped query block, dV = P^T dO and dK = dS^T (scale Q).
 template <class Storage>
-void dkdv_item(const MaskTiles& tiles, const RowTerms& terms, int64_t item, BackwardScratch& w) {
+void dkdv_item(const MaskTiles& tiles, const RowTerms& terms, int64_t item, BackwardScratch<Storage>& w) {
     const AttentionProblem& p = tiles.p;
     const Pitches pitch(p);
     const WorkItem at = work_item(item, p.kv_heads, tiles.kv_blocks);
@@ -635,7 +721,7 @@ void dkdv_item(const MaskTiles& tiles, const RowTerms& terms, int64_t item, Back
             const int32_t rows = tiles.rows_in(q_block);
             multiply(w.prob.data(), 1, kBlockN, w.dout.data(), pitch.value, w.dv.data(), pitch.value, key_rows, rows,
                      pitch.value, true);
-            multiply(w.dprob.data(), 1, kBlockN, w.q.data(), pitch.head, w.dk.data(), pitch.head, key_rows, rows,
+            multiply(w.dscores.data(), 1, kBlockN, w.q.data(), pitch.head, w.dk.data(), pitch.head, key_rows, rows,
                      pitch.head, true);
         }
     store_rows<Storage>(p.dk, b, first_col, kvh, cols, p.head_dim, pitch.head, 1.0f, w.dk.data());
@@ -663,8 +749,7 @@ void run_backward(const AttentionProblem& p, int num_threads) {
     const int64_t dq_items = int64_t(p.batch) * p.q_heads * tiles.q_blocks;
     const int64_t dkdv_items = int64_t(p.batch) * p.kv_heads * tiles.kv_blocks;
     const int workers = worker_count(num_threads, std::max(dq_items, dkdv_items));
-    std::vector<BackwardScratch> scratch(static_cast<std::size_t>(workers));
-    terms.delta_low.resize(row_count);
+    std::vector<BackwardScratch<Storage>> scratch(static_cast<std::size_t>(workers));
     terms.inverse_sum.resize(row_count);
     parallel_for(dq_items, worker_count(num_threads, dq_items), [&](int worker, int64_t item) {
         scratch[worker].allocate(p);
