@@ -153,6 +153,10 @@ template <class Combine>
 [[gnu::always_inline]] inline float horizontal_sum(FloatVector v) {
     return horizontal(v, [](float a, float b) { return a + b; });
 }
+[[gnu::always_inline]] inline double horizontal_sum(DoubleVector v) {
+    static_assert(kDoubleLanes == 4);
+    return (v[0] + v[2]) + (v[1] + v[3]);
+}
 
 // e^x in float to within a couple of ulp: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2,
 // Cephes' degree-6 polynomial for e^r, and 2^n built in the exponent bits. Inputs below -87,
@@ -378,7 +382,7 @@ template <class Gradient>
 FM_SIMD_CLONES void accumulate_row_terms(const float* __restrict prob, const Gradient* __restrict dprob, int32_t rows,
                                          double* __restrict pivots, double* __restrict sums,
                                          double* __restrict probability_sums) {
-    static_assert(kBlockN % kDoubleLanes == 0 && kDoubleLanes == 4);  // the sums below add four lanes
+    static_assert(kBlockN % kDoubleLanes == 0);
     for (int32_t r = 0; r < rows; ++r) {
         const float* p_row = prob + r * kBlockN;
         const Gradient* dp_row = dprob + r * kBlockN;
@@ -395,8 +399,8 @@ FM_SIMD_CLONES void accumulate_row_terms(const float* __restrict prob, const Gra
             sum += p != 0.0 ? term : DoubleVector{};
             probability_sum += p;
         }
-        sums[r] += (sum[0] + sum[2]) + (sum[1] + sum[3]);
-        probability_sums[r] += (probability_sum[0] + probability_sum[2]) + (probability_sum[1] + probability_sum[3]);
+        sums[r] += horizontal_sum(sum);
+        probability_sums[r] += horizontal_sum(probability_sum);
     }
 }
 
