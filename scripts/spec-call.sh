@@ -12,14 +12,22 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 b_masks=${1-full,share_question}
 results_out=${OUT:-}
-: "${FLASHMASK_COMMIT:?set FLASHMASK_COMMIT to the tree's commit: git on the device machine's copy does not know it}"
+: "${FLASHMASK_COMMIT:?set FLASHMASK_COMMIT to the commit of this tree (git on the device machine does not know it)}"
 export FLASHMASK_COMMIT
 export FLASHMASK_PYTEST_FILTER=${FLASHMASK_PYTEST_FILTER:-"backward or compile"}
 marker=$(mktemp)
+summary=${FLASHMASK_GPU_BUILD_DIR:-build-gpu}/logs/summary.txt
 # gpu.sh writes its logs to $OUT when set; here they stay in the build folder so that $OUT keeps
-# to the result files (the device tool brings back few files).
+# to the result files (the device tool brings back few files). Each gpu.sh run rewrites its
+# summary, so the first run's (build, Python tests, config a) is kept to be printed with the second's.
 env -u OUT scripts/gpu.sh build python bench -- --configs a
-[ -n "$b_masks" ] && env -u OUT scripts/gpu.sh bench -- --configs b --masks "$b_masks"
+status=$?
+first_summary=$(cat "$summary")
+if [ -n "$b_masks" ]; then
+  env -u OUT scripts/gpu.sh bench -- --configs b --masks "$b_masks" || status=1
+fi
 [ -n "$results_out" ] && find bench/results -newer "$marker" -type f -exec cp {} "$results_out"/ \;
 rm -f "$marker"
-cat "${FLASHMASK_GPU_BUILD_DIR:-build-gpu}/logs/summary.txt"
+echo "$first_summary"
+[ -n "$b_masks" ] && cat "$summary"
+exit $status
