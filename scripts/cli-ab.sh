@@ -57,21 +57,17 @@ case $timing in
   *) echo "cli-ab.sh: --timing '$timing'; expected synced or queued" >&2; exit 2 ;;
 esac
 
-# SPEC §6's configurations (STANDARD_CONFIGS in bench/bench_attention.py) as `flashmask run`
-# arguments, and the timed passes of each: the 32K
-# backward takes ~70 ms, so fewer repeats keep a round of three masks under a minute.
+# SPEC §6's configurations (spec_config_arguments, ab_sides.sh) and the small backward's shapes
+# as `flashmask run` arguments.
 config_arguments() {
   case $1 in
-    a) echo "--seqlen 8192 --heads 32 --batch 2 --repeats 20" ;;
-    b) echo "--seqlen 32768 --heads 16 --batch 1 --repeats 10" ;;
-    smoke) echo "--seqlen 256 --heads 2 --batch 1 --repeats 1" ;;
     # The small backward's (src/cuda/sm80/small_backward_bounds.hpp): 64 rows of one query
     # each over 17 keys (SPEC §5's failing shape), its largest problem (64 rows over 128
     # keys), and one key past it (the tiled kernels).
     tiny-rows) echo "--seqlen 1 --seqlen-k 17 --batch 8 --heads 8 --kv-heads 2 --dim 256 --repeats 50" ;;
     tiny-bound) echo "--seqlen 16 --seqlen-k 128 --heads 4 --kv-heads 1 --repeats 50" ;;
     tiny-past) echo "--seqlen 16 --seqlen-k 129 --heads 4 --kv-heads 1 --repeats 50" ;;
-    *) return 1 ;;
+    *) spec_config_arguments "$1" ;;
   esac
 }
 # What a run's figures are: TFLOP/s at SPEC §6's sizes, microseconds for the tiny shapes, where

@@ -1,4 +1,4 @@
-# Sourced by scripts/ab-bench.sh and scripts/cli-ab.sh: the sides of an A/B (tarballs made here with
+# Sourced by scripts/ab-bench.sh, scripts/cli-ab.sh and scripts/env-ab.sh: the sides of an A/B (tarballs made here with
 # `git archive -o ab-<name>.tar <commit>`, then the working tree) and its round count.
 
 # Reads "TARBALL [TARBALL ...] [ROUNDS] [-- ARGUMENTS...]" into TARBALLS, ROUNDS (default 2:
@@ -50,6 +50,19 @@ tarball_commit() {
 
 # The catalogue seed whose mask densities are SPEC §6's (bench/spec_densities.py).
 spec_density_seed() { sed -n 's/^SPEC_DENSITY_SEED = \([0-9][0-9]*\)$/\1/p' bench/spec_densities.py; }
+
+# SPEC §6's configurations (STANDARD_CONFIGS in bench/bench_attention.py) as `flashmask run`
+# arguments, and the timed passes of each: the 32K backward takes ~70 ms, so fewer repeats keep a
+# round of three masks under a minute. "smoke": 256 rows, for trying a script without a GPU.
+# Returns 1 for any other name.
+spec_config_arguments() {
+  case $1 in
+    a) echo "--seqlen 8192 --heads 32 --batch 2 --repeats 20" ;;
+    b) echo "--seqlen 32768 --heads 16 --batch 1 --repeats 10" ;;
+    smoke) echo "--seqlen 256 --heads 2 --batch 1 --repeats 1" ;;
+    *) return 1 ;;
+  esac
+}
 
 # Waits for the sides' builds started in the background, given as PID:NAME words; where one
 # failed, prints the end of its log (the printf pattern $2, %s standing for the side's name) and

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# An A/B inside one build: the same `flashmask run` with an environment variable set to each of
+# its values in turn, for a runtime switch of the library (e.g. FLASHMASK_COMPRESSIBLE_SCRATCH, the
+# dQ accumulator in compressible memory or not). One binary, so the sides differ only by the
+# switch; values alternate within each round, and every run uses SPEC §6's mask seed and the same
+# inputs. For changes that need two builds, scripts/cli-ab.sh.
+#
+#   device call, after scripts/gpu.sh build:
+#     scripts/env-ab.sh FLASHMASK_COMPRESSIBLE_SCRATCH 1,0 [ROUNDS] [-- --configs a,b --masks full,share_question]
+#
+# OPTIONS: --configs a,b (default a: (a) N 8192, B 2, H 32; (b) N 32768, B 1, H 16; "smoke" is 256
+# rows for a machine without a GPU), --masks (default full,causal,share_question), --dtype (bf16).
+# Timings are queued (`flashmask run --timing queued`), forward and backward. Prints one line per
+# run and a table last (forward / backward TFLOP/s per value and round), also written to
+# env-ab.md in $FLASHMASK_GPU_BUILD_DIR (default build-gpu) and copied to $OUT when set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/ab_sides.sh
+source scripts/lib/provenance.sh
+
+usage() { echo "usage: scripts/env-ab.sh VARIABLE VALUE,VALUE[,...] [ROUNDS] [-- --configs LIST --masks LIST --dtype D]" >&2; exit 2; }
+[ $# -ge 2 ] || usage
+variable=$1
+IFS=, read -r -a values <<<"$2"
+shift 2
+rounds=2
+if [ $# -ge 1 ] && [ "$1" != "--" ]; then rounds=$1; shift; fi
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "env-ab.sh: ROUNDS '$rounds'; expected a positive integer" >&2; exit 2; }
+[ ${#values[@]} -ge 2 ] || { echo "env-ab.sh: values '${values[*]}'; expected at least two, comma-separated" >&2; exit 2; }
+[ $# -ge 1 ] && { [ "$1" = "--" ] || usage; shift; }
+configs=a
+masks=full,causal,share_question
+dtype=bf16
+while [ $# -ge 1 ]; do
+  case $1 in
+    --configs) configs=${2:?--configs needs a value}; shift 2 ;;
+    --masks) masks=${2:?--masks needs a value}; shift 2 ;;
+    --dtype) dtype=${2:?--dtype needs a value}; shift 2 ;;
+    *) echo "env-ab.sh: unknown option '$1'; expected --configs, --masks or --dtype" >&2; exit 2 ;;
+  esac
+done
+IFS=, read -r -a config_list <<<"$configs"
+IFS=, read -r -a mask_list <<<"$masks"
+for config in "${config_list[@]}"; do
+  spec_config_arguments "$config" >/dev/null || { echo "env-ab.sh: unknown configuration '$config'; expected a, b or smoke" >&2; exit 2; }
+done
+seed=$(spec_density_seed)
+[ -n "$seed" ] || { echo "env-ab.sh: no SPEC_DENSITY_SEED in bench/spec_densities.py" >&2; exit 2; }
+build_dir=${FLASHMASK_GPU_BUILD_DIR:-build-gpu}
+tool=$build_dir/tools/flashmask
+[ -x "$tool" ] || { echo "env-ab.sh: no $tool; run scripts/gpu.sh build first" >&2; exit 2; }
+timing=(--timing queued)
+timing_note="queued timings"
+if ! command -v nvidia-smi >/dev/null; then  # the CPU path refuses --timing (smoke runs here)
+  timing=()
+  timing_note="CPU timings (no GPU)"
+fi
+
+report="$build_dir/env-ab.md"
+rows=()
+status=0
+for round in $(seq 1 "$rounds"); do
+  for config in "${config_list[@]}"; do
+    for mask in "${mask_list[@]}"; do
+      for value in "${values[@]}"; do
+        # shellcheck disable=SC2046  # spec_config_arguments is a list of words
+        json=$(env "$variable=$value" "$tool" run --mask "$mask" --dtype "$dtype" --dim 128 --backward --seed "$seed" \
+          "${timing[@]}" --json $(spec_config_arguments "$config")) || { echo "env-ab.sh: run failed: $variable=$value $config $mask" >&2; status=1; continue; }
+        figures=$(python3 -c '
+import json, sys
+tflops = {t["pass"]: t.get("tflops") for t in json.loads(sys.argv[1])["timings"]}
+print(" / ".join("n/a" if tflops.get(p) is None else "%.1f" % tflops[p] for p in ("forward", "backward")))' "$json") ||
+          { status=1; figures="unreadable"; }
+        line="| $config | $mask | $variable=$value | $round | $figures |"
+        echo "$line"
+        rows+=("$line")
+      done
+    done
+  done
+done
+{
+  echo "# env-ab: $variable in ${values[*]}"
+  echo
+  gpu=$(current_gpu_name)
+  echo "Commit $(tree_commit), ${gpu:-no GPU found}, $(date -u +%Y-%m-%d), mask seed $seed, $dtype, D 128; $timing_note; TFLOP/s forward / backward."
+  echo
+  echo "| config | mask | setting | round | TFLOP/s fwd / bwd |"
+  echo "|---|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+} >"$report"
+[ -n "${OUT:-}" ] && cp "$report" "$OUT/"
+echo
+cat "$report"
+exit $status
