@@ -590,6 +590,11 @@ NB_MODULE(_flashmask, m) {
           nb::arg("deterministic"), nb::arg("num_threads"), nb::arg("bfloat16_bits"), nb::arg("stream"),
           nb::arg("key_order") = "auto");
     m.def("cuda_available", &fm::cuda_available);
+    m.def("cuda_cached_bytes", &fm::cuda_cached_bytes);
+    m.def("release_cuda_cache", []() {
+        nb::gil_scoped_release unlocked;  // waits for the device
+        fm::release_cuda_cache();
+    });
     // The forward's per-call preprocessing alone on `stream` (see run_forward_preprocessing);
     // B is the index tensor's (1 without one), Nk its key dimension (nq without one).
     m.def("forward_preprocessing_cuda",

@@ -58,6 +58,19 @@ def cuda_available() -> bool:
     return bool(_flashmask.cuda_available())
 
 
+def cuda_cached_bytes() -> int:
+    """Device memory the CUDA path keeps between calls on the current device: the backward's dQ
+    accumulator in compressible memory, as large as the largest one asked for (B * Hq * Nq * D
+    float32s), where the device supports compression. 0 without one. Set
+    FLASHMASK_COMPRESSIBLE_SCRATCH=0 before the first call to keep none."""
+    return int(_flashmask.cuda_cached_bytes())
+
+
+def release_cuda_cache() -> None:
+    """Frees the memory of cuda_cached_bytes() once the calls using it finish (waits for them)."""
+    _flashmask.release_cuda_cache()
+
+
 # Submodules that import torch, and the names the package exposes from each. They are imported
 # on first access of one of these names (or of the submodule itself), never by `import
 # flashmask`: PEP 562's module __getattr__ below. A torch module adds its names here, one line.
@@ -89,7 +102,7 @@ def __dir__():
 __all__ = [
     "BLOCK_SUMMARY_FIELDS", "CPU_BLOCK_M", "CPU_BLOCK_N", "KEY_ORDER_WINDOW", "Mask", "TileCounts", "__version__",
     "attention_backward", "attention_forward", "backward_into", "block_summaries", "catalogue", "catalogue_names",
-    "check_mask_shape", "cuda_available", "forward_into", "from_dense", "masks", "naive_backward", "naive_forward",
-    "reference_backward", "reference_forward", "sorted_key_order", "spec_bound", "tile_counts", "to_dense", "validate_mask",
-    "visible_pairs",
+    "check_mask_shape", "cuda_available", "cuda_cached_bytes", "forward_into", "from_dense", "masks",
+    "naive_backward", "naive_forward", "reference_backward", "reference_forward", "release_cuda_cache",
+    "sorted_key_order", "spec_bound", "tile_counts", "to_dense", "validate_mask", "visible_pairs",
 ]

@@ -24,6 +24,7 @@
 
 #include "cuda/attention.hpp"
 #include "cuda/common/check.hpp"
+#include "cuda/common/compressible_scratch.hpp"
 #endif
 
 namespace flashmask {
@@ -358,6 +359,20 @@ void backward(const BackwardArgs& a) {
 #endif
     if (p.dtype == DType::Float64) cpu::float64_backward(p, a.num_threads);
     else cpu::tiled_backward(p, a.num_threads);
+}
+
+std::size_t cuda_cached_bytes() {
+#ifdef FLASHMASK_WITH_CUDA
+    return cuda_available() ? cuda::compressible_scratch_bytes() : 0;
+#else
+    return 0;
+#endif
+}
+
+void release_cuda_cache() {
+#ifdef FLASHMASK_WITH_CUDA
+    if (cuda_available()) cuda::release_compressible_scratch();
+#endif
 }
 
 bool cuda_available() {

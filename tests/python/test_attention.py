@@ -225,6 +225,14 @@ def test_version_and_cuda_availability():
     assert flashmask.cuda_available() in (True, False)
 
 
+def test_cuda_cache_without_a_device_or_before_a_backward():
+    """No backward has run in this process's CUDA path unless a CUDA test ran first; either way the
+    figure is a byte count, and releasing it leaves none."""
+    assert flashmask.cuda_cached_bytes() >= 0
+    flashmask.release_cuda_cache()
+    assert flashmask.cuda_cached_bytes() == 0
+
+
 def test_empty_sequences(rng):
     """NumPy gives arrays with no elements all-zero strides; they still pass, and with no keys
     every row sees nothing (O = 0, LSE = -inf)."""

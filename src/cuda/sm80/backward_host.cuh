@@ -14,6 +14,7 @@
 #include <string>
 
 #include "cuda/common/check.hpp"
+#include "cuda/common/compressible_scratch.hpp"
 #include "cuda/common/key_order.cuh"
 #include "cuda/common/shared_memory.hpp"
 #include "cuda/common/tile_scheduler.cuh"
@@ -117,13 +118,18 @@ void run_backward(const AttentionProblem& p, bool deterministic, KeyOrder key_or
                               ? plan_tail_split(int64_t{dkdv.grid}, dkdv.shape.cta_slots, tiles_per_dkdv_cta)
                               : TailPlan{};
     const std::size_t split_floats = std::size_t(tail.split_ctas) * 2 * DkDvT::kBlockN * kHeadDim;
-    DeviceScratch memory((2 * rows + accumulator_floats + tail.scratch_floats(split_floats)) * sizeof(float), stream);
+    // The dQ accumulator in the device's compressible buffer where there is one (its zeroing and
+    // first reads move fewer bytes: compressible_scratch.hpp), else with the rest of the scratch.
+    const CompressibleScratch compressible = CompressibleScratch::lease(accumulator_floats * sizeof(float), stream);
+    const std::size_t inline_accumulator_floats = compressible ? 0 : accumulator_floats;
+    DeviceScratch memory((2 * rows + inline_accumulator_floats + tail.scratch_floats(split_floats)) * sizeof(float),
+                         stream);
     scratch.lse_log2 = memory.as<float>();
     scratch.di = scratch.lse_log2 + rows;
     // The dQ accumulator is zeroed by backward_preprocess_kernel.
-    if (!deterministic) scratch.dq_accum = scratch.di + rows;
+    if (!deterministic) scratch.dq_accum = compressible ? compressible.as<float>() : scratch.di + rows;
     if (tail.split_ctas > 0) {
-        scratch.split = tail.split(int64_t{dkdv.grid}, scratch.dq_accum + accumulator_floats, split_floats);
+        scratch.split = tail.split(int64_t{dkdv.grid}, scratch.di + rows + inline_accumulator_floats, split_floats);
         FM_CUDA_CHECK(cudaMemsetAsync(scratch.split.sums, 0, tail.scratch_floats(split_floats) * sizeof(float), stream));
     }
     const unsigned dkdv_grid = unsigned(tail.launched_grid(int64_t{dkdv.grid}));
