@@ -86,7 +86,6 @@ struct CompressibleScratch::DeviceCache {
     std::size_t bytes = 0;  // mapped at pointer: a multiple of the allocation granularity
     CUmemGenericAllocationHandle handle{};
     cudaEvent_t last_use = nullptr;    // recorded when the last lease was dropped
-    cudaStream_t last_stream = nullptr;
     bool used = false;                 // last_use holds a lease's end
     bool unavailable = false;          // no compression here: never ask the driver again
     std::atomic<std::size_t> reported_bytes{0};  // `bytes`, readable without the mutex
@@ -213,7 +212,9 @@ CompressibleScratch CompressibleScratch::lease(std::size_t bytes, cudaStream_t s
         if (!cache.allocate(bytes)) return {};
     }
     if (cache.last_use == nullptr) FM_CUDA_CHECK(cudaEventCreateWithFlags(&cache.last_use, cudaEventDisableTiming));
-    if (cache.used && cache.last_stream != stream) FM_CUDA_CHECK(cudaStreamWaitEvent(stream, cache.last_use, 0));
+    // Even on the stream of the last lease: a stream handle freed and created again may compare
+    // equal to it while the old stream's work still runs.
+    if (cache.used) FM_CUDA_CHECK(cudaStreamWaitEvent(stream, cache.last_use, 0));
     void* const data = reinterpret_cast<void*>(cache.pointer);
     if (poison_scratch()) FM_CUDA_CHECK(cudaMemsetAsync(data, kPoisonByte, bytes, stream));
     CompressibleScratch scratch;
@@ -234,7 +235,6 @@ CompressibleScratch::~CompressibleScratch() {
     if (cache_ == nullptr) return;
     if (cudaEventRecord(cache_->last_use, stream_) == cudaSuccess) {
         cache_->used = true;
-        cache_->last_stream = stream_;
         return;
     }
     // The stream is broken (its call is failing): wait for whatever it queued, so that the next

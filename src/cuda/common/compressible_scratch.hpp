@@ -16,7 +16,7 @@
 // graph (a graph replays later, beside other calls that would share the buffer).
 //
 // Ordering: a lease is taken and dropped on the host around the launches of one call. Dropping it
-// records an event on the call's stream; a lease on another stream waits for that event on the
+// records an event on the call's stream; the next lease (on any stream) waits for that event on the
 // device (cudaStreamWaitEvent), so two calls never use the buffer at once. Leases of one device
 // are taken one at a time on the host (a mutex held for the lease's life, the few hundred
 // microseconds of one call's launches).
