@@ -1,4 +1,4 @@
-// GPU test helpers: skip cleanly without a device; RAII device buffers.
+// GPU test helpers: skip cleanly without a device; RAII streams and device buffers.
 //
 // A GPU test starts with FM_SKIP_WITHOUT_GPU(), so that the suite passes (as skipped) on a
 // machine without a CUDA device and CTest can run it everywhere.
@@ -23,6 +23,19 @@ inline bool has_cuda_device() {
 
 #define FM_SKIP_WITHOUT_GPU() \
     if (!::flashmask::testing::has_cuda_device()) GTEST_SKIP() << "no CUDA device"
+
+// A created (non-blocking) stream, destroyed at scope exit.
+class Stream {
+public:
+    Stream() { FM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+    ~Stream() { (void)cudaStreamDestroy(stream_); }
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
+    cudaStream_t get() const { return stream_; }
+
+private:
+    cudaStream_t stream_ = nullptr;
+};
 
 template <typename T>
 class DeviceBuffer {

@@ -36,19 +36,6 @@ constexpr int kHeadDimCount = 3, kDtypeCount = 2;
 // An explicit scale other than the default (which is 1/8 .. 1/16 for these head dims).
 float random_scale(std::mt19937_64& rng) { return std::uniform_real_distribution<float>(0.05f, 0.3f)(rng); }
 
-// A created (non-blocking) stream, destroyed at scope exit.
-class Stream {
-public:
-    Stream() { FM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-    ~Stream() { (void)cudaStreamDestroy(stream_); }
-    Stream(const Stream&) = delete;
-    Stream& operator=(const Stream&) = delete;
-    cudaStream_t get() const { return stream_; }
-
-private:
-    cudaStream_t stream_ = nullptr;
-};
-
 // ---------------------------------------------------------------------------------------------
 // Every catalogue mask (SPEC §3).
 // ---------------------------------------------------------------------------------------------

@@ -43,18 +43,6 @@ private:
     bool before_;
 };
 
-class Stream {
-public:
-    Stream() { FM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-    ~Stream() { (void)cudaStreamDestroy(stream_); }
-    Stream(const Stream&) = delete;
-    Stream& operator=(const Stream&) = delete;
-    cudaStream_t get() const { return stream_; }
-
-private:
-    cudaStream_t stream_ = nullptr;
-};
-
 // Every thread waits kHoldCycles, then the block fills `words` with `value`.
 __global__ void hold_then_fill(uint32_t* data, std::size_t words, uint32_t value, long long cycles) {
     const long long start = clock64();
