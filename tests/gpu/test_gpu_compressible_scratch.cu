@@ -58,9 +58,9 @@ bool compressible_memory_granted() {
     return bool(probe);
 }
 
-#define FM_SKIP_WITHOUT_COMPRESSIBLE_MEMORY()                                                                 \
-    if (!compressible_memory_granted())                                                                       \
-    GTEST_SKIP() << "this device or driver grants no compressible memory "                                   \
+#define FM_SKIP_WITHOUT_COMPRESSIBLE_MEMORY()                              \
+    if (!compressible_memory_granted())                                    \
+    GTEST_SKIP() << "this device or driver grants no compressible memory " \
                     "(CU_DEVICE_ATTRIBUTE_GENERIC_COMPRESSION_SUPPORTED, or cuMemCreate's granted properties)"
 
 TEST(GpuCompressibleScratch, GrowsIsReportedAndReleased) {
@@ -152,7 +152,8 @@ TEST(GpuCompressibleScratch, BackwardWithTheAccumulatorInEitherMemory) {
     auto rng = test_rng();
     const bool granted = compressible_memory_granted();
     for (const bool compressible : {true, false})
-        for (const AttentionSizes sizes : {AttentionSizes{1, 300, 333, 8, 2, 128, 128}, AttentionSizes{2, 1000, 1000, 8, 2, 64, 64}}) {
+        for (const AttentionSizes sizes :
+             {AttentionSizes{1, 300, 333, 8, 2, 128, 128}, AttentionSizes{2, 1000, 1000, 8, 2, 64, 64}}) {
             SCOPED_TRACE(std::string(compressible ? "compressible" : "plain") + " accumulator");
             const LeasesEnabled leases(compressible);
             if (!compressible) release_cuda_cache();

@@ -5,6 +5,7 @@
 
 #include <cuda.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -38,7 +39,8 @@ struct DriverCalls {
 template <typename Function> bool load(const char* symbol, Function& function) {
     void* address = nullptr;
     cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-    const cudaError_t status = cudaGetDriverEntryPointByVersion(symbol, &address, kDriverAbiVersion, cudaEnableDefault, &found);
+    const cudaError_t status =
+        cudaGetDriverEntryPointByVersion(symbol, &address, kDriverAbiVersion, cudaEnableDefault, &found);
     if (status != cudaSuccess || found != cudaDriverEntryPointSuccess || address == nullptr) {
         (void)cudaGetLastError();
         return false;
@@ -85,9 +87,13 @@ struct CompressibleScratch::DeviceCache {
     CUdeviceptr pointer = 0;
     std::size_t bytes = 0;  // mapped at pointer: a multiple of the allocation granularity
     CUmemGenericAllocationHandle handle{};
-    cudaEvent_t last_use = nullptr;    // recorded when the last lease was dropped
-    bool used = false;                 // last_use holds a lease's end
-    bool unavailable = false;          // no compression here: never ask the driver again
+    cudaEvent_t last_use = nullptr;  // recorded when the last lease was dropped
+    bool used = false;               // last_use holds a lease's end
+    bool unavailable = false;        // no compression here: never ask the driver again
+    // The smallest size the driver refused for want of memory (0: none): larger leases are not
+    // asked for again, so that a device short of memory pays no failing cuMemCreate per call,
+    // until release_compressible_scratch() clears it.
+    std::size_t refused_bytes = 0;
     std::atomic<std::size_t> reported_bytes{0};  // `bytes`, readable without the mutex
 
     // With the mutex held: the buffer's last lease done on the device.
@@ -111,15 +117,16 @@ struct CompressibleScratch::DeviceCache {
     bool allocate(std::size_t wanted) {
         const DriverCalls& d = driver_calls();
         int supported = 0;
-        if (!d.loaded || d.device_attribute(&supported, CU_DEVICE_ATTRIBUTE_GENERIC_COMPRESSION_SUPPORTED, device) !=
-                             CUDA_SUCCESS ||
+        if (!d.loaded ||
+            d.device_attribute(&supported, CU_DEVICE_ATTRIBUTE_GENERIC_COMPRESSION_SUPPORTED, device) != CUDA_SUCCESS ||
             supported == 0) {
             unavailable = true;
             return false;
         }
         const CUmemAllocationProp prop = compressible_properties(device);
         std::size_t granularity = 0;
-        if (d.granularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED) != CUDA_SUCCESS || granularity == 0) {
+        if (d.granularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED) != CUDA_SUCCESS ||
+            granularity == 0) {
             unavailable = true;
             return false;
         }
@@ -127,8 +134,11 @@ struct CompressibleScratch::DeviceCache {
         CUmemGenericAllocationHandle created{};
         const CUresult status = d.create(&created, rounded, &prop, 0);
         if (status != CUDA_SUCCESS) {
-            // Out of memory may pass; anything else will not.
-            unavailable = status != CUDA_ERROR_OUT_OF_MEMORY;
+            // Out of memory may pass (after release_compressible_scratch()); anything else will not.
+            if (status == CUDA_ERROR_OUT_OF_MEMORY)
+                refused_bytes = refused_bytes == 0 ? wanted : std::min(refused_bytes, wanted);
+            else
+                unavailable = true;
             return false;
         }
         CUmemAllocationProp granted{};
@@ -205,7 +215,7 @@ CompressibleScratch CompressibleScratch::lease(std::size_t bytes, cudaStream_t s
     if (capture != cudaStreamCaptureStatusNone) return {};
     DeviceCache& cache = device_cache(current_device());
     std::unique_lock<std::mutex> lock(cache.mutex);
-    if (cache.unavailable) return {};
+    if (cache.unavailable || (cache.refused_bytes != 0 && bytes >= cache.refused_bytes)) return {};
     if (bytes > cache.bytes) {
         cache.wait_for_last_use();
         cache.free_buffer();
@@ -252,6 +262,7 @@ void release_compressible_scratch() {
     const std::lock_guard<std::mutex> lock(cache.mutex);
     cache.wait_for_last_use();
     cache.free_buffer();
+    cache.refused_bytes = 0;
 }
 
 }  // namespace flashmask::cuda

@@ -12,7 +12,8 @@
 //
 // A lease is empty, and the caller takes stream-ordered scratch instead, when: the environment
 // sets FLASHMASK_COMPRESSIBLE_SCRATCH=0; the device or driver offers no compression; the driver
-// does not grant it; the buffer cannot grow (out of memory); or the stream is capturing a CUDA
+// does not grant it; the buffer cannot grow (out of memory: not asked again for that size or more
+// until release_compressible_scratch()); or the stream is capturing a CUDA
 // graph (a graph replays later, beside other calls that would share the buffer).
 //
 // Ordering: a lease is taken and dropped on the host around the launches of one call. Dropping it
