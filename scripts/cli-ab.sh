@@ -73,13 +73,10 @@ config_arguments() {
 # What a run's figures are: TFLOP/s at SPEC §6's sizes, microseconds for the tiny shapes, where
 # the call is launches and fixed passes.
 config_unit() { case $1 in tiny-*) echo us ;; *) echo TFLOP/s ;; esac; }
-IFS=, read -r -a config_list <<<"$configs"
-IFS=, read -r -a mask_list <<<"$masks"
-for config in "${config_list[@]}"; do
-  config_arguments "$config" >/dev/null || { echo "cli-ab.sh: unknown configuration '$config'; expected a, b, smoke, tiny-rows, tiny-bound or tiny-past" >&2; exit 2; }
-done
-seed=$(spec_density_seed)
-[ -n "$seed" ] || { echo "cli-ab.sh: no SPEC_DENSITY_SEED in bench/spec_densities.py" >&2; exit 2; }
+parse_run_lists cli-ab.sh config_arguments "$configs" "$masks" "a, b, smoke, tiny-rows, tiny-bound or tiny-past"
+config_list=("${CONFIG_LIST[@]}")
+mask_list=("${MASK_LIST[@]}")
+seed=$SEED
 
 [ -d /usr/local/cuda/bin ] && export PATH="/usr/local/cuda/bin:$PATH"
 ARCHITECTURES=${FLASHMASK_CUDA_ARCHITECTURES:-90a-real}

@@ -39,13 +39,7 @@ while [ $# -ge 1 ]; do
     *) echo "env-ab.sh: unknown option '$1'; expected --configs, --masks or --dtype" >&2; exit 2 ;;
   esac
 done
-IFS=, read -r -a config_list <<<"$configs"
-IFS=, read -r -a mask_list <<<"$masks"
-for config in "${config_list[@]}"; do
-  spec_config_arguments "$config" >/dev/null || { echo "env-ab.sh: unknown configuration '$config'; expected a, b or smoke" >&2; exit 2; }
-done
-seed=$(spec_density_seed)
-[ -n "$seed" ] || { echo "env-ab.sh: no SPEC_DENSITY_SEED in bench/spec_densities.py" >&2; exit 2; }
+parse_run_lists env-ab.sh spec_config_arguments "$configs" "$masks" "a, b or smoke"
 build_dir=${FLASHMASK_GPU_BUILD_DIR:-build-gpu}
 tool=$build_dir/tools/flashmask
 [ -x "$tool" ] || { echo "env-ab.sh: no $tool; run scripts/gpu.sh build first" >&2; exit 2; }
@@ -60,11 +54,11 @@ report="$build_dir/env-ab.md"
 rows=()
 status=0
 for round in $(seq 1 "$rounds"); do
-  for config in "${config_list[@]}"; do
-    for mask in "${mask_list[@]}"; do
+  for config in "${CONFIG_LIST[@]}"; do
+    for mask in "${MASK_LIST[@]}"; do
       for value in "${values[@]}"; do
         # shellcheck disable=SC2046  # spec_config_arguments is a list of words
-        json=$(env "$variable=$value" "$tool" run --mask "$mask" --dtype "$dtype" --dim 128 --backward --seed "$seed" \
+        json=$(env "$variable=$value" "$tool" run --mask "$mask" --dtype "$dtype" --dim 128 --backward --seed "$SEED" \
           "${timing[@]}" --json $(spec_config_arguments "$config")) || { echo "env-ab.sh: run failed: $variable=$value $config $mask" >&2; status=1; continue; }
         figures=$(python3 -c '
 import json, sys
@@ -82,7 +76,7 @@ done
   echo "# env-ab: $variable in ${values[*]}"
   echo
   gpu=$(current_gpu_name)
-  echo "Commit $(tree_commit), ${gpu:-no GPU found}, $(date -u +%Y-%m-%d), mask seed $seed, $dtype, D 128; $timing_note; TFLOP/s forward / backward."
+  echo "Commit $(tree_commit), ${gpu:-no GPU found}, $(date -u +%Y-%m-%d), mask seed $SEED, $dtype, D 128; $timing_note; TFLOP/s forward / backward."
   echo
   echo "| config | mask | setting | round | TFLOP/s fwd / bwd |"
   echo "|---|---|---|---|---|"

@@ -51,6 +51,22 @@ tarball_commit() {
 # The catalogue seed whose mask densities are SPEC §6's (bench/spec_densities.py).
 spec_density_seed() { sed -n 's/^SPEC_DENSITY_SEED = \([0-9][0-9]*\)$/\1/p' bench/spec_densities.py; }
 
+# Splits the comma lists $3 (configurations) and $4 (masks) into CONFIG_LIST and MASK_LIST, checks
+# every configuration with the function $2 (which prints its `flashmask run` arguments or returns
+# 1), and reads SPEC §6's mask seed into SEED. $1: the calling script's name, $5: the accepted
+# configuration names, both for messages. Exits with status 2 on a bad configuration or no seed.
+parse_run_lists() {
+  local script=$1 arguments_of=$2 config
+  IFS=, read -r -a CONFIG_LIST <<<"$3"
+  IFS=, read -r -a MASK_LIST <<<"$4"
+  for config in "${CONFIG_LIST[@]}"; do
+    "$arguments_of" "$config" >/dev/null ||
+      { echo "$script: unknown configuration '$config'; expected $5" >&2; exit 2; }
+  done
+  SEED=$(spec_density_seed)
+  [ -n "$SEED" ] || { echo "$script: no SPEC_DENSITY_SEED in bench/spec_densities.py" >&2; exit 2; }
+}
+
 # SPEC §6's configurations (STANDARD_CONFIGS in bench/bench_attention.py) as `flashmask run`
 # arguments, and the timed passes of each: the 32K backward takes ~70 ms, so fewer repeats keep a
 # round of three masks under a minute. "smoke": 256 rows, for trying a script without a GPU.
