@@ -47,11 +47,11 @@ void backward(const BackwardArgs& args);
 // Is a CUDA device usable by this build? (false in a CPU-only build or without a GPU)
 bool cuda_available();
 
-// Device memory the CUDA path keeps between calls on the current device: the backward's dQ
+// Device memory the CUDA path keeps between calls on the current device: with
+// FLASHMASK_COMPRESSIBLE_SCRATCH=1 in the environment (opt-in, being measured), the backward's dQ
 // accumulator in compressible memory, grown to the largest one asked for (B * Hq * Nq * D floats,
-// rounded up to the driver's granularity), where the device supports compression. Set
-// FLASHMASK_COMPRESSIBLE_SCRATCH=0 in the environment to keep none (each call then allocates its
-// accumulator on its stream and frees it). 0 in a CPU-only build.
+// rounded up to the driver's granularity), where the device supports compression. Otherwise none:
+// each call allocates its accumulator on its stream and frees it. 0 in a CPU-only build.
 std::size_t cuda_cached_bytes();
 // Gives that memory back, after the calls that use it finish (waits for them on the host).
 void release_cuda_cache();

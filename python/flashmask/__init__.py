@@ -59,10 +59,10 @@ def cuda_available() -> bool:
 
 
 def cuda_cached_bytes() -> int:
-    """Device memory the CUDA path keeps between calls on the current device: the backward's dQ
-    accumulator in compressible memory, as large as the largest one asked for (B * Hq * Nq * D
-    float32s), where the device supports compression. 0 without one. Set
-    FLASHMASK_COMPRESSIBLE_SCRATCH=0 before the first call to keep none."""
+    """Device memory the CUDA path keeps between calls on the current device: with
+    FLASHMASK_COMPRESSIBLE_SCRATCH=1 set before the first call (opt-in, being measured), the
+    backward's dQ accumulator in compressible memory, as large as the largest one asked for
+    (B * Hq * Nq * D float32s), where the device supports compression. Otherwise 0."""
     return int(_flashmask.cuda_cached_bytes())
 
 

@@ -65,7 +65,7 @@ const DriverCalls& driver_calls() {
 std::atomic<bool>& enabled_flag() {
     static std::atomic<bool> enabled = [] {
         const char* value = std::getenv(kCompressibleScratchVariable);
-        return value == nullptr || std::strcmp(value, "0") != 0;
+        return value != nullptr && std::strcmp(value, "0") != 0;
     }();
     return enabled;
 }

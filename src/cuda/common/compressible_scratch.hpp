@@ -10,11 +10,15 @@
 // accumulator asked for and handed to one call at a time (a lease); cuda_cached_bytes() reports it
 // and release_cuda_cache() gives it back (api.hpp).
 //
-// A lease is empty, and the caller takes stream-ordered scratch instead, when: the environment
-// sets FLASHMASK_COMPRESSIBLE_SCRATCH=0; the device or driver offers no compression; the driver
-// does not grant it; the buffer cannot grow (out of memory: not asked again for that size or more
-// until release_compressible_scratch()); or the stream is capturing a CUDA
-// graph (a graph replays later, beside other calls that would share the buffer).
+// Opt-in (FLASHMASK_COMPRESSIBLE_SCRATCH=1) until an H100 measures it against the stream-ordered
+// accumulator (bench/NOTES.md, session 31: the probe and scripts/env-ab.sh); the default becomes
+// whatever that shows.
+//
+// A lease is empty, and the caller takes stream-ordered scratch instead, when: leases are off (the
+// default: FLASHMASK_COMPRESSIBLE_SCRATCH unset or 0); the device or driver offers no compression;
+// the driver does not grant it; the buffer cannot grow (out of memory: not asked again for that
+// size or more until release_compressible_scratch()); or the stream is capturing a CUDA graph (a
+// graph replays later, beside other calls that would share the buffer).
 //
 // Ordering: a lease is taken and dropped on the host around the launches of one call. Dropping it
 // records an event on the call's stream; the next lease (on any stream) waits for that event on the
@@ -59,7 +63,8 @@ private:
 };
 
 // Whether leases may be granted in this process: FLASHMASK_COMPRESSIBLE_SCRATCH (read once; on
-// unless "0"), or the last set_compressible_scratch_enabled(). The GPU tests run both paths.
+// when set to anything but "0"), or the last set_compressible_scratch_enabled(). The GPU tests run
+// both paths.
 bool compressible_scratch_enabled();
 void set_compressible_scratch_enabled(bool enabled);
 
