@@ -416,6 +416,42 @@ TEST(GpuAttention, FullyMaskedRowsAndColumns) {
     }
 }
 
+// A key block that no row sees: its dK / dV CTA finds no live tile and stores zeros (with no step
+// run, nothing else in the CTA has touched its shared memory or its copies). Keys [128, 256) (the
+// dK / dV kernel's second key block at D <= 128) are masked for every row of a causal mask; the
+// checker asks dK = dV = 0 there exactly, and the other keys' gradients within SPEC §5.
+TestMask unseen_key_block_mask(const AttentionSizes& sizes, std::mt19937_64& rng) {
+    constexpr int32_t kFirstUnseen = 128, kEndUnseen = 256;
+    TestMask mask;
+    mask.causal = true;
+    mask.name = "keys 128-255 seen by no row";
+    mask.indices.emplace(1, 1, sizes.nk, 2, rng);
+    for (int32_t j = 0; j < sizes.nk; ++j) {
+        const bool unseen = j >= kFirstUnseen && j < kEndUnseen;
+        mask.indices->at(0, 0, j, 0) = unseen ? 0 : sizes.nq;
+        mask.indices->at(0, 0, j, 1) = sizes.nq;
+    }
+    return mask;
+}
+
+void unseen_key_block_cases(ReferenceKind reference, bool deterministic) {
+    auto rng = test_rng();
+    for (const int32_t d : {64, 128})
+        for (const DType dtype : kHalfDtypes) {
+            GpuCase c{{1, 300, 300, 4, 1, d, d}, dtype};
+            c.reference = reference;
+            c.deterministic = deterministic;
+            TestMask mask = unseen_key_block_mask(c.sizes, rng);
+            check_gpu_attention(c, mask, rng);
+        }
+}
+
+TEST(GpuAttention, KeyBlockThatNoRowSees) {
+    FM_SKIP_WITHOUT_GPU();
+    unseen_key_block_cases(ReferenceKind::Auto, false);
+    unseen_key_block_cases(ReferenceKind::Auto, true);
+}
+
 // Plain causal attention with Nq != Nk: the diagonal is aligned bottom-right (row i sees key j
 // iff j <= i + Nk - Nq); with Nq > Nk the first Nq - Nk rows see nothing.
 TEST(GpuAttention, CausalBottomRightDiagonal) {
@@ -777,6 +813,11 @@ TEST(GpuSanitizer, Forward) {
 TEST(GpuSanitizer, BackwardNondeterministic) {
     FM_SKIP_WITHOUT_GPU();
     sanitizer_cases("causal_document", true, false, 2, 2);
+}
+
+TEST(GpuSanitizer, KeyBlockThatNoRowSees) {
+    FM_SKIP_WITHOUT_GPU();
+    unseen_key_block_cases(ReferenceKind::Float64Cpu, false);
 }
 
 TEST(GpuSanitizer, BackwardDeterministic) {
