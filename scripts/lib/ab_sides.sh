@@ -1,5 +1,6 @@
-# Sourced by scripts/ab-bench.sh, scripts/cli-ab.sh and scripts/env-ab.sh: the sides of an A/B (tarballs made here with
-# `git archive -o ab-<name>.tar <commit>`, then the working tree) and its round count.
+# Sourced by scripts/ab-bench.sh, scripts/cli-ab.sh and scripts/env-ab.sh: the sides of an A/B
+# (tarballs made here with `git archive -o ab-<name>.tar <commit>`, then the working tree) and its
+# round count.
 
 # Reads "TARBALL [TARBALL ...] [ROUNDS] [-- ARGUMENTS...]" into TARBALLS, ROUNDS (default 2:
 # every side, then again, so that an order effect shows as a drift within one side) and
