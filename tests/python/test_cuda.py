@@ -237,6 +237,24 @@ def test_deterministic_backward_gives_identical_bits(rng):
         assert torch.equal(first.view(torch.int16), second.view(torch.int16)), f"{name} differs between runs"
 
 
+def test_the_backward_keeps_device_memory_only_when_asked(rng):
+    """The dQ accumulator in compressible memory is opt-in (FLASHMASK_COMPRESSIBLE_SCRATCH=1):
+    by default a backward keeps no device memory between calls; asked, it keeps at most one buffer
+    (none where the GPU grants no compression), which release_cuda_cache() frees."""
+    p = Problem(rng, Case("", "bfloat16", 1, 300, 300, 4, 2, 64, "causal_document", False, False))
+    p.forward(stream=None)
+    p.backward(stream=None)
+    torch.cuda.synchronize()
+    cached = flashmask.cuda_cached_bytes()
+    if os.environ.get("FLASHMASK_COMPRESSIBLE_SCRATCH", "0") == "0":
+        assert cached == 0, "a backward kept device memory without being asked to"
+    else:
+        accumulator_bytes = 1 * 4 * 300 * 64 * 4  # B * Hq * Nq * D float32s, before any row padding
+        assert cached == 0 or cached >= accumulator_bytes
+    flashmask.release_cuda_cache()
+    assert flashmask.cuda_cached_bytes() == 0
+
+
 # --- streams --------------------------------------------------------------------------------------
 
 
