@@ -10,12 +10,14 @@
 #
 # OPTIONS: --configs a,b (default a: (a) N 8192, B 2, H 32; (b) N 32768, B 1, H 16; "smoke" is 256
 # rows for a machine without a GPU), --masks (default full,causal,share_question), --dtype (bf16).
-# Timings are queued (`flashmask run --timing queued`), forward and backward. Prints one line per
-# run and a table last (forward / backward TFLOP/s per value and round), also written to
+# Timings are queued (`flashmask run --timing queued`), forward and backward, each run beside the
+# SM clock and power nvidia-smi sampled while it ran (scripts/lib/clock_samples.sh). Prints one
+# line per run and a table last (forward / backward TFLOP/s per value and round), also written to
 # env-ab.md in $FLASHMASK_GPU_BUILD_DIR (default build-gpu) and copied to $OUT when set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/ab_sides.sh
+source scripts/lib/clock_samples.sh
 source scripts/lib/provenance.sh
 
 usage() { echo "usage: scripts/env-ab.sh VARIABLE VALUE,VALUE[,...] [ROUNDS] [-- --configs LIST --masks LIST --dtype D]" >&2; exit 2; }
@@ -51,6 +53,7 @@ if ! command -v nvidia-smi >/dev/null; then  # the CPU path refuses --timing (sm
 fi
 
 report="$build_dir/env-ab.md"
+CLOCK_LOG="$build_dir/env-ab-clock-samples.csv"
 rows=()
 status=0
 for round in $(seq 1 "$rounds"); do
@@ -58,14 +61,18 @@ for round in $(seq 1 "$rounds"); do
     for mask in "${MASK_LIST[@]}"; do
       for value in "${values[@]}"; do
         # shellcheck disable=SC2046  # spec_config_arguments is a list of words
+        start_clock_samples
         json=$(env "$variable=$value" "$tool" run --mask "$mask" --dtype "$dtype" --dim 128 --backward --seed "$SEED" \
-          "${timing[@]}" --json $(spec_config_arguments "$config")) || { echo "env-ab.sh: run failed: $variable=$value $config $mask" >&2; status=1; continue; }
+          "${timing[@]}" --json $(spec_config_arguments "$config"))
+        run_status=$?
+        clock=$(stop_clock_samples)
+        [ $run_status -eq 0 ] || { echo "env-ab.sh: run failed: $variable=$value $config $mask" >&2; status=1; continue; }
         figures=$(python3 -c '
 import json, sys
 tflops = {t["pass"]: t.get("tflops") for t in json.loads(sys.argv[1])["timings"]}
 print(" / ".join("n/a" if tflops.get(p) is None else "%.1f" % tflops[p] for p in ("forward", "backward")))' "$json") ||
           { status=1; figures="unreadable"; }
-        line="| $config | $mask | $variable=$value | $round | $figures |"
+        line="| $config | $mask | $variable=$value | $round | $figures | $clock |"
         echo "$line"
         rows+=("$line")
       done
@@ -78,8 +85,8 @@ done
   gpu=$(current_gpu_name)
   echo "Commit $(tree_commit), ${gpu:-no GPU found}, $(date -u +%Y-%m-%d), mask seed $SEED, $dtype, D 128; $timing_note; TFLOP/s forward / backward."
   echo
-  echo "| config | mask | setting | round | TFLOP/s fwd / bwd |"
-  echo "|---|---|---|---|---|"
+  echo "| config | mask | setting | round | TFLOP/s fwd / bwd | median SM clock, power |"
+  echo "|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
 } >"$report"
 [ -n "${OUT:-}" ] && cp "$report" "$OUT/"
