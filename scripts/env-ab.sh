@@ -6,14 +6,16 @@
 # inputs. For changes that need two builds, scripts/cli-ab.sh.
 #
 #   device call, after scripts/gpu.sh build:
-#     scripts/env-ab.sh FLASHMASK_COMPRESSIBLE_SCRATCH 1,0 [ROUNDS] [-- --configs a,b --masks full,share_question]
+#     scripts/env-ab.sh FLASHMASK_COMPRESSIBLE_SCRATCH 0,1 [ROUNDS] [-- --configs a,b --masks full,share_question]
 #
 # OPTIONS: --configs a,b (default a: (a) N 8192, B 2, H 32; (b) N 32768, B 1, H 16; "smoke" is 256
 # rows for a machine without a GPU), --masks (default full,causal,share_question), --dtype (bf16).
 # Timings are queued (`flashmask run --timing queued`), forward and backward, each run beside the
 # SM clock and power nvidia-smi sampled while it ran (scripts/lib/clock_samples.sh). Prints one
-# line per run and a table last (forward / backward TFLOP/s per value and round), also written to
-# env-ab.md in $FLASHMASK_GPU_BUILD_DIR (default build-gpu) and copied to $OUT when set.
+# line per run, then a table of every run (forward / backward TFLOP/s per value and round) and one
+# of the means over the rounds with each value's change against the first value's (so give the
+# baseline first), also written to env-ab.md in $FLASHMASK_GPU_BUILD_DIR (default build-gpu) and
+# copied to $OUT when set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/ab_sides.sh
@@ -70,7 +72,7 @@ for round in $(seq 1 "$rounds"); do
         figures=$(python3 -c '
 import json, sys
 tflops = {t["pass"]: t.get("tflops") for t in json.loads(sys.argv[1])["timings"]}
-print(" / ".join("n/a" if tflops.get(p) is None else "%.1f" % tflops[p] for p in ("forward", "backward")))' "$json") ||
+print(" / ".join("n/a" if tflops.get(p) is None else "%.4g" % tflops[p] for p in ("forward", "backward")))' "$json") ||
           { status=1; figures="unreadable"; }
         line="| $config | $mask | $variable=$value | $round | $figures | $clock |"
         echo "$line"
@@ -88,6 +90,38 @@ done
   echo "| config | mask | setting | round | TFLOP/s fwd / bwd | median SM clock, power |"
   echo "|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
+  echo
+  # Means over the rounds, and each setting's change against the first value's.
+  printf '%s\n' "${rows[@]}" | python3 -c '
+import collections, statistics, sys
+runs = collections.defaultdict(list)
+order = []
+for line in sys.stdin:
+    config, mask, setting, _round, figures = [cell.strip() for cell in line.strip().strip("|").split("|")][:5]
+    try:
+        forward, backward = (float(x) for x in figures.split("/"))
+    except ValueError:
+        continue
+    key = (config, mask)
+    if key not in order:
+        order.append(key)
+    runs[key + (setting,)].append((forward, backward))
+print("| config | mask | setting | mean fwd / bwd | change against the first setting |")
+print("|---|---|---|---|---|")
+for config, mask in order:
+    settings = [k[2] for k in runs if k[:2] == (config, mask)]
+    base = None
+    for setting in settings:
+        pairs = runs[(config, mask, setting)]
+        forward, backward = (statistics.mean(p[i] for p in pairs) for i in (0, 1))
+        if base is None:
+            base, change = (forward, backward), "-"
+        elif min(base) > 0:
+            change = "%+.1f %% / %+.1f %%" % (100 * (forward / base[0] - 1), 100 * (backward / base[1] - 1))
+        else:
+            change = "n/a"
+        print("| %s | %s | %s | %.4g / %.4g | %s |" % (config, mask, setting, forward, backward, change))
+'
 } >"$report"
 [ -n "${OUT:-}" ] && cp "$report" "$OUT/"
 echo
