@@ -225,10 +225,8 @@ def test_version_and_cuda_availability():
     assert flashmask.cuda_available() in (True, False)
 
 
-def test_cuda_cache_without_a_device_or_before_a_backward():
-    """No backward has run in this process's CUDA path unless a CUDA test ran first; either way the
-    figure is a byte count, and releasing it leaves none."""
-    assert flashmask.cuda_cached_bytes() >= 0
+def test_cuda_cache_released():
+    """Whatever this process's CUDA path kept (nothing without a device), releasing it leaves none."""
     flashmask.release_cuda_cache()
     assert flashmask.cuda_cached_bytes() == 0
 

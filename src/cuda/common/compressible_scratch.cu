@@ -94,7 +94,6 @@ struct CompressibleScratch::DeviceCache {
     // asked for again, so that a device short of memory pays no failing cuMemCreate per call,
     // until release_compressible_scratch() clears it.
     std::size_t refused_bytes = 0;
-    std::atomic<std::size_t> reported_bytes{0};  // `bytes`, readable without the mutex
 
     // With the mutex held: the buffer's last lease done on the device.
     void wait_for_last_use() {
@@ -110,7 +109,6 @@ struct CompressibleScratch::DeviceCache {
         d.release(handle);
         pointer = 0;
         bytes = 0;
-        reported_bytes = 0;
     }
     // With the mutex held and no buffer: a compressible buffer of at least `wanted` bytes, or
     // false (and `unavailable` where asking again cannot help).
@@ -150,29 +148,22 @@ struct CompressibleScratch::DeviceCache {
             unavailable = true;
             return false;
         }
+        // Reserve, map, grant access; a failed step undoes the ones before it.
         CUdeviceptr address = 0;
-        if (d.reserve(&address, rounded, granularity, 0, 0) != CUDA_SUCCESS) {
-            d.release(created);
-            return false;
-        }
         CUmemAccessDesc access{};
         access.location = prop.location;
         access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-        if (d.map(address, rounded, 0, created, 0) != CUDA_SUCCESS) {
-            d.address_free(address, rounded);
-            d.release(created);
-            return false;
-        }
-        if (d.set_access(address, rounded, &access, 1) != CUDA_SUCCESS) {
-            d.unmap(address, rounded);
-            d.address_free(address, rounded);
+        const bool reserved = d.reserve(&address, rounded, granularity, 0, 0) == CUDA_SUCCESS;
+        const bool mapped = reserved && d.map(address, rounded, 0, created, 0) == CUDA_SUCCESS;
+        if (!mapped || d.set_access(address, rounded, &access, 1) != CUDA_SUCCESS) {
+            if (mapped) d.unmap(address, rounded);
+            if (reserved) d.address_free(address, rounded);
             d.release(created);
             return false;
         }
         pointer = address;
         bytes = rounded;
         handle = created;
-        reported_bytes = rounded;
         return true;
     }
 };
@@ -255,7 +246,11 @@ CompressibleScratch::~CompressibleScratch() {
     cache_->used = false;
 }
 
-std::size_t compressible_scratch_bytes() { return device_cache(current_device()).reported_bytes.load(); }
+std::size_t compressible_scratch_bytes() {
+    CompressibleScratch::DeviceCache& cache = device_cache(current_device());
+    const std::lock_guard<std::mutex> lock(cache.mutex);
+    return cache.bytes;
+}
 
 void release_compressible_scratch() {
     CompressibleScratch::DeviceCache& cache = device_cache(current_device());
